@@ -104,7 +104,8 @@ _SPECS: tuple[MetricSpec, ...] = (
                "Time each phase of the last probe spent in HTTP requests; the rest of the phase is "
                "parsing and verification.", ("repository", "endpoint", "phase"), _P),
     MetricSpec("tuf_probes_total", C,
-               "Probes run, by result (success or failure).", ("repository", "endpoint", "result"), _P),
+               "Probes run, by result (success or failure).",
+               ("repository", "endpoint", "result"), _P),
     MetricSpec("tuf_probe_failures_total", C,
                "Failed probes by reason and by the role the failure is attributed to.",
                ("repository", "endpoint", "reason", "role"), _P),
@@ -118,7 +119,8 @@ _SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("tuf_metadata_expiry_margin_seconds", G,
                "Seconds until the role's metadata expires (negative once expired), computed at "
                "scrape time.", _RER, _P),
-    MetricSpec("tuf_metadata_version", G, "Version of the role's metadata as last fetched.", _RER, _P),
+    MetricSpec("tuf_metadata_version", G, "Version of the role's metadata as last fetched.",
+               _RER, _P),
     MetricSpec("tuf_metadata_size_bytes", G, "Size of the role's metadata file.", _RER, _P),
     MetricSpec("tuf_metadata_signatures_valid", G,
                "Signatures on the role's metadata that verify with keys its delegator authorizes.",

@@ -1,0 +1,574 @@
+"""Configuration: the YAML file, validated into typed, immutable settings.
+
+Every key is optional except what has no sane default (a repository's ``name``, URLs and
+``trusted_root``; a signer's ``name``, ``uri``, ``repository`` and ``role``). Errors name the
+field by its path (``repositories[0].mirrors[1].metadata_url``) and the file and line.
+Unknown keys are errors too: a misspelt key must never be silently ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+
+from exporter.durations import parse_duration
+
+T = TypeVar("T")
+
+_NONE: tuple[str, ...] = ()
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the file, line and field."""
+
+
+def safe_name(name: str) -> str:
+    """A file-system-safe, collision-free directory name for a repository or endpoint name.
+
+    Characters other than letters, digits, ``.``, ``_`` and ``-`` become ``_``; a short hash of
+    the original name keeps ``a/b`` and ``a_b`` apart; leading dots are replaced so the result
+    is never ``.`` or ``..`` or hidden.
+    """
+    slug = _SAFE.sub("_", name)[:48].lstrip(".") or "_"
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+    return f"{slug}-{digest}"
+
+
+class Mode(StrEnum):
+    """How the prober behaves as a client."""
+
+    WARM = "warm"  #: a returning client with a persistent cache
+    COLD = "cold"  #: a first-boot client that starts from the trusted root every probe
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where one copy of a repository is served: the primary or a mirror."""
+
+    name: str
+    metadata_url: str
+    targets_url: str
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Length caps in bytes (python-tuf's defaults are too small for package indexes)."""
+
+    root_max_length: int = 512_000
+    timestamp_max_length: int = 16_384
+    snapshot_max_length: int = 20_000_000
+    targets_max_length: int = 100_000_000
+    target_max_length: int = 100_000_000
+    max_root_rotations: int = 256
+    max_delegations: int = 100_000
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the repository's owners promise; the history store flags what breaks it."""
+
+    #: Expected re-signing period of online roles (role -> seconds). Learned when absent.
+    cadence: Mapping[str, float] = field(default_factory=dict)
+    #: Roles signed online (timestamp and snapshot are always treated as online).
+    online_roles: tuple[str, ...] = ("timestamp", "snapshot")
+    #: Longest allowed metadata lifetime per role (role -> seconds), for expiry_beyond_policy.
+    max_lifetime: Mapping[str, float] = field(default_factory=dict)
+    #: Largest version increase between two observations not flagged as version_jump.
+    max_version_jump: int = 1000
+
+
+@dataclass(frozen=True)
+class Repository:
+    """One TUF repository and its mirrors."""
+
+    name: str
+    trusted_root: Path
+    primary: Endpoint
+    mirrors: tuple[Endpoint, ...] = ()
+    interval: float = 300.0
+    timeout: float = 30.0
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+    retries: int = 0
+    mode: Mode = Mode.WARM
+    canary_targets: tuple[str, ...] = ()
+    full_refresh_every: int = 10
+    verify_delegations: bool = True
+    delegation_workers: int = 8
+    allowed_redirect_hosts: tuple[str, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    policy: Policy = field(default_factory=Policy)
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """The primary first, then the mirrors."""
+        return (self.primary, *self.mirrors)
+
+
+@dataclass(frozen=True)
+class Signer:
+    """An active signing probe: sign a challenge with a key the role should authorize."""
+
+    name: str
+    uri: str
+    repository: str
+    role: str
+    interval: float = 300.0
+    timeout: float = 30.0
+    #: Name of the environment variable or path of the file holding a secret (HSM PIN, ...).
+    secret_env: str | None = None
+    secret_file: Path | None = None
+    #: securesystemslib public key of the signer (JSON file); read from the URI where absent.
+    public_key_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class OpenSearch:
+    """Where events are shipped. Credentials never come from this file's text."""
+
+    hosts: tuple[str, ...]
+    index_prefix: str = "tuf-exporter-events"
+    verify_tls: bool = True
+    ca_file: Path | None = None
+    username_env: str | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    batch_size: int = 500
+    batch_interval: float = 2.0
+    retention: float = 90 * 86400.0
+
+
+@dataclass(frozen=True)
+class Events:
+    """The durable spool and the local sink used when no OpenSearch is configured."""
+
+    spool_max_bytes: int = 256 * 1024 * 1024
+    spool_max_age: float = 7 * 86400.0
+    file: Path | None = None  #: JSON Lines file; default ``<state_dir>/events.jsonl``
+    file_max_bytes: int = 64 * 1024 * 1024
+    file_backups: int = 5
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    repositories: tuple[Repository, ...]
+    signers: tuple[Signer, ...] = ()
+    state_dir: Path = Path("state")
+    workers: int = 8
+    jitter: float = 0.1
+    history_retention: float = 90 * 86400.0
+    shard_index: int = 0
+    shard_count: int = 1
+    opensearch: OpenSearch | None = None
+    events: Events = field(default_factory=Events)
+    source: Path | None = None
+
+    def repository(self, name: str) -> Repository:
+        """The repository called ``name``; KeyError when there is none."""
+        for repo in self.repositories:
+            if repo.name == name:
+                return repo
+        raise KeyError(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+class _Node:
+    """A YAML value with the line it came from, for error messages."""
+
+    __slots__ = ("line", "value")
+
+    def __init__(self, value: Any, line: int) -> None:
+        self.value = value
+        self.line = line
+
+
+def _to_nodes(node: yaml.Node) -> _Node:
+    line = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, _Node] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise ConfigError(f"line {line}: mapping keys must be plain strings")
+            if key in out:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
+            out[str(key)] = _to_nodes(value_node)
+        return _Node(out, line)
+    if isinstance(node, yaml.SequenceNode):
+        return _Node([_to_nodes(item) for item in node.value], line)
+    value = yaml.constructor.SafeConstructor().construct_object(node)
+    return _Node(value, line)
+
+
+class _Reader:
+    """Reads one mapping of the configuration, collecting typed values and clear errors."""
+
+    def __init__(self, node: _Node, path: str, source: str) -> None:
+        if not isinstance(node.value, dict):
+            raise ConfigError(f"{source}:{node.line}: {path or 'the file'} must be a mapping")
+        self.node = node
+        self.items: dict[str, _Node] = node.value
+        self.path = path
+        self.source = source
+        self.used: set[str] = set()
+
+    def where(self, key: str | None = None) -> str:
+        line = self.items[key].line if key is not None and key in self.items else self.node.line
+        return f"{self.source}:{line}: {self._field(key)}"
+
+    def _field(self, key: str | None) -> str:
+        if key is None:
+            return self.path or "(top level)"
+        return f"{self.path}.{key}" if self.path else key
+
+    def error(self, key: str | None, message: str) -> ConfigError:
+        return ConfigError(f"{self.where(key)}: {message}")
+
+    def has(self, key: str) -> bool:
+        return key in self.items and self.items[key].value is not None
+
+    def raw(self, key: str) -> _Node | None:
+        self.used.add(key)
+        node = self.items.get(key)
+        return None if node is None or node.value is None else node
+
+    def get(self, key: str, convert: Callable[[Any], T], default: T) -> T:
+        node = self.raw(key)
+        return default if node is None else self._convert(key, node, convert)
+
+    def optional(self, key: str, convert: Callable[[Any], T]) -> T | None:
+        node = self.raw(key)
+        if node is None:
+            return None
+        return self._convert(key, node, convert)
+
+    def _convert(self, key: str, node: _Node, convert: Callable[[Any], T]) -> T:
+        try:
+            return convert(node.value)
+        except (TypeError, ValueError) as exc:
+            raise self.error(key, str(exc)) from None
+
+    def require(self, key: str, convert: Callable[[Any], T]) -> T:
+        node = self.raw(key)
+        if node is None:
+            raise self.error(key, "is required")
+        return self._convert(key, node, convert)
+
+    def child(self, key: str) -> _Reader | None:
+        node = self.raw(key)
+        return None if node is None else _Reader(node, self._field(key), self.source)
+
+    def children(self, key: str) -> list[_Reader]:
+        node = self.raw(key)
+        if node is None:
+            return []
+        if not isinstance(node.value, list):
+            raise self.error(key, "must be a list")
+        return [
+            _Reader(item, f"{self._field(key)}[{i}]", self.source)
+            for i, item in enumerate(node.value)
+        ]
+
+    def done(self) -> None:
+        unknown = sorted(set(self.items) - self.used)
+        if unknown:
+            key = unknown[0]
+            raise self.error(key, f"unknown key (known keys: {', '.join(sorted(self.used))})")
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _name(value: Any) -> str:
+    text = _string(value)
+    if len(text) > 200 or any(ord(c) < 32 for c in text):
+        raise ValueError("a name must be at most 200 printable characters")
+    return text
+
+
+def _url(value: Any) -> str:
+    text = _string(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
+    return text if text.endswith("/") else text + "/"
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be greater than zero, got {value!r}")
+    return seconds
+
+
+def _int(minimum: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return convert
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _fraction(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise ValueError(f"expected a number from 0 up to (not including) 1, got {value!r}")
+    return float(value)
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError("expected a list of strings")
+    return tuple(_string(v.value if isinstance(v, _Node) else v) for v in value)
+
+
+def _target_path(value: Any) -> str:
+    path = _string(value)
+    parts = path.split("/")
+    if path.startswith("/") or ".." in parts or "\\" in path:
+        raise ValueError(f"a target path must be relative with no '..' parts, got {path!r}")
+    return path
+
+
+def _role_durations(reader: _Reader | None) -> dict[str, float]:
+    if reader is None:
+        return {}
+    out = {key: reader.get(key, _positive_duration, 0.0) for key in list(reader.items)}
+    reader.done()
+    return out
+
+
+def _shard(value: Any) -> tuple[int, int]:
+    text = str(value)
+    match = re.fullmatch(r"(\d+)/(\d+)", text)
+    if not match or int(match.group(2)) < 1 or int(match.group(1)) >= int(match.group(2)):
+        raise ValueError(f"expected INDEX/COUNT with 0 <= INDEX < COUNT, got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _path(base: Path) -> Callable[[Any], Path]:
+    def convert(value: Any) -> Path:
+        path = Path(_string(value)).expanduser()
+        return path if path.is_absolute() else base / path
+
+    return convert
+
+
+def _endpoint(reader: _Reader, name: str | None) -> Endpoint:
+    endpoint_name = name if name is not None else reader.require("name", _name)
+    metadata_url = reader.require("metadata_url", _url)
+    targets_url = reader.get("targets_url", _url, metadata_url + "targets/")
+    return Endpoint(endpoint_name, metadata_url, targets_url)
+
+
+def _limits(reader: _Reader | None) -> Limits:
+    if reader is None:
+        return Limits()
+    d = Limits()
+    limits = Limits(
+        **{
+            name: reader.get(name, _int(1), getattr(d, name))
+            for name in (
+                "root_max_length",
+                "timestamp_max_length",
+                "snapshot_max_length",
+                "targets_max_length",
+                "target_max_length",
+                "max_root_rotations",
+                "max_delegations",
+            )
+        }
+    )
+    reader.done()
+    return limits
+
+
+def _policy(reader: _Reader | None) -> Policy:
+    if reader is None:
+        return Policy()
+    policy = Policy(
+        cadence=_role_durations(reader.child("cadence")),
+        online_roles=tuple(
+            sorted({"timestamp", "snapshot", *reader.get("online_roles", _strings, _NONE)})
+        ),
+        max_lifetime=_role_durations(reader.child("max_lifetime")),
+        max_version_jump=reader.get("max_version_jump", _int(1), 1000),
+    )
+    reader.done()
+    return policy
+
+
+def _repository(reader: _Reader, defaults: Config, base: Path) -> Repository:
+    name = reader.require("name", _name)
+    primary = _endpoint(reader, "primary")
+    mirrors = []
+    names = {"primary"}
+    for mirror_reader in reader.children("mirrors"):
+        mirror = _endpoint(mirror_reader, None)
+        mirror_reader.done()
+        if mirror.name in names:
+            raise mirror_reader.error("name", f"endpoint name {mirror.name!r} is used twice")
+        names.add(mirror.name)
+        mirrors.append(mirror)
+    interval = reader.get("interval", _positive_duration, 300.0)
+    timeout = reader.get("timeout", _positive_duration, min(30.0, interval))
+    repo = Repository(
+        name=name,
+        trusted_root=reader.require("trusted_root", _path(base)),
+        primary=primary,
+        mirrors=tuple(mirrors),
+        interval=interval,
+        timeout=timeout,
+        connect_timeout=reader.get("connect_timeout", _positive_duration, min(5.0, timeout)),
+        read_timeout=reader.get("read_timeout", _positive_duration, min(10.0, timeout)),
+        retries=reader.get("retries", _int(0), 0),
+        mode=reader.get("mode", Mode, Mode.WARM),
+        canary_targets=tuple(
+            _target_path(p) for p in reader.get("canary_targets", _strings, _NONE)
+        ),
+        full_refresh_every=reader.get("full_refresh_every", _int(1), 10),
+        verify_delegations=reader.get("verify_delegations", _bool, True),
+        delegation_workers=reader.get("delegation_workers", _int(1), 8),
+        allowed_redirect_hosts=reader.get("allowed_redirect_hosts", _strings, _NONE),
+        limits=_limits(reader.child("limits")),
+        policy=_policy(reader.child("policy")),
+    )
+    reader.done()
+    return repo
+
+
+def _signer(reader: _Reader, base: Path) -> Signer:
+    signer = Signer(
+        name=reader.require("name", _name),
+        uri=reader.require("uri", _string),
+        repository=reader.require("repository", _name),
+        role=reader.require("role", _name),
+        interval=reader.get("interval", _positive_duration, 300.0),
+        timeout=reader.get("timeout", _positive_duration, 30.0),
+        secret_env=reader.optional("secret_env", _string),
+        secret_file=reader.optional("secret_file", _path(base)),
+        public_key_file=reader.optional("public_key_file", _path(base)),
+    )
+    reader.done()
+    return signer
+
+
+def _opensearch(reader: _Reader | None, base: Path) -> OpenSearch | None:
+    if reader is None:
+        return None
+    hosts = reader.require("hosts", _strings)
+    if not hosts:
+        raise reader.error("hosts", "needs at least one host")
+    result = OpenSearch(
+        hosts=hosts,
+        index_prefix=reader.get("index_prefix", _name, "tuf-exporter-events"),
+        verify_tls=reader.get("verify_tls", _bool, True),
+        ca_file=reader.optional("ca_file", _path(base)),
+        username_env=reader.optional("username_env", _string),
+        password_env=reader.optional("password_env", _string),
+        password_file=reader.optional("password_file", _path(base)),
+        batch_size=reader.get("batch_size", _int(1), 500),
+        batch_interval=reader.get("batch_interval", _positive_duration, 2.0),
+        retention=reader.get("retention", _positive_duration, 90 * 86400.0),
+    )
+    reader.done()
+    return result
+
+
+def _events(reader: _Reader | None, base: Path) -> Events:
+    if reader is None:
+        return Events()
+    d = Events()
+    result = Events(
+        spool_max_bytes=reader.get("spool_max_bytes", _int(1024), d.spool_max_bytes),
+        spool_max_age=reader.get("spool_max_age", _positive_duration, d.spool_max_age),
+        file=reader.optional("file", _path(base)),
+        file_max_bytes=reader.get("file_max_bytes", _int(1024), d.file_max_bytes),
+        file_backups=reader.get("file_backups", _int(0), d.file_backups),
+    )
+    reader.done()
+    return result
+
+
+def parse_config(text: str, source: str = "<config>", base: Path | None = None) -> Config:
+    """Parse and validate configuration text; relative paths are taken from ``base``."""
+    base = base if base is not None else Path.cwd()
+    try:
+        document = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if document is None:
+        raise ConfigError(f"{source}: the file is empty; it needs a 'repositories' list")
+    root = _Reader(_to_nodes(document), "", source)
+    defaults = Config(repositories=())
+    shard = root.get("shard", _shard, (0, 1))
+    state_dir = root.get("state_dir", _path(base), base / "state")
+    repos: list[Repository] = []
+    seen: set[str] = set()
+    for repo_reader in root.children("repositories"):
+        repo = _repository(repo_reader, defaults, base)
+        if repo.name in seen:
+            raise repo_reader.error("name", f"repository name {repo.name!r} is used twice")
+        seen.add(repo.name)
+        repos.append(repo)
+    if not repos:
+        raise root.error("repositories", "needs at least one repository")
+    signers: list[Signer] = []
+    for signer_reader in root.children("signers"):
+        signer = _signer(signer_reader, base)
+        if signer.repository not in seen:
+            raise signer_reader.error(
+                "repository", f"no repository is called {signer.repository!r}"
+            )
+        if any(s.name == signer.name for s in signers):
+            raise signer_reader.error("name", f"signer name {signer.name!r} is used twice")
+        signers.append(signer)
+    config = Config(
+        repositories=tuple(repos),
+        signers=tuple(signers),
+        state_dir=state_dir,
+        workers=root.get("workers", _int(1), defaults.workers),
+        jitter=root.get("jitter", _fraction, defaults.jitter),
+        history_retention=root.get("history_retention", _positive_duration, 90 * 86400.0),
+        shard_index=shard[0],
+        shard_count=shard[1],
+        opensearch=_opensearch(root.child("opensearch"), base),
+        events=_events(root.child("events"), base),
+        source=Path(source) if source != "<config>" else None,
+    )
+    root.done()
+    return config
+
+
+def load_config(path: Path) -> Config:
+    """Read, parse and validate the configuration file at ``path``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc}") from None
+    return parse_config(text, str(path), path.resolve().parent)
