@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
 
 class MetricType(StrEnum):
     """Prometheus metric types used by the exporter."""
@@ -216,3 +218,15 @@ def sample_names(metric: MetricSpec) -> tuple[str, ...]:
     if metric.type is MetricType.COUNTER:
         return (metric.name, metric.family_name + "_created")
     return (metric.name,)
+
+
+def family(name: str) -> GaugeMetricFamily | CounterMetricFamily:
+    """An empty metric family for the catalogue metric ``name``, ready for ``add_metric``.
+
+    Custom collectors build every family through this function, so what they export always
+    matches the catalogue's name, type, help and labels.
+    """
+    metric = spec(name)
+    if metric.type is MetricType.COUNTER:
+        return CounterMetricFamily(metric.family_name, metric.help, labels=metric.labels)
+    return GaugeMetricFamily(metric.name, metric.help, labels=metric.labels)
