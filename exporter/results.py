@@ -1,0 +1,225 @@
+"""What one probe learns about one endpoint of a repository: the verdict and the facts.
+
+These are plain immutable values. The prober produces them; the history store, the metrics
+collector, the event pipeline and the ``probe --json`` output consume them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Reason(StrEnum):
+    """Why a probe failed. A fixed set: it becomes the ``reason`` label."""
+
+    EXPIRED = "expired"
+    BAD_SIGNATURE = "bad_signature"
+    ROLLBACK = "rollback"
+    LENGTH_OR_HASH_MISMATCH = "length_or_hash_mismatch"
+    MISSING = "missing"
+    DOWNLOAD_ERROR = "download_error"
+    TIMEOUT = "timeout"
+    INVALID_METADATA = "invalid_metadata"
+    TARGET_NOT_FOUND = "target_not_found"
+    OTHER = "other"
+
+
+class FailedRole(StrEnum):
+    """The role a failure is attributed to; delegated role names are folded into ``delegated``."""
+
+    ROOT = "root"
+    TIMESTAMP = "timestamp"
+    SNAPSHOT = "snapshot"
+    TARGETS = "targets"
+    DELEGATED = "delegated"
+    TARGET = "target"
+
+
+def rfc3339(moment: datetime | None) -> str | None:
+    """``2027-01-01T00:00:00Z`` for an aware datetime (converted to UTC), None for None."""
+    if moment is None:
+        return None
+    text = moment.astimezone(UTC).isoformat()
+    return text.replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class RoleKeys:
+    """The keys and threshold a delegator sets for one role."""
+
+    keyids: tuple[str, ...]
+    threshold: int
+
+
+@dataclass(frozen=True)
+class RoleFacts:
+    """What the inspector read from one metadata file (fetched or cached)."""
+
+    name: str
+    version: int
+    expires: datetime
+    size_bytes: int
+    sha256: str
+    #: Keyids whose signatures verify with keys the delegator authorizes for this role.
+    signed_by: tuple[str, ...]
+    #: Keyids of signatures by keys the delegator does not authorize for this role.
+    unknown_signers: tuple[str, ...]
+    threshold: int
+    #: For root only: keys and threshold of every top-level role.
+    role_keys: Mapping[str, RoleKeys] | None = None
+    #: The role that delegates to this one ("root" for top-level roles).
+    delegator: str = "root"
+
+    @property
+    def signatures_valid(self) -> int:
+        """Number of valid signatures by authorized keys."""
+        return len(self.signed_by)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready facts, times as RFC 3339 UTC."""
+        out: dict[str, Any] = {
+            "version": self.version,
+            "expires": rfc3339(self.expires),
+            "signatures_valid": self.signatures_valid,
+            "threshold": self.threshold,
+            "size_bytes": self.size_bytes,
+            "sha256": self.sha256,
+            "signed_by": list(self.signed_by),
+            "unknown_signers": list(self.unknown_signers),
+        }
+        if self.role_keys is not None:
+            out["role_keys"] = {
+                role: {"keyids": list(keys.keyids), "threshold": keys.threshold}
+                for role, keys in sorted(self.role_keys.items())
+            }
+        return out
+
+
+@dataclass(frozen=True)
+class DelegationSummary:
+    """The delegated targets roles of an endpoint, summarized (names stay out of labels)."""
+
+    count: int = 0
+    failing: int = 0
+    min_expires: datetime | None = None
+    #: Names of failing roles with their reasons, for logs and JSON (never labels).
+    failures: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    """The download and verification of one canary target."""
+
+    path: str
+    success: bool
+    reason: Reason | None = None
+    message: str | None = None
+    length: int | None = None
+    duration_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One HTTP request a probe made, as the fetcher saw it."""
+
+    url: str
+    #: What was fetched: a role name, or "target" for target files.
+    role: str
+    status: int | None
+    bytes: int
+    started: float  #: monotonic seconds
+    duration_seconds: float
+    server_date: datetime | None = None
+    error: str | None = None
+    retries: int = 0
+
+
+@dataclass(frozen=True)
+class PhaseTiming:
+    """How long one phase took and how much of that was spent in HTTP requests."""
+
+    phase: str
+    seconds: float
+    network_seconds: float
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """The verdict of python-tuf for one endpoint, and what the inspector saw there."""
+
+    repository: str
+    endpoint: str
+    success: bool
+    started_at: datetime
+    duration_seconds: float
+    reason: Reason | None = None
+    role: FailedRole | None = None
+    message: str | None = None
+    #: Top-level roles by name (root, timestamp, snapshot, targets), what could be read.
+    roles: Mapping[str, RoleFacts] = field(default_factory=dict)
+    #: Delegated targets roles by name.
+    delegated: Mapping[str, RoleFacts] = field(default_factory=dict)
+    delegations: DelegationSummary = field(default_factory=DelegationSummary)
+    targets: tuple[TargetResult, ...] = ()
+    phases: tuple[PhaseTiming, ...] = ()
+    requests: tuple[RequestRecord, ...] = ()
+    #: True when the timestamp was byte-identical to the last verified one and the previous
+    #: verdict was reused (expiry re-checked against now, canaries downloaded again).
+    reused_verdict: bool = False
+    #: Newest ``Date`` header the endpoint sent, for clock-skew checks.
+    server_date: datetime | None = None
+
+    @property
+    def finished_at(self) -> float:
+        """Unix time when the probe finished."""
+        return self.started_at.timestamp() + self.duration_seconds
+
+    @property
+    def target_download_seconds(self) -> float:
+        """Total time spent downloading canary targets."""
+        return sum(t.duration_seconds for t in self.targets)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``probe --json`` shape of one endpoint."""
+        return {
+            "name": self.endpoint,
+            "success": self.success,
+            "reason": None if self.reason is None else str(self.reason),
+            "role": None if self.role is None else str(self.role),
+            "message": self.message,
+            "started_at": rfc3339(self.started_at),
+            "duration_seconds": round(self.duration_seconds, 6),
+            "reused_verdict": self.reused_verdict,
+            "roles": {name: facts.to_json() for name, facts in self.roles.items()},
+            "delegations": {
+                "count": self.delegations.count,
+                "failing": self.delegations.failing,
+                "min_expires": rfc3339(self.delegations.min_expires),
+                "failures": dict(self.delegations.failures),
+                "roles": {name: facts.to_json() for name, facts in sorted(self.delegated.items())},
+            },
+            "targets": [
+                {
+                    "path": t.path,
+                    "success": t.success,
+                    "reason": None if t.reason is None else str(t.reason),
+                    "message": t.message,
+                    "length": t.length,
+                    "duration_seconds": round(t.duration_seconds, 6),
+                }
+                for t in self.targets
+            ],
+            "phases": {
+                p.phase: {
+                    "seconds": round(p.seconds, 6),
+                    "network_seconds": round(p.network_seconds, 6),
+                }
+                for p in self.phases
+            },
+            "requests": len(self.requests),
+            "server_date": rfc3339(self.server_date),
+        }
