@@ -1,0 +1,614 @@
+"""Prometheus recording rules, alert rules and an Alertmanager example, generated as code.
+
+Every metric is referenced through :func:`m`, which looks the name up in
+:mod:`exporter.catalogue` and so fails at generation time when a metric is renamed. The
+numbers (SLO target and window, thresholds, ``for:`` durations, webhook URLs, ...) live in
+:class:`AlertOptions`, which can be loaded from a small YAML file, so an end-to-end test runs
+the very same code with shorter durations.
+
+Regenerate the committed files with ``python -m exporter.alerts --out alerts``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from exporter import catalogue
+from exporter.durations import parse_duration
+
+RECORDING_RULES_FILE = "recording_rules.yml"
+ALERT_RULES_FILE = "alert_rules.yml"
+ALERTMANAGER_FILE = "alertmanager.example.yml"
+
+#: Label used by every alert to pick its Alertmanager route.
+PAGE = "page"
+TICKET = "ticket"
+
+#: Anomaly kinds that suggest a compromised or misused signing key.
+COMPROMISE_KINDS: tuple[str, ...] = ("equivocation", "unknown_signer")
+
+#: Prometheus' own metric for scrape health; not exported by us, so not in the catalogue.
+BUILTIN_METRICS: frozenset[str] = frozenset({"up"})
+
+_DURATION = re.compile(r"(?:\d+(?:ms|s|m|h|d|w|y))+")
+
+
+def m(name: str) -> str:
+    """Return ``name`` after checking it is a catalogue metric (KeyError otherwise)."""
+    return catalogue.spec(name).name
+
+
+def kebab(name: str) -> str:
+    """``TufMetadataExpired`` -> ``tuf-metadata-expired`` (runbook file names)."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", name).lower()
+
+
+def _check_duration(name: str, value: str) -> str:
+    if not isinstance(value, str) or not _DURATION.fullmatch(value):
+        raise ValueError(f"{name}: expected a Prometheus duration like 5m or 1h, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class BurnWindow:
+    """One multi-window burn-rate condition: ``factor`` x budget over ``long`` AND ``short``."""
+
+    factor: float
+    long: str
+    short: str
+
+
+@dataclass(frozen=True)
+class BurnAlert:
+    """One burn-rate alert: any of its windows firing (``or``) for ``for_`` fires it."""
+
+    name: str
+    severity: str
+    windows: tuple[BurnWindow, ...]
+    for_: str
+
+
+def _default_burn_alerts() -> tuple[BurnAlert, ...]:
+    # Google SRE workbook, chapter 5, "multiwindow, multi-burn-rate alerts".
+    return (
+        BurnAlert("TufErrorBudgetBurnFast", PAGE,
+                  (BurnWindow(14.4, "1h", "5m"), BurnWindow(6, "6h", "30m")), "2m"),
+        BurnAlert("TufErrorBudgetBurnSlow", TICKET,
+                  (BurnWindow(3, "1d", "2h"), BurnWindow(1, "3d", "6h")), "15m"),
+    )
+
+
+def _role_seconds(**values: float) -> dict[str, float]:
+    return dict(values)
+
+
+@dataclass(frozen=True)
+class AlertOptions:
+    """Every number the generated rules and the Alertmanager example depend on."""
+
+    #: Verification-success SLO target (0.999 = 99.9 %); the error budget is 1 - target.
+    slo_target: float = 0.999
+    #: Window the SLO (and the error budget left) is measured over.
+    slo_window: str = "30d"
+    burn_alerts: tuple[BurnAlert, ...] = field(default_factory=_default_burn_alerts)
+    #: Expiry margin thresholds per top-level role, in seconds.
+    expiry_ticket_seconds: Mapping[str, float] = field(default_factory=lambda: _role_seconds(
+        root=30 * 86400, timestamp=6 * 3600, snapshot=7 * 86400, targets=7 * 86400))
+    expiry_page_seconds: Mapping[str, float] = field(default_factory=lambda: _role_seconds(
+        root=7 * 86400, timestamp=3600, snapshot=86400, targets=86400))
+    expiry_ticket_for: str = "10m"
+    expiry_page_for: str = "5m"
+    expired_for: str = "1m"
+    #: Share of a repository's endpoints failing that makes a mass failure (page).
+    mass_failure_ratio: float = 0.5
+    mass_failure_for: str = "5m"
+    endpoint_failure_for: str = "15m"
+    mirror_lag_seconds: float = 3600
+    mirror_lag_for: str = "15m"
+    #: Window over which a rollback or anomaly counter increase fires an alert.
+    event_window: str = "30m"
+    signer_down_for: str = "15m"
+    signer_cadence_for: str = "15m"
+    signer_unauthorized_for: str = "5m"
+    exporter_job: str = "tuf-exporter"
+    exporter_down_for: str = "5m"
+    #: A probe older than this is stalled.
+    probe_stall_seconds: float = 1800
+    probe_stall_for: str = "5m"
+    spool_growth_window: str = "30m"
+    spool_backlog_min: float = 100
+    spool_growth_for: str = "30m"
+    events_dropped_window: str = "15m"
+    config_reload_for: str = "10m"
+    runbook_base_url: str = (
+        "https://github.com/tuf-exporter/tuf-exporter/blob/main/docs/runbooks"
+    )
+    dashboard_base_url: str = "/d"
+    #: Alertmanager example: webhook receivers and routing timings.
+    page_webhook_url: str = "http://127.0.0.1:9099/page"
+    ticket_webhook_url: str = "http://127.0.0.1:9099/ticket"
+    group_wait: str = "30s"
+    group_interval: str = "5m"
+    page_repeat_interval: str = "1h"
+    ticket_repeat_interval: str = "12h"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.slo_target < 1:
+            raise ValueError(f"slo_target must be between 0 and 1, got {self.slo_target!r}")
+        if not 0 < self.mass_failure_ratio <= 1:
+            raise ValueError("mass_failure_ratio must be in (0, 1]")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith(("_for", "_window", "_interval", "group_wait")):
+                _check_duration(f.name, value)
+        for roles_name in ("expiry_ticket_seconds", "expiry_page_seconds"):
+            roles = getattr(self, roles_name)
+            unknown = set(roles) - set(catalogue.TOP_LEVEL_ROLES)
+            missing = set(catalogue.TOP_LEVEL_ROLES) - set(roles)
+            if unknown or missing:
+                raise ValueError(f"{roles_name}: need exactly the roles "
+                                 f"{', '.join(catalogue.TOP_LEVEL_ROLES)}")
+        for alert in self.burn_alerts:
+            if alert.severity not in (PAGE, TICKET):
+                raise ValueError(f"{alert.name}: severity must be page or ticket")
+            _check_duration(alert.name, alert.for_)
+            for w in alert.windows:
+                _check_duration(alert.name, w.long)
+                _check_duration(alert.name, w.short)
+
+    @property
+    def error_budget(self) -> float:
+        return 1 - self.slo_target
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> AlertOptions:
+        """Options from a mapping (e.g. parsed YAML); unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown alert option(s): {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(known))}")
+        values: dict[str, Any] = {}
+        base = cls()
+        for key, value in data.items():
+            if key == "burn_alerts":
+                values[key] = tuple(
+                    BurnAlert(
+                        name=str(a["name"]), severity=str(a["severity"]),
+                        for_=str(a.get("for", "2m")),
+                        windows=tuple(BurnWindow(float(w["factor"]), str(w["long"]),
+                                                 str(w["short"])) for w in a["windows"]),
+                    ) for a in value)
+            elif key in ("expiry_ticket_seconds", "expiry_page_seconds"):
+                merged = dict(getattr(base, key))
+                merged.update({str(r): parse_duration(v) for r, v in dict(value).items()})
+                values[key] = merged
+            elif key.endswith("_seconds"):
+                values[key] = parse_duration(value)
+            elif key in ("slo_target", "mass_failure_ratio", "spool_backlog_min"):
+                values[key] = float(value)
+            else:
+                values[key] = str(value)
+        return dataclasses.replace(base, **values)
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> AlertOptions:
+        """Options from a YAML file such as ``{slo_target: 0.995, exporter_job: tuf}``."""
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of alert options")
+        return cls.from_mapping(data)
+
+
+# --------------------------------------------------------------------------------------------
+# Recording rules
+# --------------------------------------------------------------------------------------------
+
+#: Aggregation levels of the SLI, with the windows recorded at that level.
+_REPO = ("repository",)
+_REPO_EP = ("repository", "endpoint")
+
+
+def sli_record_name(level: Sequence[str], window: str) -> str:
+    """``repository:tuf_probe_success:ratio_rate5m`` (the ``level:metric:operations`` form)."""
+    return f"{'_'.join(level)}:tuf_probe_success:ratio_rate{window}"
+
+
+def error_budget_record_name() -> str:
+    return "repository:tuf_probe_error_budget:remaining_ratio"
+
+
+def _sli_expr(level: Sequence[str], window: str) -> str:
+    by = ", ".join(level)
+    probes = m("tuf_probes_total")
+    total = f"sum by ({by}) (rate({probes}[{window}]))"
+    success = f'sum by ({by}) (rate({probes}{{result="success"}}[{window}]))'
+    # "or 0 * total": a repository with only failures (no success series yet) is 0, not absent.
+    # "/ (total > 0)": no traffic gives no sample rather than NaN.
+    return f"(\n  {success}\n  or\n  0 * {total}\n)\n/\n({total} > 0)\n"
+
+
+def _windows(options: AlertOptions) -> list[str]:
+    seen: set[str] = set()
+    for alert in options.burn_alerts:
+        for w in alert.windows:
+            seen.update((w.long, w.short))
+    seen.add(options.slo_window)
+    return sorted(seen, key=parse_duration)
+
+
+def recording_rules(options: AlertOptions) -> dict[str, Any]:
+    """The recording-rule file as a mapping."""
+    windows = _windows(options)
+    endpoint_windows = [w for w in windows if w in ("5m", "1h", "1d")] or windows[:1]
+    rules: list[dict[str, Any]] = []
+    for window in windows:
+        rules.append({"record": sli_record_name(_REPO, window), "expr": _sli_expr(_REPO, window)})
+    for window in endpoint_windows:
+        rules.append({"record": sli_record_name(_REPO_EP, window),
+                      "expr": _sli_expr(_REPO_EP, window)})
+    slo_ratio = sli_record_name(_REPO, options.slo_window)
+    rules.append({
+        "record": error_budget_record_name(),
+        "expr": f"1 - (1 - {slo_ratio}) / {_num(options.error_budget)}\n",
+        "labels": {"slo_window": options.slo_window},
+    })
+    return {"groups": [{"name": "tuf-exporter-sli", "interval": "1m", "rules": rules}]}
+
+
+def recording_rule_names(options: AlertOptions | None = None) -> set[str]:
+    """Names of every recording rule (allowed in expressions besides catalogue metrics)."""
+    doc = recording_rules(options or AlertOptions())
+    return {r["record"] for g in doc["groups"] for r in g["rules"]}
+
+
+# --------------------------------------------------------------------------------------------
+# Alert rules
+# --------------------------------------------------------------------------------------------
+
+
+def _num(value: float) -> str:
+    """A short, exact-looking number for PromQL: 2592000 rather than 2.592e+06."""
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:.10g}"
+
+
+def _alert(
+    options: AlertOptions,
+    name: str,
+    expr: str,
+    severity: str,
+    for_: str,
+    summary: str,
+    description: str,
+) -> dict[str, Any]:
+    rule: dict[str, Any] = {"alert": name, "expr": expr.strip() + "\n"}
+    if parse_duration(for_) > 0:
+        rule["for"] = for_
+    rule["labels"] = {"severity": severity}
+    rule["annotations"] = {
+        "summary": summary,
+        "description": description,
+        "runbook_url": f"{options.runbook_base_url.rstrip('/')}/{kebab(name)}.md",
+    }
+    return rule
+
+
+def _slo_alerts(o: AlertOptions) -> list[dict[str, Any]]:
+    out = []
+    budget = _num(o.error_budget)
+    for alert in o.burn_alerts:
+        parts = []
+        for w in alert.windows:
+            threshold = f"({_num(w.factor)} * {budget})"
+            parts.append(
+                f"(\n  (1 - {sli_record_name(_REPO, w.long)}) > {threshold}\n  and\n"
+                f"  (1 - {sli_record_name(_REPO, w.short)}) > {threshold}\n)")
+        windows = ", ".join(f"{_num(w.factor)}x over {w.long} and {w.short}"
+                            for w in alert.windows)
+        out.append(_alert(
+            o, alert.name, "\nor\n".join(parts), alert.severity, alert.for_,
+            "{{ $labels.repository }} burns its verification error budget "
+            + ("fast" if alert.severity == PAGE else "steadily"),
+            "Verification failures of {{ $labels.repository }} are burning the "
+            f"{_num(o.slo_target * 100)}% / {o.slo_window} SLO error budget ({windows}); "
+            "error ratio {{ $value | humanizePercentage }}.",
+        ))
+    return out
+
+
+def _expiry_expr(thresholds: Mapping[str, float]) -> str:
+    margin = m("tuf_metadata_expiry_margin_seconds")
+    parts = [f'({margin}{{role="{role}"}} > 0) < {_num(thresholds[role])}'
+             for role in catalogue.TOP_LEVEL_ROLES]
+    return "\nor\n".join(parts)
+
+
+def _symptom_alerts(o: AlertOptions) -> list[dict[str, Any]]:
+    success = m("tuf_probe_success")
+    where = "{{ $labels.role }} metadata of {{ $labels.repository }} on {{ $labels.endpoint }}"
+    kinds = "|".join(COMPROMISE_KINDS)
+    job = f'up{{job="{o.exporter_job}"}}'
+    return [
+        _alert(o, "TufMetadataExpiringSoon", _expiry_expr(o.expiry_ticket_seconds), TICKET,
+               o.expiry_ticket_for, f"{where} expires soon",
+               f"{where} expires in {{{{ $value | humanizeDuration }}}}; re-sign it before "
+               "clients refuse it."),
+        _alert(o, "TufMetadataExpiringCritical", _expiry_expr(o.expiry_page_seconds), PAGE,
+               o.expiry_page_for, f"{where} is about to expire",
+               f"{where} expires in {{{{ $value | humanizeDuration }}}}; once expired every "
+               "client refuses to update from this repository."),
+        _alert(o, "TufMetadataExpired",
+               f"{m('tuf_metadata_expiry_margin_seconds')} <= 0", PAGE, o.expired_for,
+               f"{where} has expired",
+               f"{where} expired {{{{ $value | humanizeDuration }}}} ago (negative margin); "
+               "clients refuse to update."),
+        _alert(o, "TufVerificationMassFailure",
+               f"(\n  count by (repository) ({success} == 0)\n  /\n"
+               f"  count by (repository) ({success})\n) >= {_num(o.mass_failure_ratio)}",
+               PAGE, o.mass_failure_for,
+               "{{ $labels.repository }}: most endpoints fail verification",
+               "{{ $value | humanizePercentage }} of the endpoints of {{ $labels.repository }} "
+               "fail the TUF client refresh or canary downloads: clients cannot update."),
+        _alert(o, "TufEndpointVerificationFailing", f"{success} == 0", TICKET,
+               o.endpoint_failure_for,
+               "{{ $labels.repository }} on {{ $labels.endpoint }} fails verification",
+               "The TUF client probe of {{ $labels.repository }} on {{ $labels.endpoint }} has "
+               "failed for a while; see tuf_probe_failures_total for the reason and role."),
+        _alert(o, "TufMirrorLagging",
+               f"{m('tuf_mirror_lag_seconds')} > {_num(o.mirror_lag_seconds)}", TICKET,
+               o.mirror_lag_for,
+               "Mirror {{ $labels.endpoint }} of {{ $labels.repository }} lags the primary",
+               "Mirror {{ $labels.endpoint }} of {{ $labels.repository }} has been behind the "
+               "primary for {{ $value | humanizeDuration }}."),
+        _alert(o, "TufRollbackDetected",
+               f"increase({m('tuf_rollbacks_detected_total')}[{o.event_window}]) > 0", PAGE, "0s",
+               f"Rollback or freeze of {where}",
+               f"{where} went back to an older version or froze past its re-signing cadence "
+               f"({{{{ $value }}}} times in {o.event_window}): possible rollback or freeze "
+               "attack, or a broken mirror."),
+        _alert(o, "TufPossibleKeyCompromise",
+               f'increase({m("tuf_anomalies_total")}{{kind=~"{kinds}"}}[{o.event_window}]) > 0',
+               PAGE, "0s",
+               "{{ $labels.kind }} on {{ $labels.repository }} ({{ $labels.endpoint }}): "
+               "possible key compromise",
+               "{{ $labels.repository }} on {{ $labels.endpoint }} showed {{ $labels.kind }} "
+               "(two different metadata files with the same version, or a signature by a key "
+               "nobody knows): treat as a possible signing key compromise."),
+        _alert(o, "TufMetadataAnomaly",
+               f'increase({m("tuf_anomalies_total")}{{kind!~"{kinds}"}}[{o.event_window}]) > 0',
+               TICKET, "0s",
+               "{{ $labels.kind }} on {{ $labels.repository }} ({{ $labels.endpoint }})",
+               "{{ $labels.repository }} on {{ $labels.endpoint }} showed the anomaly "
+               "{{ $labels.kind }} {{ $value }} times in the last " + o.event_window + "."),
+        _alert(o, "TufSignerDown", f"{m('tuf_signer_up')} == 0", TICKET, o.signer_down_for,
+               "Signer {{ $labels.signer }} ({{ $labels.repository }}/{{ $labels.role }}) "
+               "cannot sign",
+               "The signing probe of {{ $labels.signer }} for the {{ $labels.role }} role of "
+               "{{ $labels.repository }} has not produced a valid signature for "
+               + o.signer_down_for + "."),
+        _alert(o, "TufSignerOffCadence", f"{m('tuf_signer_cadence_ok')} == 0", TICKET,
+               o.signer_cadence_for,
+               "{{ $labels.role }} of {{ $labels.repository }} is not re-signed on time",
+               "The online role {{ $labels.role }} of {{ $labels.repository }} was not re-signed "
+               "within its expected period."),
+        _alert(o, "TufSignerKeyUnauthorized", f"{m('tuf_signer_key_authorized')} == 0", PAGE,
+               o.signer_unauthorized_for,
+               "Signer {{ $labels.signer }} key is not authorized for {{ $labels.repository }}/"
+               "{{ $labels.role }}",
+               "The key of signer {{ $labels.signer }} is not among the keys the current "
+               "metadata of {{ $labels.repository }} authorizes for {{ $labels.role }}: its "
+               "signatures will not count."),
+        _alert(o, "TufExporterDown", f"{job} == 0\nor\nabsent({job})", PAGE, o.exporter_down_for,
+               f"tuf-exporter (job {o.exporter_job}) is not scraped",
+               f"Prometheus cannot scrape job {o.exporter_job} (or has no target for it): no TUF "
+               "repository is watched and no TUF alert can fire."),
+        _alert(o, "TufProbesStalled",
+               f"time() - {m('tuf_exporter_last_probe_timestamp_seconds')} "
+               f"> {_num(o.probe_stall_seconds)}", TICKET, o.probe_stall_for,
+               "Probes of {{ $labels.repository }} on {{ $labels.endpoint }} stalled",
+               "The last probe of {{ $labels.repository }} on {{ $labels.endpoint }} finished "
+               "{{ $value | humanizeDuration }} ago; its metrics are stale."),
+        _alert(o, "TufEventSpoolGrowing",
+               f"deriv({m('tuf_exporter_events_spooled')}[{o.spool_growth_window}]) > 0\nand\n"
+               f"{m('tuf_exporter_events_spooled')} > {_num(o.spool_backlog_min)}",
+               TICKET, o.spool_growth_for,
+               "tuf-exporter event spool is growing",
+               "Events are piling up in the durable spool of {{ $labels.instance }} "
+               f"(growing for {o.spool_growth_for}): the event sink is slow or unreachable."),
+        _alert(o, "TufEventsDropped",
+               f"increase({m('tuf_exporter_events_dropped_total')}[{o.events_dropped_window}])"
+               " > 0", TICKET, "0s",
+               "tuf-exporter drops events ({{ $labels.cause }})",
+               "{{ $value }} events were dropped in " + o.events_dropped_window
+               + " because of {{ $labels.cause }}; the audit trail has gaps."),
+        _alert(o, "TufExporterConfigReloadFailed",
+               f"{m('tuf_exporter_config_last_reload_successful')} == 0", TICKET,
+               o.config_reload_for,
+               "tuf-exporter failed to reload its configuration",
+               "The last configuration reload of {{ $labels.instance }} failed; it keeps "
+               "running with the previous configuration."),
+    ]
+
+
+def alert_rules(options: AlertOptions) -> dict[str, Any]:
+    """The alert-rule file as a mapping."""
+    return {"groups": [
+        {"name": "tuf-exporter-slo", "rules": _slo_alerts(options)},
+        {"name": "tuf-exporter-symptoms", "rules": _symptom_alerts(options)},
+    ]}
+
+
+def alert_names(options: AlertOptions | None = None) -> list[str]:
+    doc = alert_rules(options or AlertOptions())
+    return [r["alert"] for g in doc["groups"] for r in g["rules"]]
+
+
+# --------------------------------------------------------------------------------------------
+# Alertmanager example
+# --------------------------------------------------------------------------------------------
+
+#: Alerts about one endpoint that are noise while the whole repository or its primary fails.
+MIRROR_ALERTS: tuple[str, ...] = (
+    "TufEndpointVerificationFailing",
+    "TufMirrorLagging",
+    "TufMetadataExpiringSoon",
+    "TufMetadataExpiringCritical",
+    "TufMetadataExpired",
+    "TufProbesStalled",
+)
+
+_AM_HEADER = """\
+# Example Alertmanager configuration for tuf-exporter alerts (generated by
+# `python -m exporter.alerts --out alerts`; do not edit by hand).
+#
+# Alerts carry severity="page" (wake someone up) or severity="ticket" (next working day).
+# Alerts are grouped per repository and alert name; alerts about single mirrors are
+# inhibited while the whole repository (TufVerificationMassFailure) or its primary fails.
+#
+# Silence an alert during planned work, e.g. a key ceremony or a mirror migration:
+#   amtool silence add --alertmanager.url=http://localhost:9093 \\
+#     --duration=2h --comment="mirror cdn-eu migration" \\
+#     alertname=TufEndpointVerificationFailing repository=example endpoint=cdn-eu
+#   amtool silence query --alertmanager.url=http://localhost:9093
+#   amtool silence expire --alertmanager.url=http://localhost:9093 <silence-id>
+"""
+
+_AM_FOOTER = """\
+# Maintenance window example: mute tickets during a weekly window (Alertmanager >= 0.24).
+# Define the interval at top level and reference it from a route:
+#
+# time_intervals:
+#   - name: weekly-maintenance
+#     time_intervals:
+#       - weekdays: ['tuesday']
+#         times:
+#           - start_time: '06:00'
+#             end_time: '08:00'
+#         location: 'UTC'
+#
+# and in the ticket route:
+#
+#   - receiver: tuf-ticket
+#     matchers: ['severity="ticket"']
+#     mute_time_intervals: [weekly-maintenance]
+#
+# Pages are deliberately never muted by a schedule: use a silence for planned work instead.
+"""
+
+
+def alertmanager_config(o: AlertOptions) -> dict[str, Any]:
+    """The Alertmanager example as a mapping."""
+    mirror_alerts = "|".join(MIRROR_ALERTS)
+    return {
+        "route": {
+            "receiver": "tuf-ticket",
+            "group_by": ["alertname", "repository"],
+            "group_wait": o.group_wait,
+            "group_interval": o.group_interval,
+            "repeat_interval": o.ticket_repeat_interval,
+            "routes": [
+                {"receiver": "tuf-page", "matchers": [f'severity="{PAGE}"'],
+                 "repeat_interval": o.page_repeat_interval},
+                {"receiver": "tuf-ticket", "matchers": [f'severity="{TICKET}"'],
+                 "repeat_interval": o.ticket_repeat_interval},
+            ],
+        },
+        "inhibit_rules": [
+            {"source_matchers": ['alertname="TufVerificationMassFailure"'],
+             "target_matchers": [f'alertname=~"{mirror_alerts}"', 'endpoint!="primary"'],
+             "equal": ["repository"]},
+            {"source_matchers": ['alertname="TufEndpointVerificationFailing"',
+                                 'endpoint="primary"'],
+             "target_matchers": [f'alertname=~"{mirror_alerts}"', 'endpoint!="primary"'],
+             "equal": ["repository"]},
+            {"source_matchers": ['alertname=~"TufMetadataExpired|TufMetadataExpiringCritical"'],
+             "target_matchers": ['alertname="TufMetadataExpiringSoon"'],
+             "equal": ["repository", "endpoint", "role"]},
+            {"source_matchers": ['alertname="TufMetadataExpired"'],
+             "target_matchers": ['alertname="TufMetadataExpiringCritical"'],
+             "equal": ["repository", "endpoint", "role"]},
+            {"source_matchers": ['alertname="TufErrorBudgetBurnFast"'],
+             "target_matchers": ['alertname="TufErrorBudgetBurnSlow"'],
+             "equal": ["repository"]},
+        ],
+        "receivers": [
+            {"name": "tuf-page",
+             "webhook_configs": [{"url": o.page_webhook_url, "send_resolved": True}]},
+            {"name": "tuf-ticket",
+             "webhook_configs": [{"url": o.ticket_webhook_url, "send_resolved": True}]},
+        ],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _str_representer)
+
+
+def dump_yaml(doc: Mapping[str, Any]) -> str:
+    """Deterministic YAML: insertion order, literal blocks for multi-line expressions."""
+    return yaml.dump(dict(doc), Dumper=_Dumper, sort_keys=False, width=10_000,
+                     default_flow_style=False, allow_unicode=True)
+
+
+_GENERATED = ("# Generated by `python -m exporter.alerts --out alerts` from exporter/alerts.py;"
+              " do not edit.\n")
+
+
+def render(options: AlertOptions | None = None) -> dict[str, str]:
+    """File name -> content of every generated file."""
+    o = options or AlertOptions()
+    return {
+        RECORDING_RULES_FILE: _GENERATED + dump_yaml(recording_rules(o)),
+        ALERT_RULES_FILE: _GENERATED + dump_yaml(alert_rules(o)),
+        ALERTMANAGER_FILE: _AM_HEADER + dump_yaml(alertmanager_config(o)) + _AM_FOOTER,
+    }
+
+
+def build_alerts(out_dir: Path, options: AlertOptions | None = None) -> list[Path]:
+    """Write the rule files and the Alertmanager example into ``out_dir``; return their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, text in render(options).items():
+        path = out_dir / name
+        path.write_text(text, encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m exporter.alerts", description=__doc__)
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--config", type=Path, help="YAML file with AlertOptions fields")
+    args = parser.parse_args(argv)
+    options = AlertOptions.from_yaml(args.config) if args.config else None
+    for path in build_alerts(args.out, options):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
