@@ -1,0 +1,516 @@
+"""The durable spool: every event goes to SQLite first, the shipper takes it from there.
+
+Durability guarantee
+    The spool is an SQLite database in WAL mode with ``synchronous=FULL``. :meth:`Spool.emit`
+    commits (and so fsyncs the WAL) before it returns: an event whose ``emit`` returned survives
+    SIGKILL of the process and a crash or power loss of the machine. An event leaves the spool
+    only when the sink accepted it (:meth:`Spool.ack`), when the sink rejected it for good (it
+    moves to the dead-letter table, :meth:`Spool.dead_letter`), or by the size and age policy
+    below, and every one of those is counted.
+
+Exactly once
+    Rows are keyed by the event's content-derived id, inserted with ``INSERT OR IGNORE``: the
+    same event emitted twice is stored once. Ids of acknowledged and dead-lettered events are
+    remembered for ``max_age`` so a late duplicate is not shipped again either.
+
+Size and age policy
+    The spool's size is the total byte length of the spooled documents. When an insert would
+    take it over ``max_bytes`` the oldest events are dropped first, counted as
+    ``dropped{cause="spool_full"}``. Events spooled more than ``max_age`` seconds ago are
+    dropped, counted as ``dropped{cause="too_old"}``. Both are logged as warnings.
+
+Corruption
+    A spool file SQLite cannot read is renamed aside (``spool.sqlite.corrupt-<UTC time>``, with
+    its ``-wal`` and ``-shm``), an error is logged and counted, and a new spool is started: the
+    exporter keeps running and the old file is kept for inspection.
+
+One process uses a spool at a time; within it, one connection is shared under a lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from prometheus_client.core import Metric
+
+from exporter import catalogue
+from exporter.config import Events
+from exporter.events import Event, canonical_json
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: File name of the spool inside the state directory.
+SPOOL_FILE = "spool.sqlite"
+
+#: Longest error text kept with a dead letter.
+MAX_ERROR_CHARS = 4000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    spooled_at REAL NOT NULL,
+    size INTEGER NOT NULL,
+    document TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_spooled_at ON events (spooled_at);
+CREATE TABLE IF NOT EXISTS acked (
+    event_id TEXT PRIMARY KEY,
+    acked_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS acked_at ON acked (acked_at);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    event_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    failed_at REAL NOT NULL,
+    status INTEGER,
+    error TEXT NOT NULL,
+    document TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_failed_at ON dead_letters (failed_at);
+"""
+
+
+class SpoolError(RuntimeError):
+    """The spool cannot be used (the database cannot be opened or written)."""
+
+
+@dataclass(frozen=True)
+class SpooledEvent:
+    """An event waiting in the spool, as the shipper sees it."""
+
+    seq: int
+    event_id: str
+    kind: str
+    spooled_at: float
+    document: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A document the sink rejected for good, kept with the sink's error."""
+
+    event_id: str
+    kind: str
+    failed_at: float
+    status: int | None
+    error: str
+    document: dict[str, Any]
+
+
+def _is_corruption(exc: BaseException) -> bool:
+    """True for SQLite errors meaning the file is not a usable database (not 'locked', ...)."""
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc, sqlite3.OperationalError | sqlite3.IntegrityError
+    )
+
+
+class Spool:
+    """The durable event spool; also the :class:`~exporter.events.Emitter` producers call."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int = Events.spool_max_bytes,
+        max_age: float = Events.spool_max_age,
+        dead_letter_max: int = 10_000,
+        busy_timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.max_age = max_age
+        self.dead_letter_max = dead_letter_max
+        self.busy_timeout = busy_timeout
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._changed = threading.Event()
+        self._produced: Counter[str] = Counter()
+        self._dropped: Counter[str] = Counter()
+        self.corrupt_recoveries = 0
+        self._bytes = 0
+        self._conn: sqlite3.Connection | None = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self._open()
+
+    @classmethod
+    def from_settings(cls, state_dir: Path, settings: Events, **kwargs: Any) -> Spool:
+        """The spool ``<state_dir>/spool.sqlite`` with the configured limits."""
+        return cls(
+            state_dir / SPOOL_FILE,
+            max_bytes=settings.spool_max_bytes,
+            max_age=settings.spool_max_age,
+            **kwargs,
+        )
+
+    # -- connection and recovery ---------------------------------------------------------------
+
+    def _open(self) -> None:
+        try:
+            self._connect()
+        except sqlite3.DatabaseError as exc:
+            if not _is_corruption(exc):
+                raise SpoolError(f"cannot open the event spool {self.path}: {exc}") from exc
+            self._recover(exc)
+
+    def _connect(self) -> None:
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise SpoolError(f"{self.path}: cannot switch the spool to WAL mode ({mode})")
+            conn.execute("PRAGMA synchronous=FULL")
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {check}")
+            conn.executescript(_SCHEMA)
+            total = conn.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()[0]
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self._bytes = int(total)
+
+    def _recover(self, exc: BaseException) -> None:
+        """Rename the unreadable spool aside, log loudly, count it and start a new one."""
+        if self._conn is not None:
+            with suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(f"{self.path}{suffix}")
+            if source.exists():
+                source.rename(Path(f"{aside}{suffix}"))
+        self.corrupt_recoveries += 1
+        log.error(
+            "EVENT SPOOL CORRUPT: %s is not a readable SQLite database (%s); moved it to %s "
+            "and started a new, empty spool. Events still in the old file were not shipped.",
+            self.path,
+            exc,
+            aside,
+        )
+        try:
+            self._connect()
+        except sqlite3.DatabaseError as again:
+            raise SpoolError(f"cannot create a new event spool {self.path}: {again}") from again
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise SpoolError("the event spool is closed")
+        return self._conn
+
+    def _guarded(self, action: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``action`` under the lock; on corruption recover once and retry."""
+        with self._lock:
+            try:
+                return action(self._db())
+            except sqlite3.DatabaseError as exc:
+                if not _is_corruption(exc):
+                    raise
+                self._recover(exc)
+                return action(self._db())
+
+    @contextmanager
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            self._bytes = int(
+                conn.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()[0]
+            )
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the database (a checkpoint folds the WAL back into the main file)."""
+        with self._lock:
+            if self._conn is not None:
+                with suppress(sqlite3.Error):
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- producing -----------------------------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        """Spool ``event`` durably; never raises (a failure is logged and counted)."""
+        try:
+            self.put(event)
+        except Exception as exc:
+            self._dropped["spool_error"] += 1
+            log.error("could not spool %s event %s: %s", event.kind, event.event_id, exc)
+
+    def put(self, event: Event) -> bool:
+        """Spool ``event``; True when it was new, False for a duplicate. Raises on failure."""
+        document = canonical_json(event.to_document()).decode("utf-8")
+        size = len(document.encode("utf-8"))
+        now = self.clock()
+
+        def insert(conn: sqlite3.Connection) -> bool:
+            with self._transaction(conn):
+                if self._known(conn, event.event_id):
+                    return False
+                self._produced[str(event.kind)] += 1
+                if size > self.max_bytes:
+                    self._drop_count("spool_full", 1, "an event larger than spool_max_bytes")
+                    return True
+                self._make_room(conn, size)
+                conn.execute(
+                    "INSERT OR IGNORE INTO events (event_id, kind, spooled_at, size, document) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (event.event_id, str(event.kind), now, size, document),
+                )
+                self._bytes += size
+                return True
+
+        new = self._guarded(insert)
+        if new:
+            self._changed.set()
+        return new
+
+    @staticmethod
+    def _known(conn: sqlite3.Connection, event_id: str) -> bool:
+        row = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE event_id = ?)"
+            " OR EXISTS (SELECT 1 FROM acked WHERE event_id = ?)"
+            " OR EXISTS (SELECT 1 FROM dead_letters WHERE event_id = ?)",
+            (event_id, event_id, event_id),
+        ).fetchone()
+        return bool(row[0])
+
+    def _make_room(self, conn: sqlite3.Connection, size: int) -> None:
+        """Drop the oldest events until ``size`` more bytes fit (inside a transaction)."""
+        dropped = 0
+        while self._bytes + size > self.max_bytes:
+            rows = conn.execute("SELECT seq, size FROM events ORDER BY seq LIMIT 256").fetchall()
+            if not rows:
+                self._bytes = 0
+                break
+            for seq, row_size in rows:
+                conn.execute("DELETE FROM events WHERE seq = ?", (seq,))
+                self._bytes -= int(row_size)
+                dropped += 1
+                if self._bytes + size <= self.max_bytes:
+                    break
+        if dropped:
+            self._drop_count("spool_full", dropped, "the spool reached spool_max_bytes")
+
+    def _drop_count(self, cause: str, count: int, why: str) -> None:
+        self._dropped[cause] += count
+        log.warning("event spool dropped %d event(s), oldest first: %s", count, why)
+
+    # -- shipping ------------------------------------------------------------------------------
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a new event in this process; True if one came."""
+        arrived = self._changed.wait(timeout)
+        self._changed.clear()
+        return arrived
+
+    def peek(self, n: int) -> list[SpooledEvent]:
+        """The ``n`` oldest events, oldest first, after applying the age policy."""
+        self.enforce_limits()
+
+        def select(conn: sqlite3.Connection) -> list[SpooledEvent]:
+            rows = conn.execute(
+                "SELECT seq, event_id, kind, spooled_at, document FROM events ORDER BY seq LIMIT ?",
+                (n,),
+            ).fetchall()
+            return [SpooledEvent(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+        return self._guarded(select)
+
+    def ack(self, event_ids: Iterable[str]) -> int:
+        """Remove delivered events; returns how many were still spooled."""
+        ids = list(dict.fromkeys(event_ids))
+        now = self.clock()
+
+        def delete(conn: sqlite3.Connection) -> int:
+            removed = 0
+            with self._transaction(conn):
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start : start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    freed = conn.execute(
+                        f"SELECT COALESCE(SUM(size), 0), COUNT(*) FROM events "  # noqa: S608
+                        f"WHERE event_id IN ({marks})",
+                        chunk,
+                    ).fetchone()
+                    conn.execute(f"DELETE FROM events WHERE event_id IN ({marks})", chunk)  # noqa: S608
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO acked (event_id, acked_at) VALUES (?, ?)",
+                        [(event_id, now) for event_id in chunk],
+                    )
+                    self._bytes -= int(freed[0])
+                    removed += int(freed[1])
+            return removed
+
+        return self._guarded(delete) if ids else 0
+
+    def dead_letter(self, event_id: str, error: str, status: int | None = None) -> bool:
+        """Set a rejected event aside with the sink's error; counted as dropped{rejected}."""
+        now = self.clock()
+
+        def move(conn: sqlite3.Connection) -> bool:
+            with self._transaction(conn):
+                row = conn.execute(
+                    "SELECT kind, size, document FROM events WHERE event_id = ?", (event_id,)
+                ).fetchone()
+                if row is None:
+                    return False
+                conn.execute(
+                    "INSERT OR REPLACE INTO dead_letters "
+                    "(event_id, kind, failed_at, status, error, document) VALUES (?,?,?,?,?,?)",
+                    (event_id, row[0], now, status, error[:MAX_ERROR_CHARS], row[2]),
+                )
+                conn.execute("DELETE FROM events WHERE event_id = ?", (event_id,))
+                self._bytes -= int(row[1])
+                self._dropped["rejected"] += 1
+                return True
+
+        moved = self._guarded(move)
+        if moved:
+            log.warning(
+                "the event sink rejected event %s (status %s); kept as a dead letter: %s",
+                event_id,
+                status,
+                error[:500],
+            )
+        return moved
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The most recent dead letters, newest first, for inspection."""
+
+        def select(conn: sqlite3.Connection) -> list[DeadLetter]:
+            rows = conn.execute(
+                "SELECT event_id, kind, failed_at, status, error, document FROM dead_letters "
+                "ORDER BY failed_at DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [DeadLetter(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+
+        return self._guarded(select)
+
+    def requeue_dead_letters(self, event_ids: Iterable[str] | None = None) -> int:
+        """Put dead letters (all, or those in ``event_ids``) back in the spool, e.g. after a
+        mapping fix; returns how many were requeued."""
+        wanted = None if event_ids is None else set(event_ids)
+        now = self.clock()
+
+        def requeue(conn: sqlite3.Connection) -> int:
+            moved = 0
+            with self._transaction(conn):
+                rows = conn.execute(
+                    "SELECT event_id, kind, document FROM dead_letters ORDER BY failed_at"
+                ).fetchall()
+                for event_id, kind, document in rows:
+                    if wanted is not None and event_id not in wanted:
+                        continue
+                    size = len(document.encode("utf-8"))
+                    conn.execute("DELETE FROM dead_letters WHERE event_id = ?", (event_id,))
+                    conn.execute(
+                        "INSERT OR IGNORE INTO events (event_id, kind, spooled_at, size, "
+                        "document) VALUES (?, ?, ?, ?, ?)",
+                        (event_id, kind, now, size, document),
+                    )
+                    self._bytes += size
+                    moved += 1
+            return moved
+
+        moved = self._guarded(requeue)
+        if moved:
+            self._changed.set()
+        return moved
+
+    def enforce_limits(self) -> int:
+        """Apply the age policy (and trim old ack and dead-letter records); returns the number
+        of events dropped as too old."""
+        cutoff = self.clock() - self.max_age
+
+        def prune(conn: sqlite3.Connection) -> int:
+            with self._transaction(conn):
+                freed, count = conn.execute(
+                    "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM events WHERE spooled_at < ?",
+                    (cutoff,),
+                ).fetchone()
+                if count:
+                    conn.execute("DELETE FROM events WHERE spooled_at < ?", (cutoff,))
+                    self._bytes -= int(freed)
+                conn.execute("DELETE FROM acked WHERE acked_at < ?", (cutoff,))
+                conn.execute("DELETE FROM dead_letters WHERE failed_at < ?", (cutoff,))
+                conn.execute(
+                    "DELETE FROM dead_letters WHERE event_id IN (SELECT event_id FROM "
+                    "dead_letters ORDER BY failed_at DESC LIMIT -1 OFFSET ?)",
+                    (self.dead_letter_max,),
+                )
+                return int(count)
+
+        dropped = self._guarded(prune)
+        if dropped:
+            self._drop_count("too_old", dropped, "events older than spool_max_age")
+        return dropped
+
+    # -- introspection -------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._guarded(
+            lambda conn: int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        )
+
+    @property
+    def size_bytes(self) -> int:
+        """Total byte length of the spooled documents (what ``max_bytes`` bounds)."""
+        return self._bytes
+
+    def produced(self) -> dict[str, int]:
+        """Events newly spooled since start, by kind."""
+        with self._lock:
+            return dict(self._produced)
+
+    def dropped(self) -> dict[str, int]:
+        """Events dropped since start, by cause (spool_full, too_old, rejected, spool_error)."""
+        with self._lock:
+            return dict(self._dropped)
+
+    def metrics(self) -> list[Metric]:
+        """events_total{kind}, events_spooled and events_dropped_total{cause} families."""
+        produced = catalogue.family("tuf_exporter_events_total")
+        for kind, count in sorted(self.produced().items()):
+            produced.add_metric([kind], count)
+        spooled = catalogue.family("tuf_exporter_events_spooled")
+        try:
+            spooled.add_metric([], len(self))
+        except (sqlite3.Error, SpoolError) as exc:
+            log.error("cannot count the spooled events: %s", exc)
+        dropped = catalogue.family("tuf_exporter_events_dropped_total")
+        for cause, count in sorted(self.dropped().items()):
+            dropped.add_metric([cause], count)
+        return [produced, spooled, dropped]
