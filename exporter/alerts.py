@@ -348,11 +348,12 @@ def _symptom_alerts(o: AlertOptions) -> list[dict[str, Any]]:
                o.expiry_page_for, f"{where} is about to expire",
                f"{where} expires in {{{{ $value | humanizeDuration }}}}; once expired every "
                "client refuses to update from this repository."),
+        # negated, so $value is the time since expiry
         _alert(o, "TufMetadataExpired",
-               f"{m('tuf_metadata_expiry_margin_seconds')} <= 0", PAGE, o.expired_for,
+               f"-1 * {m('tuf_metadata_expiry_margin_seconds')} >= 0", PAGE, o.expired_for,
                f"{where} has expired",
-               f"{where} expired {{{{ $value | humanizeDuration }}}} ago (negative margin); "
-               "clients refuse to update."),
+               f"{where} expired {{{{ $value | humanizeDuration }}}} ago; clients refuse to "
+               "update from it (an expired timestamp blocks every update)."),
         _alert(o, "TufVerificationMassFailure",
                f"(\n  count by (repository) ({success} == 0)\n  /\n"
                f"  count by (repository) ({success})\n) >= {_num(o.mass_failure_ratio)}",
@@ -375,7 +376,7 @@ def _symptom_alerts(o: AlertOptions) -> list[dict[str, Any]]:
                f"increase({m('tuf_rollbacks_detected_total')}[{o.event_window}]) > 0", PAGE, "0s",
                f"Rollback or freeze of {where}",
                f"{where} went back to an older version or froze past its re-signing cadence "
-               f"({{{{ $value }}}} times in {o.event_window}): possible rollback or freeze "
+               f"({{{{ $value | humanize }}}} times in {o.event_window}): possible rollback or freeze "
                "attack, or a broken mirror."),
         _alert(o, "TufPossibleKeyCompromise",
                f'increase({m("tuf_anomalies_total")}{{kind=~"{kinds}"}}[{o.event_window}]) > 0',
@@ -390,7 +391,7 @@ def _symptom_alerts(o: AlertOptions) -> list[dict[str, Any]]:
                TICKET, "0s",
                "{{ $labels.kind }} on {{ $labels.repository }} ({{ $labels.endpoint }})",
                "{{ $labels.repository }} on {{ $labels.endpoint }} showed the anomaly "
-               "{{ $labels.kind }} {{ $value }} times in the last " + o.event_window + "."),
+               "{{ $labels.kind }} {{ $value | humanize }} times in the last " + o.event_window + "."),
         _alert(o, "TufSignerDown", f"{m('tuf_signer_up')} == 0", TICKET, o.signer_down_for,
                "Signer {{ $labels.signer }} ({{ $labels.repository }}/{{ $labels.role }}) "
                "cannot sign",
@@ -430,7 +431,7 @@ def _symptom_alerts(o: AlertOptions) -> list[dict[str, Any]]:
                f"increase({m('tuf_exporter_events_dropped_total')}[{o.events_dropped_window}])"
                " > 0", TICKET, "0s",
                "tuf-exporter drops events ({{ $labels.cause }})",
-               "{{ $value }} events were dropped in " + o.events_dropped_window
+               "{{ $value | humanize }} events were dropped in " + o.events_dropped_window
                + " because of {{ $labels.cause }}; the audit trail has gaps."),
         _alert(o, "TufExporterConfigReloadFailed",
                f"{m('tuf_exporter_config_last_reload_successful')} == 0", TICKET,
