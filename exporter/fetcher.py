@@ -1,0 +1,238 @@
+"""An instrumented, bounded ngclient fetcher on a ``requests.Session``.
+
+python-tuf's ``RequestsFetcher`` is deprecated and its default ``Urllib3Fetcher`` retries
+behind the caller's back (urllib3's default of three retries turns a 1 s timeout into 4 s).
+This fetcher:
+
+* times every request and records URL, role, HTTP status, bytes, duration and the server's
+  ``Date`` header (:class:`~exporter.results.RequestRecord`);
+* applies a connect and a read timeout per request and a deadline for the whole probe, checked
+  after every chunk (a server that trickles bytes cannot hold a probe past its deadline);
+* streams with ``read1`` so the length cap that ngclient enforces is checked chunk by chunk and
+  nothing is buffered far past it;
+* never follows a redirect to another host unless that host is configured;
+* retries only where configured (connection errors and 5xx before any body byte), and counts
+  every retry.
+
+Timeouts raise ``SlowRetrievalError`` whose cause says whether the connect or the read timed out,
+or the deadline passed; a refused connection raises a plain ``DownloadError`` caused by the
+``requests`` connection error, so the two are told apart.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from urllib.parse import urljoin, urlsplit
+
+import requests
+import urllib3
+from tuf.api import exceptions
+from tuf.ngclient import FetcherInterface
+
+from exporter import __version__
+from exporter.results import RequestRecord
+
+_CHUNK = 64 * 1024
+_MAX_REDIRECTS = 5
+_RETRY_STATUSES = frozenset({500, 502, 503, 504})
+
+
+class DeadlineExceeded(Exception):  # noqa: N818 - it is the cause of a SlowRetrievalError
+    """The probe's deadline passed while a request was running."""
+
+
+def new_session(pool_size: int = 10) -> requests.Session:
+    """A session with no hidden retries and a pool sized for parallel delegation fetches."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(
+        pool_connections=2, pool_maxsize=pool_size, max_retries=urllib3.Retry(0, redirect=False)
+    )
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = f"tuf-exporter/{__version__}"
+    return session
+
+
+class Fetcher(FetcherInterface):
+    """Fetches for one probe of one endpoint and keeps a record of every request.
+
+    ``classify(url)`` names what a URL fetches (a role name or ``"target"``). Metadata bodies
+    (everything not classified as ``"target"``) are kept, by URL, for the inspector.
+    """
+
+    def __init__(
+        self,
+        session: requests.Session,
+        classify: Callable[[str], str],
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        deadline: float,
+        retries: int = 0,
+        allowed_redirect_hosts: tuple[str, ...] = (),
+    ) -> None:
+        self._session = session
+        self._classify = classify
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self.deadline = deadline
+        self._retries = retries
+        self._allowed_hosts = frozenset(h.lower() for h in allowed_redirect_hosts)
+        self._lock = threading.Lock()
+        self.records: list[RequestRecord] = []
+        self.bodies: dict[str, bytes] = {}
+
+    # -- FetcherInterface -------------------------------------------------------------------
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        role = self._classify(url)
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                response = self._open(url)
+                break
+            except (requests.ConnectionError, exceptions.DownloadHTTPError) as exc:
+                retriable = not isinstance(exc, requests.ConnectTimeout) and (
+                    not isinstance(exc, exceptions.DownloadHTTPError)
+                    or exc.status_code in _RETRY_STATUSES
+                )
+                if attempt < self._retries and retriable and self._remaining() > 0:
+                    attempt += 1
+                    continue
+                status = exc.status_code if isinstance(exc, exceptions.DownloadHTTPError) else None
+                self._record(url, role, status, 0, started, None, repr(exc), attempt)
+                raise self._translate(exc) from exc
+            except requests.RequestException as exc:
+                self._record(url, role, None, 0, started, None, repr(exc), attempt)
+                raise self._translate(exc) from exc
+        return self._stream(url, role, response, started, attempt)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def _timeouts(self) -> tuple[float, float]:
+        remaining = self._remaining()
+        if remaining <= 0:
+            raise exceptions.SlowRetrievalError("probe deadline exceeded") from DeadlineExceeded()
+        return min(self._connect_timeout, remaining), min(self._read_timeout, remaining)
+
+    def _open(self, url: str) -> requests.Response:
+        current = url
+        for _ in range(_MAX_REDIRECTS + 1):
+            response = self._session.get(
+                current, stream=True, timeout=self._timeouts(), allow_redirects=False
+            )
+            if response.is_redirect:
+                target = urljoin(current, response.headers.get("Location", ""))
+                response.close()
+                if not self._redirect_allowed(url, target):
+                    raise exceptions.DownloadHTTPError(
+                        f"refusing redirect from {current} to another host: {target}",
+                        response.status_code,
+                    )
+                current = target
+                continue
+            if response.status_code != 200:
+                response.close()
+                raise exceptions.DownloadHTTPError(
+                    f"HTTP {response.status_code} for {current}", response.status_code
+                )
+            return response
+        raise exceptions.DownloadHTTPError(f"too many redirects for {url}", 310)
+
+    def _redirect_allowed(self, original: str, target: str) -> bool:
+        old, new = urlsplit(original), urlsplit(target)
+        if new.scheme not in ("http", "https"):
+            return False
+        same = (old.hostname or "").lower() == (new.hostname or "").lower()
+        return same or (new.hostname or "").lower() in self._allowed_hosts
+
+    def _stream(
+        self, url: str, role: str, response: requests.Response, started: float, retries: int
+    ) -> Iterator[bytes]:
+        received = 0
+        keep = role != "target"
+        parts: list[bytes] = []
+        error: str | None = None
+        server_date = _parse_date(response.headers.get("Date"))
+        try:
+            while True:
+                if self._remaining() <= 0:
+                    raise exceptions.SlowRetrievalError(
+                        f"probe deadline exceeded after {received} bytes of {url}"
+                    ) from DeadlineExceeded()
+                try:
+                    chunk = response.raw.read1(_CHUNK, decode_content=True)
+                except (urllib3.exceptions.HTTPError, OSError) as exc:
+                    raise self._translate(exc) from exc
+                if not chunk:
+                    break
+                received += len(chunk)
+                if keep:
+                    parts.append(chunk)
+                yield chunk
+            if keep:
+                with self._lock:
+                    self.bodies[url] = b"".join(parts)
+        except BaseException as exc:
+            error = repr(exc)
+            raise
+        finally:
+            response.close()
+            self._record(url, role, response.status_code, received, started, server_date, error,
+                         retries)
+
+    def _record(
+        self,
+        url: str,
+        role: str,
+        status: int | None,
+        size: int,
+        started: float,
+        server_date: datetime | None,
+        error: str | None,
+        retries: int,
+    ) -> None:
+        record = RequestRecord(
+            url=url,
+            role=role,
+            status=status,
+            bytes=size,
+            started=started,
+            duration_seconds=time.monotonic() - started,
+            server_date=server_date,
+            error=error,
+            retries=retries,
+        )
+        with self._lock:
+            self.records.append(record)
+
+    @staticmethod
+    def _translate(exc: BaseException) -> exceptions.DownloadError:
+        """Map transport errors to ngclient's: timeouts to SlowRetrievalError, HTTP as is."""
+        if isinstance(exc, exceptions.DownloadError):
+            return exc
+        text = repr(exc)
+        timed_out = isinstance(
+            exc,
+            requests.Timeout | urllib3.exceptions.TimeoutError | TimeoutError,
+        ) or "timed out" in text.lower()
+        if timed_out:
+            return exceptions.SlowRetrievalError(f"timed out: {exc}")
+        return exceptions.DownloadError(f"download failed: {exc}")
+
+
+def _parse_date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None

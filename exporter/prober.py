@@ -1,0 +1,576 @@
+"""A full TUF client refresh of one endpoint of one repository, judged by python-tuf.
+
+``Prober.probe(repository, endpoint)`` is one function from target to result, in the manner of
+blackbox_exporter. python-tuf's ngclient ``Updater`` makes the verdict (root chain, timestamp,
+snapshot, targets, every delegated role, canary target downloads); the inspector then reads the
+facts from the bytes that were fetched or cached. The prober keeps, per endpoint, a client
+cache (in ``warm`` mode), an HTTP session and the last verdict.
+
+The steady state is cheap: when the timestamp fetched is byte-identical to the last verified one
+and there is no new root, python-tuf would reach the same verdict except for expiry, so the last
+verdict and facts are reused, every role's expiry is checked against now and the canaries are
+still downloaded. A full refresh happens at least every ``full_refresh_every`` probes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+import requests
+from tuf.api import exceptions
+from tuf.api.metadata import Metadata, Root, TargetFile
+from tuf.ngclient import Updater, UpdaterConfig
+
+from exporter import delegations
+from exporter.classify import describe, reason_of, role_from_message, role_of
+from exporter.config import Endpoint, Mode, Repository, safe_name
+from exporter.fetcher import Fetcher, new_session
+from exporter.inspector import Inspected, Inspector
+from exporter.results import (
+    DelegationSummary,
+    FailedRole,
+    PhaseTiming,
+    ProbeResult,
+    Reason,
+    RoleFacts,
+    TargetResult,
+)
+
+log = logging.getLogger(__name__)
+
+_TOP = ("root", "timestamp", "snapshot", "targets")
+
+
+class TrustedRootError(ValueError):
+    """The configured trusted root cannot be used by python-tuf."""
+
+
+def load_trusted_root(path: Path) -> bytes:
+    """Read the trusted root and check that python-tuf accepts it as a starting point.
+
+    python-tuf refuses some real roots (sigstore's roots 1 to 3 use fractional-second expiry
+    times, root 4 raw-hex keys): this says so clearly instead of failing mid-probe.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TrustedRootError(f"cannot read trusted root {path}: {exc.strerror or exc}") from None
+    with tempfile.TemporaryDirectory(prefix="tuf-exporter-root-") as tmp:
+        try:
+            # The constructor verifies the root against its own keys; it makes no request.
+            Updater(tmp, "http://127.0.0.1.invalid/", bootstrap=data)
+        except Exception as exc:  # noqa: BLE001 - every failure here means "unusable root"
+            raise TrustedRootError(
+                f"python-tuf cannot use {path} as a trusted root: {describe(exc)}"
+            ) from None
+    return data
+
+
+@dataclass
+class _EndpointState:
+    """What the prober remembers about one endpoint between probes."""
+
+    session: requests.Session
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    last: ProbeResult | None = None
+    last_timestamp: bytes | None = None
+    last_targetinfo: dict[str, TargetFile] = field(default_factory=dict)
+    probes_since_full: int = 0
+
+
+class Prober:
+    """Probes endpoints; keeps per-endpoint client caches and the last verdict."""
+
+    def __init__(self, state_dir: Path, inspector: Inspector | None = None) -> None:
+        self._cache_root = state_dir / "cache"
+        self._inspector = inspector or Inspector()
+        self._states: dict[tuple[str, str], _EndpointState] = {}
+        self._lock = threading.Lock()
+
+    def cache_dir(self, repository: Repository, endpoint: Endpoint) -> Path:
+        """The client cache directory of one endpoint (names sanitized)."""
+        return self._cache_root / safe_name(repository.name) / safe_name(endpoint.name)
+
+    def forget(self, keep: set[tuple[str, str]]) -> None:
+        """Drop the state of endpoints no longer configured (after a reload)."""
+        with self._lock:
+            for key in list(self._states):
+                if key not in keep:
+                    self._states.pop(key).session.close()
+
+    def _state(self, repository: Repository, endpoint: Endpoint) -> _EndpointState:
+        key = (repository.name, endpoint.name)
+        with self._lock:
+            state = self._states.get(key)
+            if state is None:
+                state = _EndpointState(new_session(max(10, repository.delegation_workers)))
+                self._states[key] = state
+            return state
+
+    def probe(
+        self,
+        repository: Repository,
+        endpoint: Endpoint,
+        trusted_root: bytes | None = None,
+    ) -> ProbeResult:
+        """Run one full client refresh of ``endpoint``; never raises for a repository fault."""
+        state = self._state(repository, endpoint)
+        with state.lock:  # never two probes of one endpoint at once
+            return _Run(self, repository, endpoint, state, trusted_root).run()
+
+
+class _Run:
+    """One probe of one endpoint."""
+
+    def __init__(
+        self,
+        prober: Prober,
+        repository: Repository,
+        endpoint: Endpoint,
+        state: _EndpointState,
+        trusted_root: bytes | None,
+    ) -> None:
+        self.prober = prober
+        self.repo = repository
+        self.endpoint = endpoint
+        self.state = state
+        self.trusted_root = trusted_root
+        self.started_at = datetime.now(UTC)
+        self.t0 = time.monotonic()
+        self.fetcher = Fetcher(
+            state.session,
+            self._classify,
+            connect_timeout=repository.connect_timeout,
+            read_timeout=repository.read_timeout,
+            deadline=self.t0 + repository.timeout,
+            retries=repository.retries,
+            allowed_redirect_hosts=repository.allowed_redirect_hosts,
+        )
+        self.marks: dict[str, float] = {}
+
+    # -- classification of URLs -------------------------------------------------------------
+
+    def _classify(self, url: str) -> str:
+        if url.startswith(self.endpoint.targets_url):
+            return "target"
+        name = unquote(urlsplit(url).path.rsplit("/", 1)[-1]).removesuffix(".json")
+        head, _, rest = name.partition(".")
+        return rest if head.isdigit() and rest else name
+
+    # -- the probe ----------------------------------------------------------------------------
+
+    def run(self) -> ProbeResult:
+        try:
+            trusted = self.trusted_root or load_trusted_root(self.repo.trusted_root)
+        except TrustedRootError as exc:
+            return self._result(False, Reason.INVALID_METADATA, FailedRole.ROOT, str(exc))
+        state = self.state
+        reuse = (
+            self.repo.mode is Mode.WARM
+            and state.last is not None
+            and state.last.success
+            and state.last_timestamp is not None
+            and state.probes_since_full + 1 < self.repo.full_refresh_every
+        )
+        if reuse:
+            reused = self._try_reuse()
+            if reused is not None:
+                state.probes_since_full += 1
+                return reused
+        state.probes_since_full = 0
+        if self.repo.mode is Mode.COLD:
+            with tempfile.TemporaryDirectory(prefix="tuf-exporter-cold-") as tmp:
+                return self._full(Path(tmp), trusted)
+        return self._full(self.prober.cache_dir(self.repo, self.endpoint), trusted)
+
+    def _updater_config(self) -> UpdaterConfig:
+        limits = self.repo.limits
+        return UpdaterConfig(
+            max_root_rotations=limits.max_root_rotations,
+            max_delegations=limits.max_delegations,
+            root_max_length=limits.root_max_length,
+            timestamp_max_length=limits.timestamp_max_length,
+            snapshot_max_length=limits.snapshot_max_length,
+            targets_max_length=limits.targets_max_length,
+        )
+
+    def _full(self, cache: Path, trusted_root: bytes) -> ProbeResult:
+        metadata_dir = cache / "metadata"
+        download_dir = cache / "download"
+        metadata_dir.mkdir(parents=True, exist_ok=True)
+        updater: Updater | None = None
+        failure: tuple[Reason, FailedRole | None, str] | None = None
+        sweep: delegations.SweepResult | None = None
+        targets: list[TargetResult] = []
+        self.marks["refresh"] = time.monotonic()
+        try:
+            updater = self._updater(metadata_dir, trusted_root)
+            updater.refresh()
+        except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes
+            failure = self._classified(exc)
+        self.marks["refreshed"] = time.monotonic()
+        if failure is None and updater is not None and self.repo.verify_delegations:
+            sweep = delegations.sweep(
+                updater,
+                self.fetcher,
+                self.endpoint.metadata_url,
+                metadata_dir,
+                workers=self.repo.delegation_workers,
+                max_roles=self.repo.limits.max_delegations,
+                default_length=self.repo.limits.targets_max_length,
+                persist=lambda role, data: _persist(metadata_dir, role, data),
+            )
+            if sweep.failures:
+                name, error = next(iter(sweep.failures.items()))
+                reason, _, message = self._classified(error)
+                failure = (reason, FailedRole.DELEGATED, f"delegated role {name!r}: {message}")
+        self.marks["swept"] = time.monotonic()
+        if updater is not None and (failure is None or failure[1] is FailedRole.DELEGATED):
+            targets = self._canaries(updater, download_dir)
+        self.marks["downloaded"] = time.monotonic()
+        if failure is None:
+            failure = _first_target_failure(targets)
+        inspected = self._inspect(metadata_dir)
+        summary = _summary(inspected, sweep)
+        result = self._result(
+            failure is None,
+            None if failure is None else failure[0],
+            None if failure is None else failure[1],
+            None if failure is None else failure[2],
+            inspected=inspected,
+            summary=summary,
+            targets=targets,
+        )
+        self._remember(result)
+        return result
+
+    def _updater(self, metadata_dir: Path, trusted_root: bytes) -> Updater:
+        bootstrap: bytes | None = trusted_root
+        if (metadata_dir / "root.json").exists():
+            bootstrap = None  # a returning client starts from the root it trusts already
+        kwargs = {
+            "metadata_dir": str(metadata_dir),
+            "metadata_base_url": self.endpoint.metadata_url,
+            "target_base_url": self.endpoint.targets_url,
+            "fetcher": self.fetcher,
+            "config": self._updater_config(),
+        }
+        try:
+            return Updater(**kwargs, bootstrap=bootstrap)  # type: ignore[arg-type]
+        except (OSError, exceptions.RepositoryError) as exc:
+            if bootstrap is not None:
+                raise
+            log.warning(
+                "client cache of %s/%s is unusable (%s); starting again from the trusted root",
+                self.repo.name, self.endpoint.name, exc,
+            )
+            shutil.rmtree(metadata_dir, ignore_errors=True)
+            metadata_dir.mkdir(parents=True, exist_ok=True)
+            return Updater(**kwargs, bootstrap=trusted_root)  # type: ignore[arg-type]
+
+    def _canaries(self, updater: Updater, download_dir: Path) -> list[TargetResult]:
+        results = []
+        self.state.last_targetinfo = {}
+        for path in self.repo.canary_targets:
+            start = time.monotonic()
+            try:
+                info = updater.get_targetinfo(path)
+                if info is None:
+                    results.append(
+                        TargetResult(path, False, Reason.TARGET_NOT_FOUND,
+                                     f"no role delegated for {path!r} lists it",
+                                     duration_seconds=time.monotonic() - start)
+                    )
+                    continue
+                self.state.last_targetinfo[path] = info
+                results.append(self._download(updater, info, download_dir, start))
+            except Exception as exc:  # noqa: BLE001 - classified below
+                reason, role, message = self._classified(exc)
+                message = f"{path}: {message}"
+                if role is not None and role is not FailedRole.TARGET:
+                    message = f"{role.value}: {message}"
+                results.append(
+                    TargetResult(path, False, reason, message,
+                                 duration_seconds=time.monotonic() - start)
+                )
+        return results
+
+    def _download(
+        self, updater: Updater | None, info: TargetFile, download_dir: Path, start: float
+    ) -> TargetResult:
+        """Download one canary and verify it with python-tuf.
+
+        With an updater, ngclient downloads into a private temporary file (never a path derived
+        from the target's name) that is removed at once; without one (a reused verdict), the
+        bytes are streamed and checked against the ``TargetFile`` python-tuf verified last.
+        """
+        name: str | None = None
+        try:
+            if updater is not None:
+                download_dir.mkdir(parents=True, exist_ok=True)
+                fd, name = tempfile.mkstemp(dir=download_dir, prefix="canary-")
+                os.close(fd)
+                updater.download_target(info, filepath=name)
+            else:
+                _download_verified(self.fetcher, self.endpoint.targets_url, info)
+            return TargetResult(info.path, True, length=info.length,
+                                duration_seconds=time.monotonic() - start)
+        except Exception as exc:  # noqa: BLE001 - classified
+            reason, _, message = self._classified(exc)
+            return TargetResult(info.path, False, reason, f"{info.path}: {message}",
+                                length=info.length, duration_seconds=time.monotonic() - start)
+        finally:
+            if name is not None:
+                Path(name).unlink(missing_ok=True)
+
+    def _classified(self, exc: BaseException) -> tuple[Reason, FailedRole | None, str]:
+        last = self.fetcher.records[-1].role if self.fetcher.records else None
+        role = role_from_message(exc, role_of(last))
+        if role is None:
+            role = FailedRole.ROOT
+        return reason_of(exc), role, describe(exc)
+
+    # -- reuse of the last verdict --------------------------------------------------------------
+
+    def _try_reuse(self) -> ProbeResult | None:
+        last = self.state.last
+        assert last is not None
+        root = last.roles.get("root")
+        if root is None:
+            return None
+        self.marks["refresh"] = time.monotonic()
+        try:
+            self.fetcher.download_bytes(
+                f"{self.endpoint.metadata_url}{root.version + 1}.root.json",
+                self.repo.limits.root_max_length,
+            )
+            return None  # a new root exists: full refresh
+        except exceptions.DownloadHTTPError as exc:
+            if exc.status_code not in (403, 404):
+                return None
+        except exceptions.DownloadError:
+            return None
+        try:
+            data = self.fetcher.download_bytes(
+                f"{self.endpoint.metadata_url}timestamp.json",
+                self.repo.limits.timestamp_max_length,
+            )
+        except exceptions.DownloadError:
+            return None
+        if data != self.state.last_timestamp:
+            return None
+        self.marks["refreshed"] = self.marks["swept"] = time.monotonic()
+        targets = [
+            self._download(None, info, self.prober.cache_dir(self.repo, self.endpoint) / "download",
+                           time.monotonic())
+            for info in self.state.last_targetinfo.values()
+        ]
+        self.marks["downloaded"] = time.monotonic()
+        failure: tuple[Reason, FailedRole | None, str] | None = _expired(last, self.started_at)
+        if failure is None:
+            failure = _first_target_failure(targets)
+        return self._result(
+            failure is None,
+            None if failure is None else failure[0],
+            None if failure is None else failure[1],
+            None if failure is None else failure[2],
+            roles=last.roles,
+            delegated=last.delegated,
+            summary=last.delegations,
+            targets=targets,
+            reused=True,
+        )
+
+    # -- facts and results ----------------------------------------------------------------------
+
+    def _inspect(self, metadata_dir: Path) -> Inspected:
+        files: dict[str, bytes] = {}
+        for path in metadata_dir.glob("*.json"):
+            try:
+                files[unquote(path.name).removesuffix(".json")] = path.read_bytes()
+            except OSError:
+                continue
+        newest_root = -1
+        for record in self.fetcher.records:
+            body = self.fetcher.bodies.get(record.url)
+            if body is None or record.role == "target":
+                continue
+            if record.role == "root":
+                version = _root_version(record.url)
+                if version is not None and version > newest_root and _parses(body):
+                    newest_root = version
+                    files["root"] = body
+                continue
+            files[record.role] = body
+        return self.prober._inspector.inspect(files)  # noqa: SLF001 - same module family
+
+    def _remember(self, result: ProbeResult) -> None:
+        state = self.state
+        state.last = result
+        body = None
+        for record in reversed(self.fetcher.records):
+            if record.role == "timestamp" and record.url in self.fetcher.bodies:
+                body = self.fetcher.bodies[record.url]
+                break
+        if body is None and result.success:
+            cached = self.prober.cache_dir(self.repo, self.endpoint) / "metadata" / "timestamp.json"
+            try:
+                body = cached.read_bytes()
+            except OSError:
+                body = None
+        state.last_timestamp = body if result.success else None
+
+    def _phases(self) -> tuple[PhaseTiming, ...]:
+        records = self.fetcher.records
+        marks = self.marks
+        refresh_start = marks.get("refresh", self.t0)
+        refreshed = marks.get("refreshed", refresh_start)
+        firsts: dict[str, float] = {"root": refresh_start}
+        for record in records:
+            if record.role in _TOP and refresh_start <= record.started <= refreshed:
+                firsts.setdefault(record.role, record.started)
+        # a phase runs from its first request to the next phase's first request; a phase
+        # that needed no request (a warm cache still valid) took no time of its own
+        present = sorted((start, role) for role, start in firsts.items())
+        bounds: list[tuple[str, float, float]] = []
+        for i, (begin, role) in enumerate(present):
+            end = present[i + 1][0] if i + 1 < len(present) else refreshed
+            bounds.append((role, begin, max(begin, end)))
+        bounds += [(role, refreshed, refreshed) for role in _TOP if role not in firsts]
+        bounds.sort(key=lambda b: _TOP.index(b[0]))
+        bounds.append(("delegations", refreshed, marks.get("swept", refreshed)))
+        swept = marks.get("swept", refreshed)
+        bounds.append(("download", swept, marks.get("downloaded", swept)))
+        phases = []
+        for phase, begin, end in bounds:
+            network = sum(
+                r.duration_seconds
+                for r in records
+                if begin <= r.started < end or (phase == "download" and r.role == "target")
+            )
+            phases.append(PhaseTiming(phase, end - begin, min(network, end - begin)))
+        return tuple(phases)
+
+    def _result(
+        self,
+        success: bool,
+        reason: Reason | None,
+        role: FailedRole | None,
+        message: str | None,
+        *,
+        inspected: Inspected | None = None,
+        roles: Mapping[str, RoleFacts] | None = None,
+        delegated: Mapping[str, RoleFacts] | None = None,
+        summary: DelegationSummary | None = None,
+        targets: list[TargetResult] | None = None,
+        reused: bool = False,
+    ) -> ProbeResult:
+        if inspected is not None:
+            roles, delegated = inspected.roles, inspected.delegated
+        dates = [r.server_date for r in self.fetcher.records if r.server_date is not None]
+        return ProbeResult(
+            repository=self.repo.name,
+            endpoint=self.endpoint.name,
+            success=success,
+            started_at=self.started_at,
+            duration_seconds=time.monotonic() - self.t0,
+            reason=reason,
+            role=role,
+            message=message,
+            roles=dict(roles or {}),
+            delegated=dict(delegated or {}),
+            delegations=summary or DelegationSummary(),
+            targets=tuple(targets or ()),
+            phases=self._phases(),
+            requests=tuple(self.fetcher.records),
+            reused_verdict=reused,
+            server_date=max(dates) if dates else None,
+        )
+
+
+def _persist(metadata_dir: Path, role: str, data: bytes) -> None:
+    """Write a verified delegated role into the client cache atomically, as ngclient does."""
+    target = metadata_dir / f"{quote(role, '')}.json"
+    fd, tmp = tempfile.mkstemp(dir=metadata_dir)
+    try:
+        with open(fd, "wb") as handle:
+            handle.write(data)
+        Path(tmp).replace(target)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _download_verified(fetcher: Fetcher, targets_url: str, info: TargetFile) -> None:
+    """Download a target as ngclient would (hash-prefixed name) and verify it."""
+    dirname, sep, basename = info.path.rpartition("/")
+    digest = next(iter(info.hashes.values()))
+    url = f"{targets_url}{dirname}{sep}{digest}.{basename}"
+    with fetcher.download_file(url, info.length) as handle:
+        info.verify_length_and_hashes(handle)
+
+
+def _summary(inspected: Inspected, sweep: delegations.SweepResult | None) -> DelegationSummary:
+    expiries = [facts.expires for facts in inspected.delegated.values()]
+    failures = {} if sweep is None else {n: describe(exc) for n, exc in sweep.failures.items()}
+    count = len(sweep.visited) if sweep is not None else len(inspected.declared_delegations)
+    return DelegationSummary(
+        count=count,
+        failing=len(failures),
+        min_expires=min(expiries) if expiries else None,
+        failures=failures,
+    )
+
+
+def _expired(last: ProbeResult, now: datetime) -> tuple[Reason, FailedRole, str] | None:
+    """python-tuf's expiry checks, re-applied to a reused verdict."""
+    for name in ("root", "timestamp", "snapshot", "targets"):
+        facts = last.roles.get(name)
+        if facts is not None and facts.expires <= now:
+            label = "Final root.json" if name == "root" else f"{name}.json"
+            return Reason.EXPIRED, FailedRole(name), f"ExpiredMetadataError: {label} is expired"
+    for name, facts in sorted(last.delegated.items()):
+        if facts.expires <= now:
+            return (Reason.EXPIRED, FailedRole.DELEGATED,
+                    f"ExpiredMetadataError: New {name} is expired")
+    return None
+
+
+def _first_target_failure(
+    targets: list[TargetResult],
+) -> tuple[Reason, FailedRole | None, str] | None:
+    for target in targets:
+        if not target.success:
+            reason = target.reason or Reason.OTHER
+            role = FailedRole.TARGET
+            message = target.message or ""
+            if reason is not Reason.TARGET_NOT_FOUND and message.startswith("delegated: "):
+                role = FailedRole.DELEGATED
+            for top in _TOP:
+                if message.startswith(f"{top}: "):
+                    role = FailedRole(top)
+            return reason, role, message
+    return None
+
+
+def _root_version(url: str) -> int | None:
+    head = urlsplit(url).path.rsplit("/", 1)[-1].split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _parses(body: bytes) -> bool:
+    try:
+        Metadata[Root].from_bytes(body)
+    except Exception:  # noqa: BLE001 - only whether it parses matters here
+        return False
+    return True
