@@ -139,7 +139,8 @@ class Spool:
         self.busy_timeout = busy_timeout
         self.clock = clock
         self._lock = threading.RLock()
-        self._changed = threading.Event()
+        self._listeners: list[Callable[[], None]] = []
+        self._next_enforce = 0.0
         self._produced: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()
         self.corrupt_recoveries = 0
@@ -264,7 +265,7 @@ class Spool:
         """Spool ``event`` durably; never raises (a failure is logged and counted)."""
         try:
             self.put(event)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - emit never raises into the prober
             self._dropped["spool_error"] += 1
             log.error("could not spool %s event %s: %s", event.kind, event.event_id, exc)
 
@@ -293,7 +294,7 @@ class Spool:
 
         new = self._guarded(insert)
         if new:
-            self._changed.set()
+            self._notify()
         return new
 
     @staticmethod
@@ -329,15 +330,25 @@ class Spool:
 
     # -- shipping ------------------------------------------------------------------------------
 
-    def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for a new event in this process; True if one came."""
-        arrived = self._changed.wait(timeout)
-        self._changed.clear()
-        return arrived
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (quickly, without arguments) after each newly spooled event."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def _notify(self) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("event spool listener failed")
 
     def peek(self, n: int) -> list[SpooledEvent]:
-        """The ``n`` oldest events, oldest first, after applying the age policy."""
-        self.enforce_limits()
+        """The ``n`` oldest events, oldest first; the age policy is applied at most once a
+        second first."""
+        now = time.monotonic()
+        if now >= self._next_enforce:
+            self._next_enforce = now + 1.0
+            self.enforce_limits()
 
         def select(conn: sqlite3.Connection) -> list[SpooledEvent]:
             rows = conn.execute(
@@ -447,7 +458,7 @@ class Spool:
 
         moved = self._guarded(requeue)
         if moved:
-            self._changed.set()
+            self._notify()
         return moved
 
     def enforce_limits(self) -> int:

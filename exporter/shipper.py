@@ -1,0 +1,754 @@
+"""The shipper: a thread that moves events from the spool to the sink and loses nothing.
+
+Sinks
+    :class:`OpenSearchSink` writes with opensearch-py's ``helpers.streaming_bulk`` (one chunk
+    per batch, ``raise_on_error=False, raise_on_exception=False, max_retries=0``). It is chosen
+    over ``bulk`` because it yields one result per document, in order, which is exactly what
+    acknowledging, dead-lettering or retrying each event needs; ``parallel_bulk`` would add
+    threads and reorder results for no gain at the exporter's event rate; and the helper's own
+    429 retry is left off because it sleeps without jitter, blocks ``stop()`` and does not cover
+    5xx or connection errors: the shipper retries instead. Every document is a ``create`` with
+    the event id as ``_id``, so a 409 means "already there" and counts as delivered.
+
+    :class:`FileSink` appends JSON Lines to a size-rotated file: the embedded default when no
+    OpenSearch is configured, fed through the same spool and shipper.
+
+Retries
+    Connection errors, 429, 5xx and whole-request errors (401, 403, 413, ...) leave the events
+    in the spool; the shipper waits with exponential backoff and jitter and tries again. An item
+    rejected with a 400 (a mapping error) is moved to the spool's dead-letter table with the
+    error and counted as ``dropped{cause="rejected"}``; the rest of the batch keeps flowing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from prometheus_client.core import Metric
+
+from exporter import catalogue
+from exporter.config import Config, OpenSearch
+from exporter.events import canonical_json
+from exporter.spool import Spool, SpooledEvent
+
+log = logging.getLogger(__name__)
+
+#: Default batch settings when no OpenSearch section gives them (the file sink).
+DEFAULT_BATCH_SIZE = 500
+DEFAULT_BATCH_INTERVAL = 2.0
+
+_USERINFO = re.compile(r"(?<=//)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """Remove ``user:password@`` from URLs in ``text`` (error messages end up in logs)."""
+    return _USERINFO.sub("***@", text)
+
+
+class Outcome(StrEnum):
+    """What became of one document sent to a sink."""
+
+    OK = "ok"  #: stored (or already there)
+    RETRY = "retry"  #: not stored; try again later
+    REJECT = "reject"  #: refused for good; set aside as a dead letter
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """The sink's answer for one document."""
+
+    event_id: str
+    outcome: Outcome
+    status: int | None = None
+    error: str = ""
+    #: For retries: why (``connection``, ``throttled``, ``server_error``, ``http_401``, ...).
+    cause: str = ""
+
+
+class SinkError(Exception):
+    """A sink could not take a batch at all; ``cause`` labels shipper_errors_total."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class Sink(Protocol):
+    """Where shipped events end up."""
+
+    name: str
+
+    def setup(self) -> None:
+        """Prepare the sink (templates, policies, directories); raise to be retried."""
+
+    def send(self, documents: Sequence[Mapping[str, Any]]) -> list[ItemResult]:
+        """Store ``documents``; one result per document (by ``event_id``)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files."""
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenSearch
+
+
+def timevalue(seconds: float) -> str:
+    """An OpenSearch time value for ``seconds``: ``90d``, ``12h``, ``30m`` or ``45s``."""
+    whole = max(1, round(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if whole % size == 0:
+            return f"{whole // size}{unit}"
+    return f"{whole}s"
+
+
+def index_template(prefix: str) -> dict[str, Any]:
+    """The index template installed at start: explicit mappings for every event field."""
+    keyword = {"type": "keyword"}
+    date = {"type": "date", "format": "strict_date_optional_time||epoch_millis"}
+    return {
+        "index_patterns": [f"{prefix}-*"],
+        "priority": 100,
+        "template": {
+            "settings": {"index": {"number_of_shards": 1}},
+            "mappings": {
+                "dynamic": False,
+                "dynamic_templates": [
+                    {
+                        "versions": {
+                            "path_match": "versions.*",
+                            "match_mapping_type": "long",
+                            "mapping": {"type": "long"},
+                        }
+                    },
+                    {
+                        "durations_double": {
+                            "path_match": "durations.*",
+                            "match_mapping_type": "double",
+                            "mapping": {"type": "float"},
+                        }
+                    },
+                    {
+                        "durations_long": {
+                            "path_match": "durations.*",
+                            "match_mapping_type": "long",
+                            "mapping": {"type": "float"},
+                        }
+                    },
+                    {
+                        "hashes": {
+                            "path_match": "hashes.*",
+                            "match_mapping_type": "string",
+                            "mapping": {"type": "keyword"},
+                        }
+                    },
+                ],
+                "properties": {
+                    "event_id": keyword,
+                    "schema_version": {"type": "integer"},
+                    "kind": keyword,
+                    "@timestamp": date,
+                    "time": date,
+                    "repository": keyword,
+                    "endpoint": keyword,
+                    "role": keyword,
+                    "reason": keyword,
+                    "keyids": keyword,
+                    "message": {"type": "text"},
+                    "versions": {"type": "object", "dynamic": True},
+                    "durations": {"type": "object", "dynamic": True},
+                    "hashes": {"type": "object", "dynamic": True},
+                    "details": {"type": "object", "enabled": False},
+                },
+            },
+        },
+    }
+
+
+def retention_policy(prefix: str, retention: float) -> dict[str, Any]:
+    """The ISM policy that deletes the event indices ``retention`` seconds after creation."""
+    return {
+        "policy": {
+            "description": f"tuf-exporter: delete {prefix}-* indices after {timevalue(retention)}",
+            "default_state": "hot",
+            "states": [
+                {
+                    "name": "hot",
+                    "actions": [],
+                    "transitions": [
+                        {
+                            "state_name": "delete",
+                            "conditions": {"min_index_age": timevalue(retention)},
+                        }
+                    ],
+                },
+                {"name": "delete", "actions": [{"delete": {}}], "transitions": []},
+            ],
+            "ism_template": [{"index_patterns": [f"{prefix}-*"], "priority": 100}],
+        }
+    }
+
+
+def read_credentials(
+    settings: OpenSearch, environ: Mapping[str, str] | None = None
+) -> tuple[str, str] | None:
+    """``(username, password)`` from the environment or the password file, or None.
+
+    Errors name the variable or file, never a value.
+    """
+    env = os.environ if environ is None else environ
+    if settings.username_env is None:
+        return None
+    username = env.get(settings.username_env)
+    if not username:
+        raise ValueError(f"environment variable {settings.username_env} (username) is not set")
+    if settings.password_env is not None:
+        password = env.get(settings.password_env)
+        if not password:
+            raise ValueError(f"environment variable {settings.password_env} (password) is not set")
+    elif settings.password_file is not None:
+        try:
+            password = settings.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(
+                f"cannot read the password file {settings.password_file}: {exc.strerror}"
+            ) from None
+    else:
+        raise ValueError("opensearch.username_env needs password_env or password_file")
+    return username, password
+
+
+def _status(info: Mapping[str, Any]) -> int | None:
+    status = info.get("status")
+    return status if isinstance(status, int) else None
+
+
+class OpenSearchSink:
+    """Bulk-creates documents in ``<prefix>-YYYY.MM.DD`` (UTC date of the event's time)."""
+
+    name = "opensearch"
+
+    def __init__(
+        self,
+        settings: OpenSearch,
+        *,
+        timeout: float = 10.0,
+        environ: Mapping[str, str] | None = None,
+        max_chunk_bytes: int = 10 * 1024 * 1024,
+    ) -> None:
+        from opensearchpy import OpenSearch as Client
+
+        self.settings = settings
+        self.prefix = settings.index_prefix
+        self.max_chunk_bytes = max_chunk_bytes
+        options: dict[str, Any] = {
+            "hosts": list(settings.hosts),
+            "verify_certs": settings.verify_tls,
+            "ssl_show_warn": settings.verify_tls,
+            "max_retries": 0,  # the shipper retries, with backoff and jitter
+            "retry_on_timeout": False,
+            "timeout": timeout,
+        }
+        if settings.ca_file is not None:
+            options["ca_certs"] = str(settings.ca_file)
+        credentials = read_credentials(settings, environ)
+        if credentials is not None:
+            options["http_auth"] = credentials
+        if not settings.verify_tls:
+            log.warning("OpenSearch TLS certificate verification is disabled (verify_tls: false)")
+        self.client = Client(**options)
+
+    def index_for(self, document: Mapping[str, Any]) -> str:
+        """The daily index of ``document``: ``<prefix>-YYYY.MM.DD``."""
+        day = str(document["time"])[:10].replace("-", ".")
+        return f"{self.prefix}-{day}"
+
+    def setup(self) -> None:
+        """Install the ISM retention policy and the index template (idempotent)."""
+        from opensearchpy.exceptions import TransportError
+
+        try:
+            self._install_policy()
+        except TransportError as exc:
+            status = exc.status_code
+            if not isinstance(status, int) or status >= 500 or status in (401, 403, 429):
+                raise SinkError(
+                    f"cannot install the ISM policy: {redact(str(exc))}", "setup"
+                ) from exc
+            # 400/404: the ISM plugin is absent; shipping must not depend on it.
+            log.warning(
+                "cannot install the ISM retention policy (is the ISM plugin installed?): %s; "
+                "old event indices will not be deleted automatically",
+                redact(str(exc)),
+            )
+        try:
+            self.client.indices.put_index_template(
+                name=self.prefix, body=index_template(self.prefix)
+            )
+        except TransportError as exc:
+            raise SinkError(
+                f"cannot install the index template: {redact(str(exc))}", "setup"
+            ) from exc
+
+    def _install_policy(self) -> None:
+        from opensearchpy.exceptions import ConflictError
+
+        policy_id = f"{self.prefix}-retention"
+        body = retention_policy(self.prefix, self.settings.retention)
+        path = f"/_plugins/_ism/policies/{policy_id}"
+        try:
+            self.client.transport.perform_request("PUT", path, body=body)
+            return
+        except ConflictError:
+            pass  # it exists: update it only when the retention changed
+        current = self.client.transport.perform_request("GET", path)
+        if _policy_age(current.get("policy", {})) == _policy_age(body["policy"]):
+            return
+        self.client.transport.perform_request(
+            "PUT",
+            path,
+            body=body,
+            params={
+                "if_seq_no": current["_seq_no"],
+                "if_primary_term": current["_primary_term"],
+            },
+        )
+        log.info("updated the ISM policy %s to %s", policy_id, timevalue(self.settings.retention))
+
+    def send(self, documents: Sequence[Mapping[str, Any]]) -> list[ItemResult]:
+        """One ``streaming_bulk`` chunk of ``create`` actions; one result per document."""
+        from opensearchpy.helpers import streaming_bulk
+
+        actions = [
+            {
+                "_op_type": "create",
+                "_index": self.index_for(document),
+                "_id": document["event_id"],
+                "_source": dict(document),
+            }
+            for document in documents
+        ]
+        results: list[ItemResult] = []
+        for ok, item in streaming_bulk(
+            self.client,
+            actions,
+            chunk_size=max(1, len(actions)),
+            max_chunk_bytes=self.max_chunk_bytes,
+            raise_on_error=False,
+            raise_on_exception=False,
+            max_retries=0,
+            yield_ok=True,
+        ):
+            _op, info = next(iter(item.items()))
+            results.append(self._classify(bool(ok), info))
+        return results
+
+    @staticmethod
+    def _classify(ok: bool, info: Mapping[str, Any]) -> ItemResult:
+        event_id = str(info.get("_id"))
+        status = _status(info)
+        if ok or status == 409:  # 409: a create for an id that is already there
+            return ItemResult(event_id, Outcome.OK, status)
+        raw_error = info.get("error", "")
+        error = redact(raw_error if isinstance(raw_error, str) else json.dumps(raw_error))
+        if status is None:
+            return ItemResult(event_id, Outcome.RETRY, None, error, "connection")
+        if status == 429:
+            return ItemResult(event_id, Outcome.RETRY, status, error, "throttled")
+        if status >= 500:
+            return ItemResult(event_id, Outcome.RETRY, status, error, "server_error")
+        if "exception" in info:  # the whole request failed (auth, too large, ...)
+            return ItemResult(event_id, Outcome.RETRY, status, error, f"http_{status}")
+        if status == 400:  # this document cannot be indexed: mapping or parsing error
+            return ItemResult(event_id, Outcome.REJECT, status, error, "rejected")
+        return ItemResult(event_id, Outcome.RETRY, status, error, f"item_{status}")
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()
+
+
+def _policy_age(policy: Mapping[str, Any]) -> Any:
+    for state in policy.get("states", []):
+        for transition in state.get("transitions", []):
+            return transition.get("conditions", {}).get("min_index_age")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON Lines file
+
+
+class FileSink:
+    """Appends one canonical JSON document per line, fsynced; rotates by size.
+
+    ``path`` is rotated to ``path.1`` (``path.1`` to ``path.2``, ...) before a batch that would
+    take it over ``max_bytes``; ``backups`` rotated files are kept. At start the tail of the
+    current file is read back: a partial last line (a crash mid-write) is cut off, and ids of
+    the last documents written are remembered so a batch written just before a crash but not
+    yet acknowledged is not written twice.
+    """
+
+    name = "file"
+
+    def __init__(self, path: Path, *, max_bytes: int, backups: int, remember: int = 10_000) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.remember = remember
+        self._recent: dict[str, None] = {}
+
+    def setup(self) -> None:
+        """Create the directory, repair the tail and remember the last ids written."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists():
+                self._repair_and_load()
+        except OSError as exc:
+            raise SinkError(
+                f"cannot prepare the event file {self.path}: {exc}", "file_error"
+            ) from exc
+
+    def _repair_and_load(self) -> None:
+        window = 8 * 1024 * 1024
+        with self.path.open("rb+") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            start = max(0, size - window)
+            handle.seek(start)
+            tail = handle.read()
+            end = tail.rfind(b"\n") + 1
+            if end < len(tail):
+                log.warning(
+                    "event file %s ends with a partial line (an interrupted write); cutting "
+                    "%d bytes",
+                    self.path,
+                    len(tail) - end,
+                )
+                handle.truncate(start + end)
+                handle.flush()
+                os.fsync(handle.fileno())
+        lines = tail[:end].splitlines()
+        if start > 0 and lines:
+            lines = lines[1:]  # the first line may be cut by the window
+        for line in lines[-self.remember :]:
+            try:
+                self._remember(str(json.loads(line)["event_id"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+
+    def _remember(self, event_id: str) -> None:
+        self._recent[event_id] = None
+        while len(self._recent) > self.remember:
+            del self._recent[next(iter(self._recent))]
+
+    def send(self, documents: Sequence[Mapping[str, Any]]) -> list[ItemResult]:
+        """Append the documents (skipping any just written) and fsync."""
+        fresh = [d for d in documents if str(d["event_id"]) not in self._recent]
+        data = b"".join(canonical_json(dict(d)) + b"\n" for d in fresh)
+        if data:
+            try:
+                self._append(data)
+            except OSError as exc:
+                raise SinkError(
+                    f"cannot write the event file {self.path}: {exc}", "file_error"
+                ) from exc
+            for document in fresh:
+                self._remember(str(document["event_id"]))
+        return [ItemResult(str(d["event_id"]), Outcome.OK) for d in documents]
+
+    def _append(self, data: bytes) -> None:
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if size > 0 and size + len(data) > self.max_bytes:
+            self.rotate()
+        with self.path.open("ab") as handle:
+            position = handle.tell()
+            try:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            except OSError:
+                handle.truncate(position)
+                raise
+
+    def rotate(self) -> None:
+        """``path`` -> ``path.1`` -> ... -> ``path.<backups>``; the oldest is deleted."""
+        if self.backups <= 0:
+            self.path.unlink(missing_ok=True)
+            return
+        for number in range(self.backups - 1, 0, -1):
+            older = Path(f"{self.path}.{number}")
+            if older.exists():
+                older.replace(Path(f"{self.path}.{number + 1}"))
+        self.path.replace(Path(f"{self.path}.1"))
+        log.info("rotated the event file %s", self.path)
+
+    def close(self) -> None:
+        """Nothing to release: every batch is written and closed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipper thread
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with jitter: attempt ``n`` waits ``min(maximum, initial *
+    multiplier**n)`` scaled by a random factor in ``[1 - jitter, 1]``."""
+
+    initial: float = 1.0
+    maximum: float = 60.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (0 for the first retry)."""
+        base = min(self.maximum, self.initial * self.multiplier ** min(attempt, 64))
+        return base * (1.0 - self.jitter * random.random())
+
+
+class Shipper:
+    """Ships spooled events to a sink in batches, on its own thread, until stopped."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        sink: Sink,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_interval: float = DEFAULT_BATCH_INTERVAL,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.spool = spool
+        self.sink = sink
+        self.batch_size = max(1, batch_size)
+        self.batch_interval = batch_interval
+        self.backoff = backoff or Backoff()
+        self._current_batch = self.batch_size
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._deadline = float("inf")
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._ready = False
+        self._attempt = 0
+        self._shipped = 0
+        self._errors: Counter[str] = Counter()
+        self._last_success: float | None = None
+        spool.add_listener(self._wake.set)
+
+    @classmethod
+    def from_config(cls, config: Config, spool: Spool, **kwargs: Any) -> Shipper:
+        """OpenSearch when configured, else the JSON Lines file (``<state_dir>/events.jsonl``)."""
+        if config.opensearch is not None:
+            sink: Sink = OpenSearchSink(config.opensearch)
+            kwargs.setdefault("batch_size", config.opensearch.batch_size)
+            kwargs.setdefault("batch_interval", config.opensearch.batch_interval)
+        else:
+            events = config.events
+            sink = FileSink(
+                events.file or config.state_dir / "events.jsonl",
+                max_bytes=events.file_max_bytes,
+                backups=events.file_backups,
+            )
+        return cls(spool, sink, **kwargs)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the shipper thread."""
+        if self._thread is not None:
+            raise RuntimeError("the shipper is already started")
+        self._thread = threading.Thread(target=self._run, name="event-shipper", daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        """True while the shipper thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Ship what can be shipped within ``timeout`` seconds, then stop.
+
+        Returns True when the spool was drained; whatever is left stays in the spool for the
+        next start. The sink is closed.
+        """
+        self._deadline = time.monotonic() + timeout
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout + 1.0)
+            if self._thread.is_alive():
+                log.warning("the event shipper did not stop within %.1f s", timeout)
+        try:
+            self.sink.close()
+        except Exception as exc:  # noqa: BLE001 - stopping must not fail
+            log.warning("closing the event sink failed: %s", redact(str(exc)))
+        try:
+            return len(self.spool) == 0
+        except Exception:  # noqa: BLE001 - a broken spool is simply "not drained"
+            return False
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` or until woken (a new event, stop)."""
+        if self._stop.is_set():
+            seconds = min(seconds, max(0.0, self._deadline - time.monotonic()))
+        if seconds > 0:
+            self._wake.wait(seconds)
+        self._wake.clear()
+
+    def _run(self) -> None:
+        next_ship = time.monotonic() + self.batch_interval
+        while True:
+            stopping = self._stop.is_set()
+            if stopping and time.monotonic() >= self._deadline:
+                return
+            try:
+                if not self._ensure_ready():
+                    continue
+                batch = self.spool.peek(self._current_batch)
+            except Exception as exc:  # noqa: BLE001 - the shipper thread must survive
+                self._fail("spool", f"cannot read the event spool: {exc}")
+                continue
+            if not batch:
+                self._mark_success()
+                if stopping:
+                    return
+                self._sleep(self.batch_interval)
+                next_ship = time.monotonic() + self.batch_interval
+                continue
+            now = time.monotonic()
+            if not stopping and len(batch) < self._current_batch and now < next_ship:
+                self._sleep(next_ship - now)
+                continue
+            delivered = self.ship(batch)
+            next_ship = time.monotonic() + self.batch_interval
+            if not delivered:
+                self._sleep(self.backoff.delay(self._attempt))
+                self._attempt += 1
+            else:
+                self._attempt = 0
+                self._wake.set()  # more may be waiting: look again at once
+
+    def _ensure_ready(self) -> bool:
+        if self._ready:
+            return True
+        try:
+            self.sink.setup()
+        except Exception as exc:  # noqa: BLE001 - any setup failure is retried
+            cause = exc.cause if isinstance(exc, SinkError) else "setup"
+            self._fail(cause, f"cannot set up the {self.sink.name} event sink: {exc}")
+            return False
+        self._ready = True
+        self._attempt = 0
+        log.info("the %s event sink is ready", self.sink.name)
+        return True
+
+    def _fail(self, cause: str, message: str) -> None:
+        with self._lock:
+            self._errors[cause] += 1
+        delay = self.backoff.delay(self._attempt)
+        self._attempt += 1
+        log.warning("%s; retrying in %.1f s", redact(message), delay)
+        self._sleep(delay)
+
+    def _mark_success(self) -> None:
+        with self._lock:
+            self._last_success = time.time()
+
+    # -- one batch -----------------------------------------------------------------------------
+
+    def ship(self, batch: Sequence[SpooledEvent]) -> bool:
+        """Send ``batch`` once; ack, dead-letter or keep each event. True if none is kept."""
+        try:
+            results = self.sink.send([item.document for item in batch])
+        except Exception as exc:  # noqa: BLE001 - any send failure keeps the batch
+            cause = exc.cause if isinstance(exc, SinkError) else "exception"
+            error = redact(str(exc))
+            results = [ItemResult(i.event_id, Outcome.RETRY, None, error, cause) for i in batch]
+        by_id = {result.event_id: result for result in results}
+        delivered: list[str] = []
+        causes: Counter[str] = Counter()
+        first_error = ""
+        for item in batch:
+            result = by_id.get(item.event_id)
+            if result is None:
+                causes["no_result"] += 1
+                continue
+            if result.outcome is Outcome.OK:
+                delivered.append(item.event_id)
+            elif result.outcome is Outcome.REJECT:
+                self.spool.dead_letter(item.event_id, result.error, result.status)
+            else:
+                causes[result.cause or "retry"] += 1
+                first_error = first_error or result.error
+        acked = self.spool.ack(delivered)
+        with self._lock:
+            self._shipped += acked
+            if delivered:
+                self._last_success = time.time()
+            for cause in causes:
+                self._errors[cause] += 1
+        if "http_413" in causes and self._current_batch > 1:
+            self._current_batch = max(1, self._current_batch // 2)
+            log.warning(
+                "the sink refused a batch as too large; batch size now %d", self._current_batch
+            )
+        if causes:
+            log.warning(
+                "%d of %d event(s) not delivered to the %s sink (%s), kept in the spool: %s",
+                sum(causes.values()),
+                len(batch),
+                self.sink.name,
+                ", ".join(sorted(causes)),
+                first_error[:300],
+            )
+            return False
+        return True
+
+    # -- metrics -------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Shipped count, errors by cause and last success time (for tests and debugging)."""
+        with self._lock:
+            return {
+                "shipped": self._shipped,
+                "errors": dict(self._errors),
+                "last_success": self._last_success,
+            }
+
+    def metrics(self) -> list[Metric]:
+        """All six event metric families (the spool's three and the shipper's three)."""
+        families = self.spool.metrics()
+        stats = self.stats()
+        shipped = catalogue.family("tuf_exporter_events_shipped_total")
+        shipped.add_metric([], stats["shipped"])
+        errors = catalogue.family("tuf_exporter_shipper_errors_total")
+        error_counts: dict[str, int] = dict(stats["errors"])
+        if self.spool.corrupt_recoveries:
+            error_counts["spool_corrupt"] = self.spool.corrupt_recoveries
+        for cause, count in sorted(error_counts.items()):
+            errors.add_metric([cause], count)
+        last = catalogue.family("tuf_exporter_shipper_last_success_timestamp_seconds")
+        if stats["last_success"] is not None:
+            last.add_metric([], stats["last_success"])
+        return [*families, shipped, errors, last]
+
+    def collect(self) -> Iterator[Metric]:
+        """prometheus_client collector interface: ``REGISTRY.register(shipper)``."""
+        yield from self.metrics()
+
+    def describe(self) -> Iterator[Metric]:
+        """No up-front description: families are built at collection time."""
+        return iter(())
