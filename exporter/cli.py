@@ -91,7 +91,7 @@ def _print_table(results: Sequence[ProbeResult]) -> None:
             "" if r.role is None else str(r.role),
             f"{r.duration_seconds:.3f}",
             versions,
-            rfc3339(min(expiries)) if expiries else "",
+            (rfc3339(min(expiries)) or "") if expiries else "",
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
