@@ -47,6 +47,39 @@ def m(name: str) -> str:
     return catalogue.spec(name).name
 
 
+_PROMQL_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+_PROMQL_BRACES = re.compile(r"\{[^{}]*\}|\[[^\[\]]*\]")
+_PROMQL_GROUPING = re.compile(
+    r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)", re.IGNORECASE)
+_PROMQL_IDENT = re.compile(r"(?<![\w.$])([A-Za-z_:][\w:]*)(\s*\()?")
+_PROMQL_KEYWORDS = frozenset({
+    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
+    "bool", "offset", "inf", "nan", "start", "end",
+})
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric (or recording rule) names an expression selects.
+
+    A small tokenizer, not a parser: it drops strings, label matchers, range and subquery
+    brackets and grouping clauses, then keeps identifiers that are neither keywords nor
+    function calls. Grafana variables (``$repository``) inside matchers vanish with them.
+    """
+    text = _PROMQL_STRING.sub('""', expr)
+    previous = None
+    while previous != text:
+        previous = text
+        text = _PROMQL_BRACES.sub(" ", text)
+    text = _PROMQL_GROUPING.sub(" ", text)
+    names = set()
+    for match in _PROMQL_IDENT.finditer(text):
+        name, call = match.groups()
+        if call or name.lower() in _PROMQL_KEYWORDS:
+            continue
+        names.add(name)
+    return names
+
+
 def kebab(name: str) -> str:
     """``TufMetadataExpired`` -> ``tuf-metadata-expired`` (runbook file names)."""
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", name).lower()
@@ -376,8 +409,8 @@ def _symptom_alerts(o: AlertOptions) -> list[dict[str, Any]]:
                f"increase({m('tuf_rollbacks_detected_total')}[{o.event_window}]) > 0", PAGE, "0s",
                f"Rollback or freeze of {where}",
                f"{where} went back to an older version or froze past its re-signing cadence "
-               f"({{{{ $value | humanize }}}} times in {o.event_window}): possible rollback or freeze "
-               "attack, or a broken mirror."),
+               f"({{{{ $value | humanize }}}} times in {o.event_window}): possible rollback or "
+               "freeze attack, or a broken mirror."),
         _alert(o, "TufPossibleKeyCompromise",
                f'increase({m("tuf_anomalies_total")}{{kind=~"{kinds}"}}[{o.event_window}]) > 0',
                PAGE, "0s",
@@ -391,7 +424,8 @@ def _symptom_alerts(o: AlertOptions) -> list[dict[str, Any]]:
                TICKET, "0s",
                "{{ $labels.kind }} on {{ $labels.repository }} ({{ $labels.endpoint }})",
                "{{ $labels.repository }} on {{ $labels.endpoint }} showed the anomaly "
-               "{{ $labels.kind }} {{ $value | humanize }} times in the last " + o.event_window + "."),
+               "{{ $labels.kind }} {{ $value | humanize }} times in the last "
+               + o.event_window + "."),
         _alert(o, "TufSignerDown", f"{m('tuf_signer_up')} == 0", TICKET, o.signer_down_for,
                "Signer {{ $labels.signer }} ({{ $labels.repository }}/{{ $labels.role }}) "
                "cannot sign",

@@ -1,0 +1,256 @@
+"""Generated rule files and the Alertmanager example: single source of truth and behaviour.
+
+promtool/amtool tests skip (with a reason) only where the binaries are missing; CI installs them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from exporter import alerts, catalogue
+from exporter.alerts import AlertOptions
+
+ROOT = Path(__file__).resolve().parent.parent
+ALERTS_DIR = ROOT / "alerts"
+TESTS_DIR = ALERTS_DIR / "tests"
+RUNBOOKS = ROOT / "docs" / "runbooks"
+REGENERATE = "python -m exporter.alerts --out alerts"
+
+PROMTOOL = shutil.which("promtool") or "promtool"
+AMTOOL = shutil.which("amtool") or "amtool"
+needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
+                                    reason="promtool is not installed (CI installs it)")
+needs_amtool = pytest.mark.skipif(shutil.which("amtool") is None,
+                                  reason="amtool is not installed (CI installs it)")
+
+
+def _rules(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for g in doc["groups"] for r in g["rules"]]
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    return _rules(alerts.alert_rules(AlertOptions()))
+
+
+def _promtool_tests() -> list[dict[str, Any]]:
+    return [yaml.safe_load(p.read_text()) for p in sorted(TESTS_DIR.glob("*.yml"))]
+
+
+# --- single source of truth -----------------------------------------------------------------
+
+
+def test_tokenizer_finds_metrics_not_functions_labels_or_durations() -> None:
+    expr = ('sum by (repository) (rate(tuf_probes_total{result="success", x=~"a|b"}[5m])) '
+            '/ on (repository) group_left (role) a:b:c > bool 0.5 or absent(up{job="j"}) '
+            'and time() - 1e3 * tuf_root_version offset 1h')
+    assert alerts.promql_metric_names(expr) == {
+        "tuf_probes_total", "a:b:c", "up", "tuf_root_version"}
+
+
+def test_every_rule_expression_uses_only_catalogue_metrics_or_recording_rules() -> None:
+    options = AlertOptions()
+    allowed = set(catalogue.METRICS) | alerts.recording_rule_names(options) | alerts.BUILTIN_METRICS
+    rules = _rules(alerts.recording_rules(options)) + _alert_rules()
+    for rule in rules:
+        unknown = alerts.promql_metric_names(rule["expr"]) - allowed
+        assert not unknown, f"{rule.get('alert') or rule.get('record')}: unknown {unknown}"
+
+
+def test_m_fails_loudly_on_unknown_metric() -> None:
+    with pytest.raises(KeyError, match="tuf_no_such_metric"):
+        alerts.m("tuf_no_such_metric")
+
+
+def test_recording_rules_follow_level_metric_operations_and_cover_windows() -> None:
+    names = alerts.recording_rule_names()
+    for window in ("5m", "30m", "1h", "2h", "6h", "1d", "3d", "30d"):
+        assert f"repository:tuf_probe_success:ratio_rate{window}" in names
+    assert "repository_endpoint:tuf_probe_success:ratio_rate5m" in names
+    for name in names:
+        assert len(name.split(":")) == 3, name
+
+
+@pytest.mark.parametrize("name", list(alerts.render()))
+def test_committed_files_are_fresh(name: str, tmp_path: Path) -> None:
+    fresh = {p.name: p.read_bytes() for p in alerts.build_alerts(tmp_path)}
+    committed = ALERTS_DIR / name
+    assert committed.exists(), f"{committed} is missing; run `{REGENERATE}`"
+    assert committed.read_bytes() == fresh[name], (
+        f"{committed} is stale; regenerate it with `{REGENERATE}`")
+
+
+def test_generation_is_deterministic(tmp_path: Path) -> None:
+    a = [p.read_bytes() for p in alerts.build_alerts(tmp_path / "a")]
+    b = [p.read_bytes() for p in alerts.build_alerts(tmp_path / "b")]
+    assert a == b
+    assert all(content.endswith(b"\n") for content in a)
+
+
+# --- alert conventions ----------------------------------------------------------------------
+
+
+def test_every_alert_has_severity_annotations_and_runbook() -> None:
+    rules = _alert_rules()
+    names = [r["alert"] for r in rules]
+    assert len(names) == len(set(names)), "duplicate alert names"
+    for rule in rules:
+        name = rule["alert"]
+        assert rule["labels"]["severity"] in ("page", "ticket"), name
+        ann = rule["annotations"]
+        assert set(ann) == {"summary", "description", "runbook_url"}, name
+        assert "{{" in ann["description"], f"{name}: description has no templating"
+        assert ann["runbook_url"].endswith(f"/{alerts.kebab(name)}.md"), name
+        runbook = RUNBOOKS / f"{alerts.kebab(name)}.md"
+        assert runbook.is_file(), f"{name}: runbook {runbook} is missing"
+
+
+def test_runbooks_have_the_standard_sections() -> None:
+    for name in alerts.alert_names():
+        text = (RUNBOOKS / f"{alerts.kebab(name)}.md").read_text()
+        assert text.startswith(f"# {name}"), name
+        for section in ("## Symptom", "## Impact", "## Checks", "## Mitigation", "## Escalation"):
+            assert section in text, f"{name}: runbook lacks {section}"
+        assert "```promql" in text, f"{name}: runbook has no PromQL check"
+
+
+def test_severities_match_the_policy() -> None:
+    severity = {r["alert"]: r["labels"]["severity"] for r in _alert_rules()}
+    for page in ("TufErrorBudgetBurnFast", "TufMetadataExpired", "TufMetadataExpiringCritical",
+                 "TufVerificationMassFailure", "TufRollbackDetected", "TufPossibleKeyCompromise",
+                 "TufSignerKeyUnauthorized", "TufExporterDown"):
+        assert severity[page] == "page", page
+    for ticket in ("TufErrorBudgetBurnSlow", "TufMetadataExpiringSoon",
+                   "TufEndpointVerificationFailing", "TufMirrorLagging", "TufMetadataAnomaly"):
+        assert severity[ticket] == "ticket", ticket
+
+
+# --- options ----------------------------------------------------------------------------------
+
+
+def test_options_change_numbers_not_code_path(tmp_path: Path) -> None:
+    config = tmp_path / "alerts.yml"
+    config.write_text(
+        "slo_target: 0.99\n"
+        "exporter_job: tuf\n"
+        "runbook_base_url: https://runbooks.example/tuf/\n"
+        "mirror_lag_seconds: 10m\n"
+        "expiry_page_seconds: {timestamp: 30m}\n"
+        "endpoint_failure_for: 30s\n"
+        "page_webhook_url: http://127.0.0.1:5001/page\n"
+        "burn_alerts:\n"
+        "  - {name: TufErrorBudgetBurnFast, severity: page, for: 0s,\n"
+        "     windows: [{factor: 14.4, long: 2m, short: 30s}]}\n")
+    options = AlertOptions.from_yaml(config)
+    assert options.expiry_page_seconds["timestamp"] == 1800
+    assert options.expiry_page_seconds["root"] == 7 * 86400  # defaults kept
+    out = alerts.render(options)
+    rules = out[alerts.ALERT_RULES_FILE]
+    assert "(14.4 * 0.01)" in rules
+    assert 'up{job="tuf"}' in rules
+    assert "tuf_mirror_lag_seconds > 600" in rules
+    assert '(tuf_metadata_expiry_margin_seconds{role="timestamp"} > 0) < 1800' in rules
+    assert "https://runbooks.example/tuf/tuf-exporter-down.md" in rules
+    assert "for: 30s" in rules
+    assert "repository:tuf_probe_success:ratio_rate30s" in out[alerts.RECORDING_RULES_FILE]
+    assert "http://127.0.0.1:5001/page" in out[alerts.ALERTMANAGER_FILE]
+    paths = alerts.build_alerts(tmp_path / "out", options)
+    assert sorted(p.name for p in paths) == sorted(out)
+
+
+def test_options_reject_unknown_keys_and_bad_values(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown alert option"):
+        AlertOptions.from_mapping({"slo_targett": 0.99})
+    with pytest.raises(ValueError, match="slo_target"):
+        AlertOptions(slo_target=1.5)
+    with pytest.raises(ValueError, match="duration"):
+        AlertOptions.from_mapping({"mirror_lag_for": "soon"})
+
+
+def test_module_entry_point(tmp_path: Path) -> None:
+    assert alerts.main(["--out", str(tmp_path)]) == 0
+    assert (tmp_path / alerts.ALERT_RULES_FILE).exists()
+
+
+# --- promtool -------------------------------------------------------------------------------
+
+
+@needs_promtool
+def test_promtool_check_rules() -> None:
+    files = [str(ALERTS_DIR / name)
+             for name in (alerts.RECORDING_RULES_FILE, alerts.ALERT_RULES_FILE)]
+    result = subprocess.run([PROMTOOL, "check", "rules", *files],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+def test_promtool_unit_tests_pass() -> None:
+    files = sorted(str(p) for p in TESTS_DIR.glob("*.yml"))
+    assert files, "no promtool tests under alerts/tests/"
+    result = subprocess.run([PROMTOOL, "test", "rules", *files],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_is_covered_by_promtool_tests_firing_and_quiet() -> None:
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for doc in _promtool_tests():
+        for group in doc["tests"]:
+            for case in group.get("alert_rule_test", []):
+                (firing if case.get("exp_alerts") else quiet).add(case["alertname"])
+    names = set(alerts.alert_names())
+    assert names - firing == set(), "alerts never expected to fire in alerts/tests/"
+    assert names - quiet == set(), "alerts never expected to stay quiet in alerts/tests/"
+    assert (firing | quiet) - names == set(), "promtool tests name unknown alerts"
+
+
+# --- amtool ---------------------------------------------------------------------------------
+
+AM_CONFIG = ALERTS_DIR / alerts.ALERTMANAGER_FILE
+
+
+@needs_amtool
+def test_amtool_check_config() -> None:
+    result = subprocess.run([AMTOOL, "check-config", str(AM_CONFIG)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_amtool
+@pytest.mark.parametrize(("labels", "receiver"), [
+    (["severity=page", "alertname=TufMetadataExpired", "repository=r", "endpoint=primary"],
+     "tuf-page"),
+    (["severity=ticket", "alertname=TufMirrorLagging", "repository=r", "endpoint=m1"],
+     "tuf-ticket"),
+])
+def test_amtool_routes(labels: list[str], receiver: str) -> None:
+    result = subprocess.run(
+        [AMTOOL, "config", "routes", "test", f"--config.file={AM_CONFIG}",
+         f"--verify.receivers={receiver}", *labels],
+        capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == receiver
+
+
+def test_alertmanager_inhibits_mirror_alerts_on_mass_or_primary_failure() -> None:
+    config = yaml.safe_load(AM_CONFIG.read_text())
+    assert config["route"]["group_by"] == ["alertname", "repository"]
+    inhibits = config["inhibit_rules"]
+    sources = {tuple(rule["source_matchers"]) for rule in inhibits
+               if 'endpoint!="primary"' in rule["target_matchers"]}
+    assert ('alertname="TufVerificationMassFailure"',) in sources
+    assert ('alertname="TufEndpointVerificationFailing"', 'endpoint="primary"') in sources
+    for rule in inhibits:
+        if 'endpoint!="primary"' in rule["target_matchers"]:
+            assert rule["equal"] == ["repository"]
+            # security alerts are never inhibited
+            assert "TufRollbackDetected" not in str(rule["target_matchers"])
+    text = AM_CONFIG.read_text()
+    assert "mute_time_intervals" in text and "amtool silence add" in text
