@@ -82,6 +82,8 @@ class FakeOpenSearch:
         #: 409 answers per id (retries of already stored documents).
         self.conflicts: Counter[str] = Counter()
         self.requests: list[tuple[str, str]] = []
+        #: Authorization header of every request (None when absent).
+        self.authorizations: list[str | None] = []
         self.bulk_requests = 0
         self.delay = 0.0
         self._lock = threading.Lock()
@@ -186,6 +188,7 @@ class FakeOpenSearch:
         method = request.command
         with self._lock:
             self.requests.append((method, path))
+            self.authorizations.append(request.headers.get("Authorization"))
             injected = self._injected_status(path)
         if injected is not None:
             error = {"type": "injected", "reason": f"injected {injected}"}
