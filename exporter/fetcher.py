@@ -85,11 +85,14 @@ class Fetcher(FetcherInterface):
         self._lock = threading.Lock()
         self.records: list[RequestRecord] = []
         self.bodies: dict[str, bytes] = {}
+        #: What the most recently started request fetched (a role name or "target").
+        self.last_started: str | None = None
 
     # -- FetcherInterface -------------------------------------------------------------------
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         role = self._classify(url)
+        self.last_started = role
         started = time.monotonic()
         attempt = 0
         while True:

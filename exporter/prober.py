@@ -334,8 +334,7 @@ class _Run:
                 Path(name).unlink(missing_ok=True)
 
     def _classified(self, exc: BaseException) -> tuple[Reason, FailedRole | None, str]:
-        last = self.fetcher.records[-1].role if self.fetcher.records else None
-        role = role_from_message(exc, role_of(last))
+        role = role_from_message(exc, role_of(self.fetcher.last_started))
         if role is None:
             role = FailedRole.ROOT
         return reason_of(exc), role, describe(exc)

@@ -1,0 +1,77 @@
+"""Shared fixtures: a simulated repository with a delegation and a mirror, served on loopback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter.config import Endpoint, Mode, Repository
+from exporter.simulator import SimulatedRepository, SimulatorServer
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+REAL = SHARED / "fixtures" / "real"
+
+CANARIES = ("files/a.txt", "team/b.txt")
+
+
+@dataclass
+class Sim:
+    """A running simulated repository and a Repository configuration pointing at it."""
+
+    repo: SimulatedRepository
+    server: SimulatorServer
+    trusted_root: Path
+    state_dir: Path
+
+    def config(self, **changes: Any) -> Repository:
+        mirrors = tuple(
+            Endpoint(name, *self.server.endpoint_urls(name))
+            for name in self.server.endpoints
+            if name != "primary"
+        )
+        base = Repository(
+            name="sim",
+            trusted_root=self.trusted_root,
+            primary=Endpoint("primary", *self.server.endpoint_urls("primary")),
+            mirrors=mirrors,
+            interval=60.0,
+            timeout=5.0,
+            connect_timeout=1.0,
+            read_timeout=1.0,
+            mode=Mode.WARM,
+            canary_targets=CANARIES,
+        )
+        return replace(base, **changes)
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[Sim]:
+    repo = SimulatedRepository()
+    repo.add_target("files/a.txt", b"hello from a\n")
+    repo.delegate("team", ["team/*"])
+    repo.add_target("team/b.txt", b"hello from b\n", role="team")
+    repo.publish()
+    root = repo.write_trusted_root(tmp_path / "root.json")
+    server = SimulatorServer(repo).start()
+    try:
+        server.add_mirror("mirror1")
+        yield Sim(repo, server, root, tmp_path / "state")
+    finally:
+        server.stop()
+
+
+def poll(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Call ``check`` until it returns something truthy or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s (last value {value!r})")
+        time.sleep(interval)

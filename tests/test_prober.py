@@ -1,0 +1,267 @@
+"""The prober against the simulated repository: verdicts, reasons, roles, facts, bounds."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tuf.api.metadata import Metadata
+
+from conftest import CANARIES, Sim, poll
+from exporter import cli
+from exporter.prober import Prober
+from exporter.results import ProbeResult
+from exporter.simulator import FAULTS, closed_port
+
+# fault -> (endpoint, inject parameters, expected reason, expected role); None = success
+FAULT_CASES: dict[str, tuple[dict[str, Any], tuple[str, str] | None]] = {
+    "expired-root": ({}, ("expired", "root")),
+    "expired-timestamp": ({}, ("expired", "timestamp")),
+    "expired-snapshot": ({}, ("expired", "snapshot")),
+    "expired-targets": ({}, ("expired", "targets")),
+    "timestamp-missing": ({}, ("missing", "timestamp")),
+    "snapshot-mismatch": ({}, ("length_or_hash_mismatch", "snapshot")),
+    "unauthorized-key": ({}, ("bad_signature", "timestamp")),
+    "below-threshold": ({}, ("bad_signature", "targets")),
+    "broken-delegation": ({"role": "team"}, ("bad_signature", "delegated")),
+    "stale-mirror": ({"states_behind": 1}, None),
+    "target-hash-mismatch": ({}, ("length_or_hash_mismatch", "target")),
+    "oversized-metadata": ({}, ("length_or_hash_mismatch", "timestamp")),
+    "slow-retrieval": ({"role": "snapshot", "delay": 0.3}, ("timeout", "snapshot")),
+    "http-500": ({"role": "snapshot"}, ("download_error", "snapshot")),
+    "malformed-json": ({}, ("invalid_metadata", "timestamp")),
+    "deeply-nested-json": ({}, ("invalid_metadata", "timestamp")),
+    "never-answers": ({"role": "timestamp"}, ("timeout", "timestamp")),
+    "connection-refused": ({}, ("download_error", "root")),
+    "equivocation": ({}, None),
+    "unknown-signer": ({}, None),
+    "version-jump": ({}, None),
+    "expiry-beyond-policy": ({}, None),
+    "target-missing": ({}, ("missing", "target")),
+}
+# faults that need a history of probes: tested on their own below
+STATEFUL = {"rollback", "freeze"}
+
+
+def _probe(sim: Sim, prober: Prober | None = None, endpoint: str = "primary",
+           **changes: Any) -> ProbeResult:
+    config = sim.config(**changes)
+    prober = prober or Prober(sim.state_dir)
+    target = next(e for e in config.endpoints if e.name == endpoint)
+    return prober.probe(config, target)
+
+
+def test_fault_table_covers_the_simulator() -> None:
+    assert set(FAULT_CASES) | STATEFUL == set(FAULTS)
+
+
+def test_healthy_endpoint_reports_facts_exactly(sim: Sim) -> None:
+    result = _probe(sim)
+    assert result.success, result.message
+    latest = sim.repo.latest
+    for role in ("root", "timestamp", "snapshot", "targets"):
+        md = Metadata.from_bytes(latest.metadata(role))
+        facts = result.roles[role]
+        assert facts.version == md.signed.version
+        assert facts.expires == md.signed.expires
+        assert facts.size_bytes == len(latest.metadata(role))
+        threshold = Metadata.from_bytes(latest.metadata("root")).signed.roles[role].threshold
+        assert facts.threshold == threshold
+        assert facts.signatures_valid == threshold
+        assert facts.unknown_signers == ()
+    assert result.roles["targets"].threshold == 2
+    assert result.delegations.count == 1 and result.delegations.failing == 0
+    assert set(result.delegated) == {"team"}
+    assert [t.path for t in result.targets] == list(CANARIES)
+    assert all(t.success for t in result.targets)
+    phases = {p.phase for p in result.phases}
+    assert phases == {"root", "timestamp", "snapshot", "targets", "delegations", "download"}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULT_CASES))
+def test_fault(sim: Sim, fault: str) -> None:
+    params, expected = FAULT_CASES[fault]
+    endpoint = "mirror1" if fault == "stale-mirror" else "primary"
+    for _ in range(3):  # some history, so stale and rolled-back states exist
+        sim.repo.add_target(f"files/{time.monotonic_ns()}.txt", b"x")
+        sim.repo.publish()
+    sim.server.inject(fault, endpoint=endpoint, **params)
+    result = _probe(sim, endpoint=endpoint)
+    assert result.duration_seconds < 5.0 + 1.5, "the probe deadline was not kept"
+    if expected is None:
+        assert result.success, result.message
+    else:
+        assert not result.success
+        assert (str(result.reason), str(result.role)) == expected, result.message
+        assert result.message
+    if fault == "unknown-signer":
+        assert result.roles["timestamp"].unknown_signers
+    if fault == "stale-mirror":
+        assert result.roles["timestamp"].version < sim.repo.latest.signed("timestamp").signed.version
+
+
+def test_rollback_seen_by_a_returning_client(sim: Sim) -> None:
+    prober = Prober(sim.state_dir)
+    sim.repo.publish()
+    assert _probe(sim, prober).success
+    sim.server.inject("rollback")
+    result = _probe(sim, prober)
+    assert (result.reason, result.role) == ("rollback", "timestamp"), result.message
+
+
+def test_freeze_ends_in_expired_timestamp(sim: Sim) -> None:
+    from datetime import timedelta
+
+    prober = Prober(sim.state_dir)
+    sim.server.inject("freeze", expires_in=timedelta(seconds=1))
+    assert _probe(sim, prober).success
+    sim.repo.publish()  # the frozen endpoint does not follow
+    result = poll(lambda: (r := _probe(sim, prober)).reason is not None and r, timeout=10)
+    assert (result.reason, result.role) == ("expired", "timestamp")
+
+
+def test_connection_refused_and_timeout_are_told_apart(sim: Sim) -> None:
+    from exporter.config import Endpoint
+
+    port = closed_port()
+    url = f"http://127.0.0.1:{port}/"
+    config = sim.config(primary=Endpoint("primary", url, url + "targets/"))
+    refused = Prober(sim.state_dir).probe(config, config.primary)
+    assert (refused.reason, refused.role) == ("download_error", "root")
+    sim.server.inject("never-answers")
+    silent = _probe(sim, read_timeout=0.3)
+    assert (silent.reason, silent.role) == ("timeout", "root")
+    assert silent.duration_seconds < 2.0, "no hidden retries: one read timeout only"
+
+
+def test_whole_probe_deadline_bounds_a_trickling_server(sim: Sim) -> None:
+    sim.server.inject("slow-retrieval", role="timestamp", delay=0.05)
+    result = _probe(sim, timeout=1.0, read_timeout=1.0)
+    assert (result.reason, result.role) == ("timeout", "timestamp")
+    assert result.duration_seconds < 2.0
+
+
+def test_retries_only_where_configured(sim: Sim) -> None:
+    sim.server.inject("http-500", role="timestamp")
+    sim.server.reset_requests()
+    _probe(sim)
+    once = sim.server.request_count(name="metadata/timestamp.json")
+    sim.server.reset_requests()
+    result = _probe(sim, retries=2)
+    assert once == 1
+    assert sim.server.request_count(name="metadata/timestamp.json") == 3
+    assert sum(r.retries for r in result.requests) == 2
+
+
+def test_unchanged_timestamp_reuses_the_verdict(sim: Sim) -> None:
+    prober = Prober(sim.state_dir)
+    first = _probe(sim, prober)
+    assert first.success and not first.reused_verdict
+    sim.server.reset_requests()
+    second = _probe(sim, prober)
+    assert second.success and second.reused_verdict
+    fetched = {k for k, v in sim.server.requests().items() if v}
+    assert not any("snapshot" in name or "targets.json" in name for name in fetched), fetched
+    assert second.roles == first.roles
+    assert [t.success for t in second.targets] == [True, True], "canaries still downloaded"
+    sim.repo.publish()
+    third = _probe(sim, prober)
+    assert third.success and not third.reused_verdict
+    assert third.roles["timestamp"].version == first.roles["timestamp"].version + 1
+
+
+def test_reused_verdict_still_checks_the_canaries(sim: Sim) -> None:
+    prober = Prober(sim.state_dir)
+    assert _probe(sim, prober).success
+    sim.server.inject("target-hash-mismatch")
+    result = _probe(sim, prober)
+    assert result.reused_verdict
+    assert (result.reason, result.role) == ("length_or_hash_mismatch", "target")
+
+
+def test_full_refresh_at_least_every_n_probes(sim: Sim) -> None:
+    prober = Prober(sim.state_dir)
+    reused = [_probe(sim, prober, full_refresh_every=3).reused_verdict for _ in range(6)]
+    assert reused == [False, True, True, False, True, True]
+
+
+def test_cold_mode_starts_from_the_trusted_root_every_time(sim: Sim) -> None:
+    prober = Prober(sim.state_dir)
+    from exporter.config import Mode
+
+    for _ in range(2):
+        sim.server.reset_requests()
+        result = _probe(sim, prober, mode=Mode.COLD)
+        assert result.success and not result.reused_verdict
+        assert sim.server.request_count(name="metadata/timestamp.json") == 1
+        assert any("snapshot" in n for n in sim.server.requests())
+    assert not (sim.state_dir / "cache").exists() or not any((sim.state_dir / "cache").rglob("*.json"))
+
+
+def test_missing_canary_target(sim: Sim) -> None:
+    result = _probe(sim, canary_targets=("files/nope.txt",))
+    assert (result.reason, result.role) == ("target_not_found", "target")
+
+
+def test_names_are_sanitized_and_nothing_escapes_the_cache(sim: Sim, tmp_path: Path) -> None:
+    result = _probe(sim, name="../evil/repo")
+    assert result.success
+    written = {p for p in tmp_path.rglob("*") if p.is_file()}
+    outside = {p for p in written if sim.state_dir not in p.parents and p != sim.trusted_root}
+    assert not outside, outside
+    assert not (tmp_path / "evil").exists()
+
+
+def test_probe_json_command(sim: Sim, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.yml"
+    primary = sim.server.endpoint_urls("primary")
+    mirror = sim.server.endpoint_urls("mirror1")
+    config.write_text(
+        f"""
+state_dir: {tmp_path / 'state'}
+repositories:
+  - name: sim
+    metadata_url: {primary[0]}
+    targets_url: {primary[1]}
+    trusted_root: {sim.trusted_root}
+    canary_targets: [files/a.txt, team/b.txt]
+    mirrors:
+      - name: mirror1
+        metadata_url: {mirror[0]}
+        targets_url: {mirror[1]}
+"""
+    )
+    assert cli.main(["probe", "--config", str(config), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    [repo] = out["repositories"]
+    assert [e["name"] for e in repo["endpoints"]] == ["primary", "mirror1"]
+    latest = sim.repo.latest
+    for endpoint in repo["endpoints"]:
+        assert endpoint["success"] is True and endpoint["reason"] is None
+        for role in ("root", "timestamp", "snapshot", "targets"):
+            signed = Metadata.from_bytes(latest.metadata(role)).signed
+            facts = endpoint["roles"][role]
+            assert facts["version"] == signed.version
+            assert facts["expires"] == signed.expires.strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert endpoint["roles"]["targets"]["threshold"] == 2
+        assert endpoint["roles"]["targets"]["signatures_valid"] == 2
+        assert endpoint["delegations"]["count"] == 1
+        assert [t["success"] for t in endpoint["targets"]] == [True, True]
+    sim.server.inject("expired-timestamp", endpoint="mirror1")
+    assert cli.main(["probe", "--config", str(config), "--json"]) == 1
+
+
+def test_bad_trusted_root_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                           ) -> None:
+    root = tmp_path / "root.json"
+    root.write_text("{not json")
+    config = tmp_path / "config.yml"
+    config.write_text(
+        f"repositories:\n  - name: x\n    metadata_url: http://127.0.0.1:1/\n"
+        f"    trusted_root: {root}\n"
+    )
+    assert cli.main(["probe", "--config", str(config)]) == 2
+    assert "cannot use" in capsys.readouterr().err
