@@ -281,6 +281,21 @@ def test_failing_faults(
     assert full_update(make_updater(server, tmp_path / "ok"), "delegated/one.txt") == b"one"
 
 
+@pytest.mark.parametrize("fault", ["expired-snapshot", "below-threshold", "version-jump"])
+def test_warm_client_recovers_after_clear_and_publish(
+    repo: SimulatedRepository, server: SimulatorServer, tmp_path: Path, fault: str
+) -> None:
+    full_update(make_updater(server, tmp_path))
+    server.inject(fault)
+    try:
+        full_update(make_updater(server, tmp_path, warm=True))
+    except exc.RepositoryError:
+        assert fault != "version-jump"
+    server.clear()
+    repo.publish()  # skips the versions the forged files used
+    assert full_update(make_updater(server, tmp_path, warm=True)) == b"hello world"
+
+
 def test_http_500_on_all_requests_hits_root(server: SimulatorServer, tmp_path: Path) -> None:
     server.inject("http-500")
     with pytest.raises(exc.DownloadHTTPError) as raised:

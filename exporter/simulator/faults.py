@@ -205,6 +205,8 @@ def forge(
         view.put(metadata_file(TIMESTAMP), data)
     else:
         view.put(metadata_file(role, version), data)
+    if role != ROOT:  # a skipped root version would stop clients walking the root chain
+        view.repo.reserve_version(role, version)
 
     if role in (ROOT, TIMESTAMP):
         return data

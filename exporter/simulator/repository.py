@@ -203,6 +203,7 @@ class SimulatedRepository:
         self._routers: dict[str, Callable[[str], str]] = {}
         self._dirty: set[str] = set(TOP_LEVEL_ROLES)
         self._bumps: dict[str, int] = {}
+        self._reserved: dict[str, int] = {}
         self._root_cosigners: dict[str, CryptoSigner] = {}
         self._published: set[str] = set()
         self._pending_files: dict[str, bytes] = {}
@@ -491,6 +492,19 @@ class SimulatedRepository:
             self._bumps[role] = by
             self._dirty.add(role)
 
+    def reserve_version(self, role: str, version: int) -> None:
+        """Make the next published version of ``role`` exceed ``version``.
+
+        Fault injection calls this for versions it used in forged files, so
+        that after the fault is cleared the next publish moves past them and
+        warm clients (which cached forged timestamp / snapshot) recover: the
+        role is re-signed on the next publish even if its content is unchanged.
+        """
+        with self._lock:
+            if version >= self._md[role].signed.version:
+                self._reserved[role] = max(version, self._reserved.get(role, 0))
+                self._dirty.add(role)
+
     def publish(self, *, extra_signers: Iterable[str] = ()) -> RepositoryState:
         """Sign every changed role, bump snapshot and timestamp, append a state.
 
@@ -537,6 +551,7 @@ class SimulatedRepository:
         md = self._md[role]
         if role in self._published:
             md.signed.version += self._bumps.pop(role, 1)
+            md.signed.version = max(md.signed.version, self._reserved.pop(role, 0) + 1)
         self._bumps.pop(role, None)
         self._published.add(role)
         md.signed.expires = self._expires(role, now)
