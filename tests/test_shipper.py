@@ -1,0 +1,441 @@
+"""The shipper against a fake OpenSearch over real HTTP, and the JSON Lines file sink."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opensearch_fake import FakeOpenSearch, wait_until
+
+from exporter import catalogue
+from exporter.config import Config, OpenSearch
+from exporter.events import Event, EventKind
+from exporter.shipper import (
+    Backoff,
+    FileSink,
+    OpenSearchSink,
+    Shipper,
+    index_template,
+    read_credentials,
+    redact,
+    timevalue,
+)
+from exporter.spool import Spool
+
+T0 = datetime(2024, 5, 1, 23, 59, 58, tzinfo=UTC)
+FAST = Backoff(initial=0.02, maximum=0.2)
+
+
+def event(i: int, repository: str = "repo") -> Event:
+    return Event(
+        kind=EventKind.VERIFICATION,
+        time=T0 + timedelta(seconds=i),
+        repository=repository,
+        endpoint="primary",
+        versions={"timestamp": i},
+        durations={"probe": 0.25},
+    )
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenSearch]:
+    server = FakeOpenSearch().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Iterator[Spool]:
+    s = Spool(tmp_path / "spool.sqlite")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+ShipperFactory = Callable[..., Shipper]
+
+
+@pytest.fixture
+def make_shipper(fake: FakeOpenSearch, spool: Spool) -> Iterator[ShipperFactory]:
+    started: list[Shipper] = []
+
+    def make(**kwargs: Any) -> Shipper:
+        settings = OpenSearch(hosts=(fake.url,), index_prefix="tuf-events")
+        sink = kwargs.pop("sink", None) or OpenSearchSink(settings, timeout=2.0)
+        kwargs.setdefault("batch_size", 10)
+        kwargs.setdefault("batch_interval", 0.05)
+        kwargs.setdefault("backoff", FAST)
+        shipper = Shipper(kwargs.pop("spool", spool), sink, **kwargs)
+        shipper.start()
+        started.append(shipper)
+        return shipper
+
+    try:
+        yield make
+    finally:
+        for shipper in started:
+            shipper.stop(timeout=1.0)
+
+
+def expect_exactly_once(fake: FakeOpenSearch, events: list[Event]) -> None:
+    wanted = {e.event_id for e in events}
+    wait_until(lambda: fake.ids() >= wanted)
+    assert fake.ids() == wanted
+    assert len(fake.documents) == len(events)
+    assert all(count == 1 for count in fake.created.values())
+
+
+def test_ships_to_daily_indices_with_create_by_id(
+    fake: FakeOpenSearch, spool: Spool, make_shipper: ShipperFactory
+) -> None:
+    shipper = make_shipper()
+    events = [event(i) for i in range(25)]
+    for e in events:
+        spool.emit(e)
+    expect_exactly_once(fake, events)
+    assert {index for index, _ in fake.documents} == {
+        "tuf-events-2024.05.01",
+        "tuf-events-2024.05.02",
+    }
+    stored = fake.documents[("tuf-events-2024.05.01", events[0].event_id)]
+    assert stored == events[0].to_document()
+    wait_until(lambda: len(spool) == 0)
+    assert shipper.stats()["shipped"] == 25
+
+
+def test_server_down_for_a_while_then_back(
+    fake: FakeOpenSearch, spool: Spool, make_shipper: ShipperFactory
+) -> None:
+    shipper = make_shipper()
+    first = [event(i) for i in range(10)]
+    for e in first:
+        spool.emit(e)
+    expect_exactly_once(fake, first)
+    fake.down()
+    more = [event(i) for i in range(10, 40)]
+    for e in more:
+        spool.emit(e)
+    wait_until(lambda: shipper.stats()["errors"].get("connection", 0) >= 3)
+    assert len(spool) == 30
+    fake.up()
+    expect_exactly_once(fake, first + more)
+    wait_until(lambda: len(spool) == 0)
+
+
+def test_setup_waits_for_the_server(
+    fake: FakeOpenSearch, spool: Spool, make_shipper: ShipperFactory
+) -> None:
+    fake.down()
+    spool.emit(event(1))
+    shipper = make_shipper()
+    wait_until(lambda: shipper.stats()["errors"].get("setup", 0) >= 2)
+    fake.up()
+    expect_exactly_once(fake, [event(1)])
+    assert "tuf-events" in fake.templates and "tuf-events-retention" in fake.policies
+
+
+def test_429_and_500_are_retried_and_nothing_doubles(
+    fake: FakeOpenSearch, spool: Spool, make_shipper: ShipperFactory
+) -> None:
+    shipper = make_shipper()
+    wait_until(lambda: "tuf-events" in fake.templates)
+    fake.fail_next(2, 429)
+    fake.fail_next(2, 500)
+    fake.fail_items(3, 429)
+    fake.fail_items(2, 503)
+    events = [event(i) for i in range(30)]
+    for e in events:
+        spool.emit(e)
+    expect_exactly_once(fake, events)
+    errors = shipper.stats()["errors"]
+    assert errors.get("throttled", 0) >= 2 and errors.get("server_error", 0) >= 2
+    wait_until(lambda: len(spool) == 0)
+    assert spool.dropped() == {}
+
+
+def test_a_conflict_means_already_there(
+    fake: FakeOpenSearch, spool: Spool, make_shipper: ShipperFactory, tmp_path: Path
+) -> None:
+    events = [event(i) for i in range(5)]
+    make_shipper()
+    for e in events:
+        spool.emit(e)
+    expect_exactly_once(fake, events)
+    # the same events again from a second spool (as after a crash before the ack)
+    with Spool(tmp_path / "other.sqlite") as other:
+        shipper = make_shipper(spool=other)
+        for e in events:
+            other.emit(e)
+        wait_until(lambda: len(other) == 0)
+        assert shipper.stats()["shipped"] == 5
+    assert sum(fake.conflicts.values()) == 5
+    expect_exactly_once(fake, events)
+
+
+def test_a_rejected_document_is_set_aside_while_others_flow(
+    fake: FakeOpenSearch, spool: Spool, make_shipper: ShipperFactory
+) -> None:
+    fake.reject(lambda doc: doc["repository"] == "bad")
+    shipper = make_shipper()
+    good = [event(i) for i in range(12)]
+    bad = event(100, repository="bad")
+    for e in [*good[:6], bad, *good[6:]]:
+        spool.emit(e)
+    expect_exactly_once(fake, good)
+    wait_until(lambda: len(spool) == 0)
+    letters = spool.dead_letters()
+    assert [d.event_id for d in letters] == [bad.event_id]
+    assert letters[0].status == 400 and "mapper_parsing_exception" in letters[0].error
+    assert spool.dropped() == {"rejected": 1}
+    families = {f.name: f for f in shipper.metrics()}
+    dropped = families["tuf_exporter_events_dropped"].samples
+    assert [(s.labels["cause"], s.value) for s in dropped] == [("rejected", 1)]
+
+
+def test_template_and_retention_policy(
+    fake: FakeOpenSearch, spool: Spool, make_shipper: ShipperFactory
+) -> None:
+    make_shipper()
+    wait_until(lambda: "tuf-events" in fake.templates)
+    template = fake.templates["tuf-events"]
+    assert template == index_template("tuf-events")
+    properties = template["template"]["mappings"]["properties"]
+    for name in ("kind", "repository", "endpoint", "role", "reason", "keyids", "event_id"):
+        assert properties[name] == {"type": "keyword"}, name
+    assert properties["@timestamp"]["type"] == properties["time"]["type"] == "date"
+    policy = fake.policies["tuf-events-retention"]["policy"]
+    assert policy["states"][0]["transitions"][0]["conditions"] == {"min_index_age": "90d"}
+    assert policy["ism_template"][0]["index_patterns"] == ["tuf-events-*"]
+    # a restart with another retention updates the existing policy instead of failing
+    sink = OpenSearchSink(
+        OpenSearch(hosts=(fake.url,), index_prefix="tuf-events", retention=7 * 86400)
+    )
+    try:
+        sink.setup()
+    finally:
+        sink.close()
+    policy = fake.policies["tuf-events-retention"]["policy"]
+    assert policy["states"][0]["transitions"][0]["conditions"] == {"min_index_age": "7d"}
+    assert timevalue(90) == "90s" and timevalue(7200) == "2h"
+
+
+def test_credentials_come_from_the_environment_or_a_file(
+    fake: FakeOpenSearch, tmp_path: Path
+) -> None:
+    settings = OpenSearch(hosts=(fake.url,), username_env="OS_USER", password_env="OS_PASS")
+    env = {"OS_USER": "shipper", "OS_PASS": "s3cret"}
+    assert read_credentials(settings, env) == ("shipper", "s3cret")
+    with pytest.raises(ValueError, match="OS_PASS") as info:
+        read_credentials(settings, {"OS_USER": "shipper"})
+    assert "s3cret" not in str(info.value)
+    secret = tmp_path / "password"
+    secret.write_text("from-file\n")
+    from_file = OpenSearch(hosts=(fake.url,), username_env="OS_USER", password_file=secret)
+    assert read_credentials(from_file, env) == ("shipper", "from-file")
+    sink = OpenSearchSink(settings, environ=env)
+    try:
+        sink.setup()
+    finally:
+        sink.close()
+    assert fake.authorizations[-1] is not None and fake.authorizations[-1].startswith("Basic ")
+    assert redact("GET http://user:pw@host:9200/x") == "GET http://***@host:9200/x"
+
+
+def test_stop_flushes_what_it_can(
+    fake: FakeOpenSearch, spool: Spool, make_shipper: ShipperFactory
+) -> None:
+    shipper = make_shipper(batch_size=100, batch_interval=30.0)
+    wait_until(lambda: "tuf-events" in fake.templates)
+    events = [event(i) for i in range(7)]
+    for e in events:
+        spool.emit(e)
+    assert shipper.stop(timeout=5.0) is True
+    assert not shipper.running
+    expect_exactly_once(fake, events)
+
+
+def test_stop_with_the_server_down_keeps_the_backlog(
+    fake: FakeOpenSearch, spool: Spool, make_shipper: ShipperFactory
+) -> None:
+    shipper = make_shipper()
+    wait_until(lambda: "tuf-events" in fake.templates)
+    fake.down()
+    spool.emit(event(1))
+    started = time.monotonic()
+    assert shipper.stop(timeout=0.5) is False
+    assert time.monotonic() - started < 3
+    assert len(spool) == 1
+
+
+def test_metrics_are_the_six_catalogue_families(
+    fake: FakeOpenSearch, spool: Spool, make_shipper: ShipperFactory
+) -> None:
+    shipper = make_shipper()
+    spool.emit(event(1))
+    expect_exactly_once(fake, [event(1)])
+    wait_until(lambda: shipper.stats()["shipped"] == 1)
+    names = {f.name for f in shipper.collect()}
+    expected = {
+        catalogue.spec(n).family_name
+        for n in (
+            "tuf_exporter_events_total",
+            "tuf_exporter_events_shipped_total",
+            "tuf_exporter_events_spooled",
+            "tuf_exporter_events_dropped_total",
+            "tuf_exporter_shipper_errors_total",
+            "tuf_exporter_shipper_last_success_timestamp_seconds",
+        )
+    }
+    assert names == expected
+    families = {f.name: f for f in shipper.metrics()}
+    assert families["tuf_exporter_events"].samples[0].labels == {"kind": "verification"}
+    assert families["tuf_exporter_events_shipped"].samples[0].value == 1
+    assert families["tuf_exporter_shipper_last_success_timestamp_seconds"].samples[0].value > 0
+
+
+_CHILD = """
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from exporter.config import OpenSearch
+from exporter.events import Event, EventKind
+from exporter.shipper import Backoff, OpenSearchSink, Shipper
+from exporter.spool import Spool
+
+spool = Spool(Path(sys.argv[1]))
+t0 = datetime(2024, 5, 1, tzinfo=UTC)
+for i in range(int(sys.argv[3])):
+    spool.emit(Event(kind=EventKind.ROLLBACK, time=t0 + timedelta(seconds=i), repository="r"))
+print("spooled", flush=True)
+sink = OpenSearchSink(OpenSearch(hosts=(sys.argv[2],), index_prefix="tuf-events"))
+shipper = Shipper(spool, sink, batch_size=5, batch_interval=0.01, backoff=Backoff(0.01, 0.05))
+shipper.start()
+import time
+while True:
+    time.sleep(1)
+"""
+
+
+def test_sigkill_with_a_backlog_then_restart(fake: FakeOpenSearch, tmp_path: Path) -> None:
+    total = 200
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    path = tmp_path / "spool.sqlite"
+    fake.delay = 0.02  # ship slowly
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(path), fake.url, str(total)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "spooled"
+        wait_until(lambda: len(fake.ids()) >= 30, timeout=20)
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        if child.stdout is not None:
+            child.stdout.close()
+    before = len(fake.ids())
+    assert 30 <= before < total  # killed with a backlog
+    fake.delay = 0.0
+    t0 = datetime(2024, 5, 1, tzinfo=UTC)
+    expected = {
+        Event(kind=EventKind.ROLLBACK, time=t0 + timedelta(seconds=i), repository="r").event_id
+        for i in range(total)
+    }
+    with Spool(path) as spool:
+        assert 0 < len(spool) <= total - before + 5  # at most one batch in flight not acked
+        sink = OpenSearchSink(OpenSearch(hosts=(fake.url,), index_prefix="tuf-events"))
+        shipper = Shipper(spool, sink, batch_size=20, batch_interval=0.01, backoff=FAST)
+        shipper.start()
+        try:
+            wait_until(lambda: fake.ids() == expected)
+            wait_until(lambda: len(spool) == 0)
+        finally:
+            shipper.stop(timeout=1.0)
+    assert len(fake.documents) == total
+    assert all(count == 1 for count in fake.created.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# The JSON Lines file sink
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_file_sink_through_the_spool_and_shipper(tmp_path: Path) -> None:
+    config = Config(repositories=(), state_dir=tmp_path)
+    with Spool(tmp_path / "spool.sqlite") as spool:
+        shipper = Shipper.from_config(config, spool, batch_interval=0.02, backoff=FAST)
+        assert isinstance(shipper.sink, FileSink)
+        assert shipper.sink.path == tmp_path / "events.jsonl"
+        shipper.start()
+        try:
+            events = [event(i) for i in range(15)]
+            for e in events:
+                spool.emit(e)
+            wait_until(lambda: len(spool) == 0)
+        finally:
+            assert shipper.stop(timeout=2.0)
+    lines = read_lines(tmp_path / "events.jsonl")
+    assert [line["event_id"] for line in lines] == [e.event_id for e in events]
+    assert lines[0] == events[0].to_document()
+    assert all(line["@timestamp"].endswith("Z") for line in lines)
+
+
+def test_file_sink_rotates_by_size_and_keeps_backups(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    one = len(json.dumps(event(0).to_document())) + 1
+    sink = FileSink(path, max_bytes=one * 4, backups=2)
+    sink.setup()
+    events = [event(i) for i in range(20)]
+    for e in events:
+        sink.send([e.to_document()])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "events.jsonl", "events.jsonl.1", "events.jsonl.2",
+    ]  # fmt: skip
+    seen: list[str] = []
+    for name in ("events.jsonl.2", "events.jsonl.1", "events.jsonl"):
+        lines = read_lines(tmp_path / name)
+        assert 0 < len(lines) <= 4
+        assert (tmp_path / name).stat().st_size <= one * 4 + 8
+        for line in lines:
+            assert Event.from_document(line).event_id == line["event_id"]
+        seen += [line["event_id"] for line in lines]
+    assert seen == [e.event_id for e in events[-len(seen) :]]  # newest kept, in order
+    no_backups = FileSink(tmp_path / "solo.jsonl", max_bytes=one * 2, backups=0)
+    for e in events[:5]:
+        no_backups.send([e.to_document()])
+    assert sorted(p.name for p in tmp_path.glob("solo*")) == ["solo.jsonl"]
+
+
+def test_file_sink_repairs_a_torn_tail_and_does_not_write_twice(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    events = [event(i) for i in range(4)]
+    first = FileSink(path, max_bytes=1 << 20, backups=1)
+    first.setup()
+    first.send([e.to_document() for e in events[:3]])
+    with path.open("ab") as handle:  # a crash in the middle of the next write
+        handle.write(b'{"event_id": "torn')
+    # restart: the last batch was written but (say) never acknowledged, so it comes again
+    again = FileSink(path, max_bytes=1 << 20, backups=1)
+    again.setup()
+    again.send([e.to_document() for e in events])
+    assert [line["event_id"] for line in read_lines(path)] == [e.event_id for e in events]
