@@ -355,6 +355,10 @@ def _target_path(value: Any) -> str:
     return path
 
 
+def _target_paths(value: Any) -> tuple[str, ...]:
+    return tuple(_target_path(path) for path in _strings(value))
+
+
 def _role_durations(reader: _Reader | None) -> dict[str, float]:
     if reader is None:
         return {}
@@ -448,9 +452,7 @@ def _repository(reader: _Reader, defaults: Config, base: Path) -> Repository:
         read_timeout=reader.get("read_timeout", _positive_duration, min(10.0, timeout)),
         retries=reader.get("retries", _int(0), 0),
         mode=reader.get("mode", Mode, Mode.WARM),
-        canary_targets=tuple(
-            _target_path(p) for p in reader.get("canary_targets", _strings, _NONE)
-        ),
+        canary_targets=reader.get("canary_targets", _target_paths, _NONE),
         full_refresh_every=reader.get("full_refresh_every", _int(1), 10),
         verify_delegations=reader.get("verify_delegations", _bool, True),
         delegation_workers=reader.get("delegation_workers", _int(1), 8),

@@ -1,0 +1,143 @@
+"""Configuration: defaults, durations, and errors that name the file, line and field."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exporter.config import ConfigError, Mode, parse_config, safe_name
+from exporter.durations import format_duration, parse_duration
+
+MINIMAL = """
+repositories:
+  - name: sigstore
+    metadata_url: https://tuf.example/
+    trusted_root: root.json
+"""
+
+
+def test_minimal_configuration_takes_defaults(tmp_path: Path) -> None:
+    config = parse_config(MINIMAL, "c.yml", tmp_path)
+    [repo] = config.repositories
+    assert repo.primary.name == "primary"
+    assert repo.primary.targets_url == "https://tuf.example/targets/"
+    assert repo.trusted_root == tmp_path / "root.json"
+    assert repo.mode is Mode.WARM and repo.interval == 300 and repo.timeout == 30
+    assert repo.retries == 0 and repo.canary_targets == () and repo.mirrors == ()
+    assert config.state_dir == tmp_path / "state"
+    assert (config.shard_index, config.shard_count) == (0, 1)
+
+
+def test_everything_spelled_out(tmp_path: Path) -> None:
+    text = """
+state_dir: /var/lib/tuf-exporter
+workers: 4
+jitter: 0.2
+shard: 1/3
+repositories:
+  - name: pkgs
+    metadata_url: https://pkgs.example/metadata
+    targets_url: https://cdn.example/targets
+    trusted_root: /etc/tuf/root.json
+    interval: 1m30s
+    timeout: 20s
+    mode: cold
+    canary_targets: [a/b.txt]
+    full_refresh_every: 5
+    retries: 1
+    limits: {targets_max_length: 200000000}
+    policy:
+      cadence: {timestamp: 1h}
+      max_lifetime: {timestamp: 1d}
+      max_version_jump: 10
+    mirrors:
+      - name: eu
+        metadata_url: https://eu.example/metadata/
+signers:
+  - name: online
+    uri: file:/keys/ts.pem?encrypted=false
+    repository: pkgs
+    role: timestamp
+    secret_env: TS_PIN
+opensearch:
+  hosts: [https://os.example:9200]
+  password_env: OS_PASSWORD
+"""
+    config = parse_config(text, "c.yml", tmp_path)
+    [repo] = config.repositories
+    assert repo.interval == 90 and repo.timeout == 20 and repo.mode is Mode.COLD
+    assert repo.primary.metadata_url == "https://pkgs.example/metadata/"
+    assert repo.mirrors[0].targets_url == "https://eu.example/metadata/targets/"
+    assert repo.limits.targets_max_length == 200_000_000
+    assert repo.policy.cadence == {"timestamp": 3600} and repo.policy.max_version_jump == 10
+    assert (config.shard_index, config.shard_count) == (1, 3)
+    assert config.signers[0].secret_env == "TS_PIN"
+    assert config.opensearch is not None and config.opensearch.hosts == ("https://os.example:9200",)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "the file is empty"),
+        ("repositories: []", "needs at least one repository"),
+        ("repositories:\n  - metadata_url: http://x/\n    trusted_root: r", "c.yml:2: repositories[0].name: is required"),
+        (MINIMAL + "    interval: soon\n", "c.yml:6: repositories[0].interval: expected a duration"),
+        (MINIMAL + "    intervall: 5m\n", "c.yml:6: repositories[0].intervall: unknown key"),
+        (MINIMAL + "    mode: lukewarm\n", "repositories[0].mode"),
+        (MINIMAL + "    canary_targets: [../etc/passwd]\n", "no '..' parts"),
+        (MINIMAL + "    mirrors:\n      - name: primary\n        metadata_url: http://m/\n",
+         "endpoint name 'primary' is used twice"),
+        (MINIMAL.replace("https://tuf.example/", "ftp://x"), "expected an http:// or https:// URL"),
+        (MINIMAL + "shard: 3/3\n", "shard: expected INDEX/COUNT"),
+        (MINIMAL + MINIMAL.replace("repositories:\n", ""), "used twice"),
+        ("repositories: [\n", "not valid YAML"),
+    ],
+)
+def test_errors_name_the_field(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=None) as error:
+        parse_config(text, "c.yml", tmp_path)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("5m", 300), ("1h", 3600), ("7d", 604800), ("1h30m", 5400), ("250ms", 0.25),
+     (45, 45), ("45", 45), (1.5, 1.5), ("2w", 1209600)],
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "5 minutes", "-1s", "1x", True, None, [1]])
+def test_bad_durations(bad: object) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(bad)
+
+
+def test_format_duration() -> None:
+    assert format_duration(5400) == "1h30m"
+    assert format_duration(0.25) == "250ms"
+
+
+def test_safe_names_never_escape() -> None:
+    names = {safe_name(n) for n in ("a/b", "a_b", "..", ".", "a\\b", "x" * 300)}
+    assert len(names) == 6
+    for name in names:
+        assert "/" not in name and "\\" not in name and not name.startswith(".")
+        assert len(name) <= 60
+
+
+def test_check_config_exit_codes(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("repositories: 3\n")
+    done = subprocess.run([sys.executable, "-m", "exporter.cli", "check-config", str(bad)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "bad.yml:1: repositories: must be a list" in done.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "exporter.cli", "check-config", str(tmp_path / "nope.yml")],
+        capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
