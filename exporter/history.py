@@ -1,0 +1,904 @@
+"""The history store: what every endpoint served over time, and what that history reveals.
+
+The prober hands each :class:`~exporter.results.ProbeResult` to :meth:`HistoryStore.observe`,
+which records the versions and content hashes the endpoint served (in one SQLite transaction,
+see :mod:`exporter.history_store`) and returns :class:`Finding` values: rollbacks, frozen
+metadata, equivocation, unknown signers, over-long expiry, version jumps, key rotations, new
+versions and mirror lag episodes. :meth:`HistoryStore.metrics` exports the history metrics of
+the catalogue from an in-memory snapshot (no SQL on the scrape path).
+
+Reporting rules (every finding is reported once, and re-observing stored facts after a restart
+reports nothing):
+
+* ``rollback``: the endpoint serves a lower version of a role than the highest it ever served.
+  Reported once per (endpoint, role, served version, highest version): an endpoint that keeps
+  serving the same old version, or flaps between the same two versions, counts once; a rollback
+  to another version, or after the endpoint moved on to a higher version, counts again.
+* ``freeze``: the endpoint still serves the same version past the expected period: the role's
+  ``Policy.cadence`` when configured (any role), otherwise, for the timestamp only, the median
+  interval between the last version changes seen on the endpoint times ``FREEZE_TOLERANCE``
+  (judged only after ``LEARN_MIN_INTERVALS`` intervals). Once per (endpoint, role, version).
+  Rollbacks and freezes both count in ``tuf_rollbacks_detected_total``.
+* ``equivocation``: a content hash for (role, version) new to the repository while another hash
+  is already known for it, on any endpoint (across mirrors, or over time on one endpoint).
+  Once per (role, version, hash), attributed to the endpoint that first showed that hash.
+* ``unknown_signer`` and ``expiry_beyond_policy`` (expires minus the repository's first-seen
+  time above ``Policy.max_lifetime[role]``): once per (repository, role, version), attributed to
+  the endpoint where first seen.
+* ``version_jump``: a version new to the repository more than ``Policy.max_version_jump`` above
+  the highest version any endpoint served before. Once (a mirror catching up is no jump).
+* ``new_version``: a version of a role above every version the repository's endpoints served
+  before (not for the very first version seen, which is the baseline), with the keyids that
+  signed it. Once per (role, version), on the endpoint that showed it first.
+* ``key_rotation``: a root version above the newest recorded one changes a role's keys or
+  threshold; one finding per role changed. Roots of probes that failed on the root role are
+  not trusted for the key history.
+* ``mirror_lag_started`` / ``mirror_caught_up``: judged when a mirror is observed: it serves a
+  lower timestamp or snapshot version than the primary's current one / it no longer does.
+
+Delegated targets roles are not tracked (their number can be huge; their names never become
+labels).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import sqlite3
+import statistics
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from prometheus_client.metrics_core import Metric
+
+from exporter import history_store as db
+from exporter.catalogue import ANOMALY_KINDS, TOP_LEVEL_ROLES, family
+from exporter.config import Config, Policy
+from exporter.history_store import (
+    FILENAME,
+    CurrentRow,
+    HistoryCorruptError,
+    HistoryError,
+    OnCorrupt,
+    RootRow,
+)
+from exporter.results import FailedRole, ProbeResult, RoleFacts, RoleKeys, rfc3339
+
+__all__ = [
+    "FILENAME",
+    "Finding",
+    "FindingKind",
+    "HistoryCorruptError",
+    "HistoryError",
+    "HistoryStore",
+    "RootVersion",
+    "Severity",
+]
+
+log = logging.getLogger(__name__)
+
+#: Name of the primary endpoint in ProbeResult.endpoint.
+PRIMARY = "primary"
+#: Roles whose versions define mirror lag.
+LAG_ROLES: tuple[str, ...] = ("timestamp", "snapshot")
+#: Version changes looked at when learning a cadence.
+LEARN_WINDOW = 20
+#: Intervals needed before a learned cadence is trusted.
+LEARN_MIN_INTERVALS = 5
+#: A timestamp is frozen when unchanged for longer than this many learned intervals.
+FREEZE_TOLERANCE = 2.0
+#: Seconds between retention passes (run by ``observe``).
+PRUNE_EVERY = 3600.0
+
+_ROLLBACKS = "tuf_rollbacks_detected_total"
+_ANOMALIES = "tuf_anomalies_total"
+_ROTATIONS = "tuf_key_rotations_total"
+
+
+class FindingKind(StrEnum):
+    """What a finding reports."""
+
+    ROLLBACK = "rollback"
+    FREEZE = "freeze"
+    EQUIVOCATION = "equivocation"
+    UNKNOWN_SIGNER = "unknown_signer"
+    EXPIRY_BEYOND_POLICY = "expiry_beyond_policy"
+    VERSION_JUMP = "version_jump"
+    KEY_ROTATION = "key_rotation"
+    NEW_VERSION = "new_version"
+    MIRROR_LAG_STARTED = "mirror_lag_started"
+    MIRROR_CAUGHT_UP = "mirror_caught_up"
+
+
+class Severity(StrEnum):
+    """How urgent a finding is."""
+
+    CRITICAL = "critical"
+    WARNING = "warning"
+    INFO = "info"
+
+
+_SEVERITY: dict[FindingKind, Severity] = {
+    FindingKind.ROLLBACK: Severity.CRITICAL,
+    FindingKind.EQUIVOCATION: Severity.CRITICAL,
+    FindingKind.UNKNOWN_SIGNER: Severity.CRITICAL,
+    FindingKind.FREEZE: Severity.WARNING,
+    FindingKind.EXPIRY_BEYOND_POLICY: Severity.WARNING,
+    FindingKind.VERSION_JUMP: Severity.WARNING,
+    FindingKind.KEY_ROTATION: Severity.INFO,
+    FindingKind.NEW_VERSION: Severity.INFO,
+    FindingKind.MIRROR_LAG_STARTED: Severity.INFO,
+    FindingKind.MIRROR_CAUGHT_UP: Severity.INFO,
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the history revealed, self-describing (it becomes an event as is).
+
+    ``versions`` names the versions involved (``previous``/``current``, ``primary``/``mirror``,
+    ``old_root``/``new_root``), ``hashes`` the content hashes, ``keyids`` the keys concerned
+    (signers of a new version, unknown signers, keys a rotation authorizes now) and ``details``
+    everything else (for ``key_rotation``: ``added``, ``removed``, ``old_threshold``,
+    ``new_threshold``).
+    """
+
+    kind: FindingKind
+    repository: str
+    endpoint: str
+    role: str | None
+    time: datetime
+    message: str
+    versions: Mapping[str, int] = field(default_factory=dict)
+    hashes: Mapping[str, str] = field(default_factory=dict)
+    keyids: tuple[str, ...] = ()
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def severity(self) -> Severity:
+        """``critical`` for attacks, ``warning`` for policy breaches, ``info`` otherwise."""
+        return _SEVERITY[self.kind]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready finding, time as RFC 3339 UTC."""
+        return {
+            "kind": str(self.kind),
+            "severity": str(self.severity),
+            "repository": self.repository,
+            "endpoint": self.endpoint,
+            "role": self.role,
+            "time": rfc3339(self.time),
+            "message": self.message,
+            "versions": dict(self.versions),
+            "hashes": dict(self.hashes),
+            "keyids": list(self.keyids),
+            "details": dict(self.details),
+        }
+
+
+@dataclass(frozen=True)
+class RootVersion:
+    """One root version of a repository, for dashboards, annotations and signer probes."""
+
+    version: int
+    first_seen: datetime
+    sha256: str
+    endpoint: str  #: where it was first seen
+    #: Keys and threshold of every top-level role (None when the probe did not report them).
+    role_keys: Mapping[str, RoleKeys] | None
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _median_interval(times: list[float]) -> tuple[float, int] | None:
+    """Median gap between consecutive ``times`` (sorted) and the number of gaps."""
+    gaps = [b - a for a, b in itertools.pairwise(times) if b > a]
+    if not gaps:
+        return None
+    return statistics.median(gaps), len(gaps)
+
+
+def _learned_cadence(times: list[float]) -> float | None:
+    """The median interval when there are at least ``LEARN_MIN_INTERVALS`` of them."""
+    median = _median_interval(times)
+    if median is None or median[1] < LEARN_MIN_INTERVALS:
+        return None
+    return median[0]
+
+
+def _role_order(name: str) -> tuple[int, str]:
+    """Root first (its keys judge the rest), then the other top-level roles, then any other."""
+    if name in TOP_LEVEL_ROLES:
+        return TOP_LEVEL_ROLES.index(name), name
+    return len(TOP_LEVEL_ROLES), name
+
+
+def _keys_to_rows(
+    keys: Mapping[str, RoleKeys] | None,
+) -> dict[str, tuple[tuple[str, ...], int]] | None:
+    if keys is None:
+        return None
+    return {role: (tuple(sorted(k.keyids)), k.threshold) for role, k in keys.items()}
+
+
+def _keys_from_rows(
+    rows: Mapping[str, tuple[tuple[str, ...], int]] | None,
+) -> dict[str, RoleKeys] | None:
+    if rows is None:
+        return None
+    return {role: RoleKeys(keyids, threshold) for role, (keyids, threshold) in rows.items()}
+
+
+def _lag_of(current: Mapping[tuple[str, str], CurrentRow], mirror: str) -> dict[str, int] | None:
+    """Versions the mirror is behind the primary per lag role; None when not comparable."""
+    lags: dict[str, int] = {}
+    for role in LAG_ROLES:
+        primary, here = current.get((PRIMARY, role)), current.get((mirror, role))
+        if primary is not None and here is not None:
+            lags[role] = max(0, primary.version - here.version)
+    return lags or None
+
+
+def _behind_since(
+    conn: sqlite3.Connection, repo: str, current: Mapping[tuple[str, str], CurrentRow], mirror: str
+) -> float | None:
+    """When the primary first showed the oldest version the mirror lacks; None when current."""
+    since: float | None = None
+    for role in LAG_ROLES:
+        primary, here = current.get((PRIMARY, role)), current.get((mirror, role))
+        if primary is None or here is None or primary.version <= here.version:
+            continue
+        oldest = db.oldest_newer_than(conn, repo, PRIMARY, role, here.version)
+        moment = primary.since if oldest is None else min(oldest, primary.since)
+        since = moment if since is None else min(since, moment)
+    return since
+
+
+# ---------------------------------------------------------------------------------------------
+# The metric snapshot of one repository
+
+
+@dataclass(frozen=True)
+class _RepoView:
+    """Everything ``metrics()`` needs for one repository, read from the database once."""
+
+    #: (endpoint, role) -> (version, first-seen time of that version on the endpoint)
+    current: Mapping[tuple[str, str], tuple[int, float]]
+    #: mirror -> role -> versions behind the primary
+    lag_versions: Mapping[str, Mapping[str, int]]
+    #: mirror -> when the primary first showed the oldest version it lacks (None: current)
+    behind_since: Mapping[str, float | None]
+    #: (metric, endpoint, label) -> value
+    counters: Mapping[tuple[str, str, str], float]
+    root_version: int | None
+
+
+def _load_view(conn: sqlite3.Connection, repo: str) -> _RepoView:
+    rows = {(r.endpoint, r.role): r for r in db.repo_current(conn, repo)}
+    endpoints = sorted({endpoint for endpoint, _ in rows})
+    mirrors = [e for e in endpoints if e != PRIMARY]
+    lag_versions: dict[str, Mapping[str, int]] = {}
+    behind: dict[str, float | None] = {}
+    for mirror in mirrors:
+        lags = _lag_of(rows, mirror)
+        if lags is not None:
+            lag_versions[mirror] = lags
+            behind[mirror] = _behind_since(conn, repo, rows, mirror)
+    counters: dict[tuple[str, str, str], float] = {}
+    for endpoint, role in rows:
+        counters[(_ROLLBACKS, endpoint, role)] = 0.0
+    for endpoint in endpoints:
+        for kind in ANOMALY_KINDS:
+            counters[(_ANOMALIES, endpoint, kind)] = 0.0
+    root = db.latest_root(conn, repo)
+    if root is not None and root.role_keys is not None:
+        for role in root.role_keys:
+            counters[(_ROTATIONS, "", role)] = 0.0
+    for c in db.repo_counters(conn, repo):
+        counters[(c.metric, c.endpoint, c.label)] = c.value
+    return _RepoView(
+        current={key: (r.version, r.since) for key, r in rows.items()},
+        lag_versions=lag_versions,
+        behind_since=behind,
+        counters=counters,
+        root_version=None if root is None else root.version,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection: one observation
+
+
+class _Observation:
+    """Records one ProbeResult inside an open transaction and collects its findings."""
+
+    def __init__(
+        self, conn: sqlite3.Connection, result: ProbeResult, policy: Policy, at: datetime
+    ) -> None:
+        self.conn = conn
+        self.result = result
+        self.policy = policy
+        self.at = at
+        self.t = at.timestamp()
+        self.repo = result.repository
+        self.endpoint = result.endpoint
+        self.findings: list[Finding] = []
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _report(
+        self,
+        kind: FindingKind,
+        role: str | None,
+        message: str,
+        *,
+        versions: Mapping[str, int] | None = None,
+        hashes: Mapping[str, str] | None = None,
+        keyids: Iterable[str] = (),
+        details: Mapping[str, Any] | None = None,
+        endpoint: str | None = None,
+    ) -> None:
+        self.findings.append(
+            Finding(
+                kind=kind,
+                repository=self.repo,
+                endpoint=self.endpoint if endpoint is None else endpoint,
+                role=role,
+                time=self.at,
+                message=message,
+                versions=dict(versions or {}),
+                hashes=dict(hashes or {}),
+                keyids=tuple(keyids),
+                details=dict(details or {}),
+            )
+        )
+
+    def _count(self, metric: str, endpoint: str, label: str) -> None:
+        db.add_counter(self.conn, metric, self.repo, endpoint, label, 1.0)
+
+    def _once(self, key: str) -> bool:
+        return db.set_flag(self.conn, self.repo, key, self.t)
+
+    # --- the observation -----------------------------------------------------------------
+
+    def run(self) -> list[Finding]:
+        """Record every role the probe could read, then judge root keys and mirror lag."""
+        for name in sorted(self.result.roles, key=_role_order):
+            self._role(self.result.roles[name])
+        root = self.result.roles.get("root")
+        if root is not None and self._root_trusted():
+            self._root(root)
+        if self.endpoint != PRIMARY:
+            self._mirror_lag()
+        return self.findings
+
+    def _role(self, facts: RoleFacts) -> None:
+        role, version = facts.name, facts.version
+        prev = db.get_current(self.conn, self.repo, self.endpoint, role)
+        known = db.endpoints_by_hash(self.conn, self.repo, role, version)
+        repo_max = db.repo_max_version(self.conn, self.repo, role)
+        db.record_version(
+            self.conn,
+            self.repo,
+            self.endpoint,
+            role,
+            version,
+            facts.sha256,
+            facts.expires.timestamp(),
+            facts.signed_by,
+            self.t,
+        )
+        if known and facts.sha256 not in known:
+            self._equivocation(facts, known)
+        if not known and repo_max is not None and version > repo_max:
+            self._new_version(facts, repo_max)
+            self._version_jump(facts, repo_max)
+        if prev is not None and version < prev.max_version:
+            self._rollback(facts, prev)
+        if facts.unknown_signers:
+            self._unknown_signer(facts)
+        self._expiry(facts)
+        if prev is not None and prev.version == version:
+            self._freeze(facts, prev)
+        since = db.first_seen(self.conn, self.repo, self.endpoint, role, version)
+        if prev is not None and prev.version == version:
+            since = prev.since
+        db.put_current(
+            self.conn,
+            CurrentRow(
+                self.repo,
+                self.endpoint,
+                role,
+                version,
+                facts.sha256,
+                self.t if since is None else since,
+                self.t,
+                version if prev is None else max(prev.max_version, version),
+            ),
+        )
+
+    # --- per-role detectors --------------------------------------------------------------
+
+    def _equivocation(self, facts: RoleFacts, known: Mapping[str, list[str]]) -> None:
+        self._count(_ANOMALIES, self.endpoint, "equivocation")
+        others = sorted(known)
+        self._report(
+            FindingKind.EQUIVOCATION,
+            facts.name,
+            f"{self.endpoint} serves {facts.name} version {facts.version} with content "
+            f"{facts.sha256[:12]}, but the repository already served that version with "
+            f"different content ({', '.join(h[:12] for h in others)})",
+            versions={"current": facts.version},
+            hashes={"current": facts.sha256, "previous": others[0]},
+            keyids=facts.signed_by,
+            details={"known": {sha: sorted(set(eps)) for sha, eps in known.items()}},
+        )
+
+    def _new_version(self, facts: RoleFacts, repo_max: int) -> None:
+        self._report(
+            FindingKind.NEW_VERSION,
+            facts.name,
+            f"new {facts.name} version {facts.version} (previous highest {repo_max}) first seen "
+            f"on {self.endpoint}, signed by {', '.join(facts.signed_by) or 'no authorized key'}",
+            versions={"previous": repo_max, "current": facts.version},
+            hashes={"current": facts.sha256},
+            keyids=facts.signed_by,
+            details={
+                "expires": rfc3339(facts.expires),
+                "threshold": facts.threshold,
+                "unknown_signers": list(facts.unknown_signers),
+                "size_bytes": facts.size_bytes,
+            },
+        )
+
+    def _version_jump(self, facts: RoleFacts, repo_max: int) -> None:
+        jump = facts.version - repo_max
+        if jump <= self.policy.max_version_jump:
+            return
+        self._count(_ANOMALIES, self.endpoint, "version_jump")
+        self._report(
+            FindingKind.VERSION_JUMP,
+            facts.name,
+            f"{facts.name} jumped from version {repo_max} to {facts.version} (+{jump}, policy "
+            f"allows +{self.policy.max_version_jump}) on {self.endpoint}",
+            versions={"previous": repo_max, "current": facts.version},
+            hashes={"current": facts.sha256},
+            keyids=facts.signed_by,
+            details={"jump": jump, "max_version_jump": self.policy.max_version_jump},
+        )
+
+    def _rollback(self, facts: RoleFacts, prev: CurrentRow) -> None:
+        key = f"rollback|{self.endpoint}|{facts.name}|{facts.version}|{prev.max_version}"
+        if not self._once(key):
+            return
+        self._count(_ROLLBACKS, self.endpoint, facts.name)
+        self._report(
+            FindingKind.ROLLBACK,
+            facts.name,
+            f"{self.endpoint} serves {facts.name} version {facts.version}, lower than version "
+            f"{prev.max_version} it already served",
+            versions={
+                "previous": prev.max_version,
+                "current": facts.version,
+                "last_served": prev.version,
+            },
+            hashes={"current": facts.sha256},
+            keyids=facts.signed_by,
+            details={
+                "probe_reason": None if self.result.reason is None else str(self.result.reason)
+            },
+        )
+
+    def _unknown_signer(self, facts: RoleFacts) -> None:
+        if not self._once(f"unknown_signer|{facts.name}|{facts.version}"):
+            return
+        self._count(_ANOMALIES, self.endpoint, "unknown_signer")
+        self._report(
+            FindingKind.UNKNOWN_SIGNER,
+            facts.name,
+            f"{facts.name} version {facts.version} on {self.endpoint} carries signatures by "
+            f"keys not authorized for the role: {', '.join(facts.unknown_signers)}",
+            versions={"current": facts.version},
+            hashes={"current": facts.sha256},
+            keyids=facts.unknown_signers,
+            details={"signed_by": list(facts.signed_by), "delegator": facts.delegator},
+        )
+
+    def _expiry(self, facts: RoleFacts) -> None:
+        limit = self.policy.max_lifetime.get(facts.name)
+        if not limit:
+            return
+        first = db.first_seen(self.conn, self.repo, None, facts.name, facts.version) or self.t
+        lifetime = facts.expires.timestamp() - first
+        if lifetime <= limit or not self._once(
+            f"expiry_beyond_policy|{facts.name}|{facts.version}"
+        ):
+            return
+        self._count(_ANOMALIES, self.endpoint, "expiry_beyond_policy")
+        self._report(
+            FindingKind.EXPIRY_BEYOND_POLICY,
+            facts.name,
+            f"{facts.name} version {facts.version} expires {rfc3339(facts.expires)}, "
+            f"{lifetime:.0f}s after it was first seen; policy allows {limit:.0f}s",
+            versions={"current": facts.version},
+            hashes={"current": facts.sha256},
+            keyids=facts.signed_by,
+            details={
+                "expires": rfc3339(facts.expires),
+                "first_seen": rfc3339(db.from_ts(first)),
+                "lifetime_seconds": lifetime,
+                "max_lifetime_seconds": limit,
+            },
+        )
+
+    def _expected_period(self, role: str) -> tuple[float, str] | None:
+        configured = self.policy.cadence.get(role)
+        if configured:
+            return configured, "configured"
+        if role != "timestamp":
+            return None
+        times = db.change_times(self.conn, self.repo, self.endpoint, role, LEARN_WINDOW + 1)
+        learned = _learned_cadence(times)
+        return None if learned is None else (learned * FREEZE_TOLERANCE, "learned")
+
+    def _freeze(self, facts: RoleFacts, prev: CurrentRow) -> None:
+        expected = self._expected_period(facts.name)
+        if expected is None:
+            return
+        period, source = expected
+        age = self.t - prev.since
+        if age <= period or not self._once(f"freeze|{self.endpoint}|{facts.name}|{facts.version}"):
+            return
+        self._count(_ROLLBACKS, self.endpoint, facts.name)
+        self._report(
+            FindingKind.FREEZE,
+            facts.name,
+            f"{self.endpoint} still serves {facts.name} version {facts.version} {age:.0f}s after "
+            f"it first appeared; expected a new version within {period:.0f}s ({source})",
+            versions={"current": facts.version},
+            hashes={"current": facts.sha256},
+            keyids=facts.signed_by,
+            details={
+                "since": rfc3339(db.from_ts(prev.since)),
+                "age_seconds": age,
+                "expected_period_seconds": period,
+                "cadence_source": source,
+            },
+        )
+
+    # --- root keys -----------------------------------------------------------------------
+
+    def _root_trusted(self) -> bool:
+        """Whether this probe's root may enter the key history (not when root failed)."""
+        return self.result.success or (
+            self.result.role is not None and self.result.role is not FailedRole.ROOT
+        )
+
+    def _root(self, facts: RoleFacts) -> None:
+        latest = db.latest_root(self.conn, self.repo)
+        row = RootRow(
+            facts.version, facts.sha256, self.t, self.endpoint, _keys_to_rows(facts.role_keys)
+        )
+        inserted = db.insert_root(self.conn, self.repo, row)
+        if not inserted or latest is None or facts.version <= latest.version:
+            return
+        if latest.role_keys is None or row.role_keys is None:
+            return
+        for role in sorted(set(latest.role_keys) | set(row.role_keys)):
+            old = latest.role_keys.get(role, ((), 0))
+            new = row.role_keys.get(role, ((), 0))
+            if set(old[0]) != set(new[0]) or old[1] != new[1]:
+                self._rotation(role, latest.version, facts.version, old, new)
+
+    def _rotation(
+        self,
+        role: str,
+        old_version: int,
+        new_version: int,
+        old: tuple[tuple[str, ...], int],
+        new: tuple[tuple[str, ...], int],
+    ) -> None:
+        added = sorted(set(new[0]) - set(old[0]))
+        removed = sorted(set(old[0]) - set(new[0]))
+        self._count(_ROTATIONS, "", role)
+        parts = []
+        if added:
+            parts.append(f"added {', '.join(added)}")
+        if removed:
+            parts.append(f"removed {', '.join(removed)}")
+        if old[1] != new[1]:
+            parts.append(f"threshold {old[1]} -> {new[1]}")
+        self._report(
+            FindingKind.KEY_ROTATION,
+            role,
+            f"root version {new_version} changed the {role} keys: {'; '.join(parts)}",
+            versions={"old_root": old_version, "new_root": new_version},
+            keyids=tuple(sorted(new[0])),
+            details={
+                "added": added,
+                "removed": removed,
+                "old_threshold": old[1],
+                "new_threshold": new[1],
+                "old_keyids": sorted(old[0]),
+                "new_keyids": sorted(new[0]),
+            },
+        )
+
+    # --- mirror lag ----------------------------------------------------------------------
+
+    def _mirror_lag(self) -> None:
+        rows = {(r.endpoint, r.role): r for r in db.repo_current(self.conn, self.repo)}
+        lags = _lag_of(rows, self.endpoint)
+        if lags is None:
+            return
+        open_since = db.get_lag(self.conn, self.repo, self.endpoint)
+        behind = max(lags.values()) > 0
+        versions = {
+            f"{who}_{role}": rows[(endpoint, role)].version
+            for role in lags
+            for who, endpoint in (("primary", PRIMARY), ("mirror", self.endpoint))
+        }
+        if behind and open_since is None:
+            since = _behind_since(self.conn, self.repo, rows, self.endpoint) or self.t
+            db.set_lag(self.conn, self.repo, self.endpoint, since)
+            self._report(
+                FindingKind.MIRROR_LAG_STARTED,
+                "timestamp" if lags.get("timestamp") else "snapshot",
+                f"mirror {self.endpoint} is behind the primary: "
+                + ", ".join(f"{role} by {n} version(s)" for role, n in lags.items() if n),
+                versions=versions,
+                details={"lag_versions": dict(lags), "behind_since": rfc3339(db.from_ts(since))},
+            )
+        elif not behind and open_since is not None:
+            db.set_lag(self.conn, self.repo, self.endpoint, None)
+            self._report(
+                FindingKind.MIRROR_CAUGHT_UP,
+                "timestamp",
+                f"mirror {self.endpoint} caught up with the primary after "
+                f"{self.t - open_since:.0f}s",
+                versions=versions,
+                details={
+                    "behind_since": rfc3339(db.from_ts(open_since)),
+                    "lag_duration_seconds": self.t - open_since,
+                },
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+
+
+class HistoryStore:
+    """The embedded history store (SQLite, WAL) with detection and the history metrics.
+
+    Thread safe: ``observe`` may be called from many worker threads (observations are
+    serialized, one transaction each); ``metrics`` and ``last_change`` read an in-memory
+    snapshot and never touch SQLite; the other queries use a separate reader connection and
+    do not wait for observations being written.
+    """
+
+    def __init__(self, database: db.Database, retention: float) -> None:
+        """Use :meth:`open` or :meth:`for_config`."""
+        self._db = database
+        self.retention = retention
+        self._views: dict[str, _RepoView] = {}
+        self._view_lock = threading.Lock()
+        self._last_prune = float("-inf")
+        with database.transaction() as conn:
+            for repo in db.repositories(conn):
+                self._views[repo] = _load_view(conn, repo)
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._db.path
+
+    @classmethod
+    def open(
+        cls, path: Path, *, on_corrupt: OnCorrupt = "raise", retention: float = 90 * 86400.0
+    ) -> HistoryStore:
+        """Open the history database at ``path`` (normally ``<state_dir>/history.sqlite``).
+
+        The file is created if missing and checked with ``PRAGMA quick_check`` when opened.
+        If SQLite reports it damaged or not a database:
+
+        * ``on_corrupt="raise"`` (default): :class:`HistoryCorruptError` is raised; its message
+          names the file and the recovery. Nothing is changed on disk.
+        * ``on_corrupt="rename"``: the file is renamed to
+          ``history.sqlite.corrupt-<UTC time, YYYYmmddTHHMMSSZ>`` (its ``-wal`` and ``-shm``
+          files get the same name plus ``-wal``/``-shm``), an ERROR is logged naming both
+          files, and a fresh, empty history is started in its place.
+
+        To recover by hand: stop the exporter, move ``history.sqlite``, ``history.sqlite-wal``
+        and ``history.sqlite-shm`` out of the state directory (or delete them), and start it
+        again. A fresh history loses the version history, root key history and counter
+        values (Prometheus treats the counters as reset). The next probe of every endpoint
+        becomes the new baseline: no false alarms, but a rollback relative to a version seen
+        only before the recovery cannot be detected, and learned cadences are learned again.
+
+        ``retention`` (seconds) is how long rows no longer being observed are kept.
+        """
+        return cls(db.Database.open(path, on_corrupt), retention)
+
+    @classmethod
+    def for_config(cls, config: Config, *, on_corrupt: OnCorrupt = "raise") -> HistoryStore:
+        """Open ``<config.state_dir>/history.sqlite`` with ``config.history_retention``."""
+        return cls.open(
+            config.state_dir / FILENAME, on_corrupt=on_corrupt, retention=config.history_retention
+        )
+
+    def close(self) -> None:
+        """Checkpoint and close the database."""
+        self._db.close()
+
+    def __enter__(self) -> HistoryStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def observe(
+        self, result: ProbeResult, policy: Policy, now: datetime | None = None
+    ) -> list[Finding]:
+        """Record what the probe saw (failed probes too) and return the findings, in order.
+
+        One transaction: either all of the observation is stored, or none of it. ``now`` is
+        the observation time (default: the current time).
+        """
+        at = datetime.now(UTC) if now is None else now.astimezone(UTC)
+        with self._db.transaction() as conn:
+            findings = _Observation(conn, result, policy, at).run()
+            for finding in findings:
+                db.insert_finding(
+                    conn,
+                    at.timestamp(),
+                    finding.repository,
+                    finding.endpoint,
+                    str(finding.kind),
+                    json.dumps(finding.to_json(), sort_keys=True),
+                )
+            view = _load_view(conn, result.repository)
+        with self._view_lock:
+            self._views[result.repository] = view
+        for finding in findings:
+            level = logging.INFO if finding.severity is Severity.INFO else logging.WARNING
+            log.log(
+                level,
+                "%s %s/%s: %s",
+                finding.kind,
+                finding.repository,
+                finding.endpoint,
+                finding.message,
+            )
+        if at.timestamp() - self._last_prune >= PRUNE_EVERY:
+            self.prune(at)
+        return findings
+
+    def prune(self, now: datetime | None = None) -> int:
+        """Apply the retention now; return the number of rows deleted.
+
+        Rows not observed for ``retention`` seconds are deleted, except what detection needs:
+        the newest versions of every (repository, endpoint, role), the version each endpoint
+        serves now and the highest it ever served, root versions, counters and open lag
+        episodes. ``observe`` runs this at most once per ``PRUNE_EVERY`` seconds.
+        """
+        at = datetime.now(UTC) if now is None else now
+        self._last_prune = at.timestamp()
+        with self._db.transaction() as conn:
+            removed = db.prune(conn, at.timestamp() - self.retention)
+        if removed:
+            log.info("history retention removed %d rows older than %.0fs", removed, self.retention)
+        return removed
+
+    def forget(self, repository: str, endpoint: str | None = None) -> None:
+        """Drop everything stored for a repository (or one endpoint) removed from the config."""
+        with self._db.transaction() as conn:
+            db.forget(conn, repository, endpoint)
+            view = _load_view(conn, repository) if endpoint is not None else None
+        with self._view_lock:
+            if view is None or not view.current:
+                self._views.pop(repository, None)
+            else:
+                self._views[repository] = view
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def last_change(self, repository: str, endpoint: str, role: str) -> datetime | None:
+        """First-seen time of the version the endpoint serves now for ``role`` (None: unseen)."""
+        with self._view_lock:
+            view = self._views.get(repository)
+        entry = None if view is None else view.current.get((endpoint, role))
+        return None if entry is None else db.from_ts(entry[1])
+
+    def observed_cadence(self, repository: str, role: str) -> float | None:
+        """Learned re-signing period of ``role`` in seconds, or None while still learning.
+
+        The median interval between the first sightings (on any endpoint) of its last
+        ``LEARN_WINDOW`` versions; needs ``LEARN_MIN_INTERVALS`` intervals.
+        """
+        with self._db.reading() as conn:
+            times = db.change_times(conn, repository, None, role, LEARN_WINDOW + 1)
+        return _learned_cadence(times)
+
+    def root_history(self, repository: str) -> list[RootVersion]:
+        """Every recorded root version of the repository, oldest first, with its role keys."""
+        with self._db.reading() as conn:
+            rows = db.roots(conn, repository)
+        return [
+            RootVersion(
+                r.version,
+                db.from_ts(r.first_seen),
+                r.sha256,
+                r.endpoint,
+                _keys_from_rows(r.role_keys),
+            )
+            for r in rows
+        ]
+
+    def authorized_keys(self, repository: str, role: str) -> RoleKeys | None:
+        """Keys and threshold the newest recorded root authorizes for a top-level role."""
+        with self._db.reading() as conn:
+            root = db.latest_root(conn, repository)
+        if root is None or root.role_keys is None or role not in root.role_keys:
+            return None
+        keyids, threshold = root.role_keys[role]
+        return RoleKeys(keyids, threshold)
+
+    def recent_findings(
+        self, repository: str | None = None, since: datetime | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Stored findings (JSON form), newest first, within the retention period."""
+        start = float("-inf") if since is None else since.timestamp()
+        with self._db.reading() as conn:
+            bodies = db.recent_findings(conn, repository, start, limit)
+        return [json.loads(b) for b in bodies]
+
+    def metrics(self, now: datetime | None = None) -> Iterator[Metric]:
+        """The history metric families, from the in-memory snapshot (no SQL, no waiting).
+
+        ``tuf_mirror_lag_seconds`` is computed against ``now`` (default: the current time),
+        so it grows between probes.
+        """
+        t = (datetime.now(UTC) if now is None else now).timestamp()
+        with self._view_lock:
+            views = sorted(self._views.items())
+        lag_v = family("tuf_mirror_lag_versions")
+        lag_s = family("tuf_mirror_lag_seconds")
+        changed = family("tuf_metadata_last_change_timestamp_seconds")
+        rollbacks = family(_ROLLBACKS)
+        anomalies = family(_ANOMALIES)
+        rotations = family(_ROTATIONS)
+        root = family("tuf_root_version")
+        by_metric = {_ROLLBACKS: rollbacks, _ANOMALIES: anomalies}
+        for repo, view in views:
+            for (endpoint, role), (_, since) in sorted(view.current.items()):
+                changed.add_metric([repo, endpoint, role], since)
+            for mirror, lags in sorted(view.lag_versions.items()):
+                for role, n in sorted(lags.items()):
+                    lag_v.add_metric([repo, mirror, role], float(n))
+            for mirror, behind in sorted(view.behind_since.items()):
+                lag_s.add_metric([repo, mirror], 0.0 if behind is None else max(0.0, t - behind))
+            for (metric, endpoint, label), value in sorted(view.counters.items()):
+                if metric == _ROTATIONS:
+                    rotations.add_metric([repo, label], value)
+                elif metric in by_metric:
+                    by_metric[metric].add_metric([repo, endpoint, label], value)
+            if view.root_version is not None:
+                root.add_metric([repo], float(view.root_version))
+        yield from (lag_v, lag_s, changed, rollbacks, anomalies, rotations, root)

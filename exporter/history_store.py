@@ -1,0 +1,616 @@
+"""SQLite persistence of the history store: schema, integrity check, corruption recovery, retention.
+
+The database lives at ``<state_dir>/history.sqlite`` in WAL mode (``synchronous=NORMAL``: a
+committed observation survives a crash or ``kill -9`` of the exporter; only a power loss can
+lose the last few commits, never corrupt the file). Every observation is written in one
+``BEGIN IMMEDIATE`` transaction, so a reader never sees half an observation.
+
+Detection (what the rows *mean*) lives in :mod:`exporter.history`; this module only knows
+tables, rows and SQL. Times are stored as Unix seconds (REAL).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
+
+#: File name of the history database inside the state directory.
+FILENAME = "history.sqlite"
+#: Version of the table layout below; stored in ``meta``.
+SCHEMA_VERSION = 1
+#: Versions kept per (repository, endpoint, role) whatever their age (learned cadence needs them).
+KEEP_NEWEST = 24
+
+OnCorrupt = Literal["raise", "rename"]
+
+_CORRUPTION_CODES = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- Every (version, content hash) an endpoint served for a role.
+CREATE TABLE IF NOT EXISTS versions (
+    repository TEXT NOT NULL, endpoint TEXT NOT NULL, role TEXT NOT NULL,
+    version INTEGER NOT NULL, sha256 TEXT NOT NULL,
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL, expires REAL NOT NULL,
+    signed_by TEXT NOT NULL,
+    PRIMARY KEY (repository, endpoint, role, version, sha256)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS versions_by_role ON versions (repository, role, version);
+-- What each endpoint serves now, and the highest version it ever served (detection state).
+CREATE TABLE IF NOT EXISTS current (
+    repository TEXT NOT NULL, endpoint TEXT NOT NULL, role TEXT NOT NULL,
+    version INTEGER NOT NULL, sha256 TEXT NOT NULL, since REAL NOT NULL,
+    last_seen REAL NOT NULL, max_version INTEGER NOT NULL,
+    PRIMARY KEY (repository, endpoint, role)
+) WITHOUT ROWID;
+-- Root versions of a repository, with the keys and threshold of every role.
+CREATE TABLE IF NOT EXISTS roots (
+    repository TEXT NOT NULL, version INTEGER NOT NULL, sha256 TEXT NOT NULL,
+    first_seen REAL NOT NULL, endpoint TEXT NOT NULL, role_keys TEXT,
+    PRIMARY KEY (repository, version)
+) WITHOUT ROWID;
+-- "Reported once" markers of findings that are not transitions of the state above.
+CREATE TABLE IF NOT EXISTS flags (
+    repository TEXT NOT NULL, key TEXT NOT NULL, first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    PRIMARY KEY (repository, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (
+    metric TEXT NOT NULL, repository TEXT NOT NULL, endpoint TEXT NOT NULL,
+    label TEXT NOT NULL, value REAL NOT NULL,
+    PRIMARY KEY (metric, repository, endpoint, label)
+) WITHOUT ROWID;
+-- Mirrors currently behind the primary, since when (the mirror_lag_started finding).
+CREATE TABLE IF NOT EXISTS lag (
+    repository TEXT NOT NULL, endpoint TEXT NOT NULL, since REAL NOT NULL,
+    PRIMARY KEY (repository, endpoint)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS findings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, repository TEXT NOT NULL,
+    endpoint TEXT NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS findings_by_time ON findings (repository, time);
+"""
+
+
+class HistoryError(RuntimeError):
+    """The history store cannot be used (other than corruption)."""
+
+
+class HistoryCorruptError(HistoryError):
+    """The history database file is damaged or is not a SQLite database.
+
+    The message names the file and the recovery. ``path`` is the file, ``detail`` what SQLite
+    reported.
+    """
+
+    def __init__(self, path: Path, detail: str) -> None:
+        self.path = path
+        self.detail = detail
+        super().__init__(
+            f"history store {path} is corrupt ({detail}). Recovery: stop the exporter and move "
+            f"the file aside together with its -wal and -shm files (or delete them), or open the "
+            f"store with on_corrupt='rename', which renames it to "
+            f"{path.name}.corrupt-<UTC time> and starts a fresh history. A fresh history loses "
+            f"the version history, root key history and counters (Prometheus handles the counter "
+            f"reset); the next probe of each endpoint becomes the new baseline and raises no "
+            f"alarms."
+        )
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """True when ``exc`` is SQLite saying the file is damaged or not a database."""
+    if not isinstance(exc, sqlite3.DatabaseError) or isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:  # raised by this module after a failed quick_check
+        return True
+    return (code & 0xFF) in _CORRUPTION_CODES
+
+
+def to_ts(moment: datetime) -> float:
+    """Unix seconds of an aware datetime."""
+    return moment.timestamp()
+
+
+def from_ts(seconds: float) -> datetime:
+    """Aware UTC datetime of Unix seconds."""
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows
+
+
+@dataclass(frozen=True)
+class CurrentRow:
+    """What one endpoint serves now for a role (the ``current`` table)."""
+
+    repository: str
+    endpoint: str
+    role: str
+    version: int
+    sha256: str
+    since: float  #: first-seen time of ``version`` on this endpoint
+    last_seen: float
+    max_version: int
+
+
+@dataclass(frozen=True)
+class RootRow:
+    """One root version of a repository (the ``roots`` table)."""
+
+    version: int
+    sha256: str
+    first_seen: float
+    endpoint: str
+    role_keys: Mapping[str, tuple[tuple[str, ...], int]] | None
+
+
+@dataclass(frozen=True)
+class CounterRow:
+    """One persisted counter value."""
+
+    metric: str
+    repository: str
+    endpoint: str
+    label: str
+    value: float
+
+
+# ---------------------------------------------------------------------------------------------
+# Opening
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    return conn
+
+
+def _prepare(path: Path) -> sqlite3.Connection:
+    """Connect, check integrity, switch to WAL and create the schema; may raise corruption."""
+    conn = _connect(path)
+    try:
+        check = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise sqlite3.DatabaseError(f"quick_check: {check}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise HistoryError(f"history store {path}: cannot switch to WAL mode (got {mode})")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.executescript(_SCHEMA)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+            )
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise HistoryError(
+                f"history store {path} has schema version {row[0]}, written by a newer "
+                f"tuf-exporter (this one knows {SCHEMA_VERSION}); upgrade, or move the file aside"
+            )
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _move_aside(path: Path, now: datetime) -> Path:
+    """Rename ``path`` and its -wal/-shm files to ``<name>.corrupt-<UTC time>``; return it."""
+    stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while aside.exists():
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        n += 1
+    path.rename(aside)
+    for suffix in ("-wal", "-shm"):
+        extra = path.with_name(path.name + suffix)
+        if extra.exists():
+            extra.rename(aside.with_name(aside.name + suffix))
+    return aside
+
+
+class Database:
+    """The SQLite file: one writer connection and one reader connection, each with a lock.
+
+    WAL mode lets the reader run while the writer holds a transaction, so query methods never
+    wait for an observation being written.
+    """
+
+    def __init__(self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: Path, on_corrupt: OnCorrupt = "raise") -> Database:
+        """Open (creating if needed) the database at ``path``; see ``HistoryStore.open``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            writer = _prepare(path)
+        except sqlite3.DatabaseError as exc:
+            if not is_corruption(exc):
+                raise HistoryError(f"history store {path}: {exc}") from exc
+            if on_corrupt != "rename":
+                raise HistoryCorruptError(path, str(exc)) from exc
+            aside = _move_aside(path, datetime.now(UTC))
+            log.error(
+                "HISTORY STORE CORRUPT: %s (%s). Moved it to %s and started a fresh history: "
+                "version history, root key history and counters start over; the next probe of "
+                "each endpoint is the new baseline.",
+                path,
+                exc,
+                aside,
+            )
+            writer = _prepare(path)
+        reader = _connect(path)
+        return cls(path, writer, reader)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write transaction (``BEGIN IMMEDIATE``), serialized across threads."""
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The reader connection (sees the last committed state), serialized across threads."""
+        with self._read_lock:
+            yield self._reader
+
+    def close(self) -> None:
+        """Checkpoint the WAL and close both connections."""
+        with self._write_lock, self._read_lock:
+            self._reader.close()
+            try:
+                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                self._writer.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Versions and current state
+
+
+def get_current(conn: sqlite3.Connection, repo: str, endpoint: str, role: str) -> CurrentRow | None:
+    """What ``endpoint`` served last for ``role``, or None if never observed."""
+    row = conn.execute(
+        "SELECT version, sha256, since, last_seen, max_version FROM current "
+        "WHERE repository = ? AND endpoint = ? AND role = ?",
+        (repo, endpoint, role),
+    ).fetchone()
+    if row is None:
+        return None
+    return CurrentRow(repo, endpoint, role, int(row[0]), row[1], row[2], row[3], int(row[4]))
+
+
+def repo_current(conn: sqlite3.Connection, repo: str) -> list[CurrentRow]:
+    """The ``current`` rows of every endpoint and role of the repository."""
+    rows = conn.execute(
+        "SELECT repository, endpoint, role, version, sha256, since, last_seen, max_version "
+        "FROM current WHERE repository = ?",
+        (repo,),
+    ).fetchall()
+    return [CurrentRow(r[0], r[1], r[2], int(r[3]), r[4], r[5], r[6], int(r[7])) for r in rows]
+
+
+def put_current(conn: sqlite3.Connection, row: CurrentRow) -> None:
+    """Insert or replace the ``current`` row of (repository, endpoint, role)."""
+    conn.execute(
+        "INSERT OR REPLACE INTO current "
+        "(repository, endpoint, role, version, sha256, since, last_seen, max_version) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            row.repository,
+            row.endpoint,
+            row.role,
+            row.version,
+            row.sha256,
+            row.since,
+            row.last_seen,
+            row.max_version,
+        ),
+    )
+
+
+def endpoints_by_hash(
+    conn: sqlite3.Connection, repo: str, role: str, version: int
+) -> dict[str, list[str]]:
+    """Content hashes the repository's endpoints served for (role, version) -> endpoints."""
+    out: dict[str, list[str]] = {}
+    for sha, endpoint in conn.execute(
+        "SELECT sha256, endpoint FROM versions WHERE repository = ? AND role = ? AND version = ? "
+        "ORDER BY first_seen",
+        (repo, role, version),
+    ):
+        out.setdefault(sha, []).append(endpoint)
+    return out
+
+
+def repo_max_version(conn: sqlite3.Connection, repo: str, role: str) -> int | None:
+    """Highest version of ``role`` any endpoint of the repository ever served."""
+    row = conn.execute(
+        "SELECT MAX(max_version) FROM current WHERE repository = ? AND role = ?", (repo, role)
+    ).fetchone()
+    return None if row[0] is None else int(row[0])
+
+
+def record_version(
+    conn: sqlite3.Connection,
+    repo: str,
+    endpoint: str,
+    role: str,
+    version: int,
+    sha256: str,
+    expires: float,
+    signed_by: tuple[str, ...],
+    at: float,
+) -> None:
+    """Insert the (version, hash) row of the endpoint, or move its last-seen time forward."""
+    conn.execute(
+        "INSERT INTO versions (repository, endpoint, role, version, sha256, first_seen, "
+        "last_seen, expires, signed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen)",
+        (repo, endpoint, role, version, sha256, at, at, expires, json.dumps(list(signed_by))),
+    )
+
+
+def first_seen(
+    conn: sqlite3.Connection, repo: str, endpoint: str | None, role: str, version: int
+) -> float | None:
+    """When ``version`` of ``role`` was first seen on ``endpoint`` (None: on any endpoint)."""
+    if endpoint is None:
+        row = conn.execute(
+            "SELECT MIN(first_seen) FROM versions WHERE repository = ? AND role = ? "
+            "AND version = ?",
+            (repo, role, version),
+        ).fetchone()
+    else:
+        row = conn.execute(
+            "SELECT MIN(first_seen) FROM versions WHERE repository = ? AND endpoint = ? "
+            "AND role = ? AND version = ?",
+            (repo, endpoint, role, version),
+        ).fetchone()
+    return None if row[0] is None else float(row[0])
+
+
+def oldest_newer_than(
+    conn: sqlite3.Connection, repo: str, endpoint: str, role: str, version: int
+) -> float | None:
+    """Earliest first-seen time on ``endpoint`` of any version of ``role`` above ``version``."""
+    row = conn.execute(
+        "SELECT MIN(first_seen) FROM versions WHERE repository = ? AND endpoint = ? "
+        "AND role = ? AND version > ?",
+        (repo, endpoint, role, version),
+    ).fetchone()
+    return None if row[0] is None else float(row[0])
+
+
+def change_times(
+    conn: sqlite3.Connection, repo: str, endpoint: str | None, role: str, limit: int
+) -> list[float]:
+    """First-seen times of the newest ``limit`` versions (one per version), oldest first."""
+    where = "repository = ? AND role = ?" + ("" if endpoint is None else " AND endpoint = ?")
+    params: tuple[Any, ...] = (repo, role) if endpoint is None else (repo, role, endpoint)
+    rows = conn.execute(
+        f"SELECT version, MIN(first_seen) FROM versions WHERE {where} "  # noqa: S608
+        "GROUP BY version ORDER BY version DESC LIMIT ?",
+        (*params, limit),
+    ).fetchall()
+    return sorted(float(r[1]) for r in rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags, counters, lag, findings
+
+
+def set_flag(conn: sqlite3.Connection, repo: str, key: str, at: float) -> bool:
+    """Mark ``key`` reported; True when it was not marked before (report it now)."""
+    cur = conn.execute(
+        "INSERT INTO flags (repository, key, first_seen, last_seen) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT DO NOTHING",
+        (repo, key, at, at),
+    )
+    if cur.rowcount:
+        return True
+    conn.execute(
+        "UPDATE flags SET last_seen = MAX(last_seen, ?) WHERE repository = ? AND key = ?",
+        (at, repo, key),
+    )
+    return False
+
+
+def add_counter(
+    conn: sqlite3.Connection, metric: str, repo: str, endpoint: str, label: str, delta: float
+) -> None:
+    """Add ``delta`` to a persisted counter (created at 0)."""
+    conn.execute(
+        "INSERT INTO counters (metric, repository, endpoint, label, value) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT DO UPDATE SET value = value + excluded.value",
+        (metric, repo, endpoint, label, delta),
+    )
+
+
+def repo_counters(conn: sqlite3.Connection, repo: str) -> list[CounterRow]:
+    """The persisted counter values of the repository."""
+    rows = conn.execute(
+        "SELECT metric, repository, endpoint, label, value FROM counters WHERE repository = ?",
+        (repo,),
+    )
+    return [CounterRow(r[0], r[1], r[2], r[3], float(r[4])) for r in rows]
+
+
+def get_lag(conn: sqlite3.Connection, repo: str, endpoint: str) -> float | None:
+    """When the mirror was found behind (its open lag episode), or None when it is current."""
+    row = conn.execute(
+        "SELECT since FROM lag WHERE repository = ? AND endpoint = ?", (repo, endpoint)
+    ).fetchone()
+    return None if row is None else float(row[0])
+
+
+def set_lag(conn: sqlite3.Connection, repo: str, endpoint: str, since: float | None) -> None:
+    """Open (``since``) or close (None) the mirror's lag episode."""
+    if since is None:
+        conn.execute("DELETE FROM lag WHERE repository = ? AND endpoint = ?", (repo, endpoint))
+    else:
+        conn.execute(
+            "INSERT OR REPLACE INTO lag (repository, endpoint, since) VALUES (?, ?, ?)",
+            (repo, endpoint, since),
+        )
+
+
+def insert_finding(
+    conn: sqlite3.Connection, at: float, repo: str, endpoint: str, kind: str, body: str
+) -> None:
+    """Append one finding (JSON body) to the findings log."""
+    conn.execute(
+        "INSERT INTO findings (time, repository, endpoint, kind, body) VALUES (?, ?, ?, ?, ?)",
+        (at, repo, endpoint, kind, body),
+    )
+
+
+def recent_findings(
+    conn: sqlite3.Connection, repo: str | None, since: float, limit: int
+) -> list[str]:
+    """JSON bodies of findings at or after ``since``, newest first."""
+    if repo is None:
+        rows = conn.execute(
+            "SELECT body FROM findings WHERE time >= ? ORDER BY id DESC LIMIT ?", (since, limit)
+        )
+    else:
+        rows = conn.execute(
+            "SELECT body FROM findings WHERE repository = ? AND time >= ? ORDER BY id DESC LIMIT ?",
+            (repo, since, limit),
+        )
+    return [r[0] for r in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Roots
+
+
+def _keys_json(role_keys: Mapping[str, tuple[tuple[str, ...], int]] | None) -> str | None:
+    if role_keys is None:
+        return None
+    return json.dumps(
+        {role: {"keyids": sorted(k), "threshold": t} for role, (k, t) in sorted(role_keys.items())}
+    )
+
+
+def _keys_from_json(text: str | None) -> dict[str, tuple[tuple[str, ...], int]] | None:
+    if text is None:
+        return None
+    data = json.loads(text)
+    return {role: (tuple(v["keyids"]), int(v["threshold"])) for role, v in data.items()}
+
+
+def roots(conn: sqlite3.Connection, repo: str) -> list[RootRow]:
+    """Root versions recorded for the repository, oldest first."""
+    rows = conn.execute(
+        "SELECT version, sha256, first_seen, endpoint, role_keys FROM roots "
+        "WHERE repository = ? ORDER BY version",
+        (repo,),
+    ).fetchall()
+    return [RootRow(int(r[0]), r[1], r[2], r[3], _keys_from_json(r[4])) for r in rows]
+
+
+def latest_root(conn: sqlite3.Connection, repo: str) -> RootRow | None:
+    """The highest root version recorded for the repository."""
+    row = conn.execute(
+        "SELECT version, sha256, first_seen, endpoint, role_keys FROM roots "
+        "WHERE repository = ? ORDER BY version DESC LIMIT 1",
+        (repo,),
+    ).fetchone()
+    return (
+        None
+        if row is None
+        else RootRow(int(row[0]), row[1], row[2], row[3], _keys_from_json(row[4]))
+    )
+
+
+def repositories(conn: sqlite3.Connection) -> list[str]:
+    """Every repository with stored state."""
+    rows = conn.execute(
+        "SELECT repository FROM current UNION SELECT repository FROM roots "
+        "UNION SELECT repository FROM counters"
+    )
+    return sorted(r[0] for r in rows)
+
+
+def insert_root(conn: sqlite3.Connection, repo: str, row: RootRow) -> bool:
+    """Record a root version; False when the version was already recorded."""
+    cur = conn.execute(
+        "INSERT INTO roots (repository, version, sha256, first_seen, endpoint, role_keys) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (repo, row.version, row.sha256, row.first_seen, row.endpoint, _keys_json(row.role_keys)),
+    )
+    return bool(cur.rowcount)
+
+
+# ---------------------------------------------------------------------------------------------
+# Retention and forgetting
+
+
+def prune(conn: sqlite3.Connection, cutoff: float, keep_newest: int = KEEP_NEWEST) -> int:
+    """Delete rows last seen before ``cutoff``; return how many went.
+
+    Never deleted: the newest ``keep_newest`` versions of every (repository, endpoint, role),
+    the version each endpoint serves now, the ``current`` table (highest version ever served,
+    the rollback baseline), root versions (few, and the key history), counters and open lag
+    episodes. Flags (``reported once`` markers) go once the condition has not been seen for
+    the whole retention period; findings once older than it.
+    """
+    removed = conn.execute(
+        """
+        DELETE FROM versions WHERE (repository, endpoint, role, version, sha256) IN (
+            SELECT v.repository, v.endpoint, v.role, v.version, v.sha256 FROM (
+                SELECT repository, endpoint, role, version, sha256, last_seen,
+                       DENSE_RANK() OVER (PARTITION BY repository, endpoint, role
+                                          ORDER BY version DESC) AS rank
+                FROM versions) AS v
+            LEFT JOIN current AS c ON c.repository = v.repository AND c.endpoint = v.endpoint
+                 AND c.role = v.role AND c.version = v.version
+            WHERE v.rank > ? AND v.last_seen < ? AND c.version IS NULL)
+        """,
+        (keep_newest, cutoff),
+    ).rowcount
+    removed += conn.execute("DELETE FROM flags WHERE last_seen < ?", (cutoff,)).rowcount
+    removed += conn.execute("DELETE FROM findings WHERE time < ?", (cutoff,)).rowcount
+    return removed
+
+
+def forget(conn: sqlite3.Connection, repo: str, endpoint: str | None) -> None:
+    """Delete everything stored for a repository (or only one of its endpoints)."""
+    tables = ("versions", "current", "counters", "lag", "findings")
+    for table in tables:
+        if endpoint is None:
+            conn.execute(f"DELETE FROM {table} WHERE repository = ?", (repo,))  # noqa: S608
+        else:
+            conn.execute(
+                f"DELETE FROM {table} WHERE repository = ? AND endpoint = ?",  # noqa: S608
+                (repo, endpoint),
+            )
+    if endpoint is None:
+        conn.execute("DELETE FROM roots WHERE repository = ?", (repo,))
+        conn.execute("DELETE FROM flags WHERE repository = ?", (repo,))

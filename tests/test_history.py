@@ -1,0 +1,645 @@
+"""The history store: persistence, detection findings and the history metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from exporter.config import Policy
+from exporter.history import (
+    Finding,
+    FindingKind,
+    HistoryCorruptError,
+    HistoryStore,
+    Severity,
+)
+from exporter.results import FailedRole, ProbeResult, Reason, RoleFacts, RoleKeys
+
+T0 = datetime(2027, 1, 1, tzinfo=UTC)
+REPO = "repo"
+POLICY = Policy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Factories
+
+
+def at(seconds: float) -> datetime:
+    """T0 plus ``seconds``."""
+    return T0 + timedelta(seconds=seconds)
+
+
+def sha(role: str, version: int, variant: str = "") -> str:
+    """A deterministic content hash: the same role and version give the same content."""
+    return hashlib.sha256(f"{role}-{version}{variant}".encode()).hexdigest()
+
+
+def facts(
+    role: str,
+    version: int,
+    *,
+    variant: str = "",
+    expires: datetime | None = None,
+    signed_by: tuple[str, ...] = ("k-online",),
+    unknown: tuple[str, ...] = (),
+    role_keys: Mapping[str, RoleKeys] | None = None,
+) -> RoleFacts:
+    return RoleFacts(
+        name=role,
+        version=version,
+        expires=expires or at(86400),
+        size_bytes=100,
+        sha256=sha(role, version, variant),
+        signed_by=signed_by,
+        unknown_signers=unknown,
+        threshold=1,
+        role_keys=role_keys,
+    )
+
+
+def result(
+    endpoint: str = "primary",
+    roles: Iterable[RoleFacts] = (),
+    *,
+    repo: str = REPO,
+    success: bool = True,
+    reason: Reason | None = None,
+    role: FailedRole | None = None,
+) -> ProbeResult:
+    return ProbeResult(
+        repository=repo,
+        endpoint=endpoint,
+        success=success,
+        started_at=T0,
+        duration_seconds=0.1,
+        reason=reason,
+        role=role,
+        roles={f.name: f for f in roles},
+    )
+
+
+def online(
+    endpoint: str, version: int, *, snapshot: int | None = None, **kw: object
+) -> ProbeResult:
+    """A probe seeing timestamp ``version`` and snapshot ``snapshot`` (default: the same)."""
+    snap = version if snapshot is None else snapshot
+    return result(endpoint, [facts("timestamp", version, **kw), facts("snapshot", snap)])  # type: ignore[arg-type]
+
+
+def kinds(findings: Iterable[Finding]) -> list[str]:
+    return [str(f.kind) for f in findings]
+
+
+
+def samples(store: HistoryStore, now: datetime) -> dict[tuple[str, tuple[str, ...]], float]:
+    """Every exported sample: (sample name, label values) -> value."""
+    out: dict[tuple[str, tuple[str, ...]], float] = {}
+    for metric in store.metrics(now):
+        for s in metric.samples:
+            if s.name.endswith("_created"):
+                continue
+            out[(s.name, tuple(s.labels.values()))] = s.value
+    return out
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterable[HistoryStore]:
+    s = HistoryStore.open(tmp_path / "history.sqlite")
+    yield s
+    s.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Mirror lag and freshness
+
+
+def test_mirror_held_back_three_versions(store: HistoryStore) -> None:
+    lag_s = ("tuf_mirror_lag_seconds", (REPO, "m1"))
+    lag_ts = ("tuf_mirror_lag_versions", (REPO, "m1", "timestamp"))
+    lag_snap = ("tuf_mirror_lag_versions", (REPO, "m1", "snapshot"))
+    assert store.observe(online("primary", 10), POLICY, at(0)) == []
+    assert store.observe(online("m1", 10), POLICY, at(1)) == []
+    assert samples(store, at(1))[lag_ts] == 0
+    assert samples(store, at(1))[lag_s] == 0
+
+    found: list[Finding] = []
+    for step, version in enumerate((11, 12, 13), start=1):
+        found += store.observe(online("primary", version), POLICY, at(300 * step))
+        found += store.observe(online("m1", 10), POLICY, at(300 * step + 1))
+    started = [f for f in found if f.kind is FindingKind.MIRROR_LAG_STARTED]
+    assert len(started) == 1
+    assert started[0].endpoint == "m1"
+    assert started[0].details["lag_versions"] == {"timestamp": 1, "snapshot": 1}
+
+    now = samples(store, at(901))
+    assert now[lag_ts] == 3
+    assert now[lag_snap] == 3
+    # The primary first showed version 11 (the oldest the mirror lacks) at 300s.
+    assert now[lag_s] == 601
+    assert samples(store, at(2000))[lag_s] == 1700  # grows between probes
+
+    found = store.observe(online("primary", 13), POLICY, at(2100))
+    found += store.observe(online("m1", 13), POLICY, at(2101))
+    assert kinds(found) == ["mirror_caught_up"]
+    assert found[0].details["lag_duration_seconds"] == pytest.approx(2101 - 300)
+    after = samples(store, at(2200))
+    assert after[lag_ts] == 0
+    assert after[lag_s] == 0
+    # No lag series for the primary itself.
+    assert ("tuf_mirror_lag_seconds", (REPO, "primary")) not in after
+
+
+def test_mirror_ahead_of_primary_is_not_lagging(store: HistoryStore) -> None:
+    store.observe(online("primary", 5), POLICY, at(0))
+    assert kinds(store.observe(online("m1", 6), POLICY, at(1))) == ["new_version"] * 2
+    s = samples(store, at(10))
+    assert s[("tuf_mirror_lag_versions", (REPO, "m1", "timestamp"))] == 0
+    assert s[("tuf_mirror_lag_seconds", (REPO, "m1"))] == 0
+
+
+def test_last_change_is_first_seen_of_current_version(store: HistoryStore) -> None:
+    store.observe(online("primary", 1), POLICY, at(0))
+    store.observe(online("primary", 1), POLICY, at(300))
+    assert store.last_change(REPO, "primary", "timestamp") == at(0)
+    store.observe(online("primary", 2), POLICY, at(600))
+    assert store.last_change(REPO, "primary", "timestamp") == at(600)
+    assert store.last_change(REPO, "primary", "targets") is None
+    key = ("tuf_metadata_last_change_timestamp_seconds", (REPO, "primary", "timestamp"))
+    assert samples(store, at(700))[key] == at(600).timestamp()
+
+
+def test_new_version_reports_signers_but_not_the_baseline(store: HistoryStore) -> None:
+    assert store.observe(online("primary", 1), POLICY, at(0)) == []
+    found = store.observe(online("primary", 2, signed_by=("k-a", "k-b")), POLICY, at(300))
+    ts = [f for f in found if f.role == "timestamp"]
+    assert kinds(ts) == ["new_version"]
+    assert ts[0].keyids == ("k-a", "k-b")
+    assert ts[0].versions == {"previous": 1, "current": 2}
+    assert ts[0].severity is Severity.INFO
+    # The mirror showing the same version later is not a new version of the repository.
+    assert store.observe(online("m1", 2, signed_by=("k-a", "k-b")), POLICY, at(301)) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Rollback and freeze
+
+
+def rollbacks(store: HistoryStore, endpoint: str = "primary", role: str = "timestamp") -> float:
+    return samples(store, at(0))[("tuf_rollbacks_detected_total", (REPO, endpoint, role))]
+
+
+def test_rollback_counted_once(store: HistoryStore) -> None:
+    for v in range(1, 6):
+        store.observe(online("primary", v), POLICY, at(v * 300))
+    assert rollbacks(store) == 0
+    found = store.observe(online("primary", 3, snapshot=5), POLICY, at(1800))
+    assert kinds(found) == ["rollback"]
+    assert found[0].versions == {"previous": 5, "current": 3, "last_served": 5}
+    assert found[0].severity is Severity.CRITICAL
+    assert rollbacks(store) == 1
+    # Still serving the same old version: no new finding, no new count.
+    assert store.observe(online("primary", 3, snapshot=5), POLICY, at(2100)) == []
+    assert store.observe(online("primary", 3, snapshot=5), POLICY, at(2400)) == []
+    assert rollbacks(store) == 1
+    assert rollbacks(store, role="snapshot") == 0
+
+
+def test_freeze_with_configured_cadence(store: HistoryStore) -> None:
+    policy = Policy(cadence={"timestamp": 600.0})
+    assert store.observe(online("primary", 1), policy, at(0)) == []
+    assert store.observe(online("primary", 1), policy, at(300)) == []
+    assert store.observe(online("primary", 1), policy, at(600)) == []
+    found = store.observe(online("primary", 1), policy, at(900))
+    assert kinds(found) == ["freeze"]
+    assert found[0].details["cadence_source"] == "configured"
+    assert found[0].details["age_seconds"] == 900
+    assert store.observe(online("primary", 1), policy, at(1200)) == []
+    assert rollbacks(store) == 1
+    assert rollbacks(store, role="snapshot") == 0  # snapshot has no cadence configured
+
+
+def test_freeze_with_learned_cadence(store: HistoryStore) -> None:
+    found: list[Finding] = []
+    for v in range(1, 7):  # versions every 300s: 5 intervals, enough to judge
+        found += store.observe(online("primary", v), POLICY, at(v * 300))
+    assert store.observed_cadence(REPO, "timestamp") == 300
+    # Still version 6: not frozen at 2x the learned cadence, frozen beyond it.
+    found += store.observe(online("primary", 6), POLICY, at(1800 + 300))
+    found += store.observe(online("primary", 6), POLICY, at(1800 + 600))
+    assert "freeze" not in kinds(found)
+    found = store.observe(online("primary", 6), POLICY, at(1800 + 900))
+    assert kinds(found) == ["freeze"]
+    assert found[0].details["cadence_source"] == "learned"
+    assert found[0].details["expected_period_seconds"] == 600
+    assert store.observe(online("primary", 6), POLICY, at(1800 + 1200)) == []
+    assert rollbacks(store) == 1
+
+
+def test_no_learned_freeze_before_enough_observations(store: HistoryStore) -> None:
+    for v in range(1, 4):
+        store.observe(online("primary", v), POLICY, at(v * 300))
+    assert store.observed_cadence(REPO, "timestamp") is None
+    assert store.observe(online("primary", 3), POLICY, at(100_000)) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Anomalies
+
+
+def anomalies(store: HistoryStore, endpoint: str, kind: str) -> float:
+    return samples(store, at(0))[("tuf_anomalies_total", (REPO, endpoint, kind))]
+
+
+def test_equivocation_across_two_mirrors(store: HistoryStore) -> None:
+    store.observe(online("primary", 4), POLICY, at(0))
+    assert kinds(store.observe(online("m1", 5), POLICY, at(300))) == ["new_version"] * 2
+    found = store.observe(online("m2", 5, variant="evil"), POLICY, at(301))
+    assert kinds(found) == ["equivocation"]
+    assert found[0].endpoint == "m2"
+    assert found[0].hashes == {
+        "current": sha("timestamp", 5, "evil"),
+        "previous": sha("timestamp", 5),
+    }
+    assert found[0].details["known"] == {sha("timestamp", 5): ["m1"]}
+    # Both keep serving their content; the primary catches up with m1's: nothing new.
+    assert store.observe(online("m1", 5), POLICY, at(600)) == []
+    assert store.observe(online("m2", 5, variant="evil"), POLICY, at(601)) == []
+    assert store.observe(online("primary", 5), POLICY, at(602)) == []
+    assert anomalies(store, "m2", "equivocation") == 1
+    assert anomalies(store, "m1", "equivocation") == 0
+    assert anomalies(store, "primary", "equivocation") == 0
+
+
+def test_equivocation_over_time_on_one_endpoint(store: HistoryStore) -> None:
+    store.observe(online("primary", 7), POLICY, at(0))
+    found = store.observe(online("primary", 7, variant="b"), POLICY, at(300))
+    assert kinds(found) == ["equivocation"]
+    assert store.observe(online("primary", 7, variant="b"), POLICY, at(600)) == []
+    assert store.observe(online("primary", 7), POLICY, at(900)) == []
+    assert anomalies(store, "primary", "equivocation") == 1
+
+
+def test_unknown_signer_once(store: HistoryStore) -> None:
+    store.observe(online("primary", 1), POLICY, at(0))
+    found = store.observe(online("primary", 2, unknown=("k-evil",)), POLICY, at(300))
+    bad = [f for f in found if f.kind is FindingKind.UNKNOWN_SIGNER]
+    assert len(bad) == 1
+    assert bad[0].keyids == ("k-evil",)
+    assert bad[0].role == "timestamp"
+    assert store.observe(online("primary", 2, unknown=("k-evil",)), POLICY, at(600)) == []
+    assert store.observe(online("m1", 2, unknown=("k-evil",)), POLICY, at(601)) == []
+    assert anomalies(store, "primary", "unknown_signer") == 1
+
+
+def test_expiry_beyond_policy_once(store: HistoryStore) -> None:
+    policy = Policy(max_lifetime={"timestamp": 86400.0})
+    assert store.observe(online("primary", 1, expires=at(3600)), policy, at(0)) == []
+    found = store.observe(online("primary", 2, expires=at(300 + 2 * 86400)), policy, at(300))
+    bad = [f for f in found if f.kind is FindingKind.EXPIRY_BEYOND_POLICY]
+    assert len(bad) == 1
+    assert bad[0].details["lifetime_seconds"] == 2 * 86400
+    assert bad[0].details["max_lifetime_seconds"] == 86400
+    assert store.observe(online("primary", 2, expires=at(300 + 2 * 86400)), policy, at(600)) == []
+    assert anomalies(store, "primary", "expiry_beyond_policy") == 1
+
+
+def test_version_jump_once(store: HistoryStore) -> None:
+    policy = Policy(max_version_jump=10)
+    store.observe(online("primary", 1), policy, at(0))
+    store.observe(online("m1", 1), policy, at(1))
+    assert "version_jump" not in kinds(store.observe(online("primary", 11), policy, at(300)))
+    found = store.observe(online("primary", 50), policy, at(600))
+    jumps = [f for f in found if f.kind is FindingKind.VERSION_JUMP]
+    assert [f.role for f in jumps] == ["timestamp", "snapshot"]
+    assert jumps[0].versions == {"previous": 11, "current": 50}
+    # A mirror catching up from 1 to 50 is no second jump.
+    assert "version_jump" not in kinds(store.observe(online("m1", 50), policy, at(601)))
+    assert anomalies(store, "primary", "version_jump") == 2  # timestamp and snapshot
+    assert anomalies(store, "m1", "version_jump") == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Root keys
+
+
+ROOT_V1_KEYS = {
+    "root": RoleKeys(("r1", "r2"), 2),
+    "timestamp": RoleKeys(("t1",), 1),
+    "snapshot": RoleKeys(("s1",), 1),
+    "targets": RoleKeys(("a1", "a2"), 1),
+}
+ROOT_V2_KEYS = {
+    **ROOT_V1_KEYS,
+    "timestamp": RoleKeys(("t1", "t2"), 2),
+    "targets": RoleKeys(("a1", "a3"), 1),
+}
+
+
+def root_result(
+    version: int, keys: Mapping[str, RoleKeys], endpoint: str = "primary"
+) -> ProbeResult:
+    return result(endpoint, [facts("root", version, role_keys=keys, signed_by=("r1", "r2"))])
+
+
+def test_root_rotation(store: HistoryStore) -> None:
+    assert store.observe(root_result(1, ROOT_V1_KEYS), POLICY, at(0)) == []
+    found = store.observe(root_result(2, ROOT_V2_KEYS), POLICY, at(300))
+    rotations = {f.role or "": f for f in found if f.kind is FindingKind.KEY_ROTATION}
+    assert sorted(rotations) == ["targets", "timestamp"]
+    targets = rotations["targets"]
+    assert targets.details["added"] == ["a3"]
+    assert targets.details["removed"] == ["a2"]
+    assert (targets.details["old_threshold"], targets.details["new_threshold"]) == (1, 1)
+    assert targets.versions == {"old_root": 1, "new_root": 2}
+    assert targets.keyids == ("a1", "a3")
+    ts = rotations["timestamp"]
+    assert ts.details["added"] == ["t2"]
+    assert ts.details["removed"] == []
+    assert (ts.details["old_threshold"], ts.details["new_threshold"]) == (1, 2)
+
+    s = samples(store, at(400))
+    assert s[("tuf_root_version", (REPO,))] == 2
+    assert s[("tuf_key_rotations_total", (REPO, "targets"))] == 1
+    assert s[("tuf_key_rotations_total", (REPO, "timestamp"))] == 1
+    assert s[("tuf_key_rotations_total", (REPO, "root"))] == 0
+    # Mirrors showing the same root later change nothing.
+    assert store.observe(root_result(2, ROOT_V2_KEYS, "m1"), POLICY, at(301)) == []
+
+    history = store.root_history(REPO)
+    assert [(h.version, h.first_seen) for h in history] == [(1, at(0)), (2, at(300))]
+    assert history[1].role_keys is not None
+    assert history[1].role_keys["targets"] == RoleKeys(("a1", "a3"), 1)
+    assert store.authorized_keys(REPO, "timestamp") == RoleKeys(("t1", "t2"), 2)
+    assert store.authorized_keys("other", "timestamp") is None
+
+
+def test_root_from_probe_failing_on_root_is_not_trusted(store: HistoryStore) -> None:
+    store.observe(root_result(1, ROOT_V1_KEYS), POLICY, at(0))
+    bad = result(
+        "m1",
+        [facts("root", 2, role_keys={"targets": RoleKeys(("evil",), 1)})],
+        success=False,
+        reason=Reason.BAD_SIGNATURE,
+        role=FailedRole.ROOT,
+    )
+    assert "key_rotation" not in kinds(store.observe(bad, POLICY, at(300)))
+    assert [h.version for h in store.root_history(REPO)] == [1]
+
+
+def test_failed_probe_still_records_what_was_read(store: HistoryStore) -> None:
+    failed = result(
+        "primary",
+        [facts("timestamp", 3)],
+        success=False,
+        reason=Reason.EXPIRED,
+        role=FailedRole.SNAPSHOT,
+    )
+    store.observe(failed, POLICY, at(0))
+    assert store.last_change(REPO, "primary", "timestamp") == at(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Persistence
+
+
+def scenario(store: HistoryStore) -> list[tuple[ProbeResult, Policy, datetime]]:
+    """Observations raising one of everything; returns them for replay."""
+    policy = Policy(max_lifetime={"timestamp": 86400.0}, max_version_jump=10)
+    steps = [
+        (root_result(1, ROOT_V1_KEYS), policy, at(0)),
+        (online("primary", 1), policy, at(0)),
+        (online("primary", 2), policy, at(300)),
+        (online("primary", 1), policy, at(600)),  # rollback
+        (online("m1", 2, variant="x"), policy, at(601)),  # equivocation
+        (online("primary", 3, unknown=("k-evil",)), policy, at(900)),
+        (online("primary", 50, expires=at(10 * 86400)), policy, at(1200)),
+        (root_result(2, ROOT_V2_KEYS), policy, at(1500)),
+        (online("m1", 50, expires=at(10 * 86400)), policy, at(1501)),
+    ]
+    for res, pol, when in steps:
+        store.observe(res, pol, when)
+    return steps
+
+
+COUNTERS = ("tuf_rollbacks_detected_total", "tuf_anomalies_total", "tuf_key_rotations_total")
+
+
+def counter_samples(store: HistoryStore) -> dict[tuple[str, tuple[str, ...]], float]:
+    return {k: v for k, v in samples(store, at(0)).items() if k[0] in COUNTERS}
+
+
+def test_restart_keeps_counters_and_raises_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite"
+    with HistoryStore.open(path) as first:
+        steps = scenario(first)
+        before = counter_samples(first)
+        findings = first.recent_findings(REPO)
+    assert before[("tuf_rollbacks_detected_total", (REPO, "primary", "timestamp"))] == 1
+    assert before[("tuf_anomalies_total", (REPO, "m1", "equivocation"))] == 1
+    assert before[("tuf_anomalies_total", (REPO, "primary", "unknown_signer"))] == 1
+    assert before[("tuf_anomalies_total", (REPO, "primary", "expiry_beyond_policy"))] == 1
+    assert before[("tuf_anomalies_total", (REPO, "primary", "version_jump"))] == 2
+    assert before[("tuf_key_rotations_total", (REPO, "targets"))] == 1
+    assert {f["kind"] for f in findings} >= {"rollback", "equivocation", "key_rotation"}
+
+    with HistoryStore.open(path) as second:
+        assert counter_samples(second) == before
+        assert samples(second, at(0))[("tuf_root_version", (REPO,))] == 2
+        # What each endpoint served last, observed again after the restart.
+        for res, pol, _ in steps[-3:]:
+            assert second.observe(res, pol, at(1800)) == []
+        assert counter_samples(second) == before
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from datetime import UTC, datetime, timedelta
+    from pathlib import Path
+    from exporter.config import Policy
+    from exporter.history import HistoryStore
+    from exporter.results import ProbeResult, RoleFacts
+
+    t0 = datetime(2027, 1, 1, tzinfo=UTC)
+    store = HistoryStore.open(Path(sys.argv[1]))
+    v = 0
+    while True:
+        v += 1
+        when = t0 + timedelta(seconds=v)
+        roles = {
+            name: RoleFacts(name, v, when + timedelta(days=1), 10, f"{name}-{v}", ("k",), (), 1)
+            for name in ("timestamp", "snapshot", "targets")
+        }
+        store.observe(ProbeResult("repo", "primary", True, when, 0.1, roles=roles), Policy(), when)
+        print(v, flush=True)
+    """
+)
+
+
+def test_kill_9_while_writing_leaves_a_consistent_store(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert child.stdout is not None
+    last = 0
+    try:
+        for line in child.stdout:
+            last = int(line)
+            if last >= 150:
+                break
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    assert last >= 150
+
+    with HistoryStore.open(path) as store:
+        stored = store.last_change(REPO, "primary", "timestamp")
+        assert stored is not None
+        conn = sqlite3.connect(path)
+        try:
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            current = {
+                role: version
+                for role, version in conn.execute(
+                    "SELECT role, version FROM current WHERE endpoint = 'primary'"
+                )
+            }
+        finally:
+            conn.close()
+        # Each observation is atomic: all three roles at the same version, at least the last
+        # one the child reported committed.
+        assert len(set(current.values())) == 1
+        version = current["timestamp"]
+        assert version >= last
+        assert store.last_change(REPO, "primary", "timestamp") == T0 + timedelta(seconds=version)
+        again = {
+            name: RoleFacts(
+                name, version, at(version + 86400), 10, f"{name}-{version}", ("k",), (), 1
+            )
+            for name in ("timestamp", "snapshot", "targets")
+        }
+        res = ProbeResult(REPO, "primary", True, T0, 0.1, roles=again)
+        assert store.observe(res, POLICY, at(version + 1)) == []
+
+
+def test_corrupt_file_raises_a_clear_error_and_rename_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite"
+    garbage = os.urandom(8192)
+    path.write_bytes(garbage)
+    with pytest.raises(HistoryCorruptError) as err:
+        HistoryStore.open(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert "on_corrupt='rename'" in message
+    assert "move the file aside" in message
+    assert err.value.path == path
+    assert path.read_bytes() == garbage  # raise mode changes nothing on disk
+
+    with HistoryStore.open(path, on_corrupt="rename") as store:
+        assert store.observe(online("primary", 1), POLICY, at(0)) == []
+        assert store.last_change(REPO, "primary", "timestamp") == at(0)
+    aside = list(tmp_path.glob("history.sqlite.corrupt-*"))
+    assert len(aside) == 1
+    assert aside[0].read_bytes() == garbage
+    assert aside[0].name.endswith("Z")
+    with HistoryStore.open(path) as reopened:  # the fresh file is healthy
+        assert reopened.last_change(REPO, "primary", "timestamp") == at(0)
+
+
+def test_damaged_pages_are_detected(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite"
+    with HistoryStore.open(path) as store:
+        for v in range(1, 400):
+            store.observe(online("primary", v), POLICY, at(v))
+    data = bytearray(path.read_bytes())
+    page = 4096
+    assert len(data) > 4 * page
+    data[2 * page : 4 * page] = os.urandom(2 * page)
+    path.write_bytes(bytes(data))
+    with pytest.raises(HistoryCorruptError):
+        HistoryStore.open(path)
+
+
+def test_retention_prunes_old_rows_but_keeps_detection_state(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite"
+    with HistoryStore.open(path, retention=3600.0) as store:
+        for v in range(1, 101):
+            store.observe(online("primary", v), POLICY, at(v * 300))
+        removed = store.prune(at(101 * 300))
+        assert removed > 0
+        conn = sqlite3.connect(path)
+        try:
+            rows = conn.execute(
+                "SELECT COUNT(*), MIN(version) FROM versions WHERE role = 'timestamp'"
+            ).fetchone()
+        finally:
+            conn.close()
+        assert rows[0] < 100
+        assert rows[1] > 1
+        # Detection still works: a rollback to a pruned version is seen, and the learned
+        # cadence is still known.
+        assert store.observed_cadence(REPO, "timestamp") == 300
+        found = store.observe(online("primary", 2), POLICY, at(101 * 300))
+        assert kinds(found) == ["rollback", "rollback"]
+        assert store.last_change(REPO, "primary", "snapshot") == at(101 * 300)
+
+
+def test_concurrent_observations_and_scrapes(store: HistoryStore) -> None:
+    errors: list[BaseException] = []
+
+    def worker(endpoint: str) -> None:
+        try:
+            for v in range(1, 40):
+                store.observe(online(endpoint, v), POLICY, at(v * 10))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(f"m{i}",)) for i in range(4)]
+    threads.append(threading.Thread(target=worker, args=("primary",)))
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        samples(store, at(1000))
+    for t in threads:
+        t.join()
+    assert errors == []
+    s = samples(store, at(1000))
+    assert s[("tuf_mirror_lag_versions", (REPO, "m0", "timestamp"))] == 0
+
+
+def test_finding_json_is_self_describing(store: HistoryStore) -> None:
+    store.observe(online("primary", 5), POLICY, at(0))
+    found = store.observe(online("primary", 4), POLICY, at(300))
+    doc = found[0].to_json()
+    assert doc["kind"] == "rollback"
+    assert doc["severity"] == "critical"
+    assert doc["time"] == "2027-01-01T00:05:00Z"
+    assert doc["repository"] == REPO
+    assert doc["endpoint"] == "primary"
+    assert doc["role"] == "timestamp"
+    assert doc["versions"]["previous"] == 5
+    assert doc["hashes"]["current"] == sha("timestamp", 4)
+    assert store.recent_findings(REPO)[0]["kind"] == "rollback"
+
+
+def test_forget_removes_a_repository(store: HistoryStore) -> None:
+    store.observe(online("primary", 1), POLICY, at(0))
+    store.observe(online("m1", 1), POLICY, at(0))
+    store.forget(REPO, "m1")
+    assert store.last_change(REPO, "m1", "timestamp") is None
+    assert store.last_change(REPO, "primary", "timestamp") == at(0)
+    store.forget(REPO)
+    assert not [k for k in samples(store, at(0)) if REPO in k[1]]
