@@ -130,6 +130,9 @@ class Event:
         set_(self, "details", _frozen(_json_safe(dict(self.details), "Event.details")))
         set_(self, "event_id", hashlib.sha256(canonical_json(self.identity())).hexdigest())
 
+    def __hash__(self) -> int:
+        return hash(self.event_id)
+
     def identity(self) -> dict[str, Any]:
         """The fields that identify the event; :attr:`event_id` is the hash of these."""
         return {

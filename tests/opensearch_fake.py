@@ -1,6 +1,7 @@
 """A fake OpenSearch for tests: real HTTP on 127.0.0.1, what opensearch-py's calls need.
 
-Implements ``GET /`` (cluster info), ``HEAD``/``PUT``/``GET /_index_template/<name>``,
+Implements ``GET /`` (cluster info), ``/<pattern>/_refresh``, ``/<pattern>/_search`` (all
+documents), ``DELETE /<pattern>``, ``HEAD``/``PUT``/``GET /_index_template/<name>``,
 ``PUT``/``GET /_plugins/_ism/policies/<id>`` (with ``if_seq_no``/``if_primary_term``),
 ``POST /_bulk`` with ``create``/``index`` semantics (201, or 409
 ``version_conflict_engine_exception`` when the id exists in that index; ``errors: true`` when
@@ -22,6 +23,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from fnmatch import fnmatch
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -240,6 +242,15 @@ class FakeOpenSearch:
             return self._template(method, segments[1], body)
         if segments[:3] == ["_plugins", "_ism", "policies"] and len(segments) == 4:
             return self._policy(method, segments[3], query, body)
+        if len(segments) == 2 and segments[1] == "_refresh":
+            return 200, {"_shards": {"total": 1, "successful": 1, "failed": 0}}
+        if len(segments) == 2 and segments[1] == "_search":
+            return self._search(segments[0])
+        if len(segments) == 1 and method == "DELETE" and not segments[0].startswith("_"):
+            with self._lock:
+                for key in [k for k in self.documents if fnmatch(k[0], segments[0])]:
+                    del self.documents[key]
+            return 200, {"acknowledged": True}
         if len(segments) == 3 and segments[1] == "_doc" and method == "GET":
             with self._lock:
                 doc = self.documents.get((segments[0], segments[2]))
@@ -251,8 +262,24 @@ class FakeOpenSearch:
             "status": 404,
         }
 
+    def _search(self, pattern: str) -> tuple[int, Any]:
+        with self._lock:
+            hits = [
+                {"_index": index, "_id": doc_id, "_score": 1.0, "_source": doc}
+                for (index, doc_id), doc in self.documents.items()
+                if fnmatch(index, pattern)
+            ]
+        return 200, {
+            "took": 1,
+            "timed_out": False,
+            "hits": {"total": {"value": len(hits), "relation": "eq"}, "hits": hits},
+        }
+
     def _template(self, method: str, name: str, body: bytes) -> tuple[int, Any]:
         with self._lock:
+            if method == "DELETE" and name in self.templates:
+                del self.templates[name]
+                return 200, {"acknowledged": True}
             if method == "HEAD":
                 return (200 if name in self.templates else 404), None
             if method == "PUT":
@@ -269,6 +296,9 @@ class FakeOpenSearch:
     ) -> tuple[int, Any]:
         with self._lock:
             exists = policy_id in self.policies
+            if method == "DELETE" and exists:
+                del self.policies[policy_id]
+                return 200, {"_id": policy_id, "result": "deleted"}
             if method == "GET":
                 if not exists:
                     return 404, {

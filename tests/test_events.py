@@ -144,3 +144,8 @@ def test_emitters_satisfy_the_protocol() -> None:
         assert isinstance(emitter, Emitter)
         emitter.emit(signing())
     assert memory.events == [signing()]
+
+
+def test_events_are_hashable_by_id() -> None:
+    assert len({signing(), signing(), signing(role="root")}) == 2
+    assert hash(signing(message="other")) == hash(signing())
