@@ -311,6 +311,16 @@ def test_connection_refused_on_closed_port(server: SimulatorServer, tmp_path: Pa
         make_updater(server, tmp_path, port=closed_port()).refresh()
 
 
+def test_stop_and_restart_on_same_port(server: SimulatorServer, tmp_path: Path) -> None:
+    urls = server.endpoint_urls("mirror")
+    server.stop()
+    with pytest.raises(RuntimeError):
+        server.endpoint_urls("mirror")
+    server.start()
+    assert server.endpoint_urls("mirror") == urls
+    assert full_update(make_updater(server, tmp_path, "mirror")) == b"hello world"
+
+
 SUCCEEDING = ["stale-mirror", "equivocation", "unknown-signer", "version-jump",
               "expiry-beyond-policy"]
 

@@ -140,11 +140,16 @@ class SimulatorServer:
     # -------------------------------------------------------------- lifecycle
 
     def start(self) -> SimulatorServer:
-        """Bind and start serving in a background thread; return self."""
+        """Bind and start serving in a background thread; return self.
+
+        After :meth:`stop`, ``start()`` binds the same port again, so a
+        stop/start cycle simulates an outage (connection refused) and recovery.
+        """
         if self._httpd is not None:
             raise RuntimeError("server already started")
         self._stopping.clear()
         self._httpd = _HTTPServer((self.host, self._requested_port), self)
+        self._requested_port = self.port  # a restart after stop() keeps the URLs
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
             kwargs={"poll_interval": _POLL},
