@@ -446,8 +446,9 @@ def _symptom_alerts(o: AlertOptions) -> list[dict[str, Any]]:
                "signatures will not count."),
         _alert(o, "TufExporterDown", f"{job} == 0\nor\nabsent({job})", PAGE, o.exporter_down_for,
                f"tuf-exporter (job {o.exporter_job}) is not scraped",
-               f"Prometheus cannot scrape job {o.exporter_job} (or has no target for it): no TUF "
-               "repository is watched and no TUF alert can fire."),
+               "Prometheus cannot scrape {{ with $labels.instance }}target {{ . }} of {{ end }}"
+               f"job {o.exporter_job} (or has no target for it): no TUF repository is watched "
+               "and no TUF alert can fire."),
         _alert(o, "TufProbesStalled",
                f"time() - {m('tuf_exporter_last_probe_timestamp_seconds')} "
                f"> {_num(o.probe_stall_seconds)}", TICKET, o.probe_stall_for,

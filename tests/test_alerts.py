@@ -254,3 +254,13 @@ def test_alertmanager_inhibits_mirror_alerts_on_mass_or_primary_failure() -> Non
             assert "TufRollbackDetected" not in str(rule["target_matchers"])
     text = AM_CONFIG.read_text()
     assert "mute_time_intervals" in text and "amtool silence add" in text
+
+
+def test_runbook_queries_use_only_catalogue_metrics() -> None:
+    allowed = set(catalogue.METRICS) | alerts.recording_rule_names() | alerts.BUILTIN_METRICS
+    for path in sorted(RUNBOOKS.glob("*.md")):
+        blocks = path.read_text().split("```promql\n")[1:]
+        for block in blocks:
+            expr = block.split("```", 1)[0]
+            unknown = alerts.promql_metric_names(expr) - allowed
+            assert not unknown, f"{path.name}: {expr.strip()} uses {unknown}"
