@@ -193,6 +193,25 @@ def test_hash_bins(tmp_path: Path, succinct: bool) -> None:
         assert len(fetched) == 1
 
 
+def test_broken_delegation_in_hash_bins_and_remove_target(tmp_path: Path) -> None:
+    repo = SimulatedRepository()
+    repo.delegate_hash_bins(8, succinct=True)
+    paths = [f"p/{i}" for i in range(40)]
+    repo.add_targets({p: p.encode() for p in paths})
+    repo.publish()
+    in_bin3 = next(p for p in paths if repo.role_for_target(p) == "bin-3")
+    with SimulatorServer(repo) as server:
+        server.inject("broken-delegation", role="bin-3")
+        with pytest.raises(exc.UnsignedMetadataError, match="bin-3"):
+            make_updater(server, tmp_path / "a").get_targetinfo(in_bin3)
+        server.clear()
+        repo.remove_target(in_bin3)
+        repo.publish()
+        u = make_updater(server, tmp_path / "b")
+        assert u.get_targetinfo(in_bin3) is None
+        assert repo.target_filename(paths[0]) in repo.latest
+
+
 def test_large_hash_bin_repository_is_fast() -> None:
     start = time.monotonic()
     repo = SimulatedRepository()

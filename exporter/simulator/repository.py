@@ -302,6 +302,11 @@ class SimulatedRepository:
         Path(path).write_bytes(signer.private_bytes)
         return signer.public_key
 
+    def role_for_target(self, path: str) -> str:
+        """Return the role ``add_target(path, data)`` puts ``path`` in (a hash bin or targets)."""
+        with self._lock:
+            return self._route(path, None)
+
     def target_filename(self, path: str, role: str | None = None) -> str:
         """Return the state key (``targets/...``) under which target ``path`` is served."""
         with self._lock:
