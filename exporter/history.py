@@ -36,6 +36,10 @@ reports nothing):
 * ``mirror_lag_started`` / ``mirror_caught_up``: judged when a mirror is observed: it serves a
   lower timestamp or snapshot version than the primary's current one / it no longer does.
 
+Failed probes are recorded too, but only the roles the endpoint was seen serving (see
+``_served_roles``): facts the client read from its own cache after a failed download are not
+observations of the endpoint.
+
 Delegated targets roles are not tracked (their number can be huge; their names never become
 labels).
 """
@@ -238,6 +242,25 @@ def _keys_from_rows(
     return {role: RoleKeys(keyids, threshold) for role, (keyids, threshold) in rows.items()}
 
 
+def _served_roles(result: ProbeResult) -> Mapping[str, RoleFacts]:
+    """The roles of ``result`` that show what the endpoint serves now.
+
+    A successful (or reused) verdict vouches for every role, fetched or still valid in the
+    client's cache. After a failed probe the inspector also reports roles read from the cache,
+    which say nothing about the endpoint (a mirror that is down would look frozen): only roles
+    with a completed 2xx download in ``result.requests`` count then. Results without request
+    records (nothing to tell them apart) are taken as they are.
+    """
+    if result.success or result.reused_verdict or not result.requests:
+        return result.roles
+    fetched = {
+        r.role
+        for r in result.requests
+        if r.status is not None and 200 <= r.status < 300 and r.error is None
+    }
+    return {name: facts for name, facts in result.roles.items() if name in fetched}
+
+
 def _lag_of(current: Mapping[tuple[str, str], CurrentRow], mirror: str) -> dict[str, int] | None:
     """Versions the mirror is behind the primary per lag role; None when not comparable."""
     lags: dict[str, int] = {}
@@ -371,10 +394,11 @@ class _Observation:
     # --- the observation -----------------------------------------------------------------
 
     def run(self) -> list[Finding]:
-        """Record every role the probe could read, then judge root keys and mirror lag."""
-        for name in sorted(self.result.roles, key=_role_order):
-            self._role(self.result.roles[name])
-        root = self.result.roles.get("root")
+        """Record every role the endpoint was seen serving, then judge root keys and lag."""
+        roles = _served_roles(self.result)
+        for name in sorted(roles, key=_role_order):
+            self._role(roles[name])
+        root = roles.get("root")
         if root is not None and self._root_trusted():
             self._root(root)
         if self.endpoint != PRIMARY:
@@ -430,7 +454,7 @@ class _Observation:
 
     def _equivocation(self, facts: RoleFacts, known: Mapping[str, list[str]]) -> None:
         self._count(_ANOMALIES, self.endpoint, "equivocation")
-        others = sorted(known)
+        others = list(known)  # in first-seen order
         self._report(
             FindingKind.EQUIVOCATION,
             facts.name,

@@ -10,11 +10,13 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import Sim
 
 from exporter.config import Policy
 from exporter.history import (
@@ -24,7 +26,15 @@ from exporter.history import (
     HistoryStore,
     Severity,
 )
-from exporter.results import FailedRole, ProbeResult, Reason, RoleFacts, RoleKeys
+from exporter.prober import Prober
+from exporter.results import (
+    FailedRole,
+    ProbeResult,
+    Reason,
+    RequestRecord,
+    RoleFacts,
+    RoleKeys,
+)
 
 T0 = datetime(2027, 1, 1, tzinfo=UTC)
 REPO = "repo"
@@ -99,7 +109,6 @@ def online(
 
 def kinds(findings: Iterable[Finding]) -> list[str]:
     return [str(f.kind) for f in findings]
-
 
 
 def samples(store: HistoryStore, now: datetime) -> dict[tuple[str, tuple[str, ...]], float]:
@@ -409,6 +418,40 @@ def test_failed_probe_still_records_what_was_read(store: HistoryStore) -> None:
     assert store.last_change(REPO, "primary", "timestamp") == at(0)
 
 
+def test_failed_probe_ignores_roles_read_from_the_client_cache(store: HistoryStore) -> None:
+    policy = Policy(cadence={"timestamp": 600.0})
+    store.observe(online("m1", 1), policy, at(0))
+    # m1 is down: the download of the timestamp failed; the facts are the cached version 1.
+    down = ProbeResult(
+        repository=REPO,
+        endpoint="m1",
+        success=False,
+        started_at=at(3600),
+        duration_seconds=5.0,
+        reason=Reason.DOWNLOAD_ERROR,
+        role=FailedRole.TIMESTAMP,
+        roles={"timestamp": facts("timestamp", 1), "snapshot": facts("snapshot", 1)},
+        requests=(
+            RequestRecord("http://m1/timestamp.json", "timestamp", 503, 0, 0.0, 0.1),
+            RequestRecord("http://m1/1.snapshot.json", "snapshot", None, 0, 0.1, 0.1, error="x"),
+        ),
+    )
+    assert store.observe(down, policy, at(3600)) == []  # no freeze: nothing was served
+    assert store.last_change(REPO, "m1", "timestamp") == at(0)
+    fetched = ProbeResult(
+        repository=REPO,
+        endpoint="m1",
+        success=False,
+        started_at=at(3900),
+        duration_seconds=1.0,
+        reason=Reason.EXPIRED,
+        role=FailedRole.TIMESTAMP,
+        roles={"timestamp": facts("timestamp", 1)},
+        requests=(RequestRecord("http://m1/timestamp.json", "timestamp", 200, 100, 0.0, 0.1),),
+    )
+    assert kinds(store.observe(fetched, policy, at(3900))) == ["freeze"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Persistence
 
@@ -613,11 +656,37 @@ def test_concurrent_observations_and_scrapes(store: HistoryStore) -> None:
         t.start()
     while any(t.is_alive() for t in threads):
         samples(store, at(1000))
+        time.sleep(0.002)
     for t in threads:
         t.join()
     assert errors == []
     s = samples(store, at(1000))
     assert s[("tuf_mirror_lag_versions", (REPO, "m0", "timestamp"))] == 0
+
+
+def test_scrapes_and_queries_do_not_wait_for_a_write(store: HistoryStore) -> None:
+    for v in range(1, 8):
+        store.observe(online("primary", v), POLICY, at(v * 300))
+    holding, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with store._db.transaction():  # a long observation in progress
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert holding.wait(5)
+        started = time.monotonic()
+        samples(store, at(3000))
+        assert store.last_change(REPO, "primary", "timestamp") == at(2100)
+        assert store.observed_cadence(REPO, "timestamp") == 300
+        assert len(store.root_history(REPO)) == 0
+        assert time.monotonic() - started < 1.0
+    finally:
+        release.set()
+        thread.join()
 
 
 def test_finding_json_is_self_describing(store: HistoryStore) -> None:
@@ -643,3 +712,55 @@ def test_forget_removes_a_repository(store: HistoryStore) -> None:
     assert store.last_change(REPO, "primary", "timestamp") == at(0)
     store.forget(REPO)
     assert not [k for k in samples(store, at(0)) if REPO in k[1]]
+
+
+# ---------------------------------------------------------------------------------------------
+# With the real prober against the simulated repository
+
+
+def test_injected_rollback_raises_the_counter_exactly_once(sim: Sim, tmp_path: Path) -> None:
+    prober = Prober(sim.state_dir)
+    config = sim.config()
+    sim.repo.publish()
+    with HistoryStore.open(tmp_path / "h.sqlite") as store:
+        assert store.observe(prober.probe(config, config.primary), POLICY, at(0)) == []
+        sim.server.inject("rollback")
+        found: list[Finding] = []
+        for step in range(1, 4):
+            res = prober.probe(config, config.primary)
+            assert (res.reason, res.role) == ("rollback", "timestamp"), res.message
+            found += store.observe(res, POLICY, at(300 * step))
+        assert [(f.kind, f.role) for f in found] == [(FindingKind.ROLLBACK, "timestamp")]
+        key = ("tuf_rollbacks_detected_total", ("sim", "primary", "timestamp"))
+        assert samples(store, at(1000))[key] == 1
+
+
+def test_injected_equivocation_on_a_mirror(sim: Sim, tmp_path: Path) -> None:
+    prober = Prober(sim.state_dir)
+    config = sim.config()
+    mirror = config.mirrors[0]
+    with HistoryStore.open(tmp_path / "h.sqlite") as store:
+        assert store.observe(prober.probe(config, config.primary), POLICY, at(0)) == []
+        sim.server.inject("equivocation", endpoint=mirror.name)
+        found = store.observe(prober.probe(config, mirror), POLICY, at(1))
+        found += store.observe(prober.probe(config, mirror), POLICY, at(300))
+        assert [(f.kind, f.endpoint, f.role) for f in found] == [
+            (FindingKind.EQUIVOCATION, mirror.name, "timestamp")
+        ]
+        key = ("tuf_anomalies_total", ("sim", mirror.name, "equivocation"))
+        assert samples(store, at(1000))[key] == 1
+
+
+def test_stale_mirror_lags(sim: Sim, tmp_path: Path) -> None:
+    prober = Prober(sim.state_dir)
+    config = sim.config()
+    mirror = config.mirrors[0]
+    with HistoryStore.open(tmp_path / "h.sqlite") as store:
+        sim.server.inject("stale-mirror", endpoint=mirror.name, states_behind=1)
+        sim.repo.publish()
+        store.observe(prober.probe(config, config.primary), POLICY, at(0))
+        found = store.observe(prober.probe(config, mirror), POLICY, at(10))
+        assert kinds(found) == ["mirror_lag_started"]
+        s = samples(store, at(70))
+        assert s[("tuf_mirror_lag_versions", ("sim", mirror.name, "timestamp"))] >= 1
+        assert s[("tuf_mirror_lag_seconds", ("sim", mirror.name))] == 70
