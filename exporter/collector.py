@@ -1,0 +1,238 @@
+"""The ``/metrics`` collector: computes every sample at scrape time from in-memory state.
+
+Probes never run at scrape time. The scheduler records each probe's result in a
+:class:`ProbeStore`; a scrape reads the latest results and counters under a short lock, and
+computes expiry margins against the current time, so they are never stale between probes.
+Other subsystems (history, signers, events) contribute their own families through
+``sources``; every family is built from the metric catalogue.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from exporter import __version__
+from exporter.catalogue import TOP_LEVEL_ROLES, family
+from exporter.results import ProbeResult
+
+MetricSource = Callable[[], Iterable[Metric]]
+
+
+def _code_class(status: int | None) -> str:
+    return "error" if status is None else f"{status // 100}xx"
+
+
+@dataclass(frozen=True)
+class _Key:
+    repository: str
+    endpoint: str
+
+
+class ProbeStore:
+    """The latest result of every endpoint and the cumulative probe counters (thread safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._latest: dict[_Key, ProbeResult] = {}
+        self._probes: Counter[tuple[str, str, str]] = Counter()
+        self._failures: Counter[tuple[str, str, str, str]] = Counter()
+        self._http: Counter[tuple[str, str, str]] = Counter()
+        self._retries: Counter[tuple[str, str]] = Counter()
+        self._skipped: Counter[tuple[str, str]] = Counter()
+        self._in_flight = 0
+
+    def expect(self, endpoints: Iterable[tuple[str, str]]) -> None:
+        """Declare the configured endpoints: their counters exist (at 0) before any probe,
+        and the state of endpoints no longer configured is dropped."""
+        wanted = set(endpoints)
+        with self._lock:
+            for repository, endpoint in wanted:
+                for result in ("success", "failure"):
+                    self._probes[(repository, endpoint, result)] += 0
+                self._retries[(repository, endpoint)] += 0
+                self._skipped[(repository, endpoint)] += 0
+            for counter in (self._probes, self._failures, self._http, self._retries,
+                            self._skipped):
+                _drop(counter, wanted)
+            for stale in [k for k in self._latest if (k.repository, k.endpoint) not in wanted]:
+                del self._latest[stale]
+
+    def started(self) -> None:
+        """A probe began."""
+        with self._lock:
+            self._in_flight += 1
+
+    def record(self, result: ProbeResult) -> None:
+        """A probe finished: keep its result and count it."""
+        repo, endpoint = result.repository, result.endpoint
+        with self._lock:
+            self._in_flight = max(0, self._in_flight - 1)
+            previous = self._latest.get(_Key(repo, endpoint))
+            if not result.roles and previous is not None:
+                # keep the last-known facts; success and timestamp say they are old
+                result = _with_facts_of(result, previous)
+            self._latest[_Key(repo, endpoint)] = result
+            self._probes[(repo, endpoint, "success" if result.success else "failure")] += 1
+            if not result.success:
+                reason = str(result.reason or "other")
+                role = str(result.role or "root")
+                self._failures[(repo, endpoint, reason, role)] += 1
+            for request in result.requests:
+                self._http[(repo, endpoint, _code_class(request.status))] += 1
+                self._retries[(repo, endpoint)] += request.retries
+
+    def skipped(self, repository: str, endpoint: str) -> None:
+        """A scheduled probe did not run: the previous one of the endpoint still ran."""
+        with self._lock:
+            self._skipped[(repository, endpoint)] += 1
+
+    def latest(self) -> list[ProbeResult]:
+        """The latest result of every endpoint."""
+        with self._lock:
+            return list(self._latest.values())
+
+    def snapshot(self) -> tuple[
+        list[ProbeResult],
+        dict[tuple[str, str, str], int],
+        dict[tuple[str, str, str, str], int],
+        dict[tuple[str, str, str], int],
+        dict[tuple[str, str], int],
+        dict[tuple[str, str], int],
+        int,
+    ]:
+        """Everything a scrape needs, copied under one short lock."""
+        with self._lock:
+            return (
+                list(self._latest.values()),
+                dict(self._probes),
+                dict(self._failures),
+                dict(self._http),
+                dict(self._retries),
+                dict(self._skipped),
+                self._in_flight,
+            )
+
+
+def _drop(counter: Counter[Any], wanted: set[tuple[str, str]]) -> None:
+    for key in [k for k in counter if (k[0], k[1]) not in wanted]:
+        del counter[key]
+
+
+def _with_facts_of(result: ProbeResult, previous: ProbeResult) -> ProbeResult:
+    from dataclasses import replace
+
+    return replace(result, roles=previous.roles, delegated=previous.delegated,
+                   delegations=previous.delegations)
+
+
+class ExporterCollector(Collector):
+    """Collects probe metrics from a :class:`ProbeStore` plus the families of ``sources``."""
+
+    def __init__(
+        self,
+        store: ProbeStore,
+        sources: Iterable[MetricSource] = (),
+        config_status: Callable[[], tuple[bool, float]] | None = None,
+    ) -> None:
+        self._store = store
+        self._sources = list(sources)
+        self._config_status = config_status
+
+    def add_source(self, source: MetricSource) -> None:
+        """Add another subsystem's metric families."""
+        self._sources.append(source)
+
+    def collect(self) -> Iterator[Metric]:
+        """Called by prometheus_client on every scrape."""
+        now = time.time()
+        latest, probes, failures, http, retries, skipped, in_flight = self._store.snapshot()
+        yield from _probe_families(latest, now)
+        yield from _counter_families(probes, failures, http, retries, skipped)
+        info = family("tuf_exporter_build_info")
+        info.add_metric([__version__], 1)
+        yield info
+        flight = family("tuf_exporter_probes_in_flight")
+        flight.add_metric([], in_flight)
+        yield flight
+        if self._config_status is not None:
+            ok, when = self._config_status()
+            reload_ok = family("tuf_exporter_config_last_reload_successful")
+            reload_ok.add_metric([], 1 if ok else 0)
+            yield reload_ok
+            reload_time = family("tuf_exporter_config_last_reload_success_timestamp_seconds")
+            reload_time.add_metric([], when)
+            yield reload_time
+        for source in self._sources:
+            yield from source()
+
+
+def _probe_families(latest: list[ProbeResult], now: float) -> Iterator[Metric]:
+    names = (
+        "tuf_probe_success", "tuf_probe_duration_seconds", "tuf_probe_phase_duration_seconds",
+        "tuf_probe_phase_network_duration_seconds", "tuf_metadata_expiry_timestamp_seconds",
+        "tuf_metadata_expiry_margin_seconds", "tuf_metadata_version", "tuf_metadata_size_bytes",
+        "tuf_metadata_signatures_valid", "tuf_metadata_signature_threshold",
+        "tuf_delegated_roles", "tuf_delegated_roles_failing",
+        "tuf_delegated_roles_min_expiry_timestamp_seconds",
+        "tuf_target_download_duration_seconds", "tuf_exporter_last_probe_timestamp_seconds",
+    )
+    fam = {name: family(name) for name in names}
+    for r in sorted(latest, key=lambda r: (r.repository, r.endpoint)):
+        base = [r.repository, r.endpoint]
+        fam["tuf_probe_success"].add_metric(base, 1 if r.success else 0)
+        fam["tuf_probe_duration_seconds"].add_metric(base, r.duration_seconds)
+        for phase in r.phases:
+            fam["tuf_probe_phase_duration_seconds"].add_metric([*base, phase.phase], phase.seconds)
+            fam["tuf_probe_phase_network_duration_seconds"].add_metric(
+                [*base, phase.phase], phase.network_seconds
+            )
+        for role in TOP_LEVEL_ROLES:
+            facts = r.roles.get(role)
+            if facts is None:
+                continue
+            labels = [*base, role]
+            expires = facts.expires.timestamp()
+            fam["tuf_metadata_expiry_timestamp_seconds"].add_metric(labels, expires)
+            fam["tuf_metadata_expiry_margin_seconds"].add_metric(labels, expires - now)
+            fam["tuf_metadata_version"].add_metric(labels, facts.version)
+            fam["tuf_metadata_size_bytes"].add_metric(labels, facts.size_bytes)
+            fam["tuf_metadata_signatures_valid"].add_metric(labels, facts.signatures_valid)
+            fam["tuf_metadata_signature_threshold"].add_metric(labels, facts.threshold)
+        fam["tuf_delegated_roles"].add_metric(base, r.delegations.count)
+        fam["tuf_delegated_roles_failing"].add_metric(base, r.delegations.failing)
+        if r.delegations.min_expires is not None:
+            fam["tuf_delegated_roles_min_expiry_timestamp_seconds"].add_metric(
+                base, r.delegations.min_expires.timestamp()
+            )
+        fam["tuf_target_download_duration_seconds"].add_metric(base, r.target_download_seconds)
+        fam["tuf_exporter_last_probe_timestamp_seconds"].add_metric(base, r.finished_at)
+    yield from fam.values()
+
+
+def _counter_families(
+    probes: dict[tuple[str, str, str], int],
+    failures: dict[tuple[str, str, str, str], int],
+    http: dict[tuple[str, str, str], int],
+    retries: dict[tuple[str, str], int],
+    skipped: dict[tuple[str, str], int],
+) -> Iterator[Metric]:
+    pairs: list[tuple[str, dict[Any, int]]] = [
+        ("tuf_probes_total", probes),
+        ("tuf_probe_failures_total", failures),
+        ("tuf_probe_http_requests_total", http),
+        ("tuf_probe_retries_total", retries),
+        ("tuf_exporter_probes_skipped_total", skipped),
+    ]
+    for name, values in pairs:
+        metric = family(name)
+        for labels, value in sorted(values.items()):
+            metric.add_metric(list(labels), value)
+        yield metric

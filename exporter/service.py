@@ -1,0 +1,189 @@
+"""``tuf-exporter serve``: configuration -> scheduler -> prober -> store -> /metrics and events.
+
+The service owns the long-lived parts and wires them one way: the scheduler runs probes; each
+result goes to the probe store (read by the collector at scrape time), to the history store
+(which returns findings) and, as events, to the durable spool that the shipper drains to
+OpenSearch or a local file. A reload (SIGHUP or ``POST /-/reload``) validates the new file
+completely before anything changes; a bad file is refused with a log line and the old
+configuration keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+
+from exporter.collector import ExporterCollector, ProbeStore
+from exporter.config import Config, ConfigError, Endpoint, Repository, load_config
+from exporter.events import Event, EventKind
+from exporter.prober import Prober, TrustedRootError, load_trusted_root
+from exporter.results import FailedRole, ProbeResult, Reason
+from exporter.scheduler import Scheduler
+from exporter.shipper import Shipper
+from exporter.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A validated configuration and the trusted roots it names, read once."""
+
+    config: Config
+    trusted_roots: dict[str, bytes]
+
+
+def load(path: Path) -> Loaded:
+    """Load and validate everything a configuration needs; ConfigError or TrustedRootError."""
+    config = load_config(path)
+    roots = {repo.name: load_trusted_root(repo.trusted_root) for repo in config.repositories}
+    return Loaded(config, roots)
+
+
+def verification_event(result: ProbeResult) -> Event:
+    """The event recording one probe's verdict."""
+    return Event(
+        kind=EventKind.VERIFICATION,
+        time=result.started_at,
+        repository=result.repository,
+        endpoint=result.endpoint,
+        role=None if result.role is None else str(result.role),
+        versions={name: facts.version for name, facts in result.roles.items()},
+        hashes={f"{name}.sha256": facts.sha256 for name, facts in result.roles.items()},
+        reason=None if result.reason is None else str(result.reason),
+        message=result.message or ("ok" if result.success else ""),
+        durations={"probe": result.duration_seconds,
+                   **{f"phase.{p.phase}": p.seconds for p in result.phases}},
+        details={"success": result.success, "reused_verdict": result.reused_verdict,
+                 "delegations": result.delegations.count,
+                 "delegations_failing": result.delegations.failing},
+    )
+
+
+class Service:
+    """The running exporter, minus its HTTP front (see :mod:`exporter.web`)."""
+
+    def __init__(self, config_path: Path, *, first_run_within: float = 5.0) -> None:
+        self.config_path = config_path
+        self._first_run_within = first_run_within
+        self._loaded = load(config_path)
+        config = self._loaded.config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = ProbeStore()
+        self.prober = Prober(config.state_dir)
+        self.spool = Spool.from_settings(config.state_dir, config.events)
+        self.shipper = Shipper.from_config(config, self.spool)
+        self._reload_lock = threading.Lock()
+        self._reload_ok = True
+        self._reload_time = time.time()
+        self._observers: list[Callable[[ProbeResult], Iterable[Event]]] = []
+        self.collector = ExporterCollector(self.store, config_status=self._config_status)
+        self.collector.add_source(self.shipper.metrics)
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(self.collector)
+        self.scheduler = Scheduler(self._probe, self.store.skipped, config.workers)
+        self._started = threading.Event()
+
+    @property
+    def config(self) -> Config:
+        """The configuration in force."""
+        return self._loaded.config
+
+    def add_observer(self, observer: Callable[[ProbeResult], Iterable[Event]]) -> None:
+        """Call ``observer`` with every probe result; the events it returns are emitted."""
+        self._observers.append(observer)
+
+    def add_metrics(self, source: Callable[[], Iterable[Metric]]) -> None:
+        """Add a subsystem's metric families to /metrics."""
+        self.collector.add_source(source)
+
+    def start(self) -> None:
+        """Start shipping events and probing."""
+        self.shipper.start()
+        self._apply(self._loaded.config)
+        self.scheduler.start()
+        self._started.set()
+        log.info("started", extra={"config": str(self.config_path),
+                                   "repositories": len(self.config.repositories)})
+
+    def ready(self) -> bool:
+        """True once probing has started."""
+        return self._started.is_set()
+
+    def stop(self) -> None:
+        """Stop probing (running probes end by their deadlines), then flush events."""
+        self.scheduler.stop(wait=True)
+        self.shipper.stop(timeout=5.0)
+        self.spool.close()
+        log.info("stopped")
+
+    def reload(self) -> tuple[bool, str]:
+        """Load the configuration file again; keep the old one if the new one is bad."""
+        with self._reload_lock:
+            try:
+                loaded = load(self.config_path)
+            except (ConfigError, TrustedRootError) as exc:
+                self._reload_ok = False
+                log.error("configuration reload refused; the old configuration keeps running",
+                          extra={"error": str(exc)})
+                return False, str(exc)
+            if loaded.config.state_dir != self.config.state_dir:
+                log.warning("state_dir changes take effect on restart only")
+            self._loaded = loaded
+            self._apply(loaded.config)
+            self._reload_ok = True
+            self._reload_time = time.time()
+            log.info("configuration reloaded",
+                     extra={"repositories": len(loaded.config.repositories)})
+            return True, "configuration reloaded"
+
+    def _apply(self, config: Config) -> None:
+        keys = {(r.name, e.name) for r in config.repositories for e in r.endpoints}
+        self.store.expect(keys)
+        self.prober.forget(keys)
+        self.scheduler.apply(config, self._first_run_within)
+
+    def _config_status(self) -> tuple[bool, float]:
+        return self._reload_ok, self._reload_time
+
+    def probe_now(self, repo: Repository, endpoint: Endpoint) -> ProbeResult:
+        """Probe one endpoint now, as the scheduler would, and return the result."""
+        return self._probe(repo, endpoint)
+
+    def _probe(self, repo: Repository, endpoint: Endpoint) -> ProbeResult:
+        self.store.started()
+        root = self._loaded.trusted_roots.get(repo.name)
+        try:
+            result = self.prober.probe(repo, endpoint, root)
+        except Exception as exc:  # a probe crash is a failed probe, not a crash
+            log.exception("probe of %s/%s raised", repo.name, endpoint.name)
+            result = ProbeResult(repo.name, endpoint.name, False, datetime.now(UTC), 0.0,
+                                 Reason.OTHER, FailedRole.ROOT, f"{type(exc).__name__}: {exc}")
+        self.store.record(result)
+        self._emit(verification_event(result))
+        for observer in self._observers:
+            try:
+                for event in observer(result):
+                    self._emit(event)
+            except Exception:
+                log.exception("observer of %s/%s failed", repo.name, endpoint.name)
+        level = logging.INFO if result.success else logging.WARNING
+        log.log(level, "probe %s", "succeeded" if result.success else "failed", extra={
+            "repository": repo.name, "endpoint": endpoint.name,
+            "reason": None if result.reason is None else str(result.reason),
+            "role": None if result.role is None else str(result.role),
+            "message": result.message, "duration_seconds": round(result.duration_seconds, 4),
+            "reused_verdict": result.reused_verdict,
+        })
+        return result
+
+    def _emit(self, event: Event) -> None:
+        self.spool.emit(event)
