@@ -16,7 +16,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -262,22 +262,37 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic write transaction (``BEGIN IMMEDIATE``), serialized across threads."""
-        with self._write_lock:
+        """One atomic write transaction (``BEGIN IMMEDIATE``), serialized across threads.
+
+        Any error rolls the whole transaction back. Corruption found while running raises
+        :class:`HistoryCorruptError` (restart with ``on_corrupt="rename"`` to recover).
+        """
+        with self._write_lock, self._corruption_is_reported():
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                with suppress(sqlite3.Error):
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
 
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
         """The reader connection (sees the last committed state), serialized across threads."""
-        with self._read_lock:
+        with self._read_lock, self._corruption_is_reported():
             yield self._reader
+
+    @contextmanager
+    def _corruption_is_reported(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if is_corruption(exc):
+                raise HistoryCorruptError(self.path, str(exc)) from exc
+            raise
 
     def close(self) -> None:
         """Checkpoint the WAL and close both connections."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import Sim
 
+from exporter import history_store
 from exporter.config import Policy
 from exporter.history import (
     Finding,
@@ -576,6 +577,24 @@ def test_kill_9_while_writing_leaves_a_consistent_store(tmp_path: Path) -> None:
         }
         res = ProbeResult(REPO, "primary", True, T0, 0.1, roles=again)
         assert store.observe(res, POLICY, at(version + 1)) == []
+
+
+def test_a_failing_observation_stores_nothing(
+    store: HistoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.observe(online("primary", 5), POLICY, at(0))
+
+    def boom(*args: object) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(history_store, "insert_finding", boom)
+    with pytest.raises(RuntimeError):
+        store.observe(online("primary", 3), POLICY, at(300))  # a rollback, not stored
+    monkeypatch.undo()
+    assert store.last_change(REPO, "primary", "timestamp") == at(0)
+    assert rollbacks(store) == 0
+    # The same observation again is still news: nothing of the failed one was kept.
+    assert kinds(store.observe(online("primary", 3), POLICY, at(600))) == ["rollback"] * 2
 
 
 def test_corrupt_file_raises_a_clear_error_and_rename_recovers(tmp_path: Path) -> None:
