@@ -7,16 +7,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from exporter import __version__
+from exporter import __version__, logs
 from exporter.config import Config, ConfigError, load_config
+from exporter.durations import parse_duration
 from exporter.prober import Prober, TrustedRootError, load_trusted_root
 from exporter.results import ProbeResult, rfc3339
+from exporter.service import Service
+from exporter.simulator import FAULTS
+
+log = logging.getLogger("exporter")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -101,6 +109,110 @@ def _print_table(results: Sequence[ProbeResult]) -> None:
             print(f"{r.repository}/{r.endpoint}: {r.message}", file=sys.stderr)
 
 
+DEFAULT_LISTEN = ":9929"
+
+
+def _serve(service: Service, args: argparse.Namespace, banner: Callable[[str], None]) -> int:
+    """Run ``service`` behind the HTTP server until SIGTERM or SIGINT; SIGHUP reloads."""
+    from exporter.web import ExporterServer, WebConfigError
+
+    try:
+        server = ExporterServer(
+            args.listen_address, service.registry, ready=service.ready, reload=service.reload,
+            web_config_file=args.web_config_file,
+        )
+    except WebConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    stop = threading.Event()
+
+    def on_hup(signum: int, frame: object) -> None:
+        threading.Thread(target=service.reload, name="reload", daemon=True).start()
+
+    def on_stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGHUP, on_hup)
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    server.start()
+    try:
+        service.start()
+        banner(server.url)
+        while not stop.wait(1.0):
+            pass
+    finally:
+        server.stop()
+        service.stop()
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Probe on schedule and serve /metrics until stopped."""
+    logs.setup(args.log_level)
+    service = Service(args.config)
+    return _serve(service, args, lambda url: log.info("listening", extra={"url": url}))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the exporter against a built-in simulated repository on loopback."""
+    logs.setup(args.log_level)
+    import tempfile
+
+    from exporter.demo import DemoOptions, DemoRepository
+
+    state = args.state_dir or Path(tempfile.mkdtemp(prefix="tuf-exporter-demo-"))
+    demo = DemoRepository(DemoOptions(
+        state_dir=state, interval=args.interval, publish_every=args.publish_every,
+        fault=args.fault, fault_after=args.fault_after, fault_endpoint=args.fault_endpoint,
+    ))
+    config = demo.start()
+    try:
+        service = Service(config, first_run_within=0.5)
+        metadata_url, _ = demo.server.endpoint_urls("primary")
+
+        fault = "none"
+        if args.fault:
+            fault = f"{args.fault} (on {args.fault_endpoint} after {args.fault_after:g} s)"
+
+        def banner(url: str) -> None:
+            print(
+                f"tuf-exporter demo\n  metrics:     {url}metrics\n"
+                f"  repository:  {metadata_url}\n  config:      {config}\n"
+                f"  fault:       {fault}\nPress Ctrl-C to stop.",
+                flush=True,
+            )
+
+        return _serve(service, args, banner)
+    finally:
+        demo.stop()
+
+
+def cmd_dashboards(args: argparse.Namespace) -> int:
+    """Write the generated Grafana dashboards."""
+    from exporter.dashboards import build_dashboards
+
+    for path in build_dashboards(args.out):
+        print(path)
+    return EXIT_OK
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """Write the generated Prometheus rules and the Alertmanager example."""
+    from exporter.alerts import AlertOptions, build_alerts
+
+    options = AlertOptions.from_yaml(args.config) if args.config else None
+    for path in build_alerts(args.out, options):
+        print(path)
+    return EXIT_OK
+
+
+def _web_flags(parser: argparse.ArgumentParser, default_listen: str) -> None:
+    parser.add_argument("--web.listen-address", dest="listen_address", default=default_listen,
+                        help=f"address to serve /metrics on (default {default_listen})")
+    parser.add_argument("--web.config.file", dest="web_config_file", type=Path,
+                        help="TLS and basic auth, in the Prometheus exporter-toolkit format")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = _Parser(prog="tuf-exporter", description=__doc__)
@@ -118,6 +230,37 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--repository", help="probe only this repository")
     probe.add_argument("--json", action="store_true", help="print JSON instead of a table")
     probe.set_defaults(func=cmd_probe)
+
+    serve = sub.add_parser("serve", help="probe on schedule and serve /metrics")
+    serve.add_argument("--config", type=Path, required=True)
+    _web_flags(serve, DEFAULT_LISTEN)
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="run against a built-in simulated repository")
+    _web_flags(demo, "127.0.0.1:9929")
+    demo.add_argument("--state-dir", type=Path, help="where the demo keeps its state")
+    demo.add_argument("--interval", type=parse_duration, default=5.0, help="probe interval")
+    demo.add_argument("--publish-every", type=parse_duration, default=5.0,
+                      help="publish a new repository version this often")
+    demo.add_argument("--fault", choices=sorted(FAULTS), help="inject this fault")
+    demo.add_argument("--fault-after", type=parse_duration, default=30.0,
+                      help="inject the fault this long after the start")
+    demo.add_argument("--fault-endpoint", default="primary",
+                      choices=["primary", "mirror-lagging", "mirror-ok"])
+    demo.set_defaults(func=cmd_demo)
+
+    dashboards = sub.add_parser("dashboards", help="Grafana dashboards")
+    dash_sub = dashboards.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    dash_build = dash_sub.add_parser("build", help="write the dashboards as JSON")
+    dash_build.add_argument("--out", type=Path, default=Path("dashboards"))
+    dash_build.set_defaults(func=cmd_dashboards)
+
+    alerts = sub.add_parser("alerts", help="Prometheus rules and alerts")
+    alert_sub = alerts.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    alert_build = alert_sub.add_parser("build", help="write rules and the Alertmanager example")
+    alert_build.add_argument("--out", type=Path, default=Path("alerts"))
+    alert_build.add_argument("--config", type=Path, help="alert options (YAML)")
+    alert_build.set_defaults(func=cmd_alerts)
     return parser
 
 
