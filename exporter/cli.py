@@ -19,6 +19,7 @@ from typing import Any
 from exporter import __version__, logs
 from exporter.config import Config, ConfigError, load_config
 from exporter.durations import parse_duration
+from exporter.history_store import HistoryError
 from exporter.prober import Prober, TrustedRootError, load_trusted_root
 from exporter.results import ProbeResult, rfc3339
 from exporter.service import Service
@@ -149,7 +150,7 @@ def _serve(service: Service, args: argparse.Namespace, banner: Callable[[str], N
 def cmd_serve(args: argparse.Namespace) -> int:
     """Probe on schedule and serve /metrics until stopped."""
     logs.setup(args.log_level)
-    service = Service(args.config)
+    service = Service(args.config, history_on_corrupt=args.history_on_corrupt)
     return _serve(service, args, lambda url: log.info("listening", extra={"url": url}))
 
 
@@ -234,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="probe on schedule and serve /metrics")
     serve.add_argument("--config", type=Path, required=True)
     _web_flags(serve, DEFAULT_LISTEN)
+    serve.add_argument("--history.on-corrupt", dest="history_on_corrupt", default="raise",
+                       choices=["raise", "rename"],
+                       help="a corrupt history file: refuse to start (raise) or move it aside "
+                            "and start a new history (rename)")
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="run against a built-in simulated repository")
@@ -271,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ConfigError, TrustedRootError) as exc:
+    except (ConfigError, TrustedRootError, HistoryError) as exc:
         print(f"tuf-exporter: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -24,6 +24,7 @@ from prometheus_client.core import Metric
 from exporter.collector import ExporterCollector, ProbeStore
 from exporter.config import Config, ConfigError, Endpoint, Repository, load_config
 from exporter.events import Event, EventKind
+from exporter.history import Finding, FindingKind, HistoryStore
 from exporter.prober import Prober, TrustedRootError, load_trusted_root
 from exporter.results import FailedRole, ProbeResult, Reason
 from exporter.scheduler import Scheduler
@@ -68,10 +69,47 @@ def verification_event(result: ProbeResult) -> Event:
     )
 
 
+_FINDING_KINDS: dict[FindingKind, EventKind] = {
+    FindingKind.ROLLBACK: EventKind.ROLLBACK,
+    FindingKind.FREEZE: EventKind.ROLLBACK,
+    FindingKind.EQUIVOCATION: EventKind.ANOMALY,
+    FindingKind.UNKNOWN_SIGNER: EventKind.ANOMALY,
+    FindingKind.EXPIRY_BEYOND_POLICY: EventKind.ANOMALY,
+    FindingKind.VERSION_JUMP: EventKind.ANOMALY,
+    FindingKind.KEY_ROTATION: EventKind.KEY_ROTATION,
+    FindingKind.NEW_VERSION: EventKind.SIGNING,
+    FindingKind.MIRROR_LAG_STARTED: EventKind.MIRROR_LAG,
+    FindingKind.MIRROR_CAUGHT_UP: EventKind.MIRROR_LAG,
+}
+
+
+def finding_event(finding: Finding) -> Event:
+    """The event recording one history finding; ``reason`` is the finding's kind."""
+    return Event(
+        kind=_FINDING_KINDS[finding.kind],
+        time=finding.time,
+        repository=finding.repository,
+        endpoint=finding.endpoint,
+        role=finding.role,
+        versions=finding.versions,
+        hashes=finding.hashes,
+        keyids=finding.keyids,
+        reason=str(finding.kind),
+        message=finding.message,
+        details={**finding.details, "severity": str(finding.severity)},
+    )
+
+
 class Service:
     """The running exporter, minus its HTTP front (see :mod:`exporter.web`)."""
 
-    def __init__(self, config_path: Path, *, first_run_within: float = 5.0) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        first_run_within: float = 5.0,
+        history_on_corrupt: str = "raise",
+    ) -> None:
         self.config_path = config_path
         self._first_run_within = first_run_within
         self._loaded = load(config_path)
@@ -79,6 +117,9 @@ class Service:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = ProbeStore()
         self.prober = Prober(config.state_dir)
+        self.history = HistoryStore.for_config(
+            config, on_corrupt="rename" if history_on_corrupt == "rename" else "raise"
+        )
         self.spool = Spool.from_settings(config.state_dir, config.events)
         self.shipper = Shipper.from_config(config, self.spool)
         self._reload_lock = threading.Lock()
@@ -86,6 +127,7 @@ class Service:
         self._reload_time = time.time()
         self._observers: list[Callable[[ProbeResult], Iterable[Event]]] = []
         self.collector = ExporterCollector(self.store, config_status=self._config_status)
+        self.collector.add_source(self.history.metrics)
         self.collector.add_source(self.shipper.metrics)
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self.collector)
@@ -123,6 +165,7 @@ class Service:
         self.scheduler.stop(wait=True)
         self.shipper.stop(timeout=5.0)
         self.spool.close()
+        self.history.close()
         log.info("stopped")
 
     def reload(self) -> tuple[bool, str]:
@@ -169,6 +212,16 @@ class Service:
                                  Reason.OTHER, FailedRole.ROOT, f"{type(exc).__name__}: {exc}")
         self.store.record(result)
         self._emit(verification_event(result))
+        try:
+            findings = self.history.observe(result, repo.policy)
+        except Exception:
+            log.exception("recording the probe of %s/%s in the history failed",
+                          repo.name, endpoint.name)
+            findings = []
+        for finding in findings:
+            level = logging.WARNING if str(finding.severity) != "info" else logging.INFO
+            log.log(level, "finding: %s", finding.message, extra={"finding": finding.to_json()})
+            self._emit(finding_event(finding))
         for observer in self._observers:
             try:
                 for event in observer(result):
