@@ -736,7 +736,7 @@ class HistoryStore:
         If SQLite reports it damaged or not a database:
 
         * ``on_corrupt="raise"`` (default): :class:`HistoryCorruptError` is raised; its message
-          names the file and the recovery. Nothing is changed on disk.
+          names the file and the recovery. The file is left where it is.
         * ``on_corrupt="rename"``: the file is renamed to
           ``history.sqlite.corrupt-<UTC time, YYYYmmddTHHMMSSZ>`` (its ``-wal`` and ``-shm``
           files get the same name plus ``-wal``/``-shm``), an ERROR is logged naming both

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 from conftest import Sim
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 
-from exporter import history_store
+from exporter import catalogue, history_store
 from exporter.config import Policy
 from exporter.history import (
     Finding,
@@ -601,6 +603,8 @@ def test_corrupt_file_raises_a_clear_error_and_rename_recovers(tmp_path: Path) -
     path = tmp_path / "history.sqlite"
     garbage = os.urandom(8192)
     path.write_bytes(garbage)
+    wal = path.with_name("history.sqlite-wal")
+    wal.write_bytes(b"stale wal")
     with pytest.raises(HistoryCorruptError) as err:
         HistoryStore.open(path)
     message = str(err.value)
@@ -608,15 +612,17 @@ def test_corrupt_file_raises_a_clear_error_and_rename_recovers(tmp_path: Path) -
     assert "on_corrupt='rename'" in message
     assert "move the file aside" in message
     assert err.value.path == path
-    assert path.read_bytes() == garbage  # raise mode changes nothing on disk
+    assert path.read_bytes() == garbage  # raise mode leaves the file in place
 
     with HistoryStore.open(path, on_corrupt="rename") as store:
         assert store.observe(online("primary", 1), POLICY, at(0)) == []
         assert store.last_change(REPO, "primary", "timestamp") == at(0)
-    aside = list(tmp_path.glob("history.sqlite.corrupt-*"))
-    assert len(aside) == 1
-    assert aside[0].read_bytes() == garbage
+    # SQLite itself drops the stale -wal when it closes the unreadable file; what is left of
+    # it is moved aside with the same name, so nothing of it reaches the fresh history.
+    aside = sorted(tmp_path.glob("history.sqlite.corrupt-*"))
     assert aside[0].name.endswith("Z")
+    assert aside[0].read_bytes() == garbage
+    assert all(p.name.startswith(aside[0].name) for p in aside)
     with HistoryStore.open(path) as reopened:  # the fresh file is healthy
         assert reopened.last_change(REPO, "primary", "timestamp") == at(0)
 
@@ -783,3 +789,27 @@ def test_stale_mirror_lags(sim: Sim, tmp_path: Path) -> None:
         s = samples(store, at(70))
         assert s[("tuf_mirror_lag_versions", ("sim", mirror.name, "timestamp"))] >= 1
         assert s[("tuf_mirror_lag_seconds", ("sim", mirror.name))] == 70
+
+
+def test_metrics_match_the_catalogue_and_expose(store: HistoryStore) -> None:
+    scenario(store)
+    store.observe(online("m1", 40), POLICY, at(2000))
+    history_specs = {m.name: m for m in catalogue.by_subsystem(catalogue.Subsystem.HISTORY)}
+    seen = set()
+    for metric in store.metrics(at(2100)):
+        spec = next(m for m in history_specs.values() if m.family_name == metric.name)
+        seen.add(spec.name)
+        assert metric.type == str(spec.type)
+        for sample in metric.samples:
+            assert tuple(sample.labels) == spec.labels, (sample.name, sample.labels)
+    assert seen == set(history_specs)
+
+    class Collector:
+        def collect(self) -> Iterable[Metric]:
+            return store.metrics(at(2100))
+
+    registry = CollectorRegistry()
+    registry.register(Collector())
+    text = generate_latest(registry).decode()
+    assert 'tuf_anomalies_total{endpoint="m1",kind="equivocation",repository="repo"} 1.0' in text
+    assert 'tuf_mirror_lag_versions{endpoint="m1",repository="repo",role="timestamp"} 10.0' in text
