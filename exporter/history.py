@@ -515,7 +515,7 @@ class _Observation:
                 "current": facts.version,
                 "last_served": prev.version,
             },
-            hashes={"current": facts.sha256},
+            hashes={"current": facts.sha256, "last_served": prev.sha256},
             keyids=facts.signed_by,
             details={
                 "probe_reason": None if self.result.reason is None else str(self.result.reason)
@@ -800,16 +800,8 @@ class HistoryStore:
             view = _load_view(conn, result.repository)
         with self._view_lock:
             self._views[result.repository] = view
-        for finding in findings:
-            level = logging.INFO if finding.severity is Severity.INFO else logging.WARNING
-            log.log(
-                level,
-                "%s %s/%s: %s",
-                finding.kind,
-                finding.repository,
-                finding.endpoint,
-                finding.message,
-            )
+        for finding in findings:  # the caller logs and ships them; keep a trace here
+            log.debug("finding %s", finding.to_json())
         if at.timestamp() - self._last_prune >= PRUNE_EVERY:
             self.prune(at)
         return findings
