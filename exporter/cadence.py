@@ -1,0 +1,179 @@
+"""Passive signer availability: is each online role re-signed as often as it should be?
+
+Online roles (``timestamp``, ``snapshot`` and every role in ``Policy.online_roles``) are signed
+by keys kept online, on a schedule. When their signer breaks, nobody signs, and the role's
+version stops changing long before its metadata expires. ``tuf_signer_cadence_ok`` says
+whether the role was re-signed within its expected period:
+
+* The **last change** is when the role's current version was first seen on the primary
+  (the history store's ``last_change(repository, "primary", role)``).
+* The **expected period** is ``Policy.cadence[role]`` when configured, otherwise the cadence
+  learned from the observed intervals between version changes (the history store's
+  ``observed_cadence``, a median), and unknown while that is still being learned.
+* ``cadence_ok`` is 1 when ``now - last_change <= allowance`` and 0 otherwise, where the
+  allowance is ``period * 1.0 + 60 s`` for a **configured** period (the owners' promise, plus
+  a small grace for publication and probe delays) and ``period * 1.5`` for a **learned**
+  period (observed cadences jitter). With no known period the metric is absent.
+
+Everything here is pure and deterministic (``now`` is always passed in) except
+:class:`CadenceTracker`, which keeps the latest inputs so a scrape can re-evaluate them
+against the current time: the metric turns to 0 between probes, as soon as the role is late.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from prometheus_client.core import Metric
+
+from exporter.catalogue import family
+from exporter.config import Policy
+
+#: Roles always treated as online, whatever the policy says.
+ALWAYS_ONLINE: tuple[str, ...] = ("timestamp", "snapshot")
+#: Multiplier of a configured period.
+CONFIGURED_TOLERANCE = 1.0
+#: Seconds added to a configured period (publication and probing delays).
+CONFIGURED_GRACE_SECONDS = 60.0
+#: Multiplier of a learned period.
+LEARNED_TOLERANCE = 1.5
+
+
+class PeriodSource(StrEnum):
+    """Where an expected re-signing period comes from."""
+
+    CONFIGURED = "configured"
+    LEARNED = "learned"
+
+
+@dataclass(frozen=True)
+class ExpectedPeriod:
+    """How often a role should be re-signed, and how late it may be before it counts as late."""
+
+    seconds: float
+    source: PeriodSource
+
+    @property
+    def allowance_seconds(self) -> float:
+        """The longest time since the last change that still counts as on cadence."""
+        if self.source is PeriodSource.CONFIGURED:
+            return self.seconds * CONFIGURED_TOLERANCE + CONFIGURED_GRACE_SECONDS
+        return self.seconds * LEARNED_TOLERANCE
+
+
+@dataclass(frozen=True)
+class CadenceStatus:
+    """The cadence verdict for one online role at one moment."""
+
+    repository: str
+    role: str
+    #: When the current version was first seen on the primary; None when never seen.
+    last_change: datetime | None
+    period: ExpectedPeriod | None
+    #: Seconds since the last change; None when it is unknown.
+    age_seconds: float | None
+    #: True on cadence, False late, None when it cannot be judged (no period or no change).
+    ok: bool | None
+
+
+def online_roles(policy: Policy) -> tuple[str, ...]:
+    """The roles of ``policy`` that are signed online: timestamp, snapshot and the configured
+    ``online_roles``, sorted and without duplicates."""
+    return tuple(sorted({*ALWAYS_ONLINE, *policy.online_roles}))
+
+
+def expected_period(role: str, policy: Policy, learned: float | None) -> ExpectedPeriod | None:
+    """The configured period of ``role`` if any, else the ``learned`` one, else None.
+
+    ``learned`` is the observed re-signing interval in seconds (e.g. the median interval
+    between version changes), or None while it is still unknown. Non-positive values count
+    as unknown.
+    """
+    configured = policy.cadence.get(role)
+    if configured is not None and configured > 0:
+        return ExpectedPeriod(float(configured), PeriodSource.CONFIGURED)
+    if learned is not None and learned > 0:
+        return ExpectedPeriod(float(learned), PeriodSource.LEARNED)
+    return None
+
+
+def is_on_cadence(last_change: datetime, period: ExpectedPeriod, now: datetime) -> bool:
+    """True when ``now - last_change`` is within ``period.allowance_seconds``."""
+    return (now - last_change).total_seconds() <= period.allowance_seconds
+
+
+def evaluate(
+    repository: str,
+    role: str,
+    last_change: datetime | None,
+    period: ExpectedPeriod | None,
+    now: datetime,
+) -> CadenceStatus:
+    """The cadence verdict of one role at ``now``."""
+    age = None if last_change is None else (now - last_change).total_seconds()
+    ok = None
+    if last_change is not None and period is not None:
+        ok = is_on_cadence(last_change, period, now)
+    return CadenceStatus(repository, role, last_change, period, age, ok)
+
+
+class CadenceTracker:
+    """The latest last-change time and expected period of every online role (thread safe).
+
+    The service calls :meth:`update` after each probe of a repository's primary; a scrape
+    calls :meth:`metrics`, which re-evaluates everything against the current time.
+    """
+
+    def __init__(self) -> None:
+        """Start empty: no metric until :meth:`update` is called."""
+        self._lock = threading.Lock()
+        self._inputs: dict[tuple[str, str], tuple[datetime | None, ExpectedPeriod | None]] = {}
+
+    def update(
+        self,
+        repository: str,
+        role: str,
+        last_change: datetime | None,
+        policy: Policy,
+        learned: float | None,
+        now: datetime,
+    ) -> CadenceStatus:
+        """Record the latest facts of ``role`` and return its verdict at ``now``."""
+        period = expected_period(role, policy, learned)
+        with self._lock:
+            self._inputs[(repository, role)] = (last_change, period)
+        return evaluate(repository, role, last_change, period, now)
+
+    def forget(self, repository: str, roles: Iterable[str] | None = None) -> None:
+        """Drop ``roles`` of ``repository`` (all of them when None), e.g. after a reload."""
+        wanted = None if roles is None else set(roles)
+        with self._lock:
+            for key in [k for k in self._inputs if k[0] == repository]:
+                if wanted is None or key[1] in wanted:
+                    del self._inputs[key]
+
+    def retain(self, repositories: Iterable[str]) -> None:
+        """Keep only the roles of ``repositories`` (the configured ones)."""
+        keep = set(repositories)
+        with self._lock:
+            for key in [k for k in self._inputs if k[0] not in keep]:
+                del self._inputs[key]
+
+    def statuses(self, now: datetime) -> list[CadenceStatus]:
+        """The verdict of every tracked role at ``now``, sorted by repository and role."""
+        with self._lock:
+            inputs = sorted(self._inputs.items())
+        return [evaluate(repo, role, last, period, now) for (repo, role), (last, period) in inputs]
+
+    def metrics(self, now: datetime | None = None) -> Iterator[Metric]:
+        """``tuf_signer_cadence_ok`` of every role whose period and last change are known."""
+        moment = datetime.now(UTC) if now is None else now
+        ok = family("tuf_signer_cadence_ok")
+        for status in self.statuses(moment):
+            if status.ok is not None:
+                ok.add_metric([status.repository, status.role], 1 if status.ok else 0)
+        yield ok
