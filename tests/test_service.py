@@ -1,0 +1,225 @@
+"""The exporter service: scheduled probes, /metrics from the catalogue, reload, isolation."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from tuf.api.metadata import Metadata
+
+from conftest import Sim, poll
+from exporter.catalogue import METRICS, Subsystem, sample_names
+from exporter.service import Service
+from exporter.simulator import closed_port
+
+
+def _write_config(sim: Sim, path: Path, *, interval: str = "1s", extra: list[dict] | None = None
+                  ) -> Path:
+    primary = sim.server.endpoint_urls("primary")
+    mirror = sim.server.endpoint_urls("mirror1")
+    document = {
+        "state_dir": str(path.parent / "state"),
+        "jitter": 0,
+        "repositories": [{
+            "name": "sim",
+            "metadata_url": primary[0],
+            "targets_url": primary[1],
+            "trusted_root": str(sim.trusted_root),
+            "interval": interval,
+            "timeout": "3s",
+            "canary_targets": ["files/a.txt", "team/b.txt"],
+            "mirrors": [{"name": "mirror1", "metadata_url": mirror[0], "targets_url": mirror[1]}],
+        }, *(extra or [])],
+    }
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+@pytest.fixture
+def service(sim: Sim, tmp_path: Path) -> Iterator[Service]:
+    svc = Service(_write_config(sim, tmp_path / "config.yml"), first_run_within=0.1)
+    svc.start()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+def scrape(service: Service) -> dict[str, list[tuple[dict[str, str], float]]]:
+    text = generate_latest(service.registry).decode()
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            out.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return out
+
+
+def value(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str
+          ) -> float | None:
+    for got, v in samples.get(name, []):
+        if all(got.get(k) == want for k, want in labels.items()):
+            return v
+    return None
+
+
+# counters labelled by what happened: no sample until it does
+HAPPENS_LATER = {"tuf_probe_failures_total", "tuf_exporter_events_dropped_total",
+                 "tuf_exporter_shipper_errors_total"}
+
+
+def _both_probed(service: Service) -> dict[str, list[tuple[dict[str, str], float]]] | None:
+    samples = scrape(service)
+    done = [l for l, v in samples.get("tuf_probe_success", []) if v == 1]
+    return samples if len(done) == 2 else None
+
+
+def test_every_catalogue_metric_is_served_with_the_metadata_values(
+    service: Service, sim: Sim
+) -> None:
+    samples = poll(lambda: _both_probed(service), timeout=20)
+    wanted = [m for m in METRICS.values()
+              if m.subsystem in (Subsystem.PROBE, Subsystem.EXPORTER, Subsystem.EVENTS)]
+    text = generate_latest(service.registry).decode()
+    for metric in wanted:
+        names = sample_names(metric)
+        assert f"# HELP {metric.name} " in text, f"{metric.name} is missing from /metrics"
+        if metric.name not in HAPPENS_LATER:
+            assert any(n in samples for n in names), f"{metric.name} has no sample"
+        for name in names:
+            for labels, _ in samples.get(name, []):
+                assert set(labels) == set(metric.labels), (name, labels)
+    latest = sim.repo.latest
+    for role in ("root", "timestamp", "snapshot", "targets"):
+        signed = Metadata.from_bytes(latest.metadata(role)).signed
+        labels = {"repository": "sim", "endpoint": "primary", "role": role}
+        got = value(samples, "tuf_metadata_version", **labels)
+        assert got is not None and got <= signed.version
+        assert value(samples, "tuf_metadata_expiry_timestamp_seconds", **labels) is not None
+        margin = value(samples, "tuf_metadata_expiry_margin_seconds", **labels)
+        assert margin is not None and 0 < margin <= (signed.expires.timestamp() - time.time()) + 5
+    assert value(samples, "tuf_metadata_signature_threshold", role="targets") == 2
+    assert value(samples, "tuf_metadata_signatures_valid", role="targets") == 2
+    assert value(samples, "tuf_delegated_roles", endpoint="primary") == 1
+    assert value(samples, "tuf_probes_total", endpoint="primary", result="success") >= 1
+    history = [m.name for m in METRICS.values() if m.subsystem is Subsystem.HISTORY]
+    assert any(name in samples for name in history)
+
+
+def test_a_fault_shows_on_the_next_scrape(service: Service, sim: Sim) -> None:
+    poll(lambda: _both_probed(service), timeout=20)
+    sim.server.inject("expired-timestamp", endpoint="mirror1")
+
+    def failing() -> bool:
+        samples = scrape(service)
+        return (value(samples, "tuf_probe_success", endpoint="mirror1") == 0
+                and (value(samples, "tuf_probe_failures_total", endpoint="mirror1",
+                           reason="expired", role="timestamp") or 0) >= 1)
+
+    poll(failing, timeout=20)
+    assert value(scrape(service), "tuf_probe_success", endpoint="primary") == 1
+
+
+def test_a_repository_that_never_answers_delays_nothing(sim: Sim, tmp_path: Path) -> None:
+    silent = SilentServer()
+    try:
+        hung = {"name": "hung", "metadata_url": silent.url, "trusted_root": str(sim.trusted_root),
+                "interval": "1s", "timeout": "3s", "read_timeout": "3s"}
+        svc = Service(_write_config(sim, tmp_path / "config.yml", extra=[hung]),
+                      first_run_within=0.1)
+        svc.start()
+        try:
+            poll(lambda: silent.connections >= 1, timeout=10)
+            # while the hung probe runs, scrapes answer at once and the others keep going
+            started = time.monotonic()
+            before = value(scrape(svc), "tuf_probes_total", repository="sim", endpoint="primary",
+                           result="success") or 0
+            assert time.monotonic() - started < 0.1
+            poll(lambda: (value(scrape(svc), "tuf_probes_total", repository="sim",
+                                endpoint="primary", result="success") or 0) >= before + 2,
+                 timeout=10)
+            hung_done = value(scrape(svc), "tuf_probes_total", repository="hung",
+                              endpoint="primary", result="failure") or 0
+            assert hung_done <= 2, "the hung repository cannot have finished many probes"
+        finally:
+            svc.stop()
+    finally:
+        silent.close()
+
+
+def test_reload_with_a_broken_file_keeps_the_old_configuration(
+    service: Service, sim: Sim
+) -> None:
+    poll(lambda: _both_probed(service), timeout=20)
+    good = service.config_path.read_text()
+    service.config_path.write_text(good + "\nbogus_key: 1\n")
+    ok, message = service.reload()
+    assert not ok and "bogus_key" in message
+    assert value(scrape(service), "tuf_exporter_config_last_reload_successful") == 0
+    assert [r.name for r in service.config.repositories] == ["sim"]
+    # a good change applies: drop the mirror
+    document = yaml.safe_load(good)
+    document["repositories"][0]["mirrors"] = []
+    service.config_path.write_text(yaml.safe_dump(document))
+    ok, _ = service.reload()
+    assert ok
+    samples = scrape(service)
+    assert value(samples, "tuf_exporter_config_last_reload_successful") == 1
+    assert value(samples, "tuf_probe_success", endpoint="mirror1") is None
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_promtool_check_metrics_on_a_real_scrape(service: Service) -> None:
+    poll(lambda: _both_probed(service), timeout=20)
+    text = generate_latest(service.registry)
+    done = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+
+
+class SilentServer:
+    """Accepts connections and never answers: a repository that hangs."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._sock.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/"
+        self.connections = 0
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            self._held.append(conn)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        for conn in self._held:
+            conn.close()
+        self._sock.close()
+
+
+def test_closed_port_helper_is_refused() -> None:
+    import socket
+
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", closed_port()), timeout=1)
