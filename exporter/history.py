@@ -38,7 +38,9 @@ reports nothing):
 
 Failed probes are recorded too, but only the roles the endpoint was seen serving (see
 ``_served_roles``): facts the client read from its own cache after a failed download are not
-observations of the endpoint.
+observations of the endpoint. Metadata without a threshold of valid signatures is recorded
+(equivocation and rollback still apply to it) but never raises the highest version seen, so
+a forged file with a huge version cannot poison the rollback baseline or hide later versions.
 
 Delegated targets roles are not tracked (their number can be huge; their names never become
 labels).
@@ -242,6 +244,13 @@ def _keys_from_rows(
     return {role: RoleKeys(keyids, threshold) for role, (keyids, threshold) in rows.items()}
 
 
+def _max_version(prev: CurrentRow | None, version: int | None) -> int:
+    """The rollback baseline after an observation (``version`` None: not properly signed)."""
+    if prev is None:
+        return 0 if version is None else version
+    return prev.max_version if version is None else max(prev.max_version, version)
+
+
 def _served_roles(result: ProbeResult) -> Mapping[str, RoleFacts]:
     """The roles of ``result`` that show what the endpoint serves now.
 
@@ -421,9 +430,12 @@ class _Observation:
             facts.signed_by,
             self.t,
         )
+        # Facts without a threshold of valid signatures are recorded (what was served) but
+        # never raise the versions the rollback and jump checks compare against.
+        signed = facts.signatures_valid >= facts.threshold
         if known and facts.sha256 not in known:
             self._equivocation(facts, known)
-        if not known and repo_max is not None and version > repo_max:
+        if signed and not known and repo_max is not None and version > repo_max:
             self._new_version(facts, repo_max)
             self._version_jump(facts, repo_max)
         if prev is not None and version < prev.max_version:
@@ -446,7 +458,7 @@ class _Observation:
                 facts.sha256,
                 self.t if since is None else since,
                 self.t,
-                version if prev is None else max(prev.max_version, version),
+                _max_version(prev, version if signed else None),
             ),
         )
 
@@ -603,6 +615,9 @@ class _Observation:
 
     def _root_trusted(self) -> bool:
         """Whether this probe's root may enter the key history (not when root failed)."""
+        root = self.result.roles["root"]
+        if root.signatures_valid < root.threshold:
+            return False
         return self.result.success or (
             self.result.role is not None and self.result.role is not FailedRole.ROOT
         )

@@ -455,6 +455,18 @@ def test_failed_probe_ignores_roles_read_from_the_client_cache(store: HistorySto
     assert kinds(store.observe(fetched, policy, at(3900))) == ["freeze"]
 
 
+def test_unsigned_metadata_does_not_poison_the_baseline(store: HistoryStore) -> None:
+    policy = Policy(max_version_jump=10)
+    store.observe(online("m1", 5), policy, at(0))
+    forged = store.observe(online("m1", 999_999, snapshot=5, signed_by=()), policy, at(300))
+    assert forged == []
+    found = store.observe(online("m1", 6), policy, at(600))
+    assert [(f.kind, f.role) for f in found if f.role == "timestamp"] == [
+        (FindingKind.NEW_VERSION, "timestamp")
+    ]
+    assert rollbacks(store, "m1") == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Persistence
 
