@@ -59,6 +59,7 @@ CHALLENGE_PREFIX = b"tuf-exporter signer probe v1\x00"
 EVENT_KIND = "signer_probe"
 
 _MAX_MESSAGE = 300
+_TOP_LEVEL = frozenset({"root", "timestamp", "snapshot", "targets"})
 
 
 class SignerReason(StrEnum):
@@ -102,6 +103,69 @@ def authorized_keys_from(delegator_metadata: bytes, role: str) -> AuthorizedKeys
     delegated = signed.get_delegated_role(role)
     keys = {keyid: signed.get_key(keyid) for keyid in delegated.keyids}
     return AuthorizedKeys(MappingProxyType(keys), delegated.threshold, signed.version)
+
+
+class CachedKeySource:
+    """A :data:`KeySource` reading the verified metadata python-tuf keeps in a client cache.
+
+    ``metadata_dir_for(repository)`` names the cache's metadata directory (for the service:
+    ``prober.cache_dir(repository, repository.primary) / "metadata"``), or None. ngclient
+    and the prober only ever write metadata there after verifying it, atomically. Top-level
+    roles are looked up in ``root.json``; delegated roles in ``targets.json`` first, then in
+    the other cached targets roles. While a file is briefly missing (a cold-mode probe
+    clears the cache) the last value read is returned; a role no cached metadata delegates to
+    gives None.
+    """
+
+    def __init__(self, metadata_dir_for: Callable[[str], Path | None]) -> None:
+        """See the class documentation."""
+        self._dir_for = metadata_dir_for
+        self._lock = threading.Lock()
+        self._last: dict[tuple[str, str], AuthorizedKeys] = {}
+
+    def __call__(self, repository: str, role: str) -> AuthorizedKeys | None:
+        """The keys the cached metadata of ``repository`` authorizes for ``role``."""
+        directory = self._dir_for(repository)
+        if directory is None:
+            return None
+        try:
+            keys = self._read(directory, role)
+        except FileNotFoundError:
+            with self._lock:
+                return self._last.get((repository, role))
+        except Exception as exc:  # noqa: BLE001 - unreadable metadata means "unknown"
+            logger.warning("cannot read the %s keys of %s from %s: %s", role, repository,
+                           directory, _describe(exc))
+            return None
+        with self._lock:
+            if keys is None:
+                self._last.pop((repository, role), None)
+            else:
+                self._last[(repository, role)] = keys
+        return keys
+
+    @staticmethod
+    def _read(directory: Path, role: str) -> AuthorizedKeys | None:
+        if role in _TOP_LEVEL:
+            return authorized_keys_from((directory / "root.json").read_bytes(), role)
+        targets = directory / "targets.json"
+        others = sorted(p for p in directory.glob("*.json")
+                        if p.stem not in _TOP_LEVEL and p != targets)
+        for path in (targets, *others):
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                if path == targets:
+                    raise
+                continue
+            signed: object = Metadata.from_bytes(data).signed
+            if not isinstance(signed, Targets) or signed.delegations is None:
+                continue
+            try:
+                return authorized_keys_from(data, role)
+            except ValueError:
+                continue
+        return None
 
 
 def make_challenge(now: datetime, nonce: bytes | None = None) -> bytes:
@@ -280,6 +344,7 @@ class SignerProbe:
     the one that matched, so after a key rotation it can still tell "this signer works, but
     its key is no longer authorized". At most one worker thread per signer: while a stuck
     sign call (a hung HSM or KMS) still runs, further probes report ``timeout`` at once.
+    Not re-entrant: run one probe of a signer at a time (the scheduler's job).
     """
 
     def __init__(
@@ -338,8 +403,9 @@ class SignerProbe:
         self._worker, self._worker_started = worker, time.monotonic()
         worker.start()
         if not attempt.done.wait(signer.timeout):
-            return result(up=False, authorized=self._authorization(file_key, authorized),
-                          keyid=None if file_key is None else file_key.keyid,
+            likely = file_key or self._known_key
+            return result(up=False, authorized=self._authorization(likely, authorized),
+                          keyid=None if likely is None else likely.keyid,
                           reason=SignerReason.TIMEOUT, sign_seconds=signer.timeout,
                           message=f"no signature within {signer.timeout:g} s")
         key = attempt.key

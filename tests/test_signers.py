@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import softhsm
+from conftest import Sim
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,9 +27,11 @@ from tuf.api.serialization.json import CanonicalJSONSerializer
 
 from exporter import catalogue
 from exporter.config import Signer as SignerConfig
+from exporter.prober import Prober
 from exporter.signers import (
     CHALLENGE_PREFIX,
     AuthorizedKeys,
+    CachedKeySource,
     KeySource,
     SignerMonitor,
     SignerProbe,
@@ -473,3 +476,33 @@ def test_metrics_match_the_catalogue(repo: SimulatedRepository, tmp_path: Path) 
     monitor.configure([])
     assert monitor.results() == []
     assert "ts-signer" not in exposition(monitor)
+
+
+# ------------------------------------------------------------------------------ cache source
+
+
+def test_cached_key_source_reads_the_probers_verified_cache(sim: Sim, tmp_path: Path) -> None:
+    repository = sim.config()
+    prober = Prober(sim.state_dir)
+    assert prober.probe(repository, repository.primary).success
+    metadata_dir = prober.cache_dir(repository, repository.primary) / "metadata"
+    keys = CachedKeySource(lambda name: metadata_dir if name == "sim" else None)
+    timestamp = keys("sim", "timestamp")
+    assert timestamp is not None and set(timestamp.keys) == set(sim.repo.keyids("timestamp"))
+    team = keys("sim", "team")
+    assert team is not None and set(team.keys) == set(sim.repo.keyids("team"))
+    assert keys("sim", "nosuchrole") is None
+    assert keys("other", "timestamp") is None
+    # the signer probe through it, then a rotation seen by the next repository probe
+    public = sim.repo.export_private_key("timestamp", tmp_path / "ts.pem")
+    monitor = SignerMonitor([config(f"file2:{tmp_path / 'ts.pem'}")])
+    assert monitor.probe("ts-signer", keys, NOW).authorized is True
+    sim.repo.rotate_keys("timestamp", remove=[public.keyid])
+    sim.repo.publish()
+    assert prober.probe(repository, repository.primary).success
+    result = monitor.probe("ts-signer", keys, NOW)
+    assert (result.up, result.authorized, result.metadata_version) == (True, False, 2)
+    # a cache briefly cleared (cold mode) keeps the last value
+    (metadata_dir / "root.json").unlink()
+    again = keys("sim", "timestamp")
+    assert again is not None and again.version == 2
