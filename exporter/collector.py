@@ -76,8 +76,9 @@ class ProbeStore:
         with self._lock:
             self._in_flight = max(0, self._in_flight - 1)
             previous = self._latest.get(_Key(repo, endpoint))
-            if not result.roles and previous is not None:
-                # keep the last-known facts; success and timestamp say they are old
+            if not result.success and previous is not None:
+                # keep the last-known facts of what this probe could not read; the success
+                # and last-probe metrics say they are old
                 result = _with_facts_of(result, previous)
             self._latest[_Key(repo, endpoint)] = result
             self._probes[(repo, endpoint, "success" if result.success else "failure")] += 1
@@ -129,8 +130,13 @@ def _drop(counter: Counter[Any], wanted: set[tuple[str, str]]) -> None:
 def _with_facts_of(result: ProbeResult, previous: ProbeResult) -> ProbeResult:
     from dataclasses import replace
 
-    return replace(result, roles=previous.roles, delegated=previous.delegated,
-                   delegations=previous.delegations)
+    delegations = result.delegations if result.delegations.count else previous.delegations
+    return replace(
+        result,
+        roles={**previous.roles, **result.roles},
+        delegated={**previous.delegated, **result.delegated},
+        delegations=delegations,
+    )
 
 
 class ExporterCollector(Collector):
