@@ -505,12 +505,15 @@ class _BasicAuth:
     The cache holds HMAC-SHA256 digests of (user, hash, password) under a random per-process
     key, so neither passwords nor anything usable offline is kept. An unknown user is
     checked against a configured hash anyway, so timing does not tell which users exist.
+    Like exporter-toolkit, one bcrypt check runs at a time, so a flood of bad passwords
+    costs at most one core; cached scrapes never wait for it.
     """
 
     def __init__(self) -> None:
         self._key = secrets.token_bytes(32)
         self._cache: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()
+        self._bcrypt_lock = threading.Lock()
 
     def check(self, users: Mapping[str, str], header: str | None) -> bool:
         """Whether the ``Authorization`` header carries a valid user and password."""
@@ -526,7 +529,8 @@ class _BasicAuth:
             if known and digest in self._cache:
                 self._cache.move_to_end(digest)
                 return True
-        ok = _bcrypt_matches(password, reference) and known
+        with self._bcrypt_lock:
+            ok = _bcrypt_matches(password, reference) and known
         if ok:
             with self._lock:
                 self._cache[digest] = None
