@@ -24,6 +24,7 @@ for them, are never logged, and are scrubbed from every message a result carries
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -47,6 +48,7 @@ from tuf.api.metadata import Metadata, Root, Targets
 
 from exporter import config
 from exporter.catalogue import family
+from exporter.events import Event, EventKind
 from exporter.results import rfc3339
 
 logger = logging.getLogger(__name__)
@@ -228,6 +230,30 @@ class SignerResult:
     duration_seconds: float = 0.0
     #: Version of the delegating metadata the authorization was checked against.
     metadata_version: int | None = None
+    #: SHA-256 (hex) of the challenge signed: unique per probe (it holds a random nonce).
+    challenge_sha256: str | None = None
+
+    def to_event(self) -> Event:
+        """The ``signer_probe`` event of this probe (its identity includes the challenge hash,
+        so every probe is a distinct event, even for two signers probed at the same time)."""
+        durations = {"probe": self.duration_seconds}
+        if self.sign_seconds is not None:
+            durations["sign"] = self.sign_seconds
+        return Event(
+            kind=EventKind.SIGNER_PROBE,
+            time=self.started_at,
+            repository=self.repository,
+            role=self.role,
+            versions={} if self.metadata_version is None else {
+                "delegator": self.metadata_version},
+            hashes={} if self.challenge_sha256 is None else {
+                "challenge.sha256": self.challenge_sha256},
+            keyids=() if self.keyid is None else (self.keyid,),
+            reason=None if self.reason is None else str(self.reason),
+            message=self.message,
+            durations=durations,
+            details={"signer": self.signer, "up": self.up, "authorized": self.authorized},
+        )
 
     def to_event_fields(self) -> dict[str, Any]:
         """A JSON-ready description of the probe for the event pipeline."""
@@ -245,6 +271,7 @@ class SignerResult:
             "duration": round(self.duration_seconds, 6),
             "sign_duration": None if self.sign_seconds is None else round(self.sign_seconds, 6),
             "metadata_version": self.metadata_version,
+            "challenge_sha256": self.challenge_sha256,
         }
 
 
@@ -396,6 +423,7 @@ class SignerProbe:
                           message=f"the previous probe is still signing after {stuck:.1f} s")
         attempt = _Attempt()
         challenge = make_challenge(now)
+        base["challenge_sha256"] = hashlib.sha256(challenge).hexdigest()
         worker = threading.Thread(
             target=self._attempt, args=(candidates, file_key is None, challenge, attempt),
             name=f"signer-probe-{signer.name}", daemon=True,

@@ -27,6 +27,7 @@ from tuf.api.serialization.json import CanonicalJSONSerializer
 
 from exporter import catalogue
 from exporter.config import Signer as SignerConfig
+from exporter.events import Event, EventKind
 from exporter.prober import Prober
 from exporter.signers import (
     CHALLENGE_PREFIX,
@@ -506,3 +507,22 @@ def test_cached_key_source_reads_the_probers_verified_cache(sim: Sim, tmp_path: 
     (metadata_dir / "root.json").unlink()
     again = keys("sim", "timestamp")
     assert again is not None and again.version == 2
+
+
+def test_to_event(repo: SimulatedRepository, tmp_path: Path) -> None:
+    public = repo.export_private_key("timestamp", tmp_path / "ts.pem")
+    signer = config(f"file2:{tmp_path / 'ts.pem'}")
+    first = probe_signer(signer, key_source(repo), NOW)
+    second = probe_signer(signer, key_source(repo), NOW)  # same time, same key
+    event = first.to_event()
+    assert event.kind is EventKind.SIGNER_PROBE
+    assert (event.repository, event.role, event.keyids) == ("sim", "timestamp", (public.keyid,))
+    assert event.details["signer"] == "ts-signer" and event.details["up"] is True
+    assert event.versions == {"delegator": 1}
+    assert first.challenge_sha256 is not None
+    assert event.hashes == {"challenge.sha256": first.challenge_sha256}
+    assert event.event_id != second.to_event().event_id  # every probe is its own event
+    assert Event.from_document(event.to_document()) == event
+    (tmp_path / "ts.pem").unlink()
+    down = probe_signer(signer, key_source(repo), NOW).to_event()
+    assert down.reason == "key_unavailable" and down.details["up"] is False
