@@ -85,6 +85,7 @@ class _EndpointState:
     last: ProbeResult | None = None
     last_timestamp: bytes | None = None
     last_targetinfo: dict[str, TargetFile] = field(default_factory=dict)
+    delegation_memo: delegations.Memo = field(default_factory=dict)
     probes_since_full: int = 0
 
 
@@ -229,6 +230,7 @@ class _Run:
                 max_roles=self.repo.limits.max_delegations,
                 default_length=self.repo.limits.targets_max_length,
                 persist=lambda role, data: _persist(metadata_dir, role, data),
+                memo=self.state.delegation_memo if self.repo.mode is Mode.WARM else None,
             )
             if sweep.failures:
                 name, error = next(iter(sweep.failures.items()))
