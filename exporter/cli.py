@@ -126,8 +126,16 @@ def _serve(service: Service, args: argparse.Namespace, banner: Callable[[str], N
         raise ConfigError(str(exc)) from None
     stop = threading.Event()
 
+    def reload_all() -> None:
+        service.reload()
+        try:
+            server.reload_web_config()
+        except WebConfigError as exc:
+            log.error("web configuration reload refused; the old one stays",
+                      extra={"error": str(exc)})
+
     def on_hup(signum: int, frame: object) -> None:
-        threading.Thread(target=service.reload, name="reload", daemon=True).start()
+        threading.Thread(target=reload_all, name="reload", daemon=True).start()
 
     def on_stop(signum: int, frame: object) -> None:
         stop.set()

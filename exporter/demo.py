@@ -40,6 +40,7 @@ class DemoRepository:
         if options.fault is not None and options.fault not in FAULTS:
             raise ValueError(f"unknown fault {options.fault!r}; known: {', '.join(FAULTS)}")
         self.options = options
+        self._count = 0
         self.repo = SimulatedRepository()
         self.repo.add_target("demo/hello.txt", b"hello from the tuf-exporter demo\n")
         self.repo.delegate("team", ["team/*"])
@@ -50,7 +51,6 @@ class DemoRepository:
         self.server = SimulatorServer(self.repo)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._count = 0
 
     def _publish(self) -> None:
         self._count += 1

@@ -13,18 +13,21 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from exporter.config import Config, Endpoint, Repository
+from exporter.config import Config, Endpoint, Repository, Signer
 
 log = logging.getLogger(__name__)
 
 ProbeJob = Callable[[Repository, Endpoint], object]
+SignerJob = Callable[[Signer], object]
 SkipHook = Callable[[str, str], None]
 
 
@@ -32,11 +35,26 @@ def _job_id(repository: str, endpoint: str) -> str:
     return f"probe\x00{repository}\x00{endpoint}"
 
 
+def _signer_job_id(name: str) -> str:
+    return f"signer\x00{name}"
+
+
+@dataclass(frozen=True)
+class _Job:
+    names: tuple[str, str]
+    interval: float
+    func: Callable[..., None]
+    args: tuple[Any, ...]
+
+
 class Scheduler:
     """Schedules probes for a configuration; ``apply()`` swaps in a new one on reload."""
 
-    def __init__(self, run: ProbeJob, on_skip: SkipHook, workers: int) -> None:
+    def __init__(
+        self, run: ProbeJob, on_skip: SkipHook, workers: int, run_signer: SignerJob | None = None
+    ) -> None:
         self._run = run
+        self._run_signer = run_signer
         self._on_skip = on_skip
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=workers)},
@@ -62,31 +80,40 @@ class Scheduler:
         so a restart does not probe everything in one burst); existing ones keep their rhythm
         unless their interval changed.
         """
-        wanted: dict[str, tuple[Repository, Endpoint]] = {}
+        wanted: dict[str, _Job] = {}
         for repo in config.repositories:
             for endpoint in repo.endpoints:
-                wanted[_job_id(repo.name, endpoint.name)] = (repo, endpoint)
+                wanted[_job_id(repo.name, endpoint.name)] = _Job(
+                    (repo.name, endpoint.name), repo.interval, self._guarded, (repo, endpoint)
+                )
+        if self._run_signer is not None:
+            for signer in config.signers:
+                wanted[_signer_job_id(signer.name)] = _Job(
+                    ("signer", signer.name), signer.interval, self._guarded_signer, (signer,)
+                )
         for job_id in list(self._jobs):
             if job_id not in wanted:
                 self._scheduler.remove_job(job_id)
                 del self._jobs[job_id]
         now = datetime.now(UTC)
-        for job_id, (repo, endpoint) in wanted.items():
+        for job_id, job in wanted.items():
             trigger = IntervalTrigger(
-                seconds=repo.interval, jitter=repo.interval * config.jitter or None, timezone=UTC
+                seconds=job.interval, jitter=job.interval * config.jitter or None, timezone=UTC
             )
             if job_id in self._jobs:
-                self._scheduler.modify_job(job_id, args=[repo, endpoint])
-                job = self._scheduler.get_job(job_id)
-                if job is not None and getattr(job.trigger, "interval", None) != trigger.interval:
+                self._scheduler.modify_job(job_id, args=list(job.args))
+                current = self._scheduler.get_job(job_id)
+                if current is not None and getattr(current.trigger, "interval", None) != (
+                    trigger.interval
+                ):
                     self._scheduler.reschedule_job(job_id, trigger=trigger)
                 continue
             first = now + timedelta(seconds=random.uniform(0, first_run_within))
             self._scheduler.add_job(
-                self._guarded, trigger, args=[repo, endpoint], id=job_id,
-                name=f"{repo.name}/{endpoint.name}", next_run_time=first,
+                job.func, trigger, args=list(job.args), id=job_id, name="/".join(job.names),
+                next_run_time=first,
             )
-            self._jobs[job_id] = (repo.name, endpoint.name)
+            self._jobs[job_id] = job.names
 
     def _guarded(self, repo: Repository, endpoint: Endpoint) -> None:
         try:
@@ -94,8 +121,15 @@ class Scheduler:
         except Exception:
             log.exception("probe of %s/%s crashed", repo.name, endpoint.name)
 
+    def _guarded_signer(self, signer: Signer) -> None:
+        assert self._run_signer is not None
+        try:
+            self._run_signer(signer)
+        except Exception:
+            log.exception("signer probe %s crashed", signer.name)
+
     def _skipped(self, event: JobExecutionEvent) -> None:
         names = self._jobs.get(event.job_id)
-        if names is not None:
+        if names is not None and names[0] != "signer":
             log.warning("probe of %s/%s skipped: the previous one still runs", *names)
             self._on_skip(*names)

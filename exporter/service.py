@@ -21,14 +21,16 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
+from exporter.cadence import CadenceTracker, online_roles
 from exporter.collector import ExporterCollector, ProbeStore
-from exporter.config import Config, ConfigError, Endpoint, Repository, load_config
+from exporter.config import Config, ConfigError, Endpoint, Repository, Signer, load_config
 from exporter.events import Event, EventKind
 from exporter.history import Finding, FindingKind, HistoryStore
 from exporter.prober import Prober, TrustedRootError, load_trusted_root
 from exporter.results import FailedRole, ProbeResult, Reason
 from exporter.scheduler import Scheduler
 from exporter.shipper import Shipper
+from exporter.signers import CachedKeySource, SignerMonitor
 from exporter.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -127,11 +129,18 @@ class Service:
         self._reload_time = time.time()
         self._observers: list[Callable[[ProbeResult], Iterable[Event]]] = []
         self.collector = ExporterCollector(self.store, config_status=self._config_status)
+        self.signers = SignerMonitor(config.signers)
+        self.keys = CachedKeySource(self._verified_metadata_dir)
+        self.cadence = CadenceTracker()
         self.collector.add_source(self.history.metrics)
+        self.collector.add_source(self.signers.metrics)
+        self.collector.add_source(self.cadence.metrics)
         self.collector.add_source(self.shipper.metrics)
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self.collector)
-        self.scheduler = Scheduler(self._probe, self.store.skipped, config.workers)
+        self.scheduler = Scheduler(
+            self._probe, self.store.skipped, config.workers, run_signer=self._probe_signer
+        )
         self._started = threading.Event()
 
     @property
@@ -192,6 +201,8 @@ class Service:
         keys = {(r.name, e.name) for r in config.repositories for e in r.endpoints}
         self.store.expect(keys)
         self.prober.forget(keys)
+        self.signers.configure(config.signers)
+        self.cadence.retain({r.name for r in config.repositories})
         self.scheduler.apply(config, self._first_run_within)
 
     def _config_status(self) -> tuple[bool, float]:
@@ -218,6 +229,8 @@ class Service:
             log.exception("recording the probe of %s/%s in the history failed",
                           repo.name, endpoint.name)
             findings = []
+        if endpoint.name == repo.primary.name:
+            self._update_cadence(repo)
         for finding in findings:
             level = logging.WARNING if str(finding.severity) != "info" else logging.INFO
             log.log(level, "finding: %s", finding.message, extra={"finding": finding.to_json()})
@@ -233,10 +246,36 @@ class Service:
             "repository": repo.name, "endpoint": endpoint.name,
             "reason": None if result.reason is None else str(result.reason),
             "role": None if result.role is None else str(result.role),
-            "message": result.message, "duration_seconds": round(result.duration_seconds, 4),
+            "detail": result.message, "duration_seconds": round(result.duration_seconds, 4),
             "reused_verdict": result.reused_verdict,
         })
         return result
+
+    def _verified_metadata_dir(self, repository: str) -> Path | None:
+        """Where python-tuf keeps the metadata it verified last for the repository's primary."""
+        try:
+            repo = self.config.repository(repository)
+        except KeyError:
+            return None
+        return self.prober.cache_dir(repo, repo.primary) / "metadata"
+
+    def probe_signer_now(self, signer: Signer) -> None:
+        """Run one signing probe now, as the scheduler would."""
+        self._probe_signer(signer)
+
+    def _probe_signer(self, signer: Signer) -> None:
+        result = self.signers.probe(signer.name, self.keys)
+        self._emit(result.to_event())
+        level = logging.INFO if result.up and result.authorized is not False else logging.WARNING
+        log.log(level, "signer probe", extra={"signer_probe": result.to_event_fields()})
+
+    def _update_cadence(self, repo: Repository) -> None:
+        now = datetime.now(UTC)
+        for role in online_roles(repo.policy):
+            self.cadence.update(
+                repo.name, role, self.history.last_change(repo.name, "primary", role),
+                repo.policy, self.history.observed_cadence(repo.name, role), now,
+            )
 
     def _emit(self, event: Event) -> None:
         self.spool.emit(event)

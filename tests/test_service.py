@@ -43,13 +43,16 @@ def _write_config(sim: Sim, path: Path, *, interval: str = "1s", extra: list[dic
 
 
 @pytest.fixture
-def service(sim: Sim, tmp_path: Path) -> Iterator[Service]:
+def service(sim: Sim, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[Service]:
     svc = Service(_write_config(sim, tmp_path / "config.yml"), first_run_within=0.1)
     svc.start()
     try:
         yield svc
     finally:
         svc.stop()
+    crashes = [r.getMessage() for r in caplog.records
+               if r.levelname == "ERROR" and "reload refused" not in r.getMessage()]
+    assert not crashes, "nothing may crash in the service"
 
 
 def scrape(service: Service) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -223,3 +226,37 @@ def test_closed_port_helper_is_refused() -> None:
 
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", closed_port()), timeout=1)
+
+
+def test_signer_probes_and_cadence_are_served(sim: Sim, tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    key = tmp_path / "timestamp.pem"
+    sim.repo.export_private_key("timestamp", key)
+    config = _write_config(sim, tmp_path / "config.yml")
+    document = yaml.safe_load(config.read_text())
+    document["signers"] = [{"name": "online-ts", "uri": f"file2:{key}", "repository": "sim",
+                            "role": "timestamp", "interval": "1s"}]
+    document["repositories"][0]["policy"] = {"cadence": {"timestamp": "1h"}}
+    config.write_text(yaml.safe_dump(document))
+    svc = Service(config, first_run_within=0.1)
+    svc.start()
+    try:
+        def signer_ready() -> bool:
+            samples = scrape(svc)
+            return (value(samples, "tuf_signer_up", signer="online-ts") == 1
+                    and value(samples, "tuf_signer_key_authorized", signer="online-ts") == 1
+                    and value(samples, "tuf_signer_cadence_ok", role="timestamp") == 1)
+
+        poll(signer_ready, timeout=20)
+        samples = scrape(svc)
+        assert (value(samples, "tuf_signer_sign_duration_seconds", signer="online-ts") or 0) > 0
+        # the key is rotated out of root: the next probes say so
+        sim.repo.rotate_keys("timestamp", add=1, remove=1)
+        sim.repo.publish()
+        poll(lambda: value(scrape(svc), "tuf_signer_key_authorized", signer="online-ts") == 0,
+             timeout=20)
+    finally:
+        svc.stop()
+    crashes = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert not crashes, [r.getMessage() for r in crashes]
+    assert "file2:" not in caplog.text or str(key) in caplog.text
