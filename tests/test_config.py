@@ -83,8 +83,10 @@ opensearch:
     [
         ("", "the file is empty"),
         ("repositories: []", "needs at least one repository"),
-        ("repositories:\n  - metadata_url: http://x/\n    trusted_root: r", "c.yml:2: repositories[0].name: is required"),
-        (MINIMAL + "    interval: soon\n", "c.yml:6: repositories[0].interval: expected a duration"),
+        ("repositories:\n  - metadata_url: http://x/\n    trusted_root: r",
+         "c.yml:2: repositories[0].name: is required"),
+        (MINIMAL + "    interval: soon\n",
+         "c.yml:6: repositories[0].interval: expected a duration"),
         (MINIMAL + "    intervall: 5m\n", "c.yml:6: repositories[0].intervall: unknown key"),
         (MINIMAL + "    mode: lukewarm\n", "repositories[0].mode"),
         (MINIMAL + "    canary_targets: [../etc/passwd]\n", "no '..' parts"),

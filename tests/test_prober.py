@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import CANARIES, Sim, poll
 from tuf.api.metadata import Metadata
 
-from conftest import CANARIES, Sim, poll
 from exporter import cli
 from exporter.prober import Prober
 from exporter.results import ProbeResult
@@ -100,7 +100,8 @@ def test_fault(sim: Sim, fault: str) -> None:
     if fault == "unknown-signer":
         assert result.roles["timestamp"].unknown_signers
     if fault == "stale-mirror":
-        assert result.roles["timestamp"].version < sim.repo.latest.signed("timestamp").signed.version
+        latest = sim.repo.latest.signed("timestamp").signed.version
+        assert result.roles["timestamp"].version < latest
 
 
 def test_rollback_seen_by_a_returning_client(sim: Sim) -> None:
@@ -198,7 +199,8 @@ def test_cold_mode_starts_from_the_trusted_root_every_time(sim: Sim) -> None:
         assert result.success and not result.reused_verdict
         assert sim.server.request_count(name="metadata/timestamp.json") == 1
         assert any("snapshot" in n for n in sim.server.requests())
-    assert not (sim.state_dir / "cache").exists() or not any((sim.state_dir / "cache").rglob("*.json"))
+    cache = sim.state_dir / "cache"
+    assert not cache.exists() or not any(cache.rglob("*.json"))
 
 
 def test_missing_canary_target(sim: Sim) -> None:

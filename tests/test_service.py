@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import Sim, poll
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from tuf.api.metadata import Metadata
 
-from conftest import Sim, poll
 from exporter.catalogue import METRICS, Subsystem, sample_names
 from exporter.service import Service
 from exporter.simulator import closed_port
@@ -79,7 +79,7 @@ HAPPENS_LATER = {"tuf_probe_failures_total", "tuf_exporter_events_dropped_total"
 
 def _both_probed(service: Service) -> dict[str, list[tuple[dict[str, str], float]]] | None:
     samples = scrape(service)
-    done = [l for l, v in samples.get("tuf_probe_success", []) if v == 1]
+    done = [lab for lab, v in samples.get("tuf_probe_success", []) if v == 1]
     return samples if len(done) == 2 else None
 
 
