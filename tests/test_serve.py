@@ -15,9 +15,8 @@ import bcrypt
 import pytest
 import requests
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import Sim, poll
+from prometheus_client.parser import text_string_to_metric_families
 from test_web import PKI, pki  # noqa: F401 - the web tests' certificate fixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +170,7 @@ def test_scrapes_answer_at_once_while_a_probe_hangs(
 
 
 def test_tls_and_basic_auth_from_the_web_config(
-    sim: Sim, tmp_path: Path, exporters: list[Exporter], pki: PKI
+    sim: Sim, tmp_path: Path, exporters: list[Exporter], pki: PKI  # noqa: F811
 ) -> None:
     ca, cert, key = pki.ca, pki.server_cert, pki.server_key
     hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
