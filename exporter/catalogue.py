@@ -230,3 +230,12 @@ def family(name: str) -> GaugeMetricFamily | CounterMetricFamily:
     if metric.type is MetricType.COUNTER:
         return CounterMetricFamily(metric.family_name, metric.help, labels=metric.labels)
     return GaugeMetricFamily(metric.name, metric.help, labels=metric.labels)
+
+
+def markdown_reference() -> str:
+    """The metrics reference for the README, generated from the catalogue."""
+    lines = ["| metric | type | labels | help |", "|---|---|---|---|"]
+    for metric in _SPECS:
+        labels = ", ".join(f"`{label}`" for label in metric.labels) or "—"
+        lines.append(f"| `{metric.name}` | {metric.type} | {labels} | {metric.help} |")
+    return "\n".join(lines) + "\n"

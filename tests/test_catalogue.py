@@ -1,0 +1,49 @@
+"""The metric catalogue: Prometheus naming rules, and the README's reference kept in step."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from exporter.catalogue import (
+    FAILURE_ROLES,
+    METRICS,
+    PHASES,
+    REASONS,
+    MetricType,
+    markdown_reference,
+)
+from exporter.results import FailedRole, Reason
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+_BASE_UNITS = ("_seconds", "_bytes", "_total", "_timestamp_seconds")
+_BAD_UNITS = ("_milliseconds", "_ms", "_minutes", "_hours", "_days", "_kilobytes", "_megabytes")
+
+
+def test_names_follow_the_prometheus_rules() -> None:
+    for name, metric in METRICS.items():
+        assert re.fullmatch(r"tuf_[a-z0-9_]+", name), name
+        assert (metric.type is MetricType.COUNTER) == name.endswith("_total"), name
+        assert not name.endswith(_BAD_UNITS), f"{name}: use base units"
+        if "duration" in name or "lag_seconds" in name or "margin" in name:
+            assert name.endswith("_seconds"), name
+        if "timestamp" in name and not name.endswith("_total"):
+            assert name.endswith("_timestamp_seconds") or "timestamp" in metric.labels, name
+        for label in metric.labels:
+            assert re.fullmatch(r"[a-z][a-z0-9_]*", label) and not label.startswith("__")
+        assert metric.help.endswith("."), name
+
+
+def test_fixed_label_values_match_the_prober() -> None:
+    assert set(REASONS) == {str(r) for r in Reason}
+    assert set(FAILURE_ROLES) == {str(r) for r in FailedRole}
+    assert PHASES == ("root", "timestamp", "snapshot", "targets", "delegations", "download")
+
+
+def test_readme_metrics_reference_is_generated_from_the_catalogue() -> None:
+    text = README.read_text()
+    section = text.split("<!-- metrics:begin -->\n", 1)[1].split("<!-- metrics:end -->", 1)[0]
+    assert section == markdown_reference(), (
+        "README metrics reference is stale: regenerate it from "
+        "exporter.catalogue.markdown_reference()"
+    )
