@@ -512,6 +512,7 @@ def e2e_stack(
             "jitter": 0,
             "repositories": [r.config() for r in repos.values()],
         }
+        signer_keyid = None
         if signer is not None:
             repo_name, role = signer
             key_path = tmp / f"{repo_name}-{role}.pem"
