@@ -1,0 +1,132 @@
+"""Case 6: events from probe results into the durable spool and through the shipper.
+
+One real probe result (a probe of a simulated repository) is replayed with distinct start
+times: for a fixed time the producer turns each into its verification event (as the service
+does after every probe) and emits it into the spool (SQLite, WAL, ``synchronous=FULL``: every
+``emit`` commits and fsyncs before it returns). The shipper runs at the same time with the
+default batch settings (500 events, 2 s) and bulk-creates into the fake OpenSearch of
+``tests/opensearch_fake.py``. Throughput = events acknowledged by the fake / seconds from the
+first emit until the last one is stored.
+
+Baseline: the physical limit of the same durability on this disk, raw ``sqlite3`` inserting the
+same documents into a WAL database with ``synchronous=FULL``, one commit per event.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+import time
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+from bench.common import Goal, Row, median, repository, scratch
+from bench.simproc import SimProcess, Spec
+from exporter.config import OpenSearch
+from exporter.events import canonical_json
+from exporter.prober import Prober
+from exporter.results import ProbeResult
+from exporter.service import verification_event
+from exporter.shipper import OpenSearchSink, Shipper
+from exporter.spool import Spool
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from opensearch_fake import FakeOpenSearch  # type: ignore[import-not-found]
+
+
+def _probe_result() -> ProbeResult:
+    with SimProcess(Spec(targets=10)) as sim, scratch() as tmp:
+        urls = sim.built.urls["primary"]
+        repo = repository(urls, canaries=(sim.built.canary,))
+        result = Prober(tmp / "state").probe(repo, repo.primary, sim.built.trusted_root)
+    assert result.success, result.message
+    return result
+
+
+def _durable(spool: Spool) -> bool:
+    conn = sqlite3.connect(spool.path)
+    try:
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    finally:
+        conn.close()
+    with spool._lock:  # noqa: SLF001 - read the live connection's setting
+        level = spool._db().execute("PRAGMA synchronous").fetchone()[0]  # noqa: SLF001
+    return str(mode).lower() == "wal" and int(level) >= 2
+
+
+def _pipeline(
+    fake: FakeOpenSearch, result: ProbeResult, directory: Path, seconds: float, offset: int
+) -> tuple[float, float, bool]:
+    """One run: (end-to-end events/s, emit events/s, spool durable)."""
+    spool = Spool(directory / "spool.sqlite")
+    sink = OpenSearchSink(OpenSearch(hosts=(fake.url,), index_prefix="bench-events"))
+    shipper = Shipper(spool, sink)
+    shipper.start()
+    before = len(fake.created)
+    produced = 0
+    start = time.perf_counter()
+    try:
+        while time.perf_counter() - start < seconds:
+            moment = result.started_at + timedelta(microseconds=offset + produced)
+            spool.emit(verification_event(replace(result, started_at=moment)))
+            produced += 1
+        emitted = time.perf_counter()
+        deadline = emitted + 120
+        while len(fake.created) - before < produced and time.perf_counter() < deadline:
+            time.sleep(0.005)
+        done = time.perf_counter()
+        stored = len(fake.created) - before
+        durable = _durable(spool)
+    finally:
+        shipper.stop(timeout=5)
+        spool.close()
+    assert stored == produced, f"{stored} of {produced} events stored"
+    return stored / (done - start), produced / (emitted - start), durable
+
+
+def _raw(result: ProbeResult, directory: Path, seconds: float) -> float:
+    """Raw SQLite, WAL + synchronous=FULL, one commit per event: events/s."""
+    conn = sqlite3.connect(directory / "raw.sqlite", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE IF NOT EXISTS events (id TEXT PRIMARY KEY, document TEXT)")
+    event = verification_event(result)
+    document = canonical_json(event.to_document()).decode()
+    count = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        conn.execute("INSERT INTO events VALUES (?, ?)", (f"{event.event_id}-{count}", document))
+        count += 1
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return count / elapsed
+
+
+def run(quick: bool) -> list[Row]:
+    """All rows of case 6."""
+    result = _probe_result()
+    reps = 3
+    seconds = 2.0 if quick else 5.0
+    e2e: list[float] = []
+    emit: list[float] = []
+    raw: list[float] = []
+    durable = True
+    with FakeOpenSearch() as fake, scratch() as tmp:
+        for i in range(reps):
+            directory = tmp / f"run-{i}"
+            directory.mkdir()
+            rate, emitted, ok = _pipeline(fake, result, directory, seconds, i * 10_000_000)
+            e2e.append(rate)
+            emit.append(emitted)
+            durable = durable and ok
+            raw.append(_raw(result, directory, seconds / 2))
+    base = median(raw)
+    note = "spool WAL + synchronous=FULL" if durable else "spool NOT durable"
+    return [
+        Row("6 events: probe -> spool -> shipper -> bulk fake, sustained", median(e2e), "/s",
+            base, "raw SQLite FULL commit/event", Goal("value>=", 5000.0, ">= 5,000/s, durable"),
+            reps, verdict=durable and median(e2e) >= 5000.0, note=note),
+        Row("6 events: emit into the spool alone", median(emit), "/s", base,
+            "raw SQLite FULL commit/event", Goal("info"), reps),
+    ]

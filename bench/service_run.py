@@ -1,0 +1,308 @@
+"""The real ``Service`` in its own process, probing many endpoints of a simulator process.
+
+Used by case 4 (many endpoints: CPU, timeliness, memory) and case 5 (scrape). The parent starts
+a simulator process (:mod:`bench.simproc`) with ``N - 1`` mirrors, writes a configuration file
+that spreads the ``N`` endpoints over a few repositories, and runs :func:`worker` in a spawned
+child. The child is the exporter process: it configures JSON logging (to ``/dev/null``) as the
+CLI does, starts the ``Service`` (scheduler, prober, history, spool, shipper to the JSON Lines
+file), measures itself and sends a summary back over a pipe.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+import multiprocessing.connection
+import os
+import resource
+import socket
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+from bench.simproc import Built
+
+INTERVAL = 30.0
+JITTER = 0.1
+WORKERS = 8
+
+
+def write_config(
+    directory: Path,
+    built: Built,
+    *,
+    repositories: int,
+    endpoints: int,
+    canary: bool = True,
+    hung_url: str | None = None,
+) -> Path:
+    """Write ``config.yaml`` for ``endpoints`` endpoints spread over ``repositories``."""
+    root = directory / "root.json"
+    root.write_bytes(built.trusted_root)
+    names = list(built.urls)[:endpoints]
+    if len(names) < endpoints:
+        raise ValueError(f"the simulator serves {len(names)} endpoints, {endpoints} wanted")
+    per_repo = -(-endpoints // repositories)
+    repos: list[dict[str, Any]] = []
+    for r in range(repositories):
+        group = names[r * per_repo:(r + 1) * per_repo]
+        if not group:
+            break
+        first = built.urls[group[0]]
+        repos.append({
+            "name": f"repo{r}",
+            "metadata_url": first[0],
+            "targets_url": first[1],
+            "trusted_root": str(root),
+            "interval": INTERVAL,
+            "timeout": 10,
+            "canary_targets": [built.canary] if canary and built.canary else [],
+            "mirrors": [
+                {"name": f"ep-{name}", "metadata_url": built.urls[name][0],
+                 "targets_url": built.urls[name][1]}
+                for name in group[1:]
+            ],
+        })
+    if hung_url is not None:
+        repos.append({
+            "name": "hung", "metadata_url": hung_url, "trusted_root": str(root),
+            "interval": 600, "timeout": 90, "connect_timeout": 5, "read_timeout": 90,
+        })
+    config = {
+        "state_dir": str(directory / "state"),
+        "workers": WORKERS,
+        "jitter": JITTER,
+        "repositories": repos,
+    }
+    path = directory / "config.yaml"
+    path.write_text(json.dumps(config, indent=1))  # JSON is YAML
+    return path
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now, in MB."""
+    with open("/proc/self/statm") as handle:
+        pages = int(handle.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+@dataclass
+class Summary:
+    """What the service child measured."""
+
+    endpoints: int
+    window_seconds: float
+    cpu_share: float  #: CPU seconds per wall second over the window (1.0 = one core)
+    on_time: int
+    late: int
+    failed: int
+    skipped: int
+    probes: int
+    reused: int
+    rss_samples: list[tuple[float, float]] = field(default_factory=list)
+    max_rss_mb: float = 0.0
+    scrape_ours: list[float] = field(default_factory=list)
+    scrape_plain: list[float] = field(default_factory=list)
+    scrape_samples: int = 0
+    scrape_during_hang: list[float] = field(default_factory=list)
+    hang_pending: bool = False
+
+
+def plain_registry(registry: CollectorRegistry) -> CollectorRegistry:
+    """A registry of plain Gauges with the same families and sample counts as ``registry``."""
+    plain = CollectorRegistry(auto_describe=False)
+    for i, metric in enumerate(registry.collect()):
+        if not metric.samples:
+            continue
+        labelnames = sorted({name for s in metric.samples for name in s.labels})
+        several = len({s.name for s in metric.samples}) > 1
+        if several:  # e.g. a histogram: keep its samples apart
+            labelnames.append("sample")
+        gauge = Gauge(f"plain_{i}_{metric.name}", metric.documentation or "plain",
+                      labelnames, registry=plain)
+        for sample in metric.samples:
+            labels = {name: sample.labels.get(name, "") for name in labelnames}
+            if several:
+                labels["sample"] = sample.name
+            if labelnames:
+                gauge.labels(**labels).set(sample.value)
+            else:
+                gauge.set(sample.value)
+    return plain
+
+
+def _samples(registry: CollectorRegistry) -> int:
+    return sum(len(metric.samples) for metric in registry.collect())
+
+
+def _scrapes(registry: CollectorRegistry, reps: int) -> tuple[list[float], list[float], int]:
+    plain = plain_registry(registry)
+    ours: list[float] = []
+    base: list[float] = []
+    for i in range(reps):
+        for side in ((registry, ours), (plain, base)) if i % 2 == 0 else (
+            (plain, base), (registry, ours)
+        ):
+            start = time.perf_counter()
+            generate_latest(side[0])
+            side[1].append(time.perf_counter() - start)
+    ours_samples, plain_samples = _samples(registry), _samples(plain)
+    assert ours_samples == plain_samples, (ours_samples, plain_samples)
+    return ours, base, ours_samples
+
+
+def worker(
+    config_path: str,
+    duration: float,
+    warmup: float,
+    mode: str,
+    conn: multiprocessing.connection.Connection,
+) -> None:
+    """The exporter process. ``mode`` is ``endpoints`` (measure a steady run) or ``scrape``."""
+    from exporter import logs
+    from exporter.service import Service
+
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+    logs.setup("info", devnull)
+    service = Service(Path(config_path), first_run_within=INTERVAL if mode == "endpoints" else 5)
+    expected = {(r.name, e.name) for r in service.config.repositories for e in r.endpoints
+                if r.name != "hung"}
+    starts: dict[tuple[str, str], list[tuple[float, bool, bool]]] = {}
+
+    def observe(result: Any) -> tuple[()]:
+        starts.setdefault((result.repository, result.endpoint), []).append(
+            (result.started_at.timestamp(), result.success, result.reused_verdict)
+        )
+        return ()
+
+    service.add_observer(observe)
+    service.start()
+    began = time.time()
+    summary = Summary(len(expected), 0.0, 0.0, 0, 0, 0, 0, 0, 0)
+    try:
+        if mode == "endpoints":
+            _steady(service, starts, summary, began, duration, warmup)
+        else:
+            _scrape(service, starts, expected, summary, duration)
+        summary.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+        conn.send(summary)  # before stopping: stop() waits for a hung probe to time out
+    finally:
+        conn.close()
+        service.stop()
+
+
+def _steady(
+    service: Any,
+    starts: dict[tuple[str, str], list[tuple[float, bool, bool]]],
+    summary: Summary,
+    began: float,
+    duration: float,
+    warmup: float,
+) -> None:
+    time.sleep(warmup)
+    window_start = time.time()
+    cpu_start = time.process_time()
+    while time.time() < began + duration:
+        summary.rss_samples.append((time.time() - began, rss_mb()))
+        time.sleep(min(5.0, max(0.0, began + duration - time.time())))
+    window_end = time.time()
+    cpu = time.process_time() - cpu_start
+    summary.rss_samples.append((window_end - began, rss_mb()))
+    summary.window_seconds = window_end - window_start
+    summary.cpu_share = cpu / summary.window_seconds
+    limit = INTERVAL * (1 + JITTER) + 2.0
+    for key in {(r.name, e.name) for r in service.config.repositories for e in r.endpoints}:
+        runs = sorted(starts.get(key, []))
+        times = [t for t, _, _ in runs]
+        for (before, _, _), (at, ok, reused) in itertools.pairwise(runs):
+            if at < window_start:
+                continue
+            summary.probes += 1
+            summary.reused += reused
+            if not ok:
+                summary.failed += 1
+            elif at - before <= limit:
+                summary.on_time += 1
+            else:
+                summary.late += 1
+        last = times[-1] if times else window_start - limit
+        if window_end - last > limit:  # a probe that was due never started
+            summary.late += 1
+    summary.skipped = sum(service.store.snapshot()[5].values())
+
+
+def _scrape(
+    service: Any,
+    starts: dict[tuple[str, str], list[tuple[float, bool, bool]]],
+    expected: set[tuple[str, str]],
+    summary: Summary,
+    timeout: float,
+) -> None:
+    deadline = time.time() + timeout
+    while not expected <= set(starts) and time.time() < deadline:
+        time.sleep(0.5)
+    if not expected <= set(starts):
+        raise RuntimeError(f"only {len(set(starts) & expected)} of {len(expected)} probed")
+    ours, plain, samples = _scrapes(service.registry, 7)
+    summary.scrape_ours, summary.scrape_plain, summary.scrape_samples = ours, plain, samples
+    hung = next((r, e) for r in service.config.repositories if r.name == "hung"
+                for e in r.endpoints)
+    during: list[float] = []
+    for _ in range(5):
+        start = time.perf_counter()
+        generate_latest(service.registry)
+        during.append(time.perf_counter() - start)
+    summary.scrape_during_hang = during
+    summary.hang_pending = (hung[0].name, hung[1].name) not in starts
+    summary.probes = sum(len(v) for v in starts.values())
+
+
+def hung_listener() -> tuple[socket.socket, str]:
+    """A socket that accepts connections (kernel backlog) and never answers: a hung server."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    return listener, f"http://127.0.0.1:{listener.getsockname()[1]}/metadata/"
+
+
+def run_service(
+    config: Path,
+    duration: float,
+    warmup: float,
+    mode: str,
+    release: Callable[[], None] | None = None,
+) -> Summary:
+    """Run :func:`worker` in a spawned process and return its summary.
+
+    ``release()`` is called once the summary arrived, before waiting for the child to stop
+    (closing a hung server there lets the hung probe, and so the service, end at once).
+    """
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=worker, args=(str(config), duration, warmup, mode, child))
+    process.start()
+    child.close()
+    try:
+        if not parent.poll(duration + 300):
+            raise RuntimeError("the service process did not report")
+        summary: Summary = parent.recv()
+    finally:
+        if release is not None:
+            release()
+        process.join(30)
+        if process.is_alive():
+            process.kill()
+    return summary
+
+
+def rss_growth(samples: list[tuple[float, float]], warmup: float) -> tuple[float, float]:
+    """(median RSS of the first third, of the last third) of the samples after warm-up."""
+    values = [mb for t, mb in samples if t >= warmup] or [mb for _, mb in samples]
+    third = max(1, len(values) // 3)
+    return statistics.median(values[:third]), statistics.median(values[-third:])
