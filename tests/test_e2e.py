@@ -1,0 +1,443 @@
+"""End to end: faults injected into simulated repositories, pages delivered (issue #8).
+
+A real Prometheus scrapes ``tuf-exporter serve`` every second and evaluates the generated rules
+(shortened :class:`~exporter.alerts.AlertOptions`); a real Alertmanager, configured with the
+generated example, routes to a webhook recorder. Each scenario owns one repository, injects its
+fault, waits for the notification and measures the time from injection to delivery (printed
+at the end of the module). See ``tests/e2e_harness.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_harness import (
+    REPO_ROOT,
+    PromQLError,
+    Stack,
+    e2e_stack,
+    find_binary,
+    poll,
+)
+
+from exporter.alerts import kebab, promql_metric_names
+from exporter.dashboards import build_dashboards
+
+_MISSING = [name for name, found in (
+    ("prometheus", find_binary("prometheus")),
+    ("prometheus-alertmanager", find_binary("prometheus-alertmanager", "alertmanager")),
+) if found is None]
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(bool(_MISSING), reason=f"{' and '.join(_MISSING)} not installed "
+                       "(apt-get install prometheus prometheus-alertmanager; scripts/test does)"),
+]
+
+#: scenario repository -> number of mirrors
+REPOSITORIES = {"expiry": 1, "lag": 1, "mass": 2, "equivocation": 1, "signer": 1, "recovery": 1,
+                "dashboards": 1}
+SIGNER = ("signer", "timestamp")
+
+#: From an injected fault to the receiver: probe (1 s) + scrape (1 s) + rule evaluation (1 s)
+#: + ``for:`` + group_wait (1 s); generous for 2 loaded cores.
+NOTIFY_TIMEOUT = 45.0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory,
+          request: pytest.FixtureRequest) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("e2e")
+    with e2e_stack(tmp, REPOSITORIES, signer=SIGNER) as s:
+        try:
+            yield s
+        finally:
+            report = s.report() + f"\n  logs and configuration: {tmp}"
+            _print_report(request, report)
+
+
+def _print_report(request: pytest.FixtureRequest, report: str) -> None:
+    """Print past pytest's output capture, also when the last test failed."""
+    plugins = request.config.pluginmanager
+    capture = plugins.get_plugin("capturemanager")
+    reporter = plugins.get_plugin("terminalreporter")
+    disabled = (capture.global_and_fixture_disabled() if capture is not None
+                else contextlib.nullcontext())
+    with disabled:
+        if reporter is not None:
+            reporter.write_line(report)
+        else:
+            print(report, file=sys.__stdout__)
+
+
+@pytest.fixture
+def e2e(stack: Stack) -> Stack:
+    stack.check_processes()
+    return stack
+
+
+def _runbook(stack: Stack, alertname: str) -> str:
+    return f"{stack.options.runbook_base_url.rstrip('/')}/{kebab(alertname)}.md"
+
+
+def _assert_runbook(stack: Stack, alert: dict[str, Any]) -> None:
+    name = alert["labels"]["alertname"]
+    assert alert["annotations"].get("runbook_url") == _runbook(stack, name)
+    assert (REPO_ROOT / "docs" / "runbooks" / f"{kebab(name)}.md").is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# 1. timestamp about to expire -> page
+# --------------------------------------------------------------------------------------------
+
+
+def test_timestamp_about_to_expire_pages(e2e: Stack) -> None:
+    sim = e2e.repos["expiry"]
+    # The page threshold for timestamp is 30 min (e2e_alert_options); re-sign for 10 min.
+    assert e2e.options.expiry_page_seconds["timestamp"] > 600
+    t0 = time.monotonic()
+    sim.repo.set_expiry("timestamp", timedelta(minutes=10))
+    sim.repo.publish()
+    note, alert = e2e.recorder.wait_for(t0, NOTIFY_TIMEOUT, receiver="page",
+                                        alertname="TufMetadataExpiringCritical",
+                                        repository="expiry")
+    e2e.record("expiry", "timestamp re-signed for 10 min -> page", note.received - t0)
+    labels = alert["labels"]
+    assert labels["severity"] == "page"
+    assert labels["repository"] == "expiry"
+    assert labels["role"] == "timestamp"
+    assert labels["endpoint"] in sim.endpoints
+    _assert_runbook(e2e, alert)
+    assert note.payload["groupLabels"] == {"alertname": "TufMetadataExpiringCritical",
+                                           "repository": "expiry"}
+
+    # The ticket for the same metadata (TufMetadataExpiringSoon) is inhibited by the page.
+    def soon_inhibited() -> bool:
+        held = e2e.alertmanager.alerts(alertname="TufMetadataExpiringSoon", repository="expiry",
+                                       role="timestamp")
+        return bool(held) and all(a["status"]["inhibitedBy"] for a in held)
+
+    poll(soon_inhibited, 20, "TufMetadataExpiringSoon inhibited in Alertmanager",
+         diagnose=lambda: e2e.diagnose("expiry"))
+    assert not [n for n, a in e2e.recorder.matching(t0, repository="expiry")
+                if n.receiver == "ticket" and a["labels"].get("role") == "timestamp"]
+
+    t1 = time.monotonic()
+    sim.repo.set_expiry("timestamp", None)
+    sim.repo.publish()
+    note, _ = e2e.recorder.wait_for(t1, NOTIFY_TIMEOUT, status="resolved", receiver="page",
+                                    alertname="TufMetadataExpiringCritical", repository="expiry")
+    e2e.record("expiry", "re-signed with the default expiry -> resolved", note.received - t1)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. a mirror held back -> ticket, no page
+# --------------------------------------------------------------------------------------------
+
+
+def test_stale_mirror_opens_a_ticket_not_a_page(e2e: Stack) -> None:
+    sim = e2e.repos["lag"]
+    t0 = time.monotonic()
+    sim.server.hold_mirror("mirror-1", state=sim.repo.latest.serial)
+    sim.repo.publish()
+    try:
+        note, alert = e2e.recorder.wait_for(t0, NOTIFY_TIMEOUT, receiver="ticket",
+                                            alertname="TufMirrorLagging", repository="lag")
+        e2e.record("lag", "mirror held back + publish -> ticket", note.received - t0)
+        assert alert["labels"]["endpoint"] == "mirror-1"
+        assert alert["labels"]["severity"] == "ticket"
+        _assert_runbook(e2e, alert)
+        pages = [n.summary() for n, _ in e2e.recorder.matching(t0, repository="lag")
+                 if n.receiver == "page"]
+        assert not pages, pages
+        assert not e2e.prometheus.alerts(repository="lag", severity="page")
+    finally:
+        t1 = time.monotonic()
+        sim.server.release_mirror("mirror-1")
+    note, _ = e2e.recorder.wait_for(t1, NOTIFY_TIMEOUT, status="resolved", receiver="ticket",
+                                    alertname="TufMirrorLagging", repository="lag")
+    e2e.record("lag", "mirror released -> resolved", note.received - t1)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. every endpoint failing -> one grouped page, per-mirror alerts inhibited
+# --------------------------------------------------------------------------------------------
+
+
+def test_mass_failure_pages_once_and_inhibits_mirror_alerts(e2e: Stack) -> None:
+    sim = e2e.repos["mass"]
+    mirrors = set(sim.mirrors)
+    t0 = time.monotonic()
+    for endpoint in sim.endpoints:
+        sim.server.inject("http-500", endpoint=endpoint)
+    try:
+        note, alert = e2e.recorder.wait_for(t0, NOTIFY_TIMEOUT, receiver="page",
+                                            alertname="TufVerificationMassFailure",
+                                            repository="mass")
+        e2e.record("mass", "http-500 on every endpoint -> page", note.received - t0)
+        assert alert["labels"]["severity"] == "page"
+        assert len(note.alerts) == 1  # one alert per repository, not one per endpoint
+        _assert_runbook(e2e, alert)
+
+        # The per-endpoint alerts fire in Prometheus for every endpoint ...
+        def failing_everywhere() -> bool:
+            firing = e2e.prometheus.firing(alertname="TufEndpointVerificationFailing",
+                                           repository="mass")
+            return {a["labels"]["endpoint"] for a in firing} >= set(sim.endpoints)
+
+        poll(failing_everywhere, NOTIFY_TIMEOUT, "TufEndpointVerificationFailing on every "
+             "endpoint of mass", diagnose=lambda: e2e.diagnose("mass"))
+
+        # ... Alertmanager holds the mirrors' inhibited ...
+        def mirrors_inhibited() -> bool:
+            held = [a for a in e2e.alertmanager.alerts(alertname="TufEndpointVerificationFailing",
+                                                       repository="mass")
+                    if a["labels"]["endpoint"] in mirrors]
+            return len(held) == len(mirrors) and all(
+                a["status"]["state"] == "suppressed" and a["status"]["inhibitedBy"]
+                for a in held)
+
+        poll(mirrors_inhibited, 20, "mirror alerts inhibited in Alertmanager",
+             diagnose=lambda: e2e.diagnose("mass"))
+
+        # ... and the group's ticket carries the primary only.
+        ticket, _ = e2e.recorder.wait_for(t0, NOTIFY_TIMEOUT, receiver="ticket",
+                                          alertname="TufEndpointVerificationFailing",
+                                          repository="mass")
+        e2e.record("mass", "-> ticket for the primary (mirrors inhibited)",
+                   ticket.received - t0)
+        t_clear = time.monotonic()
+        leaked = [n.summary() for n, a in e2e.recorder.matching(t0, t_clear, repository="mass")
+                  if n.receiver == "ticket" and a["labels"].get("endpoint") in mirrors]
+        assert not leaked, f"per-mirror tickets while the mass failure fired: {leaked}"
+        pages = {id(n) for n, a in e2e.recorder.matching(
+            t0, t_clear, alertname="TufVerificationMassFailure", repository="mass")
+            if a["status"] == "firing"}
+        assert len(pages) == 1, "the mass failure must page exactly once"
+    finally:
+        t1 = time.monotonic()
+        sim.server.clear()
+    note, _ = e2e.recorder.wait_for(t1, NOTIFY_TIMEOUT, status="resolved", receiver="page",
+                                    alertname="TufVerificationMassFailure", repository="mass")
+    e2e.record("mass", "faults cleared -> resolved", note.received - t1)
+
+
+# --------------------------------------------------------------------------------------------
+# 4. equivocation -> page (possible key compromise)
+# --------------------------------------------------------------------------------------------
+
+
+def test_equivocation_pages_possible_key_compromise(e2e: Stack) -> None:
+    sim = e2e.repos["equivocation"]
+    t0 = time.monotonic()
+    sim.server.inject("equivocation", endpoint="primary")
+    try:
+        note, alert = e2e.recorder.wait_for(t0, NOTIFY_TIMEOUT, receiver="page",
+                                            alertname="TufPossibleKeyCompromise",
+                                            repository="equivocation")
+        e2e.record("equivocation", "same timestamp version, other bytes -> page",
+                   note.received - t0)
+        assert alert["labels"]["kind"] == "equivocation"
+        assert alert["labels"]["severity"] == "page"
+        assert alert["labels"]["endpoint"] == "primary"
+        _assert_runbook(e2e, alert)
+    finally:
+        sim.server.clear()
+        sim.repo.publish()
+
+
+# --------------------------------------------------------------------------------------------
+# 5. the signer's key removed from root -> page
+# --------------------------------------------------------------------------------------------
+
+
+def test_signer_key_removed_from_root_pages(e2e: Stack) -> None:
+    sim = e2e.repos["signer"]
+    assert e2e.signer_keyid is not None
+    selector = 'tuf_signer_key_authorized{repository="signer",role="timestamp"}'
+    try:
+        poll(lambda: e2e.prometheus.query(f"{selector} == 1"), 15,
+             "tuf_signer_key_authorized == 1 in Prometheus")
+    except AssertionError:
+        present = "tuf_signer_key_authorized" in e2e.metrics_text()
+        reason = ("tuf_signer_key_authorized never appeared on /metrics: signer probes are not "
+                  "wired into `tuf-exporter serve` yet" if not present else
+                  "tuf_signer_key_authorized is on /metrics but never 1 for the exported key")
+        e2e.notes.append(f"signer scenario not run: {reason}")
+        if present:
+            raise
+        pytest.xfail(reason)
+    t0 = time.monotonic()
+    sim.repo.rotate_keys("timestamp", add=1, remove=[e2e.signer_keyid])
+    sim.repo.publish()
+    note, alert = e2e.recorder.wait_for(t0, NOTIFY_TIMEOUT, receiver="page",
+                                        alertname="TufSignerKeyUnauthorized",
+                                        repository="signer")
+    e2e.record("signer", "signer key revoked in root -> page", note.received - t0)
+    assert alert["labels"]["role"] == "timestamp"
+    _assert_runbook(e2e, alert)
+
+
+# --------------------------------------------------------------------------------------------
+# 6. recovery -> resolved notifications
+# --------------------------------------------------------------------------------------------
+
+
+def test_recovery_sends_resolved_notifications(e2e: Stack) -> None:
+    sim = e2e.repos["recovery"]
+    t0 = time.monotonic()
+    sim.server.inject("expired-timestamp", endpoint="primary")
+    try:
+        note, alert = e2e.recorder.wait_for(t0, NOTIFY_TIMEOUT, receiver="page",
+                                            alertname="TufMetadataExpired",
+                                            repository="recovery")
+        e2e.record("recovery", "expired timestamp on the primary -> page", note.received - t0)
+        assert alert["labels"]["endpoint"] == "primary"
+        assert alert["labels"]["role"] == "timestamp"
+        _assert_runbook(e2e, alert)
+    finally:
+        t1 = time.monotonic()
+        sim.server.clear()
+        sim.repo.publish()
+    note, alert = e2e.recorder.wait_for(t1, NOTIFY_TIMEOUT, status="resolved", receiver="page",
+                                        alertname="TufMetadataExpired", repository="recovery")
+    e2e.record("recovery", "fault cleared + publish -> resolved", note.received - t1)
+    assert note.status == "resolved"
+    assert note.payload["groupLabels"] == {"alertname": "TufMetadataExpired",
+                                           "repository": "recovery"}
+    assert alert["endsAt"] >= alert["startsAt"]
+
+
+# --------------------------------------------------------------------------------------------
+# Dashboards: every panel query returns data from the live Prometheus
+# --------------------------------------------------------------------------------------------
+
+#: Grafana macros -> fixed durations for instant queries.
+MACROS = {
+    "__rate_interval": "1m",
+    "__interval": "15s",
+    "__range": "5m",
+    "__range_s": "300",
+    "__range_ms": "300000",
+    "__interval_ms": "15000",
+}
+
+#: Metrics that may legitimately have no series in this test, and why.
+MAY_BE_ABSENT = {
+    "tuf_signer_up": "signer probes are not wired into `serve` yet",
+    "tuf_signer_sign_duration_seconds": "signer probes are not wired into `serve` yet",
+    "tuf_signer_key_authorized": "signer probes are not wired into `serve` yet",
+    "tuf_signer_probes_total": "signer probes are not wired into `serve` yet",
+    "tuf_signer_cadence_ok": "signer probes are not wired into `serve` yet",
+    "tuf_exporter_events_dropped_total": "no event was dropped; the counter has no series "
+                                         "until a first drop (causes are not pre-initialised)",
+    "tuf_exporter_shipper_errors_total": "no shipper error; the counter has no series until "
+                                         "a first error (causes are not pre-initialised)",
+}
+
+
+def _fill(expr: str, variables: dict[str, str]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        if name in variables:
+            return variables[name]
+        if name in MACROS:
+            return MACROS[name]
+        raise KeyError(f"unknown Grafana variable ${name} in {expr}")
+
+    return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)", replace, expr)
+
+
+def _panel_queries(dashboard: Any, board: str) -> Iterator[tuple[str, str]]:
+    """(where, expr) of every panel target with an expression, rows' panels included."""
+    if isinstance(dashboard, dict):
+        targets = dashboard.get("targets")
+        if isinstance(targets, list) and "title" in dashboard:
+            for target in targets:
+                if isinstance(target, dict) and target.get("expr"):
+                    yield f"{board} / {dashboard['title']} [{target.get('refId', '?')}]", \
+                        target["expr"]
+        for key, value in dashboard.items():
+            if key != "targets":
+                yield from _panel_queries(value, board)
+    elif isinstance(dashboard, list):
+        for item in dashboard:
+            yield from _panel_queries(item, board)
+
+
+def test_every_dashboard_panel_query_returns_data(e2e: Stack, tmp_path: Path) -> None:
+    repositories = sorted(e2e.repos)
+    endpoints = sorted({ep for r in e2e.repos.values() for ep in r.endpoints})
+    # Plain names: a regex alternation needs no escaping (PromQL refuses Go-invalid "\-").
+    assert all(re.fullmatch(r"[\w-]+", n) for n in (*repositories, *endpoints))
+    variables = {
+        "repository": "|".join(repositories),
+        "endpoint": "|".join(endpoints),
+        "datasource": "prometheus",
+    }
+    queries: list[tuple[str, str]] = []
+    for path in build_dashboards(tmp_path / "dashboards"):
+        queries.extend(_panel_queries(json.loads(path.read_text(encoding="utf-8")), path.stem))
+    assert queries, "no panel queries found in the generated dashboards"
+    filled = [(where, expr, _fill(expr, variables)) for where, expr in queries]
+
+    # Panels about failing endpoints need one: break this test's own mirror while querying.
+    sim = e2e.repos["dashboards"]
+    sim.server.inject("http-500", endpoint="mirror-1")
+    try:
+        poll(lambda: e2e.prometheus.query(
+            'tuf_probe_success{repository="dashboards", endpoint="mirror-1"} == 0'),
+            NOTIFY_TIMEOUT, "the dashboards mirror failing in Prometheus")
+        _check_queries(e2e, filled)
+    finally:
+        sim.server.clear()
+
+
+def _check_queries(e2e: Stack, filled: list[tuple[str, str, str]]) -> None:
+
+    errors = []
+    for where, _, expr in filled:
+        try:
+            e2e.prometheus.query(expr)
+        except PromQLError as exc:
+            errors.append(f"{where}: {exc}\n    {expr}")
+    assert not errors, "panel queries Prometheus refuses:\n  " + "\n  ".join(errors)
+
+    def absent(names: set[str]) -> set[str]:
+        return {n for n in names
+                if not e2e.prometheus.query(f'count({{__name__="{n}"}})')}
+
+    def explained(expr: str) -> str | None:
+        gone = absent(promql_metric_names(expr))
+        reasons = {MAY_BE_ABSENT[n] for n in gone if n in MAY_BE_ABSENT}
+        return "; ".join(sorted(reasons)) if reasons and gone <= set(MAY_BE_ABSENT) else None
+
+    def empty() -> list[tuple[str, str]]:
+        return [(where, expr) for where, _, expr in filled if not e2e.prometheus.query(expr)]
+
+    # Recording rules are evaluated every minute: give the first evaluation time to happen.
+    started = time.monotonic()
+    with contextlib.suppress(AssertionError):
+        poll(lambda: all(explained(expr) for _, expr in empty()) or None, 90,
+             "every dashboard query to return data", interval=1.0)
+    remaining = empty()
+    e2e.record("dashboards", f"{len(filled)} panel queries, {len(remaining)} without data "
+               "(waited for recording rules)", time.monotonic() - started)
+    unexplained = []
+    for where, expr in remaining:
+        why = explained(expr)
+        if why is None:
+            missing = sorted(absent(promql_metric_names(expr)))
+            unexplained.append(f"{where}: no data (absent: {missing or 'none'})\n    {expr}")
+        else:
+            e2e.notes.append(f"no data: {where} ({why})")
+    assert not unexplained, "panel queries without data:\n  " + "\n  ".join(unexplained)
