@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter import __version__, logs
-from exporter.config import Config, ConfigError, load_config
+from exporter.config import Config, ConfigError, load_config, parse_shard
 from exporter.durations import parse_duration
 from exporter.history_store import HistoryError
 from exporter.prober import Prober, TrustedRootError, load_trusted_root
@@ -158,7 +158,7 @@ def _serve(service: Service, args: argparse.Namespace, banner: Callable[[str], N
 def cmd_serve(args: argparse.Namespace) -> int:
     """Probe on schedule and serve /metrics until stopped."""
     logs.setup(args.log_level)
-    service = Service(args.config, history_on_corrupt=args.history_on_corrupt)
+    service = Service(args.config, history_on_corrupt=args.history_on_corrupt, shard=args.shard)
     return _serve(service, args, lambda url: log.info("listening", extra={"url": url}))
 
 
@@ -215,6 +215,13 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _shard_flag(text: str) -> tuple[int, int]:
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _web_flags(parser: argparse.ArgumentParser, default_listen: str) -> None:
     parser.add_argument("--web.listen-address", dest="listen_address", default=default_listen,
                         help=f"address to serve /metrics on (default {default_listen})")
@@ -247,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=["raise", "rename"],
                        help="a corrupt history file: refuse to start (raise) or move it aside "
                             "and start a new history (rename)")
+    serve.add_argument("--shard", type=_shard_flag, metavar="INDEX/COUNT",
+                       help="probe only this shard's repositories (overrides the file's shard)")
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="run against a built-in simulated repository")

@@ -367,7 +367,8 @@ def _role_durations(reader: _Reader | None) -> dict[str, float]:
     return out
 
 
-def _shard(value: Any) -> tuple[int, int]:
+def parse_shard(value: Any) -> tuple[int, int]:
+    """``INDEX/COUNT`` with 0 <= INDEX < COUNT, as (INDEX, COUNT); ValueError otherwise."""
     text = str(value)
     match = re.fullmatch(r"(\d+)/(\d+)", text)
     if not match or int(match.group(2)) < 1 or int(match.group(1)) >= int(match.group(2)):
@@ -528,7 +529,7 @@ def parse_config(text: str, source: str = "<config>", base: Path | None = None) 
         raise ConfigError(f"{source}: the file is empty; it needs a 'repositories' list")
     root = _Reader(_to_nodes(document), "", source)
     defaults = Config(repositories=())
-    shard = root.get("shard", _shard, (0, 1))
+    shard = root.get("shard", parse_shard, (0, 1))
     state_dir = root.get("state_dir", _path(base), base / "state")
     repos: list[Repository] = []
     seen: set[str] = set()

@@ -14,13 +14,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
+from exporter import sharding
 from exporter.cadence import CadenceTracker, online_roles
 from exporter.collector import ExporterCollector, ProbeStore
 from exporter.config import Config, ConfigError, Endpoint, Repository, Signer, load_config
@@ -44,9 +45,16 @@ class Loaded:
     trusted_roots: dict[str, bytes]
 
 
-def load(path: Path) -> Loaded:
-    """Load and validate everything a configuration needs; ConfigError or TrustedRootError."""
+def load(path: Path, shard: tuple[int, int] | None = None) -> Loaded:
+    """Load and validate everything a configuration needs; ConfigError or TrustedRootError.
+
+    ``shard`` (INDEX, COUNT), from the command line, overrides the file's ``shard``; the
+    configuration is then reduced to what this shard probes.
+    """
     config = load_config(path)
+    if shard is not None:
+        config = replace(config, shard_index=shard[0], shard_count=shard[1])
+    config = sharding.select(config)
     roots = {repo.name: load_trusted_root(repo.trusted_root) for repo in config.repositories}
     return Loaded(config, roots)
 
@@ -111,10 +119,12 @@ class Service:
         *,
         first_run_within: float = 5.0,
         history_on_corrupt: str = "raise",
+        shard: tuple[int, int] | None = None,
     ) -> None:
         self.config_path = config_path
         self._first_run_within = first_run_within
-        self._loaded = load(config_path)
+        self._shard = shard
+        self._loaded = load(config_path, shard)
         config = self._loaded.config
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = ProbeStore()
@@ -181,7 +191,7 @@ class Service:
         """Load the configuration file again; keep the old one if the new one is bad."""
         with self._reload_lock:
             try:
-                loaded = load(self.config_path)
+                loaded = load(self.config_path, self._shard)
             except (ConfigError, TrustedRootError) as exc:
                 self._reload_ok = False
                 log.error("configuration reload refused; the old configuration keeps running",

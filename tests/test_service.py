@@ -260,3 +260,19 @@ def test_signer_probes_and_cadence_are_served(sim: Sim, tmp_path: Path,
     crashes = [r for r in caplog.records if r.levelname == "ERROR"]
     assert not crashes, [r.getMessage() for r in crashes]
     assert "file2:" not in caplog.text or str(key) in caplog.text
+
+
+def test_shards_split_the_repositories(sim: Sim, tmp_path: Path) -> None:
+    extra = [{"name": f"repo-{i}", "metadata_url": f"http://127.0.0.1:9/{i}/",
+              "trusted_root": str(sim.trusted_root)} for i in range(12)]
+    config = _write_config(sim, tmp_path / "config.yml", extra=extra)
+    from exporter.service import load
+
+    everything = {(r.name, e.name) for r in load(config).config.repositories
+                  for e in r.endpoints}
+    seen: list[tuple[str, str]] = []
+    for index in range(3):
+        shard = load(config, (index, 3)).config
+        assert (shard.shard_index, shard.shard_count) == (index, 3)
+        seen += [(r.name, e.name) for r in shard.repositories for e in r.endpoints]
+    assert sorted(seen) == sorted(everything), "every endpoint exactly once"
