@@ -294,6 +294,13 @@ class _Run:
                                      duration_seconds=time.monotonic() - start)
                     )
                     continue
+                limit = self.repo.limits.target_max_length
+                if info.length > limit:
+                    results.append(TargetResult(
+                        path, False, Reason.LENGTH_OR_HASH_MISMATCH,
+                        f"{path}: {info.length} bytes, more than target_max_length ({limit})",
+                        length=info.length, duration_seconds=time.monotonic() - start))
+                    continue
                 self.state.last_targetinfo[path] = info
                 results.append(self._download(updater, info, download_dir, start))
             except Exception as exc:  # noqa: BLE001 - classified below

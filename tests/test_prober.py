@@ -267,3 +267,11 @@ def test_bad_trusted_root_is_a_usage_error(tmp_path: Path, capsys: pytest.Captur
     )
     assert cli.main(["probe", "--config", str(config)]) == 2
     assert "cannot use" in capsys.readouterr().err
+
+
+def test_canary_larger_than_the_configured_limit(sim: Sim) -> None:
+    from exporter.config import Limits
+
+    result = _probe(sim, limits=Limits(target_max_length=5))
+    assert (result.reason, result.role) == ("length_or_hash_mismatch", "target")
+    assert "target_max_length" in (result.message or "")
