@@ -276,3 +276,48 @@ def test_shards_split_the_repositories(sim: Sim, tmp_path: Path) -> None:
         assert (shard.shard_index, shard.shard_count) == (index, 3)
         seen += [(r.name, e.name) for r in shard.repositories for e in r.endpoints]
     assert sorted(seen) == sorted(everything), "every endpoint exactly once"
+
+
+def _events(service: Service) -> list[dict]:
+    import json
+
+    path = service.config.state_dir / "events.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(
+    ("fault", "params", "kind", "reason", "counter"),
+    [
+        ("unknown-signer", {}, "anomaly", "unknown_signer",
+         ("tuf_anomalies_total", {"kind": "unknown_signer"})),
+        ("version-jump", {"by": 5000}, "anomaly", "version_jump",
+         ("tuf_anomalies_total", {"kind": "version_jump"})),
+        ("rollback", {}, "rollback", "rollback",
+         ("tuf_rollbacks_detected_total", {"role": "timestamp"})),
+    ],
+)
+def test_a_finding_is_counted_once_and_shipped_as_one_event(
+    service: Service, sim: Sim, fault: str, params: dict, kind: str, reason: str,
+    counter: tuple[str, dict[str, str]],
+) -> None:
+    poll(lambda: _both_probed(service), timeout=20)
+    sim.repo.publish()
+    poll(lambda: value(scrape(service), "tuf_metadata_version", endpoint="primary",
+                       role="timestamp") == sim.repo.latest.signed("timestamp").signed.version,
+         timeout=20)
+    sim.server.inject(fault, **params)
+    name, labels = counter
+    poll(lambda: value(scrape(service), name, endpoint="primary", **labels) == 1, timeout=20)
+    matching = poll(lambda: [e for e in _events(service)
+                             if e["kind"] == kind and e["reason"] == reason], timeout=20)
+    probes = value(scrape(service), "tuf_probes_total", endpoint="primary", result="success") or 0
+    probes += value(scrape(service), "tuf_probes_total", endpoint="primary",
+                    result="failure") or 0
+    poll(lambda: sum(value(scrape(service), "tuf_probes_total", endpoint="primary", result=r)
+                     or 0 for r in ("success", "failure")) >= probes + 3, timeout=20)
+    assert value(scrape(service), name, endpoint="primary", **labels) == 1, "counted once"
+    again = [e for e in _events(service) if e["kind"] == kind and e["reason"] == reason]
+    assert len(again) == len(matching) == 1, "one event"
+    assert again[0]["repository"] == "sim" and again[0]["endpoint"] == "primary"
