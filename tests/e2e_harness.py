@@ -73,15 +73,16 @@ def poll(
 ) -> T:
     """Call ``check`` until it returns something truthy; AssertionError after ``timeout`` s."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: object = None
     while True:
         try:
-            last = check()
+            value = check()
         except (requests.RequestException, OSError) as exc:
             last = exc
         else:
-            if last:
-                return last
+            if value:
+                return value
+            last = value
         if time.monotonic() > deadline:
             extra = f"\n{diagnose()}" if diagnose is not None else ""
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what} "
@@ -176,13 +177,15 @@ class WebhookRecorder:
             return list(self._notifications)
 
     def matching(
-        self, since: float = 0.0, until: float = float("inf"), **labels: str
+        self, since: float = 0.0, until: float = float("inf"), *,
+        labels: Mapping[str, str] | None = None, **more: str,
     ) -> list[tuple[Notification, dict[str, Any]]]:
         """(notification, alert) pairs received in [since, until) whose alert has ``labels``."""
+        wanted = {**(labels or {}), **more}
         return [
             (n, a) for n in self.notifications() if since <= n.received < until
             for a in n.alerts
-            if all(a.get("labels", {}).get(k) == v for k, v in labels.items())
+            if all(a.get("labels", {}).get(k) == v for k, v in wanted.items())
         ]
 
     def wait_for(
@@ -196,7 +199,7 @@ class WebhookRecorder:
         """The first alert with ``labels`` and ``status`` in a notification after ``since``."""
 
         def check() -> tuple[Notification, dict[str, Any]] | None:
-            for n, a in self.matching(since, **labels):
+            for n, a in self.matching(since, labels=labels):
                 if a.get("status") == status and (receiver is None or n.receiver == receiver):
                     return n, a
             return None
@@ -470,6 +473,9 @@ class Stack:
             for what, seconds in entries:
                 lines.append(f"  {scenario:<14} {what:<58} {seconds:6.1f} s")
         lines.extend(f"  note: {n}" for n in self.notes)
+        for p in self.processes:
+            if p.proc is not None and p.proc.returncode is not None:
+                lines.append(f"  {p.name} exited with {p.proc.returncode}")
         return "\n".join(lines)
 
 

@@ -57,12 +57,21 @@ NOTIFY_TIMEOUT = 45.0
 def stack(tmp_path_factory: pytest.TempPathFactory,
           request: pytest.FixtureRequest) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("e2e")
-    with e2e_stack(tmp, REPOSITORIES, signer=SIGNER) as s:
-        try:
+    started: list[Stack] = []
+    stopping = 0.0
+    try:
+        with e2e_stack(tmp, REPOSITORIES, signer=SIGNER) as s:
+            started.append(s)
             yield s
-        finally:
-            report = s.report() + f"\n  logs and configuration: {tmp}"
-            _print_report(request, report)
+            stopping = time.monotonic()
+    finally:
+        # Printed once every process has been stopped, with their exit codes.
+        if started:
+            s = started[0]
+            if stopping:
+                s.record("teardown", "SIGTERM -> every process exited",
+                         time.monotonic() - stopping)
+            _print_report(request, s.report() + f"\n  logs and configuration: {tmp}")
 
 
 def _print_report(request: pytest.FixtureRequest, report: str) -> None:
@@ -251,8 +260,17 @@ def test_equivocation_pages_possible_key_compromise(e2e: Stack) -> None:
         assert alert["labels"]["endpoint"] == "primary"
         _assert_runbook(e2e, alert)
     finally:
+        t1 = time.monotonic()
         sim.server.clear()
         sim.repo.publish()
+    # A counter-increase alert resolves once the increase leaves event_window.
+    note, _ = e2e.recorder.wait_for(t1, NOTIFY_TIMEOUT, status="resolved", receiver="page",
+                                    alertname="TufPossibleKeyCompromise",
+                                    repository="equivocation")
+    e2e.record("equivocation", f"fault cleared -> resolved (event_window "
+               f"{e2e.options.event_window})", note.received - t1)
+    assert e2e.prometheus.query(
+        'tuf_probe_success{repository="equivocation"} == 1'), "equivocation repo not healthy"
 
 
 # --------------------------------------------------------------------------------------------
