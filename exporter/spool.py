@@ -85,6 +85,10 @@ CREATE INDEX IF NOT EXISTS dead_letters_failed_at ON dead_letters (failed_at);
 """
 
 
+#: Why an event can be dropped (``cause`` label of tuf_exporter_events_dropped_total).
+DROP_CAUSES = ("spool_full", "too_old", "rejected", "spool_error")
+
+
 class SpoolError(RuntimeError):
     """The spool cannot be used (the database cannot be opened or written)."""
 
@@ -522,6 +526,8 @@ class Spool:
         except (sqlite3.Error, SpoolError) as exc:
             log.error("cannot count the spooled events: %s", exc)
         dropped = catalogue.family("tuf_exporter_events_dropped_total")
-        for cause, count in sorted(self.dropped().items()):
+        # known causes start at 0, so the first drop is an increase Prometheus can see
+        counts = {**dict.fromkeys(DROP_CAUSES, 0), **self.dropped()}
+        for cause, count in sorted(counts.items()):
             dropped.add_metric([cause], count)
         return [produced, spooled, dropped]

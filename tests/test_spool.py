@@ -106,7 +106,8 @@ def test_age_policy_drops_too_old_and_counts(tmp_path: Path) -> None:
         assert spool.dropped() == {"too_old": 2}
         families = {f.name: f for f in spool.metrics()}
         dropped = families["tuf_exporter_events_dropped"].samples
-        assert [(s.labels, s.value) for s in dropped] == [({"cause": "too_old"}, 2)]
+        assert {s.labels["cause"]: s.value for s in dropped} == {
+            "too_old": 2, "spool_full": 0, "rejected": 0, "spool_error": 0}
 
 
 def test_dead_letters_are_kept_counted_inspectable_and_requeueable(spool: Spool) -> None:
