@@ -15,7 +15,6 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
-import resource
 import socket
 import statistics
 import time
@@ -83,6 +82,19 @@ def write_config(
     path = directory / "config.yaml"
     path.write_text(json.dumps(config, indent=1))  # JSON is YAML
     return path
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (VmHWM), in MB.
+
+    Not ``getrusage``'s ``ru_maxrss``: that survives ``execve``, so a spawned child would
+    report its parent's peak.
+    """
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e6
+    return 0.0
 
 
 def rss_mb() -> float:
@@ -190,7 +202,7 @@ def worker(
             _steady(service, starts, summary, began, duration, warmup)
         else:
             _scrape(service, starts, expected, summary, duration)
-        summary.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+        summary.max_rss_mb = peak_rss_mb()
         conn.send(summary)  # before stopping: stop() waits for a hung probe to time out
     finally:
         conn.close()
