@@ -5,29 +5,38 @@ reports what the bytes say (version, expiry, size, content hash, which authorize
 validly against the delegator's threshold, signatures by keys the delegator does not know), and
 it reads whatever it can even when the verdict failed.
 
-Results are cached per content hash and delegator key set, so an unchanged 12 MB targets file
-is never parsed twice.
+It is built to stay cheap on package-index-sized files:
+
+* a role is read as plain JSON; only what delegates (root, and targets roles with
+  ``delegations``) becomes a ``tuf.api.metadata`` object, built without its targets list;
+* the signed payload is serialized with the C JSON encoder (sorted keys, no spaces), which is
+  byte-identical to canonical JSON for ordinary metadata; only when a present signature by an
+  authorized key does not verify over it is the payload rebuilt with securesystemslib's
+  canonical encoder and checked again, so the facts never depend on the shortcut;
+* facts are cached per content hash and delegator key set, so an unchanged 12 MB targets file
+  is never read twice, and no parsed targets list is kept in memory.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from tuf.api.metadata import (
-    Delegations,
-    Metadata,
-    Root,
-    Targets,
-)
+from securesystemslib.formats import encode_canonical
+from securesystemslib.signer import Signature
+from tuf.api.metadata import Delegations, Root, Targets
 
 from exporter.results import RoleFacts, RoleKeys
 
-TOP_LEVEL = ("root", "timestamp", "snapshot", "targets")
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -41,10 +50,18 @@ class Inspected:
 
 
 @dataclass(frozen=True)
-class _Parsed:
-    metadata: Metadata[Any]
-    size: int
+class _Doc:
+    """One metadata file, read as JSON: what the facts need, nothing of its targets list."""
+
     sha256: str
+    size: int
+    type: str
+    version: int
+    expires: datetime
+    signatures: dict[str, Signature]
+    signed: dict[str, Any] | None  #: kept only until the facts are computed
+    #: The file as a delegator (Root, or Targets with only its delegations), when it delegates.
+    delegator: Root | Targets | None
 
 
 class Inspector:
@@ -53,7 +70,7 @@ class Inspector:
     def __init__(self, max_entries: int = 8192) -> None:
         self._max = max_entries
         self._lock = threading.Lock()
-        self._parsed: OrderedDict[str, _Parsed | None] = OrderedDict()
+        self._delegators: OrderedDict[str, Root | Targets | None] = OrderedDict()
         self._facts: OrderedDict[tuple[str, str, str], RoleFacts] = OrderedDict()
 
     def inspect(self, files: Mapping[str, bytes]) -> Inspected:
@@ -65,32 +82,33 @@ class Inspector:
         """
         roles: dict[str, RoleFacts] = {}
         delegated: dict[str, RoleFacts] = {}
-        root_parsed = self._parse(files.get("root"))
-        root: Root | None = None
-        if root_parsed is not None and isinstance(root_parsed.metadata.signed, Root):
-            root = root_parsed.metadata.signed
-            roles["root"] = self._facts_for("root", root_parsed, root, "root")
+        contexts = _KeyContexts()
+        root_facts, root = self._role("root", files.get("root"), None, "root", contexts)
+        if root_facts is not None and isinstance(root, Root):
+            roles["root"] = root_facts
+        else:
+            root = None
+        targets: Root | Targets | None = None
         for name in ("timestamp", "snapshot", "targets"):
-            parsed = self._parse(files.get(name))
-            if parsed is None or parsed.metadata.signed.type != name:
-                continue
-            roles[name] = self._facts_for(name, parsed, root, "root")
-
+            facts, as_delegator = self._role(name, files.get(name), root, "root", contexts)
+            if facts is not None:
+                roles[name] = facts
+                if name == "targets":
+                    targets = as_delegator
         declared: list[str] = []
-        targets_parsed = self._parse(files.get("targets"))
-        if targets_parsed is not None and isinstance(targets_parsed.metadata.signed, Targets):
-            self._walk(targets_parsed.metadata.signed, "targets", files, delegated, declared)
+        if isinstance(targets, Targets):
+            self._walk(targets, files, delegated, declared, contexts)
         return Inspected(roles, delegated, tuple(declared))
 
     def _walk(
         self,
-        delegator: Targets,
-        delegator_name: str,
+        top: Targets,
         files: Mapping[str, bytes],
         out: dict[str, RoleFacts],
         declared: list[str],
+        contexts: _KeyContexts,
     ) -> None:
-        stack: list[tuple[Targets, str]] = [(delegator, delegator_name)]
+        stack: list[tuple[Targets, str]] = [(top, "targets")]
         seen: set[str] = set()
         while stack:
             parent, parent_name = stack.pop()
@@ -99,52 +117,54 @@ class Inspector:
                     continue
                 seen.add(child)
                 declared.append(child)
-                parsed = self._parse(files.get(child))
-                if parsed is None or not isinstance(parsed.metadata.signed, Targets):
+                facts, as_delegator = self._role(
+                    child, files.get(child), parent, parent_name, contexts
+                )
+                if facts is None:
                     continue
-                out[child] = self._facts_for(child, parsed, parent, parent_name)
-                stack.append((parsed.metadata.signed, child))
+                out[child] = facts
+                if isinstance(as_delegator, Targets):
+                    stack.append((as_delegator, child))
 
-    def _parse(self, data: bytes | None) -> _Parsed | None:
-        if data is None:
-            return None
-        digest = hashlib.sha256(data).hexdigest()
-        with self._lock:
-            if digest in self._parsed:
-                self._parsed.move_to_end(digest)
-                return self._parsed[digest]
-        try:
-            parsed: _Parsed | None = _Parsed(Metadata.from_bytes(data), len(data), digest)
-        except Exception:  # noqa: BLE001 - unreadable bytes simply yield no facts
-            parsed = None
-        with self._lock:
-            self._parsed[digest] = parsed
-            _trim(self._parsed, self._max)
-        return parsed
-
-    def _facts_for(
+    def _role(
         self,
         name: str,
-        parsed: _Parsed,
+        data: bytes | None,
         delegator: Root | Targets | None,
         delegator_name: str,
-    ) -> RoleFacts:
-        context = _key_context(delegator, name)
-        cache_key = (name, parsed.sha256, context)
+        contexts: _KeyContexts,
+    ) -> tuple[RoleFacts | None, Root | Targets | None]:
+        """The facts of one file and the file as a delegator (None when it delegates nothing)."""
+        if data is None:
+            return None, None
+        digest = hashlib.sha256(data).hexdigest()
         with self._lock:
-            cached = self._facts.get(cache_key)
+            known = digest in self._delegators
+            as_delegator = self._delegators.get(digest)
+        context = contexts.of(delegator, name) if name != "root" else "self"
+        key = (name, digest, context)
+        with self._lock:
+            cached = self._facts.get(key)
             if cached is not None:
-                self._facts.move_to_end(cache_key)
-                return cached
-        facts = _read_facts(name, parsed, delegator, delegator_name)
+                self._facts.move_to_end(key)
+                if known:
+                    self._delegators.move_to_end(digest)
+                    return cached, as_delegator
+        doc = _read(data, digest)
+        if doc is None or not _is_type(doc.type, name):
+            return None, None
+        facts = _facts(name, doc, doc.delegator if name == "root" else delegator, delegator_name)
         with self._lock:
-            self._facts[cache_key] = facts
+            self._facts[key] = facts
+            self._delegators[digest] = doc.delegator
             _trim(self._facts, self._max)
-        return facts
+            _trim(self._delegators, self._max)
+        return facts, doc.delegator
 
 
-K = TypeVar("K")
-V = TypeVar("V")
+def _is_type(found: str, name: str) -> bool:
+    expected = name if name in ("root", "timestamp", "snapshot") else "targets"
+    return found == expected
 
 
 def _trim(cache: OrderedDict[K, V], size: int) -> None:
@@ -162,55 +182,100 @@ def _child_roles(delegations: Delegations | None) -> Iterable[str]:
     return ()
 
 
-def _key_context(delegator: Root | Targets | None, name: str) -> str:
-    """A fingerprint of the keys and threshold ``delegator`` sets for ``name``."""
-    if delegator is None:
-        return "-"
-    try:
-        role = delegator.get_delegated_role(name)
-    except ValueError:
-        return "undelegated"
-    keys = []
-    for keyid in sorted(role.keyids):
+class _KeyContexts:
+    """Fingerprints of the keys and threshold a delegator sets for a role, memoized per role
+    object within one inspection (hash bins share one)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[object, str]] = {}
+
+    def of(self, delegator: Root | Targets | None, name: str) -> str:
+        if delegator is None:
+            return "-"
         try:
-            keys.append(f"{keyid}:{delegator.get_key(keyid).keyval}")
+            role = delegator.get_delegated_role(name)
         except ValueError:
-            keys.append(f"{keyid}:?")
-    text = f"{role.threshold}|{'|'.join(keys)}"
-    return hashlib.sha256(text.encode()).hexdigest()
+            return "undelegated"
+        hit = self._cache.get(id(role))
+        if hit is not None and hit[0] is role:
+            return hit[1]
+        keys = []
+        for keyid in sorted(role.keyids):
+            try:
+                keys.append(f"{keyid}:{delegator.get_key(keyid).keyval}")
+            except ValueError:
+                keys.append(f"{keyid}:?")
+        text = hashlib.sha256(f"{role.threshold}|{'|'.join(keys)}".encode()).hexdigest()
+        self._cache[id(role)] = (role, text)
+        return text
 
 
-def _read_facts(
-    name: str, parsed: _Parsed, delegator: Root | Targets | None, delegator_name: str
+def _read(data: bytes, digest: str) -> _Doc | None:
+    """Read a metadata file as JSON; None when it is not readable metadata."""
+    try:
+        document = json.loads(data)
+        signed = document["signed"]
+        kind = signed["_type"]
+        version = signed["version"]
+        expires = datetime.strptime(signed["expires"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        signatures = {s["keyid"]: Signature.from_dict(dict(s)) for s in document["signatures"]}
+        if not isinstance(version, int) or isinstance(version, bool):
+            return None
+        delegator: Root | Targets | None = None
+        if kind == "root":
+            delegator = Root.from_dict(copy.deepcopy(signed))
+        elif kind == "targets" and signed.get("delegations") is not None:
+            delegator = Targets(
+                version=version,
+                spec_version=signed.get("spec_version"),
+                expires=expires,
+                targets={},
+                delegations=Delegations.from_dict(copy.deepcopy(signed["delegations"])),
+            )
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        return None
+    return _Doc(digest, len(data), kind, version, expires, signatures, signed, delegator)
+
+
+def _payloads(signed: dict[str, Any]) -> Iterable[bytes]:
+    """The signed payload: the fast C encoder first, then canonical JSON proper."""
+    yield json.dumps(signed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    yield (encode_canonical(signed) or "").encode()
+
+
+def _facts(
+    name: str, doc: _Doc, delegator: Root | Targets | None, delegator_name: str
 ) -> RoleFacts:
-    md = parsed.metadata
-    signed = md.signed
-    if name == "root" and isinstance(signed, Root):
-        delegator = signed  # root is checked against its own keys and threshold
     signed_by: tuple[str, ...] = ()
-    unknown: tuple[str, ...] = tuple(sorted(md.signatures))
+    unknown: tuple[str, ...] = tuple(sorted(doc.signatures))
     threshold = 0
-    if delegator is not None:
+    if delegator is not None and doc.signed is not None:
         try:
-            result = delegator.get_verification_result(name, md.signed_bytes, md.signatures)
-            authorized = set(delegator.get_delegated_role(name).keyids)
-            signed_by = tuple(sorted(result.signed))
-            unknown = tuple(sorted(k for k in md.signatures if k not in authorized))
-            threshold = result.threshold
+            role = delegator.get_delegated_role(name)
         except ValueError:  # the delegator does not delegate this role
-            pass
+            role = None
+        if role is not None:
+            authorized = set(role.keyids)
+            unknown = tuple(sorted(k for k in doc.signatures if k not in authorized))
+            threshold = role.threshold
+            present = {k for k in doc.signatures if k in authorized}
+            for payload in _payloads(doc.signed):
+                result = delegator.get_verification_result(name, payload, doc.signatures)
+                signed_by = tuple(sorted(result.signed))
+                if set(result.signed) == present:
+                    break  # every present authorized signature verified: nothing to retry
     role_keys = None
-    if isinstance(signed, Root):
+    if isinstance(doc.delegator, Root) and name == "root":
         role_keys = {
             role_name: RoleKeys(tuple(sorted(role.keyids)), role.threshold)
-            for role_name, role in signed.roles.items()
+            for role_name, role in doc.delegator.roles.items()
         }
     return RoleFacts(
         name=name,
-        version=signed.version,
-        expires=signed.expires,
-        size_bytes=parsed.size,
-        sha256=parsed.sha256,
+        version=doc.version,
+        expires=doc.expires,
+        size_bytes=doc.size,
+        sha256=doc.sha256,
         signed_by=signed_by,
         unknown_signers=unknown,
         threshold=threshold,

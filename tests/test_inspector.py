@@ -1,0 +1,61 @@
+"""The inspector: facts from bytes, the fast payload path never changes an answer."""
+
+from __future__ import annotations
+
+import json
+
+from securesystemslib.formats import encode_canonical
+from tuf.api.metadata import Metadata
+
+from exporter.inspector import Inspector
+from exporter.simulator import SimulatedRepository
+
+
+def _files(repo: SimulatedRepository) -> dict[str, bytes]:
+    state = repo.latest
+    files = {role: state.metadata(role) for role in ("root", "timestamp", "snapshot", "targets")}
+    for role in repo.delegated_roles:
+        files[role] = state.metadata(role)
+    return files
+
+
+def test_facts_match_what_tuf_api_metadata_says() -> None:
+    repo = SimulatedRepository()
+    repo.delegate("team", ["team/*"])
+    repo.add_target("team/a", b"a", role="team")
+    repo.publish()
+    inspected = Inspector().inspect(_files(repo))
+    for role, facts in {**inspected.roles, **inspected.delegated}.items():
+        md = Metadata.from_bytes(_files(repo)[role])
+        assert facts.version == md.signed.version
+        assert facts.expires == md.signed.expires
+        assert facts.signatures_valid == len(md.signatures)
+    assert inspected.roles["targets"].threshold == 2
+    assert inspected.declared_delegations == ("team",)
+
+
+def test_a_payload_the_fast_encoder_gets_wrong_still_verifies() -> None:
+    """A string with a control character: canonical JSON writes it raw, json.dumps escapes it,
+    so the fast payload differs and the inspector must fall back to canonical JSON."""
+    repo = SimulatedRepository()
+    repo.add_target("odd", b"x")
+    repo.publish()
+    md = Metadata.from_bytes(repo.latest.metadata("targets"))
+    md.signed.unrecognized_fields["note"] = "tab\there, unicode \u00e9"
+    md.signatures.clear()
+    for signer in repo.signers("targets"):
+        md.sign(signer, append=True)
+    data = md.to_bytes()
+    signed = json.loads(data)["signed"]
+    fast = json.dumps(signed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert fast != encode_canonical(signed), "the case must exercise the fallback"
+    files = _files(repo) | {"targets": data}
+    facts = Inspector().inspect(files).roles["targets"]
+    assert facts.signatures_valid == 2 and facts.unknown_signers == ()
+
+
+def test_unreadable_bytes_give_no_facts_and_no_error() -> None:
+    repo = SimulatedRepository()
+    files = _files(repo) | {"timestamp": b"{not json", "snapshot": b"[" * 100_000}
+    inspected = Inspector().inspect(files)
+    assert set(inspected.roles) == {"root", "targets"}
