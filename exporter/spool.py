@@ -24,7 +24,19 @@ Corruption
     its ``-wal`` and ``-shm``), an error is logged and counted, and a new spool is started: the
     exporter keeps running and the old file is kept for inspection.
 
-One process uses a spool at a time; within it, one connection is shared under a lock.
+Group commit
+    Concurrent producers share transactions: each :meth:`Spool.emit` queues its event and
+    waits; the first waiting producer becomes the leader, writes everything queued in one
+    transaction and commits it (one fsync for all), then wakes the others. A lone producer
+    commits its own event at once, without a thread hand-off. :meth:`Spool.emit_many` spools
+    several events atomically in one transaction (all or none). Each producer's events are
+    written in a savepoint of the shared transaction, so one producer's failure does not fail
+    the others'. Nothing returns before the commit that holds its events.
+
+One process uses a spool at a time. Within it, one write connection is shared under a lock;
+reads for the shipper (:meth:`Spool.peek`, ``len``, dead letters) use a second connection with a
+lock of their own, so shipping never waits for a producer's commit and the other way round
+(WAL lets a reader and a writer work at the same time). JSON is parsed outside every lock.
 """
 
 from __future__ import annotations
@@ -94,6 +106,41 @@ class SpoolError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class _Row:
+    """An event prepared for insertion: its canonical JSON document and byte size."""
+
+    event_id: str
+    kind: str
+    size: int
+    document: str
+
+    @classmethod
+    def of(cls, event: Event) -> _Row:
+        document = canonical_json(event.to_document())
+        return cls(event.event_id, str(event.kind), len(document), document.decode("utf-8"))
+
+
+class _Request:
+    """One producer's events waiting for a group commit, and what became of them."""
+
+    __slots__ = ("done", "drops", "error", "new", "produced", "rows", "spooled_at")
+
+    def __init__(self, rows: list[_Row], spooled_at: float) -> None:
+        self.rows = rows
+        self.spooled_at = spooled_at
+        self.done = False
+        self.error: BaseException | None = None
+        self.new: list[bool] = []
+        self.produced: Counter[str] = Counter()
+        self.drops: list[tuple[str, int, str]] = []
+
+    def reset(self) -> None:
+        self.new = []
+        self.produced = Counter()
+        self.drops = []
+
+
+@dataclass(frozen=True)
 class SpooledEvent:
     """An event waiting in the spool, as the shipper sees it."""
 
@@ -142,14 +189,26 @@ class Spool:
         self.dead_letter_max = dead_letter_max
         self.busy_timeout = busy_timeout
         self.clock = clock
+        #: guards the write connection, ``_bytes`` and ``_count``
         self._lock = threading.RLock()
+        #: guards the read connection (taken after ``_lock`` when both are needed)
+        self._read_lock = threading.Lock()
+        #: guards the counters and the listeners
+        self._stats_lock = threading.Lock()
+        #: guards the group-commit queue and leadership
+        self._commit = threading.Condition(threading.Lock())
+        self._queue: list[_Request] = []
+        self._leader = False
         self._listeners: list[Callable[[], None]] = []
         self._next_enforce = 0.0
         self._produced: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()
         self.corrupt_recoveries = 0
+        self._generation = 0
         self._bytes = 0
+        self._count = 0
         self._conn: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
             self._open()
@@ -187,19 +246,35 @@ class Spool:
             if check != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {check}")
             conn.executescript(_SCHEMA)
-            total = conn.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()[0]
+            total, count = conn.execute(
+                "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM events"
+            ).fetchone()
+            reader = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+            )
         except BaseException:
             conn.close()
             raise
+        try:
+            reader.execute("PRAGMA query_only=1")
+        except BaseException:
+            reader.close()
+            conn.close()
+            raise
         self._conn = conn
+        with self._read_lock:
+            self._reader = reader
         self._bytes = int(total)
+        self._count = int(count)
 
     def _recover(self, exc: BaseException) -> None:
         """Rename the unreadable spool aside, log loudly, count it and start a new one."""
+        self._close_reader()
         if self._conn is not None:
             with suppress(sqlite3.Error):
                 self._conn.close()
             self._conn = None
+        self._generation += 1
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         for suffix in ("", "-wal", "-shm"):
@@ -219,10 +294,35 @@ class Spool:
         except sqlite3.DatabaseError as again:
             raise SpoolError(f"cannot create a new event spool {self.path}: {again}") from again
 
+    def _close_reader(self) -> None:
+        with self._read_lock:
+            if self._reader is not None:
+                with suppress(sqlite3.Error):
+                    self._reader.close()
+                self._reader = None
+
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
             raise SpoolError("the event spool is closed")
         return self._conn
+
+    def _read(self, action: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``action`` on the read connection under its own lock (not the write lock);
+        on corruption recover once (under the write lock) and retry."""
+        for attempt in (1, 2):
+            generation = self._generation
+            try:
+                with self._read_lock:
+                    if self._reader is None:
+                        raise SpoolError("the event spool is closed")
+                    return action(self._reader)
+            except sqlite3.DatabaseError as exc:
+                if attempt == 2 or not _is_corruption(exc):
+                    raise
+                with self._lock:
+                    if self._generation == generation:  # nobody recovered meanwhile
+                        self._recover(exc)
+        raise AssertionError("unreachable")
 
     def _guarded(self, action: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``action`` under the lock; on corruption recover once and retry."""
@@ -242,15 +342,17 @@ class Spool:
             yield conn
         except BaseException:
             conn.execute("ROLLBACK")
-            self._bytes = int(
-                conn.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()[0]
-            )
+            total, count = conn.execute(
+                "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM events"
+            ).fetchone()
+            self._bytes, self._count = int(total), int(count)
             raise
         conn.execute("COMMIT")
 
     def close(self) -> None:
         """Close the database (a checkpoint folds the WAL back into the main file)."""
         with self._lock:
+            self._close_reader()
             if self._conn is not None:
                 with suppress(sqlite3.Error):
                     self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -270,36 +372,136 @@ class Spool:
         try:
             self.put(event)
         except Exception as exc:  # noqa: BLE001 - emit never raises into the prober
-            self._dropped["spool_error"] += 1
+            with self._stats_lock:
+                self._dropped["spool_error"] += 1
             log.error("could not spool %s event %s: %s", event.kind, event.event_id, exc)
+
+    def emit_many(self, events: Iterable[Event]) -> None:
+        """Spool ``events`` durably and atomically, in one transaction (all or none); never
+        raises (a failure is logged and counted for every event)."""
+        batch = list(events)
+        try:
+            self.put_many(batch)
+        except Exception as exc:  # noqa: BLE001 - emit never raises into the prober
+            with self._stats_lock:
+                self._dropped["spool_error"] += len(batch)
+            log.error("could not spool %d event(s): %s", len(batch), exc)
 
     def put(self, event: Event) -> bool:
         """Spool ``event``; True when it was new, False for a duplicate. Raises on failure."""
-        document = canonical_json(event.to_document()).decode("utf-8")
-        size = len(document.encode("utf-8"))
-        now = self.clock()
+        return self._submit([_Row.of(event)])[0]
 
-        def insert(conn: sqlite3.Connection) -> bool:
+    def put_many(self, events: Iterable[Event]) -> list[bool]:
+        """Spool ``events`` in one transaction, all or none; for each, True when it was new.
+        Raises on failure (then none was spooled)."""
+        rows = [_Row.of(event) for event in events]
+        return self._submit(rows) if rows else []
+
+    def _submit(self, rows: list[_Row]) -> list[bool]:
+        """Queue ``rows`` for the next group commit and return once it is committed.
+
+        The first producer to find no commit in progress leads: it takes everything queued
+        and commits it in one transaction, then wakes the others. A producer whose rows were
+        not in that commit (it queued while it ran) leads the next one.
+        """
+        request = _Request(rows, self.clock())
+        with self._commit:
+            self._queue.append(request)
+            while self._leader and not request.done:
+                self._commit.wait()
+            if not request.done:
+                self._leader = True
+                group, self._queue = self._queue, []
+        if not request.done:
+            try:
+                self._commit_group(group)
+            finally:
+                with self._commit:
+                    self._leader = False
+                    for member in group:
+                        if not member.done:  # only when _commit_group itself broke
+                            member.error = member.error or SpoolError("the commit was aborted")
+                            member.done = True
+                    self._commit.notify_all()
+        if request.error is not None:
+            raise request.error
+        return request.new
+
+    def _commit_group(self, group: list[_Request]) -> None:
+        """Write every request of ``group`` in one transaction (each in a savepoint when
+        there are several) and commit; then publish the outcomes (under ``_commit``)."""
+
+        def write(conn: sqlite3.Connection) -> None:
             with self._transaction(conn):
-                if self._known(conn, event.event_id):
-                    return False
-                self._produced[str(event.kind)] += 1
-                if size > self.max_bytes:
-                    self._drop_count("spool_full", 1, "an event larger than spool_max_bytes")
-                    return True
-                self._make_room(conn, size)
-                conn.execute(
-                    "INSERT OR IGNORE INTO events (event_id, kind, spooled_at, size, document) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (event.event_id, str(event.kind), now, size, document),
-                )
-                self._bytes += size
-                return True
+                if len(group) == 1:
+                    group[0].reset()
+                    group[0].error = None
+                    self._insert(conn, group[0])
+                    return
+                for request in group:
+                    request.reset()
+                    request.error = None
+                    before = (self._bytes, self._count)
+                    conn.execute("SAVEPOINT producer")
+                    try:
+                        self._insert(conn, request)
+                    except sqlite3.Error as exc:
+                        if _is_corruption(exc):
+                            raise
+                        conn.execute("ROLLBACK TO producer")
+                        conn.execute("RELEASE producer")
+                        self._bytes, self._count = before
+                        request.reset()
+                        request.error = exc
+                    else:
+                        conn.execute("RELEASE producer")
 
-        new = self._guarded(insert)
-        if new:
+        try:
+            self._guarded(write)
+        except Exception as exc:  # noqa: BLE001 - handed to every producer of the group
+            with self._commit:
+                for request in group:
+                    request.reset()
+                    request.error = exc
+                    request.done = True
+            return
+        spooled = False
+        with self._stats_lock:
+            for request in group:
+                self._produced.update(request.produced)
+                for cause, count, _why in request.drops:
+                    self._dropped[cause] += count
+                spooled = spooled or any(request.new)
+        for request in group:
+            for _cause, count, why in request.drops:
+                log.warning("event spool dropped %d event(s), oldest first: %s", count, why)
+        with self._commit:
+            for request in group:
+                request.done = True
+        if spooled:
             self._notify()
-        return new
+
+    def _insert(self, conn: sqlite3.Connection, request: _Request) -> None:
+        """Insert the rows of ``request`` (inside a transaction); outcomes go to ``request``."""
+        for row in request.rows:
+            if self._known(conn, row.event_id):
+                request.new.append(False)
+                continue
+            request.new.append(True)
+            request.produced[row.kind] += 1
+            if row.size > self.max_bytes:
+                request.drops.append(("spool_full", 1, "an event larger than spool_max_bytes"))
+                continue
+            dropped = self._make_room(conn, row.size)
+            if dropped:
+                request.drops.append(("spool_full", dropped, "the spool reached spool_max_bytes"))
+            conn.execute(
+                "INSERT INTO events (event_id, kind, spooled_at, size, document) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (row.event_id, row.kind, request.spooled_at, row.size, row.document),
+            )
+            self._bytes += row.size
+            self._count += 1
 
     @staticmethod
     def _known(conn: sqlite3.Connection, event_id: str) -> bool:
@@ -311,36 +513,49 @@ class Spool:
         ).fetchone()
         return bool(row[0])
 
-    def _make_room(self, conn: sqlite3.Connection, size: int) -> None:
-        """Drop the oldest events until ``size`` more bytes fit (inside a transaction)."""
+    def _make_room(self, conn: sqlite3.Connection, size: int) -> int:
+        """Drop the oldest events until ``size`` more bytes fit (inside a transaction);
+        returns how many were dropped."""
         dropped = 0
         while self._bytes + size > self.max_bytes:
             rows = conn.execute("SELECT seq, size FROM events ORDER BY seq LIMIT 256").fetchall()
             if not rows:
                 self._bytes = 0
+                self._count = 0
                 break
             for seq, row_size in rows:
                 conn.execute("DELETE FROM events WHERE seq = ?", (seq,))
                 self._bytes -= int(row_size)
+                self._count -= 1
                 dropped += 1
                 if self._bytes + size <= self.max_bytes:
                     break
-        if dropped:
-            self._drop_count("spool_full", dropped, "the spool reached spool_max_bytes")
+        return dropped
 
     def _drop_count(self, cause: str, count: int, why: str) -> None:
-        self._dropped[cause] += count
+        with self._stats_lock:
+            self._dropped[cause] += count
         log.warning("event spool dropped %d event(s), oldest first: %s", count, why)
 
     # -- shipping ------------------------------------------------------------------------------
 
     def add_listener(self, listener: Callable[[], None]) -> None:
-        """Call ``listener()`` (quickly, without arguments) after each newly spooled event."""
-        with self._lock:
+        """Call ``listener()`` (quickly, without arguments) after each commit that spooled new
+        events; it runs on the producer's thread, so it should only look at :attr:`backlog`
+        and perhaps wake someone, never touch the database."""
+        with self._stats_lock:
             self._listeners.append(listener)
 
+    @property
+    def backlog(self) -> int:
+        """How many events are spooled, from memory (no SQL): cheap enough to check after
+        every commit."""
+        return self._count
+
     def _notify(self) -> None:
-        for listener in list(self._listeners):
+        with self._stats_lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
             try:
                 listener()
             except Exception:
@@ -354,14 +569,14 @@ class Spool:
             self._next_enforce = now + 1.0
             self.enforce_limits()
 
-        def select(conn: sqlite3.Connection) -> list[SpooledEvent]:
-            rows = conn.execute(
+        def select(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(
                 "SELECT seq, event_id, kind, spooled_at, document FROM events ORDER BY seq LIMIT ?",
                 (n,),
             ).fetchall()
-            return [SpooledEvent(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
-        return self._guarded(select)
+        rows = self._read(select)  # the read connection: producers are not held up
+        return [SpooledEvent(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
     def ack(self, event_ids: Iterable[str]) -> int:
         """Remove delivered events; returns how many were still spooled."""
@@ -385,6 +600,7 @@ class Spool:
                         [(event_id, now) for event_id in chunk],
                     )
                     self._bytes -= int(freed[0])
+                    self._count -= int(freed[1])
                     removed += int(freed[1])
             return removed
 
@@ -408,11 +624,13 @@ class Spool:
                 )
                 conn.execute("DELETE FROM events WHERE event_id = ?", (event_id,))
                 self._bytes -= int(row[1])
-                self._dropped["rejected"] += 1
+                self._count -= 1
                 return True
 
         moved = self._guarded(move)
         if moved:
+            with self._stats_lock:
+                self._dropped["rejected"] += 1
             log.warning(
                 "the event sink rejected event %s (status %s); kept as a dead letter: %s",
                 event_id,
@@ -424,15 +642,15 @@ class Spool:
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The most recent dead letters, newest first, for inspection."""
 
-        def select(conn: sqlite3.Connection) -> list[DeadLetter]:
-            rows = conn.execute(
+        def select(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(
                 "SELECT event_id, kind, failed_at, status, error, document FROM dead_letters "
                 "ORDER BY failed_at DESC LIMIT ?",
                 (limit,),
             ).fetchall()
-            return [DeadLetter(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
 
-        return self._guarded(select)
+        rows = self._read(select)
+        return [DeadLetter(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
 
     def requeue_dead_letters(self, event_ids: Iterable[str] | None = None) -> int:
         """Put dead letters (all, or those in ``event_ids``) back in the spool, e.g. after a
@@ -451,12 +669,14 @@ class Spool:
                         continue
                     size = len(document.encode("utf-8"))
                     conn.execute("DELETE FROM dead_letters WHERE event_id = ?", (event_id,))
-                    conn.execute(
+                    inserted = conn.execute(
                         "INSERT OR IGNORE INTO events (event_id, kind, spooled_at, size, "
                         "document) VALUES (?, ?, ?, ?, ?)",
                         (event_id, kind, now, size, document),
-                    )
-                    self._bytes += size
+                    ).rowcount
+                    if inserted:
+                        self._bytes += size
+                        self._count += 1
                     moved += 1
             return moved
 
@@ -479,6 +699,7 @@ class Spool:
                 if count:
                     conn.execute("DELETE FROM events WHERE spooled_at < ?", (cutoff,))
                     self._bytes -= int(freed)
+                    self._count -= int(count)
                 conn.execute("DELETE FROM acked WHERE acked_at < ?", (cutoff,))
                 conn.execute("DELETE FROM dead_letters WHERE failed_at < ?", (cutoff,))
                 conn.execute(
@@ -496,7 +717,7 @@ class Spool:
     # -- introspection -------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return self._guarded(
+        return self._read(
             lambda conn: int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
         )
 
@@ -507,12 +728,12 @@ class Spool:
 
     def produced(self) -> dict[str, int]:
         """Events newly spooled since start, by kind."""
-        with self._lock:
+        with self._stats_lock:
             return dict(self._produced)
 
     def dropped(self) -> dict[str, int]:
         """Events dropped since start, by cause (spool_full, too_old, rejected, spool_error)."""
-        with self._lock:
+        with self._stats_lock:
             return dict(self._dropped)
 
     def metrics(self) -> list[Metric]:

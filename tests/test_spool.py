@@ -216,3 +216,86 @@ def test_sigkill_while_writing_loses_nothing_acknowledged(tmp_path: Path) -> Non
         assert set(acknowledged) <= set(stored)  # nothing acknowledged lost
         assert len(stored) - len(acknowledged) <= 1  # at most the one in flight
         assert spool._db().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_many_threads_share_commits_and_store_each_event_once(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite"
+    spool = Spool(path)
+    commits: list[str] = []
+    spool._db().set_trace_callback(
+        lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None
+    )
+    workers, per_worker = 16, 60
+    start = threading.Barrier(workers)
+
+    def produce(worker: int) -> None:
+        start.wait()
+        for i in range(per_worker):
+            spool.emit(event(worker * 1000 + i))
+            spool.emit(event(i))  # the same events from every thread: stored once
+
+    threads = [threading.Thread(target=produce, args=(w,)) for w in range(1, workers + 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    emits = 2 * workers * per_worker
+    assert len(commits) < emits / 2  # producers shared commits (one fsync for many)
+    assert spool.produced() == {"verification": workers * per_worker + per_worker}
+    assert spool.dropped() == {}
+    assert spool.backlog == len(spool) == workers * per_worker + per_worker
+    spool.close()
+    expected = {
+        event(w * 1000 + i).event_id for w in range(1, workers + 1) for i in range(per_worker)
+    }
+    expected |= {event(i).event_id for i in range(per_worker)}
+    with Spool(path) as reopened:  # what every emit returned after is on disk
+        stored = [b.event_id for b in reopened.peek(100_000)]
+    assert len(stored) == len(set(stored)) and set(stored) == expected
+
+
+def _refuse_anomalies(spool: Spool) -> None:
+    spool._db().execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.kind = 'anomaly' "
+        "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+
+
+def test_emit_many_is_atomic(spool: Spool, caplog: pytest.LogCaptureFixture) -> None:
+    batch = [event(1), event(2), event(3, EventKind.ANOMALY)]
+    _refuse_anomalies(spool)
+    spool.emit_many(batch)  # the third insert fails: the first two are rolled back with it
+    assert len(spool) == 0 and spool.backlog == 0 and spool.size_bytes == 0
+    assert spool.produced() == {}
+    assert spool.dropped() == {"spool_error": 3}
+    assert "could not spool 3 event(s)" in caplog.text
+    spool._db().execute("DROP TRIGGER refuse")
+    assert spool.put_many([*batch, event(1)]) == [True, True, True, False]
+    assert [b.event_id for b in spool.peek(10)] == [e.event_id for e in batch]
+    assert spool.produced() == {"verification": 2, "anomaly": 1}
+    assert spool.put_many([]) == []
+
+
+def test_one_failing_producer_does_not_fail_the_others_in_its_group(spool: Spool) -> None:
+    _refuse_anomalies(spool)
+    start = threading.Barrier(8)
+
+    def produce(worker: int) -> None:
+        start.wait()
+        for i in range(40):
+            bad = worker % 2 == 0
+            spool.emit_many(
+                [event(worker * 1000 + i), event(worker * 1000 + i, EventKind.ANOMALY)]
+                if bad
+                else [event(worker * 1000 + i)]
+            )
+
+    threads = [threading.Thread(target=produce, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stored = {b.event_id for b in spool.peek(10_000)}
+    assert stored == {event(w * 1000 + i).event_id for w in (1, 3, 5, 7) for i in range(40)}
+    assert spool.dropped() == {"spool_error": 4 * 40 * 2}
+    assert spool.backlog == len(spool) == 160
