@@ -536,7 +536,10 @@ class Shipper:
         self.batch_interval = batch_interval
         self.backoff = backoff or Backoff()
         self._current_batch = self.batch_size
+        #: set when a full batch is waiting (or to look again at once); wakes a batch wait
         self._wake = threading.Event()
+        #: set by stop(); wakes a backoff wait too, which new events do not
+        self._halt = threading.Event()
         self._stop = threading.Event()
         self._deadline = float("inf")
         self._lock = threading.Lock()
@@ -546,7 +549,7 @@ class Shipper:
         self._shipped = 0
         self._errors: Counter[str] = Counter()
         self._last_success: float | None = None
-        spool.add_listener(self._wake.set)
+        spool.add_listener(self._on_spooled)
 
     @classmethod
     def from_config(cls, config: Config, spool: Spool, **kwargs: Any) -> Shipper:
@@ -586,6 +589,7 @@ class Shipper:
         """
         self._deadline = time.monotonic() + timeout
         self._stop.set()
+        self._halt.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout + 1.0)
@@ -600,13 +604,22 @@ class Shipper:
         except Exception:  # noqa: BLE001 - a broken spool is simply "not drained"
             return False
 
-    def _sleep(self, seconds: float) -> None:
-        """Wait ``seconds`` or until woken (a new event, stop)."""
+    def _on_spooled(self) -> None:
+        """Spool listener (on the producer's thread, after each commit): wake the shipper only
+        when a full batch is waiting, judged from the spool's in-memory count; a smaller
+        backlog waits for the batch interval."""
+        if self.spool.backlog >= self._current_batch and not self._wake.is_set():
+            self._wake.set()
+
+    def _sleep(self, seconds: float, *, backoff: bool = False) -> None:
+        """Wait ``seconds``, or until stopped, or (unless ``backoff``) until a full batch is
+        waiting: new events do not cut a backoff short."""
         if self._stop.is_set():
             seconds = min(seconds, max(0.0, self._deadline - time.monotonic()))
+        event = self._halt if backoff else self._wake
         if seconds > 0:
-            self._wake.wait(seconds)
-        self._wake.clear()
+            event.wait(seconds)
+        event.clear()
 
     def _run(self) -> None:
         next_ship = time.monotonic() + self.batch_interval
@@ -635,7 +648,7 @@ class Shipper:
             delivered = self.ship(batch)
             next_ship = time.monotonic() + self.batch_interval
             if not delivered:
-                self._sleep(self.backoff.delay(self._attempt))
+                self._sleep(self.backoff.delay(self._attempt), backoff=True)
                 self._attempt += 1
             else:
                 self._attempt = 0
@@ -661,7 +674,7 @@ class Shipper:
         delay = self.backoff.delay(self._attempt)
         self._attempt += 1
         log.warning("%s; retrying in %.1f s", redact(message), delay)
-        self._sleep(delay)
+        self._sleep(delay, backoff=True)
 
     def _mark_success(self) -> None:
         with self._lock:

@@ -439,3 +439,35 @@ def test_file_sink_repairs_a_torn_tail_and_does_not_write_twice(tmp_path: Path) 
     again.setup()
     again.send([e.to_document() for e in events])
     assert [line["event_id"] for line in read_lines(path)] == [e.event_id for e in events]
+
+
+def test_a_partial_batch_waits_for_the_interval_and_a_full_one_ships_at_once(
+    fake: FakeOpenSearch, spool: Spool, make_shipper: ShipperFactory
+) -> None:
+    make_shipper(batch_size=10, batch_interval=30.0)
+    wait_until(lambda: "tuf-events" in fake.templates)
+    events = [event(i) for i in range(10)]
+    for e in events[:9]:
+        spool.emit(e)
+    time.sleep(0.3)
+    assert fake.ids() == set()  # 9 < batch_size: no wake-up, waits for the interval
+    spool.emit(events[9])  # the backlog reaches the batch size: shipped without waiting
+    expect_exactly_once(fake, events)
+
+
+def test_new_events_do_not_cut_a_backoff_short(
+    fake: FakeOpenSearch, spool: Spool, make_shipper: ShipperFactory
+) -> None:
+    shipper = make_shipper(batch_size=2, backoff=Backoff(initial=30.0, maximum=30.0, jitter=0))
+    wait_until(lambda: "tuf-events" in fake.templates)
+    fake.down()
+    spool.emit(event(0))
+    spool.emit(event(1))
+    wait_until(lambda: shipper.stats()["errors"].get("connection", 0) >= 1)
+    for i in range(2, 40):
+        spool.emit(event(i))  # each finds a full batch waiting, but the shipper backs off
+    time.sleep(0.3)
+    assert shipper.stats()["errors"].get("connection", 0) == 1
+    started = time.monotonic()
+    assert shipper.stop(timeout=0.5) is False  # stop still ends the backoff at once
+    assert time.monotonic() - started < 3
