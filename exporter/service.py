@@ -137,7 +137,6 @@ class Service:
         self._reload_lock = threading.Lock()
         self._reload_ok = True
         self._reload_time = time.time()
-        self._observers: list[Callable[[ProbeResult], Iterable[Event]]] = []
         self.collector = ExporterCollector(self.store, config_status=self._config_status)
         self.signers = SignerMonitor(config.signers)
         self.keys = CachedKeySource(self._verified_metadata_dir)
@@ -157,10 +156,6 @@ class Service:
     def config(self) -> Config:
         """The configuration in force."""
         return self._loaded.config
-
-    def add_observer(self, observer: Callable[[ProbeResult], Iterable[Event]]) -> None:
-        """Call ``observer`` with every probe result; the events it returns are emitted."""
-        self._observers.append(observer)
 
     def add_metrics(self, source: Callable[[], Iterable[Metric]]) -> None:
         """Add a subsystem's metric families to /metrics."""
@@ -232,7 +227,6 @@ class Service:
             result = ProbeResult(repo.name, endpoint.name, False, datetime.now(UTC), 0.0,
                                  Reason.OTHER, FailedRole.ROOT, f"{type(exc).__name__}: {exc}")
         self.store.record(result)
-        self._emit(verification_event(result))
         try:
             findings = self.history.observe(result, repo.policy)
         except Exception:
@@ -244,13 +238,8 @@ class Service:
         for finding in findings:
             level = logging.WARNING if str(finding.severity) != "info" else logging.INFO
             log.log(level, "finding: %s", finding.message, extra={"finding": finding.to_json()})
-            self._emit(finding_event(finding))
-        for observer in self._observers:
-            try:
-                for event in observer(result):
-                    self._emit(event)
-            except Exception:
-                log.exception("observer of %s/%s failed", repo.name, endpoint.name)
+        # the verdict and its findings are spooled together: one durable commit, all or none
+        self.spool.emit_many([verification_event(result), *map(finding_event, findings)])
         level = logging.INFO if result.success else logging.WARNING
         log.log(level, "probe %s", "succeeded" if result.success else "failed", extra={
             "repository": repo.name, "endpoint": endpoint.name,
@@ -275,7 +264,7 @@ class Service:
 
     def _probe_signer(self, signer: Signer) -> None:
         result = self.signers.probe(signer.name, self.keys)
-        self._emit(result.to_event())
+        self.spool.emit(result.to_event())
         level = logging.INFO if result.up and result.authorized is not False else logging.WARNING
         log.log(level, "signer probe", extra={"signer_probe": result.to_event_fields()})
 
@@ -286,6 +275,3 @@ class Service:
                 repo.name, role, self.history.last_change(repo.name, "primary", role),
                 repo.policy, self.history.observed_cadence(repo.name, role), now,
             )
-
-    def _emit(self, event: Event) -> None:
-        self.spool.emit(event)
