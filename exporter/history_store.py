@@ -306,6 +306,10 @@ class Database:
 
 # ---------------------------------------------------------------------------------------------
 # Versions and current state
+#
+# Queries by (repository, role, version) name their index: without statistics (no ANALYZE)
+# SQLite prefers the primary key's ``repository`` prefix, a scan of every version row of
+# every endpoint of the repository.
 
 
 def get_current(conn: sqlite3.Connection, repo: str, endpoint: str, role: str) -> CurrentRow | None:
@@ -355,8 +359,8 @@ def endpoints_by_hash(
     """Content hashes the repository's endpoints served for (role, version) -> endpoints."""
     out: dict[str, list[str]] = {}
     for sha, endpoint in conn.execute(
-        "SELECT sha256, endpoint FROM versions WHERE repository = ? AND role = ? AND version = ? "
-        "ORDER BY first_seen",
+        "SELECT sha256, endpoint FROM versions INDEXED BY versions_by_role "
+        "WHERE repository = ? AND role = ? AND version = ? ORDER BY first_seen",
         (repo, role, version),
     ):
         out.setdefault(sha, []).append(endpoint)
@@ -397,8 +401,8 @@ def first_seen(
     """When ``version`` of ``role`` was first seen on ``endpoint`` (None: on any endpoint)."""
     if endpoint is None:
         row = conn.execute(
-            "SELECT MIN(first_seen) FROM versions WHERE repository = ? AND role = ? "
-            "AND version = ?",
+            "SELECT MIN(first_seen) FROM versions INDEXED BY versions_by_role "
+            "WHERE repository = ? AND role = ? AND version = ?",
             (repo, role, version),
         ).fetchone()
     else:
