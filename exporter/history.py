@@ -54,8 +54,10 @@ import logging
 import sqlite3
 import statistics
 import threading
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections import ChainMap, Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -280,70 +282,150 @@ def _lag_of(current: Mapping[tuple[str, str], CurrentRow], mirror: str) -> dict[
     return lags or None
 
 
+def _behind_moment(
+    conn: sqlite3.Connection, repo: str, role: str, primary: CurrentRow, version: int
+) -> float:
+    """When the primary first showed a ``role`` version above ``version`` (a mirror's)."""
+    oldest = db.oldest_newer_than(conn, repo, PRIMARY, role, version)
+    return primary.since if oldest is None else min(oldest, primary.since)
+
+
 def _behind_since(
-    conn: sqlite3.Connection, repo: str, current: Mapping[tuple[str, str], CurrentRow], mirror: str
+    current: Mapping[tuple[str, str], CurrentRow],
+    moments: Mapping[tuple[str, int], float],
+    mirror: str,
 ) -> float | None:
-    """When the primary first showed the oldest version the mirror lacks; None when current."""
+    """When the primary first showed the oldest version the mirror lacks; None when current.
+
+    ``moments`` holds :func:`_behind_moment` per (lag role, mirror version below the
+    primary's), so no SQL runs here.
+    """
     since: float | None = None
     for role in LAG_ROLES:
         primary, here = current.get((PRIMARY, role)), current.get((mirror, role))
         if primary is None or here is None or primary.version <= here.version:
             continue
-        oldest = db.oldest_newer_than(conn, repo, PRIMARY, role, here.version)
-        moment = primary.since if oldest is None else min(oldest, primary.since)
+        moment = moments.get((role, here.version), primary.since)
         since = moment if since is None else min(since, moment)
     return since
 
 
 # ---------------------------------------------------------------------------------------------
-# The metric snapshot of one repository
+# The in-memory state of one repository
 
 
-@dataclass(frozen=True)
-class _RepoView:
-    """Everything ``metrics()`` needs for one repository, read from the database once."""
-
-    #: (endpoint, role) -> (version, first-seen time of that version on the endpoint)
-    current: Mapping[tuple[str, str], tuple[int, float]]
-    #: mirror -> role -> versions behind the primary
-    lag_versions: Mapping[str, Mapping[str, int]]
-    #: mirror -> when the primary first showed the oldest version it lacks (None: current)
-    behind_since: Mapping[str, float | None]
-    #: (metric, endpoint, label) -> value
-    counters: Mapping[tuple[str, str, str], float]
-    root_version: int | None
+#: (role, version) entries kept in each repository's cache of known content hashes.
+KNOWN_CACHE = 64
 
 
-def _load_view(conn: sqlite3.Connection, repo: str) -> _RepoView:
-    rows = {(r.endpoint, r.role): r for r in db.repo_current(conn, repo)}
-    endpoints = sorted({endpoint for endpoint, _ in rows})
-    mirrors = [e for e in endpoints if e != PRIMARY]
-    lag_versions: dict[str, Mapping[str, int]] = {}
-    behind: dict[str, float | None] = {}
-    for mirror in mirrors:
-        lags = _lag_of(rows, mirror)
-        if lags is not None:
-            lag_versions[mirror] = lags
-            behind[mirror] = _behind_since(conn, repo, rows, mirror)
-    counters: dict[tuple[str, str, str], float] = {}
-    for endpoint, role in rows:
-        counters[(_ROLLBACKS, endpoint, role)] = 0.0
-    for endpoint in endpoints:
-        for kind in ANOMALY_KINDS:
-            counters[(_ANOMALIES, endpoint, kind)] = 0.0
-    root = db.latest_root(conn, repo)
-    if root is not None and root.role_keys is not None:
-        for role in root.role_keys:
-            counters[(_ROTATIONS, "", role)] = 0.0
-    for c in db.repo_counters(conn, repo):
-        counters[(c.metric, c.endpoint, c.label)] = c.value
-    return _RepoView(
-        current={key: (r.version, r.since) for key, r in rows.items()},
-        lag_versions=lag_versions,
-        behind_since=behind,
-        counters=counters,
-        root_version=None if root is None else root.version,
+@dataclass
+class _Known:
+    """Content hashes the repository's endpoints served for one (role, version)."""
+
+    hashes: set[str]
+    first_seen: float | None  #: earliest first-seen time of the version on any endpoint
+
+
+@dataclass
+class _RepoState:
+    """One repository's detection state in memory, the same as the committed database.
+
+    Loaded when the store opens (the only time every row of the repository is read). After
+    that an observation reads it instead of SQL, and it changes only for the probed
+    endpoint, once the observation's transaction committed and before the store's write lock
+    is released (so the next observation sees it). What ``metrics()`` and ``last_change()``
+    read changes under the view lock too.
+    """
+
+    #: (endpoint, role) -> its ``current`` row; ``last_seen`` may be ahead of the database
+    current: dict[tuple[str, str], CurrentRow] = field(default_factory=dict)
+    #: keys of ``current`` whose ``last_seen`` is not written yet (see ``HistoryStore``)
+    stale: set[tuple[str, str]] = field(default_factory=set)
+    #: (metric, endpoint, label) -> value, known series at 0
+    counters: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    #: open lag episodes: mirror -> since
+    lags: dict[str, float] = field(default_factory=dict)
+    #: role -> highest version any endpoint ever served (``MAX(max_version)`` of ``current``)
+    repo_max: dict[str, int] = field(default_factory=dict)
+    root_versions: set[int] = field(default_factory=set)
+    latest_root: RootRow | None = None
+    #: lag role -> mirror version -> number of mirrors serving it now
+    mirror_versions: dict[str, Counter[int]] = field(
+        default_factory=lambda: {role: Counter() for role in LAG_ROLES}
     )
+    #: (lag role, version of a mirror below the primary's) -> :func:`_behind_moment`
+    moments: dict[tuple[str, int], float] = field(default_factory=dict)
+    #: cache (least recently used first): (role, version) -> hashes served, first seen
+    known: OrderedDict[tuple[str, int], _Known] = field(default_factory=OrderedDict)
+    #: cache: (endpoint, role) -> (version, sha256 served, learned cadence of the endpoint)
+    cadences: dict[tuple[str, str], tuple[int, str, float | None]] = field(default_factory=dict)
+
+    def put(self, row: CurrentRow, written: bool) -> None:
+        """Take ``row`` as the endpoint's current row (``written``: its last_seen is stored)."""
+        key = (row.endpoint, row.role)
+        old = self.current.get(key)
+        self.current[key] = row
+        if written:
+            self.stale.discard(key)
+        else:
+            self.stale.add(key)
+        self.repo_max[row.role] = max(self.repo_max.get(row.role, row.max_version), row.max_version)
+        if old is None:
+            self.counters.setdefault((_ROLLBACKS, row.endpoint, row.role), 0.0)
+            for kind in ANOMALY_KINDS:
+                self.counters.setdefault((_ANOMALIES, row.endpoint, kind), 0.0)
+        if row.endpoint != PRIMARY and row.role in LAG_ROLES:
+            versions = self.mirror_versions[row.role]
+            if old is not None:
+                versions[old.version] -= 1
+                if versions[old.version] <= 0:
+                    del versions[old.version]
+            versions[row.version] += 1
+
+    def add_root(self, row: RootRow) -> None:
+        """A root version was recorded."""
+        self.root_versions.add(row.version)
+        if self.latest_root is None or row.version > self.latest_root.version:
+            self.latest_root = row
+            keys = row.role_keys or {}
+            # Rotation series at 0 for the roles of the newest root only (stored ones are >= 1).
+            for key, value in list(self.counters.items()):
+                if key[0] == _ROTATIONS and value == 0.0 and key[2] not in keys:
+                    del self.counters[key]
+            for role in keys:
+                self.counters.setdefault((_ROTATIONS, "", role), 0.0)
+
+    def moments_of(
+        self, conn: sqlite3.Connection, repo: str, role: str
+    ) -> dict[tuple[str, int], float]:
+        """:func:`_behind_moment` of every version mirrors serve below the primary's now."""
+        primary = self.current.get((PRIMARY, role))
+        if primary is None:
+            return {}
+        return {
+            (role, version): _behind_moment(conn, repo, role, primary, version)
+            for version in self.mirror_versions[role]
+            if version < primary.version
+        }
+
+    def all_moments(self, conn: sqlite3.Connection, repo: str) -> dict[tuple[str, int], float]:
+        """:meth:`moments_of` every lag role."""
+        return {k: v for role in LAG_ROLES for k, v in self.moments_of(conn, repo, role).items()}
+
+
+def _load_state(conn: sqlite3.Connection, repo: str) -> _RepoState:
+    """Read everything the detection and the metrics of the repository need."""
+    state = _RepoState(lags=db.repo_lags(conn, repo))
+    for row in db.repo_current(conn, repo):
+        state.put(row, written=True)
+    roots = db.roots(conn, repo)
+    state.root_versions = {root.version for root in roots}
+    if roots:
+        state.add_root(roots[-1])
+    for c in db.repo_counters(conn, repo):
+        state.counters[(c.metric, c.endpoint, c.label)] = c.value
+    state.moments = state.all_moments(conn, repo)
+    return state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,12 +433,26 @@ def _load_view(conn: sqlite3.Connection, repo: str) -> _RepoView:
 
 
 class _Observation:
-    """Records one ProbeResult inside an open transaction and collects its findings."""
+    """Judges one ProbeResult against the repository's in-memory state and stores it.
+
+    Every write goes to one transaction, begun by the first statement needed (``conn``): an
+    observation that changes nothing stored (the endpoint serves exactly what it served
+    before, and nothing is to report) runs no SQL at all. What the observation changes in
+    memory is collected here and applied by the store once the transaction committed
+    (:meth:`HistoryStore._apply`), so a failed observation leaves memory as it was.
+    """
 
     def __init__(
-        self, conn: sqlite3.Connection, result: ProbeResult, policy: Policy, at: datetime
+        self,
+        begin: Callable[[], sqlite3.Connection],
+        state: _RepoState,
+        result: ProbeResult,
+        policy: Policy,
+        at: datetime,
     ) -> None:
-        self.conn = conn
+        self._begin = begin
+        self._conn: sqlite3.Connection | None = None
+        self.state = state
         self.result = result
         self.policy = policy
         self.at = at
@@ -364,6 +460,26 @@ class _Observation:
         self.repo = result.repository
         self.endpoint = result.endpoint
         self.findings: list[Finding] = []
+        # What to apply to ``state`` after the commit:
+        #: role -> (the endpoint's new current row, whether its last_seen was written)
+        self.rows: dict[str, tuple[CurrentRow, bool]] = {}
+        self.counts: dict[tuple[str, str, str], float] = {}
+        #: (since,) of a lag episode opened, (None,) when closed
+        self.lag: tuple[float | None] | None = None
+        self.root: RootRow | None = None
+        #: (role, version) -> (hash served, first-seen time of the version on the endpoint)
+        self.seen: dict[tuple[str, int], tuple[str, float]] = {}
+        self.cadences: dict[tuple[str, str], tuple[int, str, float | None]] = {}
+        #: moments computed, and the lag roles whose moments they replace (primary moved)
+        self.moments: dict[tuple[str, int], float] = {}
+        self.moment_roles: set[str] = set()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The observation's transaction (begun on first use)."""
+        if self._conn is None:
+            self._conn = self._begin()
+        return self._conn
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -396,9 +512,36 @@ class _Observation:
 
     def _count(self, metric: str, endpoint: str, label: str) -> None:
         db.add_counter(self.conn, metric, self.repo, endpoint, label, 1.0)
+        key = (metric, endpoint, label)
+        self.counts[key] = self.counts.get(key, 0.0) + 1.0
 
     def _once(self, key: str) -> bool:
         return db.set_flag(self.conn, self.repo, key, self.t)
+
+    def _current(self, endpoint: str, role: str) -> CurrentRow | None:
+        """The current row, as this observation leaves it."""
+        if endpoint == self.endpoint and role in self.rows:
+            return self.rows[role][0]
+        return self.state.current.get((endpoint, role))
+
+    def _known(self, role: str, version: int) -> _Known:
+        """Hashes the repository served for (role, version) before this observation.
+
+        Cached per repository (least recently used entries go first): read from the database
+        once per (role, version), then kept up to date by the observations.
+        """
+        key = (role, version)
+        known = self.state.known.get(key)
+        if known is None:
+            hashes = db.hashes_of(self.conn, self.repo, role, version)
+            # The committed state: valid whether or not this observation commits.
+            known = _Known(set(hashes), min(hashes.values(), default=None))
+            self.state.known[key] = known
+            while len(self.state.known) > KNOWN_CACHE:
+                self.state.known.popitem(last=False)
+        else:
+            self.state.known.move_to_end(key)
+        return known
 
     # --- the observation -----------------------------------------------------------------
 
@@ -410,15 +553,56 @@ class _Observation:
         root = roles.get("root")
         if root is not None and self._root_trusted():
             self._root(root)
-        if self.endpoint != PRIMARY:
+        if self.endpoint == PRIMARY:
+            self._primary_moved()
+        else:
             self._mirror_lag()
         return self.findings
 
     def _role(self, facts: RoleFacts) -> None:
         role, version = facts.name, facts.version
-        prev = db.get_current(self.conn, self.repo, self.endpoint, role)
-        known = db.endpoints_by_hash(self.conn, self.repo, role, version)
-        repo_max = db.repo_max_version(self.conn, self.repo, role)
+        prev = self.state.current.get((self.endpoint, role))
+        # Facts without a threshold of valid signatures are recorded (what was served) but
+        # never raise the versions the rollback and jump checks compare against.
+        signed = facts.signatures_valid >= facts.threshold
+        # Serving the content stored as current: its versions row exists (retention keeps
+        # the rows of the versions served now), so the hash is known and the version not new.
+        same = prev is not None and prev.version == version and prev.sha256 == facts.sha256
+        known: _Known | None = None
+        if not same:
+            known = self._known(role, version)
+            if known.hashes and facts.sha256 not in known.hashes:
+                self._equivocation(facts, db.endpoints_by_hash(self.conn, self.repo, role, version))
+            repo_max = self.state.repo_max.get(role)
+            if signed and not known.hashes and repo_max is not None and version > repo_max:
+                self._new_version(facts, repo_max)
+                self._version_jump(facts, repo_max)
+        if prev is not None and version < prev.max_version:
+            self._rollback(facts, prev)
+        if facts.unknown_signers:
+            self._unknown_signer(facts)
+        here = self._record(facts, prev, same, _max_version(prev, version if signed else None))
+        if here is not None and role == "timestamp" and not self.policy.cadence.get(role):
+            self._learned_here(role)  # now, in the open transaction: repeats then need no SQL
+        self._expiry(facts, known, here)
+        if prev is not None and prev.version == version:
+            self._freeze(facts, prev)
+
+    def _record(
+        self, facts: RoleFacts, prev: CurrentRow | None, same: bool, max_version: int
+    ) -> float | None:
+        """Store what the endpoint serves for the role.
+
+        Returns the first-seen time of the version on the endpoint, None when nothing was
+        written: the endpoint serves what is stored, and only its last-seen time moves, in
+        memory (written in batches, see ``HistoryStore``).
+        """
+        role, version = facts.name, facts.version
+        if same and prev is not None and prev.max_version == max_version:
+            self.rows[role] = (replace(prev, last_seen=max(prev.last_seen, self.t)), False)
+            return None
+        if prev is not None and not same and (self.endpoint, role) in self.state.stale:
+            db.touch_last_seen(self.conn, [prev])  # its last sighting, kept in memory so far
         db.record_version(
             self.conn,
             self.repo,
@@ -430,37 +614,23 @@ class _Observation:
             facts.signed_by,
             self.t,
         )
-        # Facts without a threshold of valid signatures are recorded (what was served) but
-        # never raise the versions the rollback and jump checks compare against.
-        signed = facts.signatures_valid >= facts.threshold
-        if known and facts.sha256 not in known:
-            self._equivocation(facts, known)
-        if signed and not known and repo_max is not None and version > repo_max:
-            self._new_version(facts, repo_max)
-            self._version_jump(facts, repo_max)
-        if prev is not None and version < prev.max_version:
-            self._rollback(facts, prev)
-        if facts.unknown_signers:
-            self._unknown_signer(facts)
-        self._expiry(facts)
-        if prev is not None and prev.version == version:
-            self._freeze(facts, prev)
-        since = db.first_seen(self.conn, self.repo, self.endpoint, role, version)
-        if prev is not None and prev.version == version:
-            since = prev.since
-        db.put_current(
-            self.conn,
-            CurrentRow(
-                self.repo,
-                self.endpoint,
-                role,
-                version,
-                facts.sha256,
-                self.t if since is None else since,
-                self.t,
-                _max_version(prev, version if signed else None),
-            ),
+        here = db.first_seen(self.conn, self.repo, self.endpoint, role, version)
+        since = prev.since if prev is not None and prev.version == version else here
+        row = CurrentRow(
+            self.repo,
+            self.endpoint,
+            role,
+            version,
+            facts.sha256,
+            self.t if since is None else since,
+            self.t,
+            max_version,
         )
+        db.put_current(self.conn, row)
+        self.rows[role] = (row, True)
+        if here is not None:
+            self.seen[(role, version)] = (facts.sha256, here)
+        return here
 
     # --- per-role detectors --------------------------------------------------------------
 
@@ -549,11 +719,16 @@ class _Observation:
             details={"signed_by": list(facts.signed_by), "delegator": facts.delegator},
         )
 
-    def _expiry(self, facts: RoleFacts) -> None:
+    def _expiry(self, facts: RoleFacts, known: _Known | None, here: float | None) -> None:
+        """``known``: the repository's hashes before the observation (None: not looked up);
+        ``here``: first-seen time of the version on the endpoint, when it was just written."""
         limit = self.policy.max_lifetime.get(facts.name)
         if not limit:
             return
-        first = db.first_seen(self.conn, self.repo, None, facts.name, facts.version) or self.t
+        if known is None:  # the endpoint serves what is stored: its row is counted in it
+            known = self._known(facts.name, facts.version)
+        times = [x for x in (known.first_seen, here) if x is not None]
+        first = (min(times) if times else None) or self.t
         lifetime = facts.expires.timestamp() - first
         if lifetime <= limit or not self._once(
             f"expiry_beyond_policy|{facts.name}|{facts.version}"
@@ -582,9 +757,25 @@ class _Observation:
             return configured, "configured"
         if role != "timestamp":
             return None
+        learned = self._learned_here(role)
+        return None if learned is None else (learned * FREEZE_TOLERANCE, "learned")
+
+    def _learned_here(self, role: str) -> float | None:
+        """Learned cadence of ``role`` on the endpoint.
+
+        Cached per content served: the endpoint's change times only change when it serves
+        other content (and retention keeps more versions than are looked at).
+        """
+        key = (self.endpoint, role)
+        row = self._current(self.endpoint, role)
+        cached = self.cadences.get(key) or self.state.cadences.get(key)
+        if row is not None and cached is not None and cached[:2] == (row.version, row.sha256):
+            return cached[2]
         times = db.change_times(self.conn, self.repo, self.endpoint, role, LEARN_WINDOW + 1)
         learned = _learned_cadence(times)
-        return None if learned is None else (learned * FREEZE_TOLERANCE, "learned")
+        if row is not None:
+            self.cadences[key] = (row.version, row.sha256, learned)
+        return learned
 
     def _freeze(self, facts: RoleFacts, prev: CurrentRow) -> None:
         expected = self._expected_period(facts.name)
@@ -623,11 +814,15 @@ class _Observation:
         )
 
     def _root(self, facts: RoleFacts) -> None:
-        latest = db.latest_root(self.conn, self.repo)
+        if facts.version in self.state.root_versions:
+            return  # recorded before: the first sighting stays
+        latest = self.state.latest_root
         row = RootRow(
             facts.version, facts.sha256, self.t, self.endpoint, _keys_to_rows(facts.role_keys)
         )
         inserted = db.insert_root(self.conn, self.repo, row)
+        if inserted:
+            self.root = row
         if not inserted or latest is None or facts.version <= latest.version:
             return
         if latest.role_keys is None or row.role_keys is None:
@@ -674,12 +869,49 @@ class _Observation:
 
     # --- mirror lag ----------------------------------------------------------------------
 
+    def _primary_moved(self) -> None:
+        """The primary serves another lag-role version: recompute when mirrors fell behind.
+
+        One query per version some mirror serves below the primary's (few, whatever the
+        number of mirrors); the lag of each mirror is derived from them at scrape time.
+        """
+        for role in LAG_ROLES:
+            entry = self.rows.get(role)
+            if entry is None:
+                continue
+            new, old = entry[0], self.state.current.get((PRIMARY, role))
+            if old is not None and (old.version, old.sha256, old.since) == (
+                new.version,
+                new.sha256,
+                new.since,
+            ):
+                continue
+            self.moment_roles.add(role)
+            for version in self.state.mirror_versions[role]:
+                if version < new.version:
+                    self.moments[(role, version)] = _behind_moment(
+                        self.conn, self.repo, role, new, version
+                    )
+
     def _mirror_lag(self) -> None:
-        rows = {(r.endpoint, r.role): r for r in db.repo_current(self.conn, self.repo)}
+        rows: dict[tuple[str, str], CurrentRow] = {}
+        for role in LAG_ROLES:
+            for endpoint in (PRIMARY, self.endpoint):
+                row = self._current(endpoint, role)
+                if row is not None:
+                    rows[(endpoint, role)] = row
+        for role in LAG_ROLES:  # the moments this mirror's versions need, if not known yet
+            primary, here = rows.get((PRIMARY, role)), rows.get((self.endpoint, role))
+            if primary is None or here is None or primary.version <= here.version:
+                continue
+            if (role, here.version) not in self.state.moments:
+                self.moments[(role, here.version)] = _behind_moment(
+                    self.conn, self.repo, role, primary, here.version
+                )
         lags = _lag_of(rows, self.endpoint)
         if lags is None:
             return
-        open_since = db.get_lag(self.conn, self.repo, self.endpoint)
+        open_since = self.state.lags.get(self.endpoint)
         behind = max(lags.values()) > 0
         versions = {
             f"{who}_{role}": rows[(endpoint, role)].version
@@ -687,8 +919,10 @@ class _Observation:
             for who, endpoint in (("primary", PRIMARY), ("mirror", self.endpoint))
         }
         if behind and open_since is None:
-            since = _behind_since(self.conn, self.repo, rows, self.endpoint) or self.t
+            moments = ChainMap(self.moments, self.state.moments)
+            since = _behind_since(rows, moments, self.endpoint) or self.t
             db.set_lag(self.conn, self.repo, self.endpoint, since)
+            self.lag = (since,)
             self._report(
                 FindingKind.MIRROR_LAG_STARTED,
                 "timestamp" if lags.get("timestamp") else "snapshot",
@@ -699,6 +933,7 @@ class _Observation:
             )
         elif not behind and open_since is not None:
             db.set_lag(self.conn, self.repo, self.endpoint, None)
+            self.lag = (None,)
             self._report(
                 FindingKind.MIRROR_CAUGHT_UP,
                 "timestamp",
@@ -723,18 +958,39 @@ class HistoryStore:
     serialized, one transaction each); ``metrics`` and ``last_change`` read an in-memory
     snapshot and never touch SQLite; the other queries use a separate reader connection and
     do not wait for observations being written.
+
+    Cost: each repository's detection state (the ``current`` rows, open lag episodes,
+    counters, root versions) is read once, when the store opens, and kept in memory; an
+    observation reads it instead of SQL and updates it for the probed endpoint only, after
+    its transaction committed. The work of an observation does not grow with the number of
+    endpoints of the repository, and an endpoint serving exactly what it served before (the
+    steady state) costs no SQL at all.
+
+    Last-seen times are batched: while an endpoint keeps serving the same content, its
+    ``last_seen`` (``current`` and ``versions`` rows) moves in memory only. It is written when
+    the endpoint serves something else (the row it leaves gets its last sighting), before
+    every retention pass (so retention judges by exact times) and when the store closes.
+    Nothing in detection reads ``last_seen``; retention does, and keeps the rows of the
+    version an endpoint serves now whatever their ``last_seen``. A crash loses at most
+    ``PRUNE_EVERY`` seconds of last-seen times of rows still being served: once the endpoint
+    serves something else, such a row can be pruned that much earlier than ``retention``
+    after its true last sighting, never more.
     """
 
     def __init__(self, database: db.Database, retention: float) -> None:
         """Use :meth:`open` or :meth:`for_config`."""
         self._db = database
         self.retention = retention
-        self._views: dict[str, _RepoView] = {}
+        self._states: dict[str, _RepoState] = {}
+        #: Serializes writers: observations, retention, forget, close (held until the
+        #: in-memory state reflects the commit).
+        self._write_lock = threading.Lock()
+        #: Guards what ``metrics()`` and ``last_change()`` read of the states.
         self._view_lock = threading.Lock()
         self._last_prune = float("-inf")
         with database.transaction() as conn:
             for repo in db.repositories(conn):
-                self._views[repo] = _load_view(conn, repo)
+                self._states[repo] = _load_state(conn, repo)
 
     @property
     def path(self) -> Path:
@@ -776,8 +1032,14 @@ class HistoryStore:
         )
 
     def close(self) -> None:
-        """Checkpoint and close the database."""
-        self._db.close()
+        """Write the batched last-seen times, checkpoint and close the database."""
+        with self._write_lock:
+            try:
+                if any(state.stale for state in self._states.values()):
+                    with self._db.transaction() as conn:
+                        self._flush(conn, self._states.values())
+            finally:
+                self._db.close()
 
     def __enter__(self) -> HistoryStore:
         return self
@@ -801,25 +1063,65 @@ class HistoryStore:
         the observation time (default: the current time).
         """
         at = datetime.now(UTC) if now is None else now.astimezone(UTC)
-        with self._db.transaction() as conn:
-            findings = _Observation(conn, result, policy, at).run()
-            for finding in findings:
-                db.insert_finding(
-                    conn,
-                    at.timestamp(),
-                    finding.repository,
-                    finding.endpoint,
-                    str(finding.kind),
-                    json.dumps(finding.to_json(), sort_keys=True),
-                )
-            view = _load_view(conn, result.repository)
-        with self._view_lock:
-            self._views[result.repository] = view
+        with self._write_lock:
+            state = self._states.get(result.repository) or _RepoState()
+            with ExitStack() as stack:
+
+                def begin() -> sqlite3.Connection:
+                    return stack.enter_context(self._db.transaction())
+
+                observation = _Observation(begin, state, result, policy, at)
+                findings = observation.run()
+                for finding in findings:
+                    db.insert_finding(
+                        observation.conn,
+                        at.timestamp(),
+                        finding.repository,
+                        finding.endpoint,
+                        str(finding.kind),
+                        json.dumps(finding.to_json(), sort_keys=True),
+                    )
+            self._apply(result.repository, state, observation)
         for finding in findings:  # the caller logs and ships them; keep a trace here
             log.debug("finding %s", finding.to_json())
         if at.timestamp() - self._last_prune >= PRUNE_EVERY:
             self.prune(at)
         return findings
+
+    def _apply(self, repo: str, state: _RepoState, obs: _Observation) -> None:
+        """Bring the in-memory state to what the observation committed."""
+        with self._view_lock:
+            for row, written in obs.rows.values():
+                state.put(row, written)
+            for key, delta in obs.counts.items():
+                state.counters[key] = state.counters.get(key, 0.0) + delta
+            if obs.lag is not None:
+                since = obs.lag[0]
+                if since is None:
+                    state.lags.pop(obs.endpoint, None)
+                else:
+                    state.lags[obs.endpoint] = since
+            if obs.root is not None:
+                state.add_root(obs.root)
+            if obs.moment_roles:
+                state.moments = {
+                    k: v for k, v in state.moments.items() if k[0] not in obs.moment_roles
+                }
+            state.moments.update(obs.moments)
+            self._states.setdefault(repo, state)
+        for seen, (sha, first) in obs.seen.items():  # caches read by observations only
+            known = state.known.get(seen)
+            if known is not None:
+                known.hashes.add(sha)
+                known.first_seen = min(
+                    first, first if known.first_seen is None else known.first_seen
+                )
+        state.cadences.update(obs.cadences)
+
+    @staticmethod
+    def _flush(conn: sqlite3.Connection, states: Iterable[_RepoState]) -> None:
+        """Write the batched last-seen times (clear ``stale`` once committed)."""
+        db.touch_last_seen(conn, [s.current[key] for s in states for key in s.stale])
 
     def prune(self, now: datetime | None = None) -> int:
         """Apply the retention now; return the number of rows deleted.
@@ -827,35 +1129,52 @@ class HistoryStore:
         Rows not observed for ``retention`` seconds are deleted, except what detection needs:
         the newest versions of every (repository, endpoint, role), the version each endpoint
         serves now and the highest it ever served, root versions, counters and open lag
-        episodes. ``observe`` runs this at most once per ``PRUNE_EVERY`` seconds.
+        episodes. ``observe`` runs this at most once per ``PRUNE_EVERY`` seconds. The
+        batched last-seen times are written first, in the same transaction.
         """
         at = datetime.now(UTC) if now is None else now
-        self._last_prune = at.timestamp()
-        with self._db.transaction() as conn:
-            removed = db.prune(conn, at.timestamp() - self.retention)
+        with self._write_lock:
+            self._last_prune = at.timestamp()
+            states = list(self._states.items())
+            with self._db.transaction() as conn:
+                self._flush(conn, (state for _, state in states))
+                removed = db.prune(conn, at.timestamp() - self.retention)
+                # Versions the lag and the caches were computed from may be gone.
+                moments = {repo: s.all_moments(conn, repo) for repo, s in states if removed}
+            for repo, state in states:
+                state.stale.clear()
+                if removed:
+                    state.known.clear()
+                    state.cadences.clear()
+                    with self._view_lock:
+                        state.moments = moments[repo]
         if removed:
             log.info("history retention removed %d rows older than %.0fs", removed, self.retention)
         return removed
 
     def forget(self, repository: str, endpoint: str | None = None) -> None:
         """Drop everything stored for a repository (or one endpoint) removed from the config."""
-        with self._db.transaction() as conn:
-            db.forget(conn, repository, endpoint)
-            view = _load_view(conn, repository) if endpoint is not None else None
-        with self._view_lock:
-            if view is None or not view.current:
-                self._views.pop(repository, None)
-            else:
-                self._views[repository] = view
+        with self._write_lock:
+            old = self._states.get(repository)
+            with self._db.transaction() as conn:
+                if old is not None and endpoint is not None:
+                    self._flush(conn, [old])  # the reload below reads last_seen
+                db.forget(conn, repository, endpoint)
+                state = _load_state(conn, repository) if endpoint is not None else None
+            with self._view_lock:
+                if state is None or not state.current:
+                    self._states.pop(repository, None)
+                else:
+                    self._states[repository] = state
 
     # --- reading ---------------------------------------------------------------------------
 
     def last_change(self, repository: str, endpoint: str, role: str) -> datetime | None:
         """First-seen time of the version the endpoint serves now for ``role`` (None: unseen)."""
         with self._view_lock:
-            view = self._views.get(repository)
-        entry = None if view is None else view.current.get((endpoint, role))
-        return None if entry is None else db.from_ts(entry[1])
+            state = self._states.get(repository)
+            row = None if state is None else state.current.get((endpoint, role))
+        return None if row is None else db.from_ts(row.since)
 
     def observed_cadence(self, repository: str, role: str) -> float | None:
         """Learned re-signing period of ``role`` in seconds, or None while still learning.
@@ -907,8 +1226,17 @@ class HistoryStore:
         so it grows between probes.
         """
         t = (datetime.now(UTC) if now is None else now).timestamp()
-        with self._view_lock:
-            views = sorted(self._views.items())
+        with self._view_lock:  # copies (the rows themselves are immutable)
+            views = sorted(
+                (
+                    repo,
+                    dict(s.current),
+                    dict(s.moments),
+                    dict(s.counters),
+                    None if s.latest_root is None else s.latest_root.version,
+                )
+                for repo, s in self._states.items()
+            )
         lag_v = family("tuf_mirror_lag_versions")
         lag_s = family("tuf_mirror_lag_seconds")
         changed = family("tuf_metadata_last_change_timestamp_seconds")
@@ -917,19 +1245,25 @@ class HistoryStore:
         rotations = family(_ROTATIONS)
         root = family("tuf_root_version")
         by_metric = {_ROLLBACKS: rollbacks, _ANOMALIES: anomalies}
-        for repo, view in views:
-            for (endpoint, role), (_, since) in sorted(view.current.items()):
-                changed.add_metric([repo, endpoint, role], since)
-            for mirror, lags in sorted(view.lag_versions.items()):
+        for repo, current, moments, counters, root_version in views:
+            mirrors = sorted({endpoint for endpoint, _ in current} - {PRIMARY})
+            for (endpoint, role), row in sorted(current.items()):
+                changed.add_metric([repo, endpoint, role], row.since)
+            behind: list[tuple[str, float | None]] = []
+            for mirror in mirrors:
+                lags = _lag_of(current, mirror)
+                if lags is None:
+                    continue
                 for role, n in sorted(lags.items()):
                     lag_v.add_metric([repo, mirror, role], float(n))
-            for mirror, behind in sorted(view.behind_since.items()):
-                lag_s.add_metric([repo, mirror], 0.0 if behind is None else max(0.0, t - behind))
-            for (metric, endpoint, label), value in sorted(view.counters.items()):
+                behind.append((mirror, _behind_since(current, moments, mirror)))
+            for mirror, since in behind:
+                lag_s.add_metric([repo, mirror], 0.0 if since is None else max(0.0, t - since))
+            for (metric, endpoint, label), value in sorted(counters.items()):
                 if metric == _ROTATIONS:
                     rotations.add_metric([repo, label], value)
                 elif metric in by_metric:
                     by_metric[metric].add_metric([repo, endpoint, label], value)
-            if view.root_version is not None:
-                root.add_metric([repo], float(view.root_version))
+            if root_version is not None:
+                root.add_metric([repo], float(root_version))
         yield from (lag_v, lag_s, changed, rollbacks, anomalies, rotations, root)

@@ -15,7 +15,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -353,6 +353,35 @@ def put_current(conn: sqlite3.Connection, row: CurrentRow) -> None:
     )
 
 
+def touch_last_seen(conn: sqlite3.Connection, rows: Iterable[CurrentRow]) -> None:
+    """Move the last-seen time of ``current`` rows, and of their ``versions`` rows, forward.
+
+    Used to write last-seen times kept in memory while an endpoint served the same content
+    (see ``HistoryStore``): one statement per table for all the rows.
+    """
+    params = [(r.last_seen, r.repository, r.endpoint, r.role, r.version, r.sha256) for r in rows]
+    conn.executemany(
+        "UPDATE current SET last_seen = MAX(last_seen, ?) WHERE repository = ? "
+        "AND endpoint = ? AND role = ? AND version = ? AND sha256 = ?",
+        params,
+    )
+    conn.executemany(
+        "UPDATE versions SET last_seen = MAX(last_seen, ?) WHERE repository = ? "
+        "AND endpoint = ? AND role = ? AND version = ? AND sha256 = ?",
+        params,
+    )
+
+
+def hashes_of(conn: sqlite3.Connection, repo: str, role: str, version: int) -> dict[str, float]:
+    """Content hashes the repository's endpoints served for (role, version) -> first seen."""
+    rows = conn.execute(
+        "SELECT sha256, MIN(first_seen) FROM versions INDEXED BY versions_by_role "
+        "WHERE repository = ? AND role = ? AND version = ? GROUP BY sha256",
+        (repo, role, version),
+    )
+    return {r[0]: float(r[1]) for r in rows}
+
+
 def endpoints_by_hash(
     conn: sqlite3.Connection, repo: str, role: str, version: int
 ) -> dict[str, list[str]]:
@@ -486,6 +515,12 @@ def get_lag(conn: sqlite3.Connection, repo: str, endpoint: str) -> float | None:
         "SELECT since FROM lag WHERE repository = ? AND endpoint = ?", (repo, endpoint)
     ).fetchone()
     return None if row is None else float(row[0])
+
+
+def repo_lags(conn: sqlite3.Connection, repo: str) -> dict[str, float]:
+    """Open lag episodes of the repository: mirror -> since."""
+    rows = conn.execute("SELECT endpoint, since FROM lag WHERE repository = ?", (repo,))
+    return {r[0]: float(r[1]) for r in rows}
 
 
 def set_lag(conn: sqlite3.Connection, repo: str, endpoint: str, since: float | None) -> None:

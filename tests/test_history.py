@@ -825,3 +825,140 @@ def test_metrics_match_the_catalogue_and_expose(store: HistoryStore) -> None:
     text = generate_latest(registry).decode()
     assert 'tuf_anomalies_total{endpoint="m1",kind="equivocation",repository="repo"} 1.0' in text
     assert 'tuf_mirror_lag_versions{endpoint="m1",repository="repo",role="timestamp"} 10.0' in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost of an observation
+
+
+class SqlWork:
+    """SQL statements run, and SQLite VM steps taken, on the store's connections.
+
+    VM steps (counted by a progress handler called every step) grow with the rows a statement
+    visits, so they show a scan of the repository's endpoints even inside a single statement.
+    Both counts are deterministic: no timing involved.
+    """
+
+    def __init__(self, store: HistoryStore) -> None:
+        self.statements: list[str] = []
+        self.steps = 0
+        self._conns = (store._db._writer, store._db._reader)
+        for conn in self._conns:
+            conn.set_trace_callback(self.statements.append)
+            conn.set_progress_handler(self._step, 1)
+
+    def _step(self) -> int:
+        self.steps += 1
+        return 0
+
+    def stop(self) -> tuple[int, int]:
+        """Detach; (statements, steps) counted."""
+        for conn in self._conns:
+            conn.set_trace_callback(None)
+            conn.set_progress_handler(None, 1)
+        return len(self.statements), self.steps
+
+
+def observe_counted(
+    store: HistoryStore, res: ProbeResult, when: datetime
+) -> tuple[list[Finding], tuple[int, int]]:
+    work = SqlWork(store)
+    try:
+        found = store.observe(res, POLICY, when)
+    finally:
+        counted = work.stop()
+    return found, counted
+
+
+def served(endpoint: str, version: int) -> ProbeResult:
+    """A full probe: root and targets unchanged, timestamp and snapshot at ``version``."""
+    root = facts("root", 1, role_keys=ROOT_V1_KEYS, signed_by=("r1",))
+    return result(endpoint, [root, facts("targets", 1), *online(endpoint, version).roles.values()])
+
+
+def work_per_observation(tmp_path: Path, mirrors: int) -> dict[str, tuple[int, int]]:
+    """(statements, VM steps) of typical observations in a repository with ``mirrors``."""
+    work: dict[str, tuple[int, int]] = {}
+    names = [f"m{i:04d}" for i in range(mirrors)]
+    lag = ("tuf_mirror_lag_versions", (REPO, names[1], "timestamp"))
+    with HistoryStore.open(tmp_path / f"cost-{mirrors}.sqlite") as store:
+        store.observe(served("primary", 1), POLICY, at(0))
+        for name in names:
+            store.observe(served(name, 1), POLICY, at(1))
+        found, work["steady"] = observe_counted(store, served(names[-1], 1), at(30))
+        assert found == []
+        found, work["primary_moves"] = observe_counted(store, served("primary", 2), at(60))
+        assert kinds(found) == ["new_version"] * 2
+        for name in names[:-1]:
+            store.observe(served(name, 2), POLICY, at(61))
+        found, work["mirror_follows"] = observe_counted(store, served(names[-1], 2), at(62))
+        assert found == []
+        store.observe(served("primary", 3), POLICY, at(90))
+        found, work["mirror_falls_behind"] = observe_counted(store, served(names[0], 2), at(91))
+        assert kinds(found) == ["mirror_lag_started"]
+        found, work["mirror_catches_up"] = observe_counted(store, served(names[0], 3), at(120))
+        assert kinds(found) == ["mirror_caught_up"]
+        assert samples(store, at(120))[lag] == 1
+    return work
+
+
+def test_work_per_observation_does_not_grow_with_the_endpoints(tmp_path: Path) -> None:
+    small = work_per_observation(tmp_path, 10)
+    large = work_per_observation(tmp_path, 200)
+    # Re-observing exactly what an endpoint serves needs no SQL at all (last_seen is batched).
+    assert small["steady"] == large["steady"] == (0, 0)
+    for case, (statements, steps) in large.items():
+        assert statements == small[case][0], case
+        assert steps <= small[case][1] * 1.1 + 20, (case, small[case], large[case])
+
+
+def stored_last_seen(path: Path, endpoint: str, role: str = "timestamp") -> dict[str, float]:
+    """last_seen of the endpoint's current row and of its versions rows (by version)."""
+    conn = sqlite3.connect(path)
+    try:
+        out = {
+            "current": conn.execute(
+                "SELECT last_seen FROM current WHERE endpoint = ? AND role = ?", (endpoint, role)
+            ).fetchone()[0]
+        }
+        for version, seen in conn.execute(
+            "SELECT version, last_seen FROM versions WHERE endpoint = ? AND role = ?",
+            (endpoint, role),
+        ):
+            out[f"v{version}"] = seen
+    finally:
+        conn.close()
+    return out
+
+
+def test_last_seen_is_batched_but_never_lost(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite"
+    with HistoryStore.open(path) as store:
+        for step in range(4):
+            store.observe(online("m1", 1), POLICY, at(step * 30))
+        # Serving the same content: last_seen moves in memory only.
+        assert stored_last_seen(path, "m1") == {
+            "current": at(0).timestamp(),
+            "v1": at(0).timestamp(),
+        }
+        # Serving something else: the version left gets its last sighting.
+        store.observe(online("m1", 2), POLICY, at(120))
+        assert stored_last_seen(path, "m1") == {
+            "current": at(120).timestamp(),
+            "v1": at(90).timestamp(),
+            "v2": at(120).timestamp(),
+        }
+        store.observe(online("m1", 2), POLICY, at(150))
+        # A retention pass writes them first (it judges rows by them).
+        store.prune(at(160))
+        assert stored_last_seen(path, "m1")["v2"] == at(150).timestamp()
+        store.observe(online("m1", 2), POLICY, at(180))
+    # Closing writes them too: nothing is lost by a restart.
+    assert stored_last_seen(path, "m1") == {
+        "current": at(180).timestamp(),
+        "v1": at(90).timestamp(),
+        "v2": at(180).timestamp(),
+    }
+    with HistoryStore.open(path) as again:
+        assert again.observe(online("m1", 2), POLICY, at(210)) == []
+        assert again.last_change(REPO, "m1", "timestamp") == at(120)
