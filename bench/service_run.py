@@ -197,7 +197,7 @@ def worker(
         )
         return result
 
-    service.prober.probe = observed  # type: ignore[method-assign]
+    service.prober.probe = observed  # type: ignore[method-assign,assignment]
     service.start()
     began = time.time()
     summary = Summary(len(expected), 0.0, 0.0, 0, 0, 0, 0, 0, 0)
