@@ -30,6 +30,7 @@ from tuf.ngclient import Updater
 from tuf.ngclient._internal.trusted_metadata_set import TrustedMetadataSet
 
 from exporter.fetcher import Fetcher
+from exporter.fingerprints import KeyFingerprints
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def sweep(
     level = [(child, "targets") for child in _children(trusted["targets"])]
     seen: set[str] = set()
     verified: list[str] = []
-    keys = _KeyContexts()
+    keys = KeyFingerprints()
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="delegation") as pool:
         while level:
             todo: list[tuple[str, str]] = []
@@ -169,33 +170,11 @@ def _load(trusted: TrustedMetadataSet, role: str, parent: str, data: bytes) -> b
     return True
 
 
-class _KeyContexts:
-    """Fingerprints of the keys and threshold a delegator sets for a role, memoized per role
-    object (hash bins share one)."""
-
-    def __init__(self) -> None:
-        self._cache: dict[int, tuple[object, str]] = {}
-
-    def of(self, trusted: TrustedMetadataSet, role: str, parent: str) -> str:
-        delegator = trusted[parent]
-        if not isinstance(delegator, Targets):
-            return ""
-        try:
-            delegated = delegator.get_delegated_role(role)
-        except ValueError:
-            return ""
-        hit = self._cache.get(id(delegated))
-        if hit is not None and hit[0] is delegated:
-            return hit[1]
-        parts = [str(delegated.threshold)]
-        for keyid in sorted(delegated.keyids):
-            try:
-                parts.append(f"{keyid}={delegator.get_key(keyid).keyval}")
-            except ValueError:
-                parts.append(f"{keyid}=?")
-        text = hashlib.sha256("|".join(parts).encode()).hexdigest()
-        self._cache[id(delegated)] = (delegated, text)
-        return text
+def _fingerprint(
+    keys: KeyFingerprints, trusted: TrustedMetadataSet, role: str, parent: str
+) -> str:
+    delegator = trusted[parent]
+    return keys.of(delegator if isinstance(delegator, Targets) else None, role)
 
 
 def _reusable(
@@ -204,7 +183,7 @@ def _reusable(
     role: str,
     parent: str,
     data: bytes,
-    keys: _KeyContexts,
+    keys: KeyFingerprints,
 ) -> bool:
     if verdict is None or verdict.expires <= datetime.now(UTC):
         return False
@@ -212,7 +191,7 @@ def _reusable(
     return (
         meta == verdict.meta
         and hashlib.sha256(data).hexdigest() == verdict.sha256
-        and keys.of(trusted, role, parent) == verdict.keys
+        and _fingerprint(keys, trusted, role, parent) == verdict.keys
     )
 
 
@@ -222,7 +201,7 @@ def _remember(
     role: str,
     parent: str,
     data: bytes,
-    keys: _KeyContexts,
+    keys: KeyFingerprints,
 ) -> None:
     if memo is None:
         return
@@ -232,7 +211,10 @@ def _remember(
         memo.pop(role, None)  # only leaves are ever reused
         return
     memo[role] = Verdict(
-        hashlib.sha256(data).hexdigest(), meta, keys.of(trusted, role, parent), loaded.expires
+        hashlib.sha256(data).hexdigest(),
+        meta,
+        _fingerprint(keys, trusted, role, parent),
+        loaded.expires,
     )
 
 

@@ -33,6 +33,7 @@ from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import Signature
 from tuf.api.metadata import Delegations, Root, Targets
 
+from exporter.fingerprints import KeyFingerprints
 from exporter.results import RoleFacts, RoleKeys
 
 K = TypeVar("K")
@@ -82,7 +83,7 @@ class Inspector:
         """
         roles: dict[str, RoleFacts] = {}
         delegated: dict[str, RoleFacts] = {}
-        contexts = _KeyContexts()
+        contexts = KeyFingerprints()
         root_facts, root = self._role("root", files.get("root"), None, "root", contexts)
         if root_facts is not None and isinstance(root, Root):
             roles["root"] = root_facts
@@ -106,7 +107,7 @@ class Inspector:
         files: Mapping[str, bytes],
         out: dict[str, RoleFacts],
         declared: list[str],
-        contexts: _KeyContexts,
+        contexts: KeyFingerprints,
     ) -> None:
         stack: list[tuple[Targets, str]] = [(top, "targets")]
         seen: set[str] = set()
@@ -132,7 +133,7 @@ class Inspector:
         data: bytes | None,
         delegator: Root | Targets | None,
         delegator_name: str,
-        contexts: _KeyContexts,
+        contexts: KeyFingerprints,
     ) -> tuple[RoleFacts | None, Root | Targets | None]:
         """The facts of one file and the file as a delegator (None when it delegates nothing)."""
         if data is None:
@@ -180,34 +181,6 @@ def _child_roles(delegations: Delegations | None) -> Iterable[str]:
     if delegations.succinct_roles is not None:
         return list(delegations.succinct_roles.get_roles())
     return ()
-
-
-class _KeyContexts:
-    """Fingerprints of the keys and threshold a delegator sets for a role, memoized per role
-    object within one inspection (hash bins share one)."""
-
-    def __init__(self) -> None:
-        self._cache: dict[int, tuple[object, str]] = {}
-
-    def of(self, delegator: Root | Targets | None, name: str) -> str:
-        if delegator is None:
-            return "-"
-        try:
-            role = delegator.get_delegated_role(name)
-        except ValueError:
-            return "undelegated"
-        hit = self._cache.get(id(role))
-        if hit is not None and hit[0] is role:
-            return hit[1]
-        keys = []
-        for keyid in sorted(role.keyids):
-            try:
-                keys.append(f"{keyid}:{delegator.get_key(keyid).keyval}")
-            except ValueError:
-                keys.append(f"{keyid}:?")
-        text = hashlib.sha256(f"{role.threshold}|{'|'.join(keys)}".encode()).hexdigest()
-        self._cache[id(role)] = (role, text)
-        return text
 
 
 def _read(data: bytes, digest: str) -> _Doc | None:
