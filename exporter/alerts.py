@@ -11,10 +11,8 @@ Regenerate the committed files with ``python -m exporter.alerts --out alerts``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -624,27 +622,17 @@ def render(options: AlertOptions | None = None) -> dict[str, str]:
     }
 
 
-def build_alerts(out_dir: Path, options: AlertOptions | None = None) -> list[Path]:
-    """Write the rule files and the Alertmanager example into ``out_dir``; return their paths."""
+def write_files(out_dir: Path, files: Mapping[str, str]) -> list[Path]:
+    """Write generated files (name -> text) into ``out_dir``; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, text in render(options).items():
+    for name, text in files.items():
         path = out_dir / name
         path.write_text(text, encoding="utf-8")
         paths.append(path)
     return paths
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m exporter.alerts", description=__doc__)
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--config", type=Path, help="YAML file with AlertOptions fields")
-    args = parser.parse_args(argv)
-    options = AlertOptions.from_yaml(args.config) if args.config else None
-    for path in build_alerts(args.out, options):
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def build_alerts(out_dir: Path, options: AlertOptions | None = None) -> list[Path]:
+    """Write the rule files and the Alertmanager example into ``out_dir``; return their paths."""
+    return write_files(out_dir, render(options))

@@ -11,9 +11,7 @@ Regenerate the committed files with ``python -m exporter.dashboards --out dashbo
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +42,7 @@ from exporter.alerts import (
     promql_metric_names,
     recording_rule_names,
     sli_record_name,
+    write_files,
 )
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
@@ -464,23 +463,4 @@ def render() -> dict[str, str]:
 
 def build_dashboards(out_dir: Path) -> list[Path]:
     """Write every dashboard as JSON into ``out_dir``; return the paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, text in render().items():
-        path = out_dir / name
-        path.write_text(text, encoding="utf-8")
-        paths.append(path)
-    return paths
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m exporter.dashboards", description=__doc__)
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
-    args = parser.parse_args(argv)
-    for path in build_dashboards(args.out):
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return write_files(out_dir, render())

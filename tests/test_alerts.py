@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ALERTS_DIR = ROOT / "alerts"
 TESTS_DIR = ALERTS_DIR / "tests"
 RUNBOOKS = ROOT / "docs" / "runbooks"
-REGENERATE = "python -m exporter.alerts --out alerts"
+REGENERATE = "tuf-exporter alerts build --out alerts"
 
 PROMTOOL = shutil.which("promtool") or "promtool"
 AMTOOL = shutil.which("amtool") or "amtool"
@@ -172,9 +172,15 @@ def test_options_reject_unknown_keys_and_bad_values(tmp_path: Path) -> None:
         AlertOptions.from_mapping({"mirror_lag_for": "soon"})
 
 
-def test_module_entry_point(tmp_path: Path) -> None:
-    assert alerts.main(["--out", str(tmp_path)]) == 0
-    assert (tmp_path / alerts.ALERT_RULES_FILE).exists()
+def test_cli_alerts_build(tmp_path: Path) -> None:
+    from exporter import cli
+
+    options = tmp_path / "options.yml"
+    options.write_text("exporter_job: my-exporter\n")
+    assert cli.main(["alerts", "build", "--out", str(tmp_path / "out"),
+                     "--config", str(options)]) == 0
+    rules = (tmp_path / "out" / alerts.ALERT_RULES_FILE).read_text()
+    assert 'job="my-exporter"' in rules
 
 
 # --- promtool -------------------------------------------------------------------------------

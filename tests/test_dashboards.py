@@ -12,7 +12,7 @@ from exporter import alerts, catalogue, dashboards
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS_DIR = ROOT / "dashboards"
-REGENERATE = "python -m exporter.dashboards --out dashboards"
+REGENERATE = "tuf-exporter dashboards build --out dashboards"
 
 
 def _boards() -> dict[str, dict[str, Any]]:
@@ -103,6 +103,8 @@ def test_output_is_deterministic_sorted_and_newline_terminated(tmp_path: Path) -
                                   ensure_ascii=False) + "\n"
 
 
-def test_module_entry_point(tmp_path: Path) -> None:
-    assert dashboards.main(["--out", str(tmp_path)]) == 0
+def test_cli_dashboards_build(tmp_path: Path) -> None:
+    from exporter import cli
+
+    assert cli.main(["dashboards", "build", "--out", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(b.file for b in dashboards.BOARDS)
