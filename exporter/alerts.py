@@ -163,7 +163,6 @@ class AlertOptions:
     runbook_base_url: str = (
         "https://github.com/tuf-exporter/tuf-exporter/blob/main/docs/runbooks"
     )
-    dashboard_base_url: str = "/d"
     #: Alertmanager example: webhook receivers and routing timings.
     page_webhook_url: str = "http://127.0.0.1:9099/page"
     ticket_webhook_url: str = "http://127.0.0.1:9099/ticket"

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from prometheus_client.core import Metric
@@ -128,8 +128,6 @@ def _drop(counter: Counter[Any], wanted: set[tuple[str, str]]) -> None:
 
 
 def _with_facts_of(result: ProbeResult, previous: ProbeResult) -> ProbeResult:
-    from dataclasses import replace
-
     delegations = result.delegations if result.delegations.count else previous.delegations
     return replace(
         result,

@@ -238,9 +238,6 @@ class _Reader:
     def error(self, key: str | None, message: str) -> ConfigError:
         return ConfigError(f"{self.where(key)}: {message}")
 
-    def has(self, key: str) -> bool:
-        return key in self.items and self.items[key].value is not None
-
     def raw(self, key: str) -> _Node | None:
         self.used.add(key)
         node = self.items.get(key)
@@ -428,7 +425,7 @@ def _policy(reader: _Reader | None) -> Policy:
     return policy
 
 
-def _repository(reader: _Reader, defaults: Config, base: Path) -> Repository:
+def _repository(reader: _Reader, base: Path) -> Repository:
     name = reader.require("name", _name)
     primary = _endpoint(reader, "primary")
     mirrors = []
@@ -534,7 +531,7 @@ def parse_config(text: str, source: str = "<config>", base: Path | None = None) 
     repos: list[Repository] = []
     seen: set[str] = set()
     for repo_reader in root.children("repositories"):
-        repo = _repository(repo_reader, defaults, base)
+        repo = _repository(repo_reader, base)
         if repo.name in seen:
             raise repo_reader.error("name", f"repository name {repo.name!r} is used twice")
         seen.add(repo.name)

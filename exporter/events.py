@@ -36,7 +36,6 @@ class EventKind(StrEnum):
     ROLLBACK = "rollback"  #: a lower version than already seen, or a frozen online role
     SIGNER_PROBE = "signer_probe"  #: an active signing probe result
     MIRROR_LAG = "mirror_lag"  #: a mirror fell behind the primary or caught up again
-    EXPIRY = "expiry"  #: a role's metadata entered its expiry warning window or expired
 
 
 def format_time(value: datetime) -> str:

@@ -118,11 +118,6 @@ def is_corruption(exc: BaseException) -> bool:
     return (code & 0xFF) in _CORRUPTION_CODES
 
 
-def to_ts(moment: datetime) -> float:
-    """Unix seconds of an aware datetime."""
-    return moment.timestamp()
-
-
 def from_ts(seconds: float) -> datetime:
     """Aware UTC datetime of Unix seconds."""
     return datetime.fromtimestamp(seconds, UTC)
@@ -312,18 +307,6 @@ class Database:
 # every endpoint of the repository.
 
 
-def get_current(conn: sqlite3.Connection, repo: str, endpoint: str, role: str) -> CurrentRow | None:
-    """What ``endpoint`` served last for ``role``, or None if never observed."""
-    row = conn.execute(
-        "SELECT version, sha256, since, last_seen, max_version FROM current "
-        "WHERE repository = ? AND endpoint = ? AND role = ?",
-        (repo, endpoint, role),
-    ).fetchone()
-    if row is None:
-        return None
-    return CurrentRow(repo, endpoint, role, int(row[0]), row[1], row[2], row[3], int(row[4]))
-
-
 def repo_current(conn: sqlite3.Connection, repo: str) -> list[CurrentRow]:
     """The ``current`` rows of every endpoint and role of the repository."""
     rows = conn.execute(
@@ -394,14 +377,6 @@ def endpoints_by_hash(
     ):
         out.setdefault(sha, []).append(endpoint)
     return out
-
-
-def repo_max_version(conn: sqlite3.Connection, repo: str, role: str) -> int | None:
-    """Highest version of ``role`` any endpoint of the repository ever served."""
-    row = conn.execute(
-        "SELECT MAX(max_version) FROM current WHERE repository = ? AND role = ?", (repo, role)
-    ).fetchone()
-    return None if row[0] is None else int(row[0])
 
 
 def record_version(
@@ -507,14 +482,6 @@ def repo_counters(conn: sqlite3.Connection, repo: str) -> list[CounterRow]:
         (repo,),
     )
     return [CounterRow(r[0], r[1], r[2], r[3], float(r[4])) for r in rows]
-
-
-def get_lag(conn: sqlite3.Connection, repo: str, endpoint: str) -> float | None:
-    """When the mirror was found behind (its open lag episode), or None when it is current."""
-    row = conn.execute(
-        "SELECT since FROM lag WHERE repository = ? AND endpoint = ?", (repo, endpoint)
-    ).fetchone()
-    return None if row is None else float(row[0])
 
 
 def repo_lags(conn: sqlite3.Connection, repo: str) -> dict[str, float]:

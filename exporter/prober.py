@@ -232,6 +232,12 @@ class _Run:
                 persist=lambda role, data: _persist(metadata_dir, role, data),
                 memo=self.state.delegation_memo if self.repo.mode is Mode.WARM else None,
             )
+            if sweep.truncated:
+                log.warning(
+                    "delegation tree of %s/%s has more roles than limits.max_delegations (%d);"
+                    " the rest were not verified", self.repo.name, self.endpoint.name,
+                    self.repo.limits.max_delegations,
+                )
             if sweep.failures:
                 name, error = next(iter(sweep.failures.items()))
                 reason, _, message = self._classified(error)

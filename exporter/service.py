@@ -13,13 +13,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import Metric
 
 from exporter import sharding
 from exporter.cadence import CadenceTracker, online_roles
@@ -157,10 +155,6 @@ class Service:
         """The configuration in force."""
         return self._loaded.config
 
-    def add_metrics(self, source: Callable[[], Iterable[Metric]]) -> None:
-        """Add a subsystem's metric families to /metrics."""
-        self.collector.add_source(source)
-
     def start(self) -> None:
         """Start shipping events and probing."""
         self.shipper.start()
@@ -213,10 +207,6 @@ class Service:
     def _config_status(self) -> tuple[bool, float]:
         return self._reload_ok, self._reload_time
 
-    def probe_now(self, repo: Repository, endpoint: Endpoint) -> ProbeResult:
-        """Probe one endpoint now, as the scheduler would, and return the result."""
-        return self._probe(repo, endpoint)
-
     def _probe(self, repo: Repository, endpoint: Endpoint) -> ProbeResult:
         self.store.started()
         root = self._loaded.trusted_roots.get(repo.name)
@@ -257,10 +247,6 @@ class Service:
         except KeyError:
             return None
         return self.prober.cache_dir(repo, repo.primary) / "metadata"
-
-    def probe_signer_now(self, signer: Signer) -> None:
-        """Run one signing probe now, as the scheduler would."""
-        self._probe_signer(signer)
 
     def _probe_signer(self, signer: Signer) -> None:
         result = self.signers.probe(signer.name, self.keys)

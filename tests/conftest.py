@@ -12,6 +12,7 @@ import pytest
 
 from exporter.config import Endpoint, Mode, Repository
 from exporter.simulator import SimulatedRepository, SimulatorServer
+from exporter.spool import Spool
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REAL = SHARED / "fixtures" / "real"
@@ -63,6 +64,16 @@ def sim(tmp_path: Path) -> Iterator[Sim]:
         yield Sim(repo, server, root, tmp_path / "state")
     finally:
         server.stop()
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Iterator[Spool]:
+    """A durable spool in a temporary directory, closed afterwards."""
+    s = Spool(tmp_path / "spool.sqlite")
+    try:
+        yield s
+    finally:
+        s.close()
 
 
 def poll(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:

@@ -275,3 +275,13 @@ def test_canary_larger_than_the_configured_limit(sim: Sim) -> None:
     result = _probe(sim, limits=Limits(target_max_length=5))
     assert (result.reason, result.role) == ("length_or_hash_mismatch", "target")
     assert "target_max_length" in (result.message or "")
+
+
+def test_a_delegation_tree_larger_than_the_limit_is_reported(
+    sim: Sim, caplog: pytest.LogCaptureFixture
+) -> None:
+    from exporter.config import Limits
+
+    result = _probe(sim, limits=Limits(max_delegations=0), canary_targets=("files/a.txt",))
+    assert result.success
+    assert "more roles than limits.max_delegations" in caplog.text

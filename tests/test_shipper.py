@@ -54,15 +54,6 @@ def fake() -> Iterator[FakeOpenSearch]:
         server.stop()
 
 
-@pytest.fixture
-def spool(tmp_path: Path) -> Iterator[Spool]:
-    s = Spool(tmp_path / "spool.sqlite")
-    try:
-        yield s
-    finally:
-        s.close()
-
-
 ShipperFactory = Callable[..., Shipper]
 
 
