@@ -180,6 +180,15 @@ class AlertOptions:
             value = getattr(self, f.name)
             if f.name.endswith(("_for", "_window", "_interval", "group_wait")):
                 _check_duration(f.name, value)
+        # A ticket that the page inhibits must wait longer than the page: metadata re-signed
+        # straight into the page zone starts both pending together, and Alertmanager mutes at
+        # flush time, so a ticket arriving first would go out before its inhibitor exists.
+        for ticket, page in (("expiry_ticket_for", "expiry_page_for"),
+                             ("endpoint_failure_for", "mass_failure_for")):
+            if parse_duration(getattr(self, ticket)) <= parse_duration(getattr(self, page)):
+                raise ValueError(f"{ticket} ({getattr(self, ticket)}) must be longer than "
+                                 f"{page} ({getattr(self, page)}): the page inhibits the "
+                                 "ticket only when it reaches Alertmanager first")
         for roles_name in ("expiry_ticket_seconds", "expiry_page_seconds"):
             roles = getattr(self, roles_name)
             unknown = set(roles) - set(catalogue.TOP_LEVEL_ROLES)

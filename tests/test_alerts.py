@@ -142,6 +142,7 @@ def test_options_change_numbers_not_code_path(tmp_path: Path) -> None:
         "mirror_lag_seconds: 10m\n"
         "expiry_page_seconds: {timestamp: 30m}\n"
         "endpoint_failure_for: 30s\n"
+        "mass_failure_for: 10s\n"
         "page_webhook_url: http://127.0.0.1:5001/page\n"
         "burn_alerts:\n"
         "  - {name: TufErrorBudgetBurnFast, severity: page, for: 0s,\n"
@@ -170,6 +171,15 @@ def test_options_reject_unknown_keys_and_bad_values(tmp_path: Path) -> None:
         AlertOptions(slo_target=1.5)
     with pytest.raises(ValueError, match="duration"):
         AlertOptions.from_mapping({"mirror_lag_for": "soon"})
+
+
+@pytest.mark.parametrize(("ticket", "page"), [("expiry_ticket_for", "expiry_page_for"),
+                                              ("endpoint_failure_for", "mass_failure_for")])
+def test_options_reject_a_ticket_that_could_beat_its_inhibiting_page(ticket: str,
+                                                                      page: str) -> None:
+    with pytest.raises(ValueError, match=f"{ticket} .* must be longer than {page}"):
+        AlertOptions.from_mapping({ticket: "5m", page: "5m"})
+    AlertOptions.from_mapping({ticket: "6m", page: "5m"})
 
 
 def test_cli_alerts_build(tmp_path: Path) -> None:
