@@ -130,6 +130,8 @@ class AlertOptions:
     slo_target: float = 0.999
     #: Window the SLO (and the error budget left) is measured over.
     slo_window: str = "30d"
+    #: Evaluation interval of the SLI recording rules (the burn-rate alerts read them).
+    recording_interval: str = "1m"
     burn_alerts: tuple[BurnAlert, ...] = field(default_factory=_default_burn_alerts)
     #: Expiry margin thresholds per top-level role, in seconds.
     expiry_ticket_seconds: Mapping[str, float] = field(default_factory=lambda: _role_seconds(
@@ -276,8 +278,12 @@ def _sli_expr(level: Sequence[str], window: str) -> str:
     return f"(\n  {success}\n  or\n  0 * {total}\n)\n/\n({total} > 0)\n"
 
 
+#: SLI windows recorded whatever the burn-rate alerts use: the dashboards chart them.
+DASHBOARD_WINDOWS = ("1h",)
+
+
 def _windows(options: AlertOptions) -> list[str]:
-    seen: set[str] = set()
+    seen: set[str] = set(DASHBOARD_WINDOWS)
     for alert in options.burn_alerts:
         for w in alert.windows:
             seen.update((w.long, w.short))
@@ -301,7 +307,8 @@ def recording_rules(options: AlertOptions) -> dict[str, Any]:
         "expr": f"1 - (1 - {slo_ratio}) / {_num(options.error_budget)}\n",
         "labels": {"slo_window": options.slo_window},
     })
-    return {"groups": [{"name": "tuf-exporter-sli", "interval": "1m", "rules": rules}]}
+    return {"groups": [{"name": "tuf-exporter-sli", "interval": options.recording_interval,
+                        "rules": rules}]}
 
 
 def recording_rule_names(options: AlertOptions | None = None) -> set[str]:

@@ -36,6 +36,7 @@ from grafanalib.core import Panel as _GPanel
 from exporter import catalogue
 from exporter.alerts import (
     BUILTIN_METRICS,
+    DASHBOARD_WINDOWS,
     AlertOptions,
     error_budget_record_name,
     m,
@@ -188,7 +189,7 @@ def executive() -> Dashboard:
     o = _OPTIONS
     slo = sli_record_name(("repository",), o.slo_window)
     budget = error_budget_record_name()
-    rate1h = sli_record_name(("repository",), "1h")
+    rate1h = sli_record_name(("repository",), DASHBOARD_WINDOWS[0])
     slo_steps = steps(("red", None), ("orange", o.slo_target - o.error_budget),
                       ("green", o.slo_target))
     page_ts = o.expiry_page_seconds["timestamp"]

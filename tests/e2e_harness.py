@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import requests
 import yaml
 
-from exporter.alerts import AlertOptions, build_alerts
+from exporter.alerts import PAGE, TICKET, AlertOptions, BurnAlert, BurnWindow, build_alerts
 from exporter.simulator import SimulatedRepository, SimulatorServer
 
 T = TypeVar("T")
@@ -392,6 +392,14 @@ class Alertmanager:
 def e2e_alert_options(recorder: WebhookRecorder) -> AlertOptions:
     """The production rules with every ``for:``, threshold and routing timing shortened."""
     return AlertOptions(
+        # The fast burn in seconds (the same 14.4x page, over 30 s and 10 s instead of 1 h and
+        # 5 min), the SLIs recorded every second; the slow burn keeps its production windows.
+        recording_interval="1s",
+        burn_alerts=(
+            BurnAlert("TufErrorBudgetBurnFast", PAGE, (BurnWindow(14.4, "30s", "10s"),), "1s"),
+            BurnAlert("TufErrorBudgetBurnSlow", TICKET,
+                      (BurnWindow(3, "1d", "2h"), BurnWindow(1, "3d", "6h")), "15m"),
+        ),
         expiry_ticket_seconds={"root": 30 * 86400, "timestamp": 3 * 3600,
                                "snapshot": 86400, "targets": 7 * 86400},
         # A timestamp re-signed to expire in 10 min is within 30 min of expiry: a page.

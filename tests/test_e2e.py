@@ -44,8 +44,8 @@ pytestmark = [
 ]
 
 #: scenario repository -> number of mirrors
-REPOSITORIES = {"expiry": 1, "lag": 1, "mass": 2, "equivocation": 1, "signer": 1, "recovery": 1,
-                "dashboards": 1}
+REPOSITORIES = {"expiry": 1, "lag": 1, "mass": 2, "burn": 2, "equivocation": 1, "signer": 1,
+                "recovery": 1, "dashboards": 1}
 SIGNER = ("signer", "timestamp")
 
 #: From an injected fault to the receiver: probe (1 s) + scrape (1 s) + rule evaluation (1 s)
@@ -238,6 +238,43 @@ def test_mass_failure_pages_once_and_inhibits_mirror_alerts(e2e: Stack) -> None:
     note, _ = e2e.recorder.wait_for(t1, NOTIFY_TIMEOUT, status="resolved", receiver="page",
                                     alertname="TufVerificationMassFailure", repository="mass")
     e2e.record("mass", "faults cleared -> resolved", note.received - t1)
+
+
+# --------------------------------------------------------------------------------------------
+# 3b. one mirror of three failing -> the SLO's fast burn pages, no mass failure
+# --------------------------------------------------------------------------------------------
+
+
+def test_error_budget_fast_burn_pages(e2e: Stack) -> None:
+    sim = e2e.repos["burn"]
+    mirror = sim.mirrors[-1]
+    fast = e2e.options.burn_alerts[0]
+    assert fast.name == "TufErrorBudgetBurnFast" and fast.severity == "page"
+    # One endpoint of three is below mass_failure_ratio: only the budget burn may page.
+    assert 1 / len(sim.endpoints) < e2e.options.mass_failure_ratio
+    t0 = time.monotonic()
+    sim.server.inject("http-500", endpoint=mirror)
+    try:
+        note, alert = e2e.recorder.wait_for(t0, NOTIFY_TIMEOUT, receiver="page",
+                                            alertname="TufErrorBudgetBurnFast",
+                                            repository="burn")
+        e2e.record("burn", f"http-500 on 1 of {len(sim.endpoints)} endpoints -> fast burn page",
+                   note.received - t0)
+        assert alert["labels"]["severity"] == "page"
+        assert "endpoint" not in alert["labels"]  # an SLO alert is about the repository
+        _assert_runbook(e2e, alert)
+        # The error ratio it reports is the share of failing probes, about one in three.
+        ratio = e2e.prometheus.query('repository:tuf_probe_success:ratio_rate10s'
+                                     '{repository="burn"}')
+        assert ratio and 0 < 1 - float(ratio[0]["value"][1]) < 1
+        assert not [n for n, _ in e2e.recorder.matching(
+            t0, alertname="TufVerificationMassFailure", repository="burn")]
+    finally:
+        t1 = time.monotonic()
+        sim.server.clear()
+    note, _ = e2e.recorder.wait_for(t1, NOTIFY_TIMEOUT, status="resolved", receiver="page",
+                                    alertname="TufErrorBudgetBurnFast", repository="burn")
+    e2e.record("burn", "fault cleared -> resolved (short window 10s)", note.received - t1)
 
 
 # --------------------------------------------------------------------------------------------
