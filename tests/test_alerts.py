@@ -280,3 +280,18 @@ def test_runbook_queries_use_only_catalogue_metrics() -> None:
             expr = block.split("```", 1)[0]
             unknown = alerts.promql_metric_names(expr) - allowed
             assert not unknown, f"{path.name}: {expr.strip()} uses {unknown}"
+
+
+def test_dashboard_windows_are_recorded_whatever_the_burn_windows() -> None:
+    options = AlertOptions(
+        recording_interval="15s",
+        burn_alerts=(alerts.BurnAlert("TufErrorBudgetBurnFast", alerts.PAGE,
+                                      (alerts.BurnWindow(14.4, "30m", "2m"),), "1m"),))
+    names = alerts.recording_rule_names(options)
+    for window in alerts.DASHBOARD_WINDOWS:
+        assert alerts.sli_record_name(("repository",), window) in names
+    assert "repository:tuf_probe_success:ratio_rate30m" in names
+    groups = alerts.recording_rules(options)["groups"]
+    assert [g["interval"] for g in groups] == ["15s"]
+    with pytest.raises(ValueError, match="recording_interval"):
+        AlertOptions(recording_interval="often")
