@@ -38,7 +38,8 @@ Group commit
 One process uses a spool at a time. Within it, one write connection is shared under a lock;
 reads for the shipper (:meth:`Spool.peek`, ``len``, dead letters) use a second connection with a
 lock of their own, so shipping never waits for a producer's commit and the other way round
-(WAL lets a reader and a writer work at the same time). JSON is parsed outside every lock.
+(WAL lets a reader and a writer work at the same time). JSON is parsed outside every lock,
+and only when a caller asks for a dict: the shipper ships the stored text as it is.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -151,13 +153,20 @@ class _Request:
 
 @dataclass(frozen=True)
 class SpooledEvent:
-    """An event waiting in the spool, as the shipper sees it."""
+    """An event waiting in the spool, as the shipper sees it: ``text`` is the stored canonical
+    JSON (what sinks can ship verbatim), ``document`` the parsed dict (parsed on first use)."""
 
     seq: int
     event_id: str
     kind: str
     spooled_at: float
-    document: dict[str, Any]
+    text: str
+
+    @cached_property
+    def document(self) -> dict[str, Any]:
+        """The document as a dict (parsed from :attr:`text` once)."""
+        parsed: dict[str, Any] = json.loads(self.text)
+        return parsed
 
 
 @dataclass(frozen=True)
@@ -610,7 +619,7 @@ class Spool:
             ).fetchall()
 
         rows = self._read(select)  # the read connection: producers are not held up
-        return [SpooledEvent(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+        return [SpooledEvent(*r) for r in rows]
 
     def ack(self, event_ids: Iterable[str]) -> int:
         """Remove delivered events; returns how many were still spooled."""
