@@ -60,8 +60,22 @@ def canonical_json(value: Any) -> bytes:
     ).encode("utf-8")
 
 
+def _plain_scalar(value: Any) -> bool:
+    """True for a value JSON keeps as it is: None, bool, int, a finite float, ASCII text."""
+    kind = type(value)
+    if kind is str:
+        return bool(value.isascii())
+    if kind is float:
+        return math.isfinite(value)
+    return kind is int or kind is bool or value is None
+
+
 def _json_safe(value: Any, where: str) -> Any:
     """A detached, plain-JSON copy of ``value``; ValueError names ``where`` when it is not."""
+    if type(value) is dict and all(
+        type(k) is str and k.isascii() and _plain_scalar(v) for k, v in value.items()
+    ):
+        return dict(value)  # flat and plain (the common case): a copy is already detached
     try:
         return json.loads(canonical_json(value))
     except (TypeError, ValueError) as exc:
@@ -128,6 +142,7 @@ class Event:
         set_(self, "durations", _frozen(durations))
         set_(self, "details", _frozen(_json_safe(dict(self.details), "Event.details")))
         set_(self, "event_id", hashlib.sha256(canonical_json(self.identity())).hexdigest())
+        set_(self, "_json", None)  # to_json()'s cache; not a field (not compared, not shown)
 
     def __hash__(self) -> int:
         return hash(self.event_id)
@@ -166,6 +181,15 @@ class Event:
             "durations": dict(self.durations),
             "details": _json_safe(dict(self.details), "Event.details"),
         }
+
+    def to_json(self) -> str:
+        """The canonical JSON text of :meth:`to_document` (what the spool stores and the
+        sinks ship verbatim); computed once per event."""
+        text: str | None = self.__dict__.get("_json")
+        if text is None:
+            text = canonical_json(self.to_document()).decode("utf-8")
+            object.__setattr__(self, "_json", text)
+        return text
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> Event:

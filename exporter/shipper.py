@@ -13,6 +13,14 @@ Sinks
     :class:`FileSink` appends JSON Lines to a size-rotated file: the embedded default when no
     OpenSearch is configured, fed through the same spool and shipper.
 
+Batches
+    The shipper sends a batch when ``batch_size`` events are waiting, or when the oldest has
+    waited ``batch_interval``. At the end of a burst (a full batch just went out) the partial
+    rest ships as soon as no new event arrived for ``burst_idle`` (50 ms), so a burst does not
+    end with a ``batch_interval`` pause; a trickle of events still waits for the interval.
+    Documents leave the spool as the canonical JSON text stored there: sinks that offer
+    ``send_serialized`` (both built-in ones do) put that text into the request verbatim.
+
 Retries
     Connection errors, 429, 5xx and whole-request errors (401, 403, 413, ...) leave the events
     in the spool; the shipper waits with exponential backoff and jitter and tries again. An item
@@ -48,8 +56,13 @@ log = logging.getLogger(__name__)
 #: Default batch settings when no OpenSearch section gives them (the file sink).
 DEFAULT_BATCH_SIZE = 500
 DEFAULT_BATCH_INTERVAL = 2.0
+#: After a burst (a full batch shipped), the rest ships once no event came for this long.
+DEFAULT_BURST_IDLE = 0.05
 
 _USERINFO = re.compile(r"(?<=//)[^/@\s]+@")
+
+#: The date at the start of a canonical event document (``{"@timestamp":"2024-05-01T...``).
+_LEADING_DAY = re.compile(r'\{"@timestamp":"(\d{4})-(\d{2})-(\d{2})T')
 
 
 def redact(text: str) -> str:
@@ -94,7 +107,12 @@ class Sink(Protocol):
         """Prepare the sink (templates, policies, directories); raise to be retried."""
 
     def send(self, documents: Sequence[Mapping[str, Any]]) -> list[ItemResult]:
-        """Store ``documents``; one result per document (by ``event_id``)."""
+        """Store ``documents``; one result per document (by ``event_id``).
+
+        A sink may also offer ``send_serialized(pairs)`` taking ``(event_id, JSON text)``
+        pairs (the spool's stored canonical JSON) with the same results; the shipper then
+        uses it, so documents are not parsed and re-encoded on the way out.
+        """
         ...
 
     def close(self) -> None:
@@ -327,19 +345,47 @@ class OpenSearchSink:
         )
         log.info("updated the ISM policy %s to %s", policy_id, timevalue(self.settings.retention))
 
+    def index_for_text(self, text: str) -> str:
+        """:meth:`index_for` of a serialised document: read from its leading ``@timestamp``
+        (canonical JSON sorts it first; it equals ``time`` in every event document), else
+        parsed."""
+        stamp = _LEADING_DAY.match(text)
+        if stamp is None:
+            return self.index_for(json.loads(text))
+        return f"{self.prefix}-{stamp[1]}.{stamp[2]}.{stamp[3]}"
+
     def send(self, documents: Sequence[Mapping[str, Any]]) -> list[ItemResult]:
         """One ``streaming_bulk`` chunk of ``create`` actions; one result per document."""
+        return self._bulk(
+            [
+                {
+                    "_op_type": "create",
+                    "_index": self.index_for(document),
+                    "_id": document["event_id"],
+                    "_source": dict(document),
+                }
+                for document in documents
+            ]
+        )
+
+    def send_serialized(self, documents: Sequence[tuple[str, str]]) -> list[ItemResult]:
+        """Like :meth:`send` for ``(event_id, JSON text)`` pairs: the text goes into the bulk
+        body verbatim (opensearch-py does not re-serialise a string source)."""
+        return self._bulk(
+            [
+                {
+                    "_op_type": "create",
+                    "_index": self.index_for_text(text),
+                    "_id": event_id,
+                    "_source": text,
+                }
+                for event_id, text in documents
+            ]
+        )
+
+    def _bulk(self, actions: list[dict[str, Any]]) -> list[ItemResult]:
         from opensearchpy.helpers import streaming_bulk
 
-        actions = [
-            {
-                "_op_type": "create",
-                "_index": self.index_for(document),
-                "_id": document["event_id"],
-                "_source": dict(document),
-            }
-            for document in documents
-        ]
         results: list[ItemResult] = []
         for ok, item in streaming_bulk(
             self.client,
@@ -455,8 +501,14 @@ class FileSink:
 
     def send(self, documents: Sequence[Mapping[str, Any]]) -> list[ItemResult]:
         """Append the documents (skipping any just written) and fsync."""
-        fresh = [d for d in documents if str(d["event_id"]) not in self._recent]
-        data = b"".join(canonical_json(dict(d)) + b"\n" for d in fresh)
+        return self.send_serialized(
+            [(str(d["event_id"]), canonical_json(dict(d)).decode("utf-8")) for d in documents]
+        )
+
+    def send_serialized(self, documents: Sequence[tuple[str, str]]) -> list[ItemResult]:
+        """Like :meth:`send` for ``(event_id, canonical JSON text)`` pairs, written verbatim."""
+        fresh = [(i, text) for i, text in documents if i not in self._recent]
+        data = "".join(text + "\n" for _i, text in fresh).encode("utf-8")
         if data:
             try:
                 self._append(data)
@@ -464,9 +516,9 @@ class FileSink:
                 raise SinkError(
                     f"cannot write the event file {self.path}: {exc}", "file_error"
                 ) from exc
-            for document in fresh:
-                self._remember(str(document["event_id"]))
-        return [ItemResult(str(d["event_id"]), Outcome.OK) for d in documents]
+            for event_id, _text in fresh:
+                self._remember(event_id)
+        return [ItemResult(event_id, Outcome.OK) for event_id, _text in documents]
 
     def _append(self, data: bytes) -> None:
         size = self.path.stat().st_size if self.path.exists() else 0
@@ -529,8 +581,13 @@ class Shipper:
         batch_size: int = DEFAULT_BATCH_SIZE,
         batch_interval: float = DEFAULT_BATCH_INTERVAL,
         backoff: Backoff | None = None,
+        burst_idle: float = DEFAULT_BURST_IDLE,
     ) -> None:
         self.spool = spool
+        self.burst_idle = burst_idle
+        #: a full batch went out and the spool has not been drained since: a burst
+        self._in_burst = False
+        self._last_spooled = 0.0
         self.sink = sink
         self.batch_size = max(1, batch_size)
         self.batch_interval = batch_interval
@@ -607,7 +664,8 @@ class Shipper:
     def _on_spooled(self) -> None:
         """Spool listener (on the producer's thread, after each commit): wake the shipper only
         when a full batch is waiting, judged from the spool's in-memory count; a smaller
-        backlog waits for the batch interval."""
+        backlog waits for the batch interval (or, at the end of a burst, for ``burst_idle``)."""
+        self._last_spooled = time.monotonic()
         if self.spool.backlog >= self._current_batch and not self._wake.is_set():
             self._wake.set()
 
@@ -636,21 +694,30 @@ class Shipper:
                 continue
             if not batch:
                 self._mark_success()
+                self._in_burst = False
                 if stopping:
                     return
                 self._sleep(self.batch_interval)
                 next_ship = time.monotonic() + self.batch_interval
                 continue
             now = time.monotonic()
-            if not stopping and len(batch) < self._current_batch and now < next_ship:
-                self._sleep(next_ship - now)
-                continue
+            full = len(batch) >= self._current_batch
+            if not stopping and not full and now < next_ship:
+                # a partial batch waits for the interval, unless it is the tail of a burst
+                # and the producers have gone quiet: then it ships now
+                wait = next_ship - now
+                if self._in_burst:
+                    wait = min(wait, self._last_spooled + self.burst_idle - now)
+                if wait > 0:
+                    self._sleep(wait)
+                    continue
             delivered = self.ship(batch)
             next_ship = time.monotonic() + self.batch_interval
             if not delivered:
                 self._sleep(self.backoff.delay(self._attempt), backoff=True)
                 self._attempt += 1
             else:
+                self._in_burst = full
                 self._attempt = 0
                 self._wake.set()  # more may be waiting: look again at once
 
@@ -684,8 +751,12 @@ class Shipper:
 
     def ship(self, batch: Sequence[SpooledEvent]) -> bool:
         """Send ``batch`` once; ack, dead-letter or keep each event. True if none is kept."""
+        send_serialized = getattr(self.sink, "send_serialized", None)
         try:
-            results = self.sink.send([item.document for item in batch])
+            if send_serialized is not None:  # the stored JSON text, not parsed and re-encoded
+                results = send_serialized([(item.event_id, item.text) for item in batch])
+            else:
+                results = self.sink.send([item.document for item in batch])
         except Exception as exc:  # noqa: BLE001 - any send failure keeps the batch
             cause = exc.cause if isinstance(exc, SinkError) else "exception"
             error = redact(str(exc))

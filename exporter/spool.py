@@ -17,7 +17,9 @@ Size and age policy
     The spool's size is the total byte length of the spooled documents. When an insert would
     take it over ``max_bytes`` the oldest events are dropped first, counted as
     ``dropped{cause="spool_full"}``. Events spooled more than ``max_age`` seconds ago are
-    dropped, counted as ``dropped{cause="too_old"}``. Both are logged as warnings.
+    dropped, counted as ``dropped{cause="too_old"}``: oldest first in spool order, stopping at
+    the first younger event (so after the wall clock stepped back an old event can outlive
+    ``max_age`` until the events spooled before it expire). Both are logged as warnings.
 
 Corruption
     A spool file SQLite cannot read is renamed aside (``spool.sqlite.corrupt-<UTC time>``, with
@@ -36,7 +38,8 @@ Group commit
 One process uses a spool at a time. Within it, one write connection is shared under a lock;
 reads for the shipper (:meth:`Spool.peek`, ``len``, dead letters) use a second connection with a
 lock of their own, so shipping never waits for a producer's commit and the other way round
-(WAL lets a reader and a writer work at the same time). JSON is parsed outside every lock.
+(WAL lets a reader and a writer work at the same time). JSON is parsed outside every lock,
+and only when a caller asks for a dict: the shipper ships the stored text as it is.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -58,7 +62,7 @@ from prometheus_client.core import Metric
 
 from exporter import catalogue
 from exporter.config import Events
-from exporter.events import Event, canonical_json
+from exporter.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +76,13 @@ MAX_ERROR_CHARS = 4000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     event_id TEXT NOT NULL UNIQUE,
     kind TEXT NOT NULL,
     spooled_at REAL NOT NULL,
     size INTEGER NOT NULL,
     document TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_spooled_at ON events (spooled_at);
 CREATE TABLE IF NOT EXISTS acked (
     event_id TEXT PRIMARY KEY,
     acked_at REAL NOT NULL
@@ -96,6 +99,13 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE INDEX IF NOT EXISTS dead_letters_failed_at ON dead_letters (failed_at);
 """
 
+
+#: Insert one event unless its id is spooled, acknowledged or dead-lettered already.
+_INSERT = (
+    "INSERT OR IGNORE INTO events (event_id, kind, spooled_at, size, document) "
+    "SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS (SELECT 1 FROM acked WHERE event_id = ?1) "
+    "AND NOT EXISTS (SELECT 1 FROM dead_letters WHERE event_id = ?1)"
+)
 
 #: Why an event can be dropped (``cause`` label of tuf_exporter_events_dropped_total).
 DROP_CAUSES = ("spool_full", "too_old", "rejected", "spool_error")
@@ -116,8 +126,9 @@ class _Row:
 
     @classmethod
     def of(cls, event: Event) -> _Row:
-        document = canonical_json(event.to_document())
-        return cls(event.event_id, str(event.kind), len(document), document.decode("utf-8"))
+        document = event.to_json()
+        size = len(document) if document.isascii() else len(document.encode("utf-8"))
+        return cls(event.event_id, str(event.kind), size, document)
 
 
 class _Request:
@@ -142,13 +153,20 @@ class _Request:
 
 @dataclass(frozen=True)
 class SpooledEvent:
-    """An event waiting in the spool, as the shipper sees it."""
+    """An event waiting in the spool, as the shipper sees it: ``text`` is the stored canonical
+    JSON (what sinks can ship verbatim), ``document`` the parsed dict (parsed on first use)."""
 
     seq: int
     event_id: str
     kind: str
     spooled_at: float
-    document: dict[str, Any]
+    text: str
+
+    @cached_property
+    def document(self) -> dict[str, Any]:
+        """The document as a dict (parsed from :attr:`text` once)."""
+        parsed: dict[str, Any] = json.loads(self.text)
+        return parsed
 
 
 @dataclass(frozen=True)
@@ -432,6 +450,14 @@ class Spool:
         there are several) and commit; then publish the outcomes (under ``_commit``)."""
 
         def write(conn: sqlite3.Connection) -> None:
+            if len(group) == 1 and len(group[0].rows) == 1 and self._fits(group[0].rows[0]):
+                # the common case, one producer's one event with room to spare: a single
+                # statement in autocommit mode is its own transaction, committed (and the WAL
+                # fsynced, synchronous=FULL) before execute() returns
+                group[0].reset()
+                group[0].error = None
+                self._insert(conn, group[0])
+                return
             with self._transaction(conn):
                 if len(group) == 1:
                     group[0].reset()
@@ -481,9 +507,26 @@ class Spool:
         if spooled:
             self._notify()
 
+    def _fits(self, row: _Row) -> bool:
+        """True when ``row`` fits in the spool without dropping anything."""
+        return self._bytes + row.size <= self.max_bytes
+
     def _insert(self, conn: sqlite3.Connection, request: _Request) -> None:
-        """Insert the rows of ``request`` (inside a transaction); outcomes go to ``request``."""
+        """Insert the rows of ``request`` (inside a transaction, or alone in autocommit mode
+        for a single row that fits); outcomes go to ``request``."""
         for row in request.rows:
+            if self._fits(row):
+                # one statement: skipped (rowcount 0) when the id is spooled, acked or
+                # dead-lettered already
+                inserted = conn.execute(
+                    _INSERT, (row.event_id, row.kind, request.spooled_at, row.size, row.document)
+                ).rowcount
+                request.new.append(inserted > 0)
+                if inserted > 0:
+                    request.produced[row.kind] += 1
+                    self._bytes += row.size
+                    self._count += 1
+                continue
             if self._known(conn, row.event_id):
                 request.new.append(False)
                 continue
@@ -576,7 +619,7 @@ class Spool:
             ).fetchall()
 
         rows = self._read(select)  # the read connection: producers are not held up
-        return [SpooledEvent(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+        return [SpooledEvent(*r) for r in rows]
 
     def ack(self, event_ids: Iterable[str]) -> int:
         """Remove delivered events; returns how many were still spooled."""
@@ -692,12 +735,19 @@ class Spool:
 
         def prune(conn: sqlite3.Connection) -> int:
             with self._transaction(conn):
-                freed, count = conn.execute(
-                    "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM events WHERE spooled_at < ?",
+                # the too-old events are a prefix of the spool order (no index on spooled_at,
+                # which every insert would have to maintain): find the first young one
+                young = conn.execute(
+                    "SELECT seq FROM events WHERE spooled_at >= ? ORDER BY seq LIMIT 1",
                     (cutoff,),
                 ).fetchone()
+                where, args = ("WHERE seq < ?", (young[0],)) if young else ("", ())
+                freed, count = conn.execute(
+                    f"SELECT COALESCE(SUM(size), 0), COUNT(*) FROM events {where}",  # noqa: S608
+                    args,
+                ).fetchone()
                 if count:
-                    conn.execute("DELETE FROM events WHERE spooled_at < ?", (cutoff,))
+                    conn.execute(f"DELETE FROM events {where}", args)  # noqa: S608
                     self._bytes -= int(freed)
                     self._count -= int(count)
                 conn.execute("DELETE FROM acked WHERE acked_at < ?", (cutoff,))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from exporter.events import (
     EventKind,
     MemoryEmitter,
     NullEmitter,
+    canonical_json,
     format_time,
     parse_time,
 )
@@ -149,3 +151,41 @@ def test_emitters_satisfy_the_protocol() -> None:
 def test_events_are_hashable_by_id() -> None:
     assert len({signing(), signing(), signing(role="root")}) == 2
     assert hash(signing(message="other")) == hash(signing())
+
+
+def test_to_json_is_the_canonical_document_computed_once() -> None:
+    event = signing(details={"success": True, "count": 3, "ratio": 0.5, "note": "ok"})
+    text = event.to_json()
+    assert text == canonical_json(event.to_document()).decode("utf-8")
+    assert text.startswith('{"@timestamp":"2024-05-01T12:00:00.123456Z"')
+    assert event.to_json() is text  # cached
+    assert "_json" not in repr(event) and event == signing(
+        details={"success": True, "count": 3, "ratio": 0.5, "note": "ok"})
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        {"ratio": float("inf")},
+        {"ratio": float("nan")},
+        {1: "not a text key"},
+        {"nested": {"list": [1, 2]}},
+        {"text": "caf\u00e9 \U0001f600"},
+        {"when": datetime(2024, 5, 1, tzinfo=UTC)},
+    ],
+)
+def test_details_outside_the_flat_plain_fast_path_still_go_through_json(
+    details: dict[Any, Any],
+) -> None:
+    try:
+        expected = json.loads(canonical_json(details))
+    except (TypeError, ValueError):
+        with pytest.raises(ValueError, match="JSON-safe"):
+            signing(details=details)
+        return
+    event = signing(details=details)
+    assert dict(event.details) == expected
+    assert event.to_document()["details"] == expected
+    if "nested" in details:
+        details["nested"]["list"].append(3)  # the event keeps a detached copy
+        assert event.to_document()["details"] == {"nested": {"list": [1, 2]}}

@@ -21,7 +21,9 @@ from exporter.events import Event, EventKind
 from exporter.shipper import (
     Backoff,
     FileSink,
+    ItemResult,
     OpenSearchSink,
+    Outcome,
     Shipper,
     index_template,
     read_credentials,
@@ -462,3 +464,78 @@ def test_new_events_do_not_cut_a_backoff_short(
     started = time.monotonic()
     assert shipper.stop(timeout=0.5) is False  # stop still ends the backoff at once
     assert time.monotonic() - started < 3
+
+
+def test_the_tail_of_a_burst_ships_without_waiting_for_the_interval(
+    fake: FakeOpenSearch, spool: Spool, make_shipper: ShipperFactory
+) -> None:
+    make_shipper(batch_size=10, batch_interval=30.0)
+    wait_until(lambda: "tuf-events" in fake.templates)
+    burst = [event(i) for i in range(25)]
+    started = time.monotonic()
+    for e in burst:
+        spool.emit(e)
+    expect_exactly_once(fake, burst)  # 10 + 10 + the 5 left, long before the 30 s interval
+    assert time.monotonic() - started < 5
+    wait_until(lambda: len(spool) == 0)
+    time.sleep(0.2)
+    trickle = [event(i) for i in range(100, 103)]
+    for e in trickle:
+        spool.emit(e)
+    time.sleep(0.3)
+    assert fake.ids() == {e.event_id for e in burst}  # after the burst: waits for the interval
+
+
+class RecordingSink:
+    """A sink that records what it was given, serialised or as dicts."""
+
+    name = "recording"
+
+    def __init__(self, serialized: bool) -> None:
+        self.texts: list[tuple[str, str]] = []
+        self.documents: list[dict[str, Any]] = []
+        if serialized:
+            self.send_serialized = self._send_serialized
+
+    def setup(self) -> None:
+        pass
+
+    def send(self, documents: Any) -> list[ItemResult]:
+        self.documents.extend(dict(d) for d in documents)
+        return [ItemResult(str(d["event_id"]), Outcome.OK) for d in documents]
+
+    def _send_serialized(self, pairs: Any) -> list[ItemResult]:
+        self.texts.extend(pairs)
+        return [ItemResult(event_id, Outcome.OK) for event_id, _text in pairs]
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("serialized", [True, False])
+def test_stored_json_is_shipped_verbatim_to_sinks_that_take_it(
+    spool: Spool, serialized: bool
+) -> None:
+    sink = RecordingSink(serialized)
+    shipper = Shipper(spool, sink, batch_size=3, batch_interval=0.05)
+    events = [event(i) for i in range(3)]
+    for e in events:
+        spool.emit(e)
+    assert shipper.ship(spool.peek(10)) is True
+    if serialized:
+        assert sink.texts == [(e.event_id, e.to_json()) for e in events] and not sink.documents
+    else:
+        assert sink.documents == [e.to_document() for e in events] and not sink.texts
+    assert len(spool) == 0
+
+
+def test_the_daily_index_of_a_serialised_document() -> None:
+    sink = OpenSearchSink(OpenSearch(hosts=("http://127.0.0.1:9",), index_prefix="p"))
+    try:
+        e = event(5)  # 2024-05-02T00:00:03Z
+        assert sink.index_for_text(e.to_json()) == sink.index_for(e.to_document())
+        assert sink.index_for_text(e.to_json()) == "p-2024.05.02"
+        # not canonical (no leading @timestamp): parsed, by "time" as index_for does
+        assert sink.index_for_text('{"time": "2023-01-31T10:00:00Z"}') == "p-2023.01.31"
+    finally:
+        sink.close()

@@ -289,3 +289,60 @@ def test_one_failing_producer_does_not_fail_the_others_in_its_group(spool: Spool
     assert stored == {event(w * 1000 + i).event_id for w in (1, 3, 5, 7) for i in range(40)}
     assert spool.dropped() == {"spool_error": 4 * 40 * 2}
     assert spool.backlog == len(spool) == 160
+
+
+def test_age_policy_drops_the_too_old_prefix_in_spool_order(tmp_path: Path) -> None:
+    clock = Clock()
+    with Spool(tmp_path / "spool.sqlite", max_age=3600, clock=clock) as spool:
+        spool.emit(event(1))
+        clock.now += 10
+        spool.emit(event(2))
+        clock.now -= 20  # the wall clock stepped back: event 3 is spooled "before" event 2
+        spool.emit(event(3))
+        clock.now += 10 + 3600 + 5  # 1 and 3 are too old, 2 is not
+        assert spool.enforce_limits() == 1  # stops at the first young event, 2
+        assert [b.event_id for b in spool.peek(10)] == [event(2).event_id, event(3).event_id]
+        assert spool.size_bytes == sum(len(event(i).to_json()) for i in (2, 3))
+        clock.now += 10
+        assert spool.enforce_limits() == 2
+        assert len(spool) == 0 and spool.backlog == 0 and spool.size_bytes == 0
+        assert spool.dropped() == {"too_old": 3}
+
+
+def test_a_spool_with_the_old_schema_keeps_working(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "PRAGMA journal_mode=WAL;"
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL "
+        "UNIQUE, kind TEXT NOT NULL, spooled_at REAL NOT NULL, size INTEGER NOT NULL, "
+        "document TEXT NOT NULL);"
+        "CREATE INDEX events_spooled_at ON events (spooled_at);"
+    )
+    old = event(1)
+    conn.execute(
+        "INSERT INTO events (event_id, kind, spooled_at, size, document) VALUES (?,?,?,?,?)",
+        (old.event_id, "verification", time.time(), len(old.to_json()), old.to_json()),
+    )
+    conn.commit()
+    conn.close()
+    with Spool(path) as spool:
+        assert spool.put(event(1)) is False  # already spooled
+        assert spool.put(event(2)) is True
+        assert [b.document for b in spool.peek(10)] == [event(1).to_document(),
+                                                          event(2).to_document()]
+        assert spool.ack([event(1).event_id]) == 1
+        assert spool.put(event(1)) is False  # acknowledged
+        assert spool.enforce_limits() == 0 and len(spool) == 1
+
+
+def test_one_statement_insert_skips_ids_already_acked_or_dead_lettered(spool: Spool) -> None:
+    for i in range(3):
+        assert spool.put(event(i)) is True
+    assert spool.ack([event(0).event_id]) == 1
+    assert spool.dead_letter(event(1).event_id, "mapping", 400)
+    assert [spool.put(event(i)) for i in range(4)] == [False, False, False, True]
+    assert spool.put_many([event(i) for i in range(5)]) == [False, False, False, False, True]
+    assert spool.backlog == len(spool) == 3
+    assert spool.size_bytes == sum(len(event(i).to_json()) for i in (2, 3, 4))
+    assert spool.produced() == {"verification": 5}
