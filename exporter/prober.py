@@ -322,6 +322,7 @@ class _Run:
         self.marks["downloaded"] = time.monotonic()
         if failure is None:
             failure = _first_target_failure(targets)
+        updater = None  # python-tuf's parsed metadata is not needed past this point
         inspected = self._inspect(metadata_dir)
         summary = _summary(inspected, sweep)
         result = self._result(
@@ -482,12 +483,12 @@ class _Run:
     # -- facts and results ----------------------------------------------------------------------
 
     def _inspect(self, metadata_dir: Path) -> Inspected:
+        """Facts from the bytes fetched in this probe, else from the client cache.
+
+        A role fetched in this probe is never read from the cache as well: a changed 12 MB
+        targets file is held once, not twice.
+        """
         files: dict[str, bytes] = {}
-        for path in metadata_dir.glob("*.json"):
-            try:
-                files[unquote(path.name).removesuffix(".json")] = path.read_bytes()
-            except OSError:
-                continue
         newest_root = -1
         for record in self.fetcher.records:
             body = self.fetcher.bodies.get(record.url)
@@ -500,6 +501,14 @@ class _Run:
                     files["root"] = body
                 continue
             files[record.role] = body
+        for path in metadata_dir.glob("*.json"):
+            name = unquote(path.name).removesuffix(".json")
+            if name in files:
+                continue
+            try:
+                files[name] = path.read_bytes()
+            except OSError:
+                continue
         return self.prober._inspector.inspect(files)  # noqa: SLF001 - same module family
 
     def _remember(self, result: ProbeResult) -> None:
