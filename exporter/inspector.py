@@ -211,8 +211,18 @@ def _read(data: bytes, digest: str) -> _Doc | None:
 
 
 def _payloads(signed: dict[str, Any]) -> Iterable[bytes]:
-    """The signed payload: the fast C encoder first, then canonical JSON proper."""
-    yield json.dumps(signed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """The signed payload: the fast C encoder first, then canonical JSON proper.
+
+    The ASCII-only encoding is a third faster; it is used only when it holds no ``\\u``
+    escape, that is when it is byte-identical to the UTF-8 encoding.
+    """
+    ascii_only = json.dumps(signed, sort_keys=True, separators=(",", ":")).encode()
+    if b"\\u" not in ascii_only:
+        yield ascii_only
+    else:
+        yield json.dumps(
+            signed, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode()
     yield (encode_canonical(signed) or "").encode()
 
 

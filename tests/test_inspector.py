@@ -59,3 +59,25 @@ def test_unreadable_bytes_give_no_facts_and_no_error() -> None:
     files = _files(repo) | {"timestamp": b"{not json", "snapshot": b"[" * 100_000}
     inspected = Inspector().inspect(files)
     assert set(inspected.roles) == {"root", "targets"}
+
+
+def test_the_first_payload_is_the_canonical_one_for_ordinary_metadata() -> None:
+    """The fast ASCII encoding is tried only when it equals the UTF-8 one, so with or without
+    non-ASCII text the first payload tried is canonical JSON for ordinary metadata."""
+    from exporter.inspector import _payloads
+
+    for signed in (
+        {"b": [1, 2], "a": "plain", "c": {"z": "x", "y": True}},
+        {"b": "caf\u00e9 \u2603", "a": "\U0001f600"},
+        {"a": "a literal \\u0041 backslash-u"},
+    ):
+        first = next(iter(_payloads(signed)))
+        assert first == encode_canonical(signed).encode(), signed
+
+
+def test_non_ascii_metadata_verifies() -> None:
+    repo = SimulatedRepository()
+    repo.add_target("caf\u00e9/\u2603.txt", b"x")
+    repo.publish()
+    facts = Inspector().inspect(_files(repo)).roles["targets"]
+    assert facts.signatures_valid == 2 and facts.unknown_signers == ()
