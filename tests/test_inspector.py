@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from securesystemslib.formats import encode_canonical
 from tuf.api.metadata import Metadata
 
@@ -81,3 +82,41 @@ def test_non_ascii_metadata_verifies() -> None:
     repo.publish()
     facts = Inspector().inspect(_files(repo)).roles["targets"]
     assert facts.signatures_valid == 2 and facts.unknown_signers == ()
+
+
+def test_a_large_file_is_read_with_the_gc_paused_and_the_gc_state_restored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gc
+
+    from exporter import inspector
+
+    repo = SimulatedRepository()
+    repo.add_target("files/a", b"a")
+    repo.publish()
+    files = _files(repo)
+    states: list[bool] = []
+    real_loads = json.loads
+
+    def loads(data: bytes) -> object:
+        states.append(gc.isenabled())
+        return real_loads(data)
+
+    monkeypatch.setattr(inspector, "_GC_PAUSE_BYTES", len(files["targets"]))
+    monkeypatch.setattr(inspector.json, "loads", loads)
+    assert gc.isenabled()
+    facts = Inspector().inspect(files).roles
+    assert gc.isenabled()
+    # the GC was paused exactly for the files at least as large as the threshold
+    order = ("root", "timestamp", "snapshot", "targets")
+    assert states == [len(files[r]) < len(files["targets"]) for r in order]
+    assert states[-1] is False
+    assert facts["targets"].signatures_valid == 2
+    gc.disable()
+    try:
+        states.clear()
+        Inspector().inspect(files)
+        assert not gc.isenabled(), "a GC disabled by someone else stays disabled"
+        assert states == [False] * 4
+    finally:
+        gc.enable()
