@@ -250,14 +250,18 @@ def _payloads(signed: dict[str, Any]) -> Iterable[bytes]:
     """The signed payload: the fast C encoder first, then canonical JSON proper.
 
     The ASCII-only encoding is a third faster; it is used only when it holds no ``\\u``
-    escape, that is when it is byte-identical to the UTF-8 encoding.
+    escape, that is when it is byte-identical to the UTF-8 encoding. A parsed JSON document
+    has no reference cycles, so the encoder's cycle check (a quarter of its time) is skipped.
     """
-    ascii_only = json.dumps(signed, sort_keys=True, separators=(",", ":")).encode()
+    ascii_only = json.dumps(
+        signed, sort_keys=True, separators=(",", ":"), check_circular=False
+    ).encode()
     if b"\\u" not in ascii_only:
         yield ascii_only
     else:
         yield json.dumps(
-            signed, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            signed, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+            check_circular=False,
         ).encode()
     yield (encode_canonical(signed) or "").encode()
 
