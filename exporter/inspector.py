@@ -38,7 +38,7 @@ from tuf.api.metadata import Delegations, Root, Targets
 from exporter.fingerprints import KeyFingerprints
 from exporter.results import RoleFacts, RoleKeys
 
-#: From this size on a file is parsed with the cyclic GC paused (see ``_loads``).
+#: From this size on a file is parsed with the cyclic GC paused (see ``_gc_paused``).
 _GC_PAUSE_BYTES = 1 << 20
 
 K = TypeVar("K")

@@ -20,6 +20,7 @@ still downloaded. A full refresh happens at least every ``full_refresh_every`` p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -83,6 +84,15 @@ def load_trusted_root(path: Path) -> bytes:
     return data
 
 
+@dataclass(frozen=True)
+class _CachedFile:
+    """A file of the client cache: the version python-tuf accepted, and the file as it was."""
+
+    version: int
+    size: int
+    mtime_ns: int
+
+
 @dataclass
 class _EndpointState:
     """What the prober remembers about one endpoint between probes."""
@@ -93,9 +103,9 @@ class _EndpointState:
     last_timestamp: bytes | None = None
     last_targetinfo: dict[str, TargetFile] = field(default_factory=dict)
     delegation_memo: delegations.Memo = field(default_factory=dict)
-    #: Role -> version of its file in the client cache, as python-tuf last accepted it (warm
-    #: mode; only what is known for certain, empty after a failed refresh).
-    cached_versions: dict[str, int] = field(default_factory=dict)
+    #: Role -> its file in the client cache, as python-tuf last accepted it (warm mode; only
+    #: what is known for certain, empty after a failed refresh).
+    cached_files: dict[str, _CachedFile] = field(default_factory=dict)
     probes_since_full: int = 0
 
 
@@ -191,7 +201,9 @@ class _Run:
         file only if its version equals the one the (verified) snapshot names
         (``TrustedMetadataSet.update_delegated_targets``), after parsing it and checking its
         signatures; a file whose known version differs is certain to be rejected, so removing
-        it first changes no verdict and saves that work. It loses no protection either: the
+        it first changes no verdict and saves that work. A file changed since (size or
+        modification time), by anything but this prober, is left to python-tuf. It loses no
+        protection either: the
         rollback protection of targets comes from the trusted snapshot's meta, never from the
         cached targets file. The snapshot is not verified here: a forged one can at worst
         remove a good cache file, which costs one download, and python-tuf then rejects the
@@ -201,17 +213,19 @@ class _Run:
             return
         versions = _meta_versions(body)
         self.snapshot_versions = versions
-        known = self.state.cached_versions
+        known = self.state.cached_files
         if versions is None or not known:
             return
         metadata_dir = self.prober.cache_dir(self.repo, self.endpoint) / "metadata"
-        for name, version in list(known.items()):
+        for name, cached in list(known.items()):
             named = versions.get(name)
-            if named is None or named == version:
+            if named is None or named == cached.version:
                 continue
             del known[name]
+            path = metadata_dir / f"{quote(name, '')}.json"
             try:
-                (metadata_dir / f"{quote(name, '')}.json").unlink(missing_ok=True)
+                if _cached_file(path, cached.version) == cached:
+                    path.unlink()
             except OSError as exc:  # ngclient then rejects it itself, at some cost
                 log.debug("cannot remove stale cached %s: %s", name, exc)
 
@@ -223,7 +237,7 @@ class _Run:
         accepted it, or the refresh would have failed), else the cached snapshot, unchanged.
         After a failed refresh nothing is assumed.
         """
-        known = self.state.cached_versions
+        known = self.state.cached_files
         if not refreshed:
             known.clear()
             return
@@ -235,10 +249,10 @@ class _Run:
                 versions = _meta_versions((metadata_dir / "snapshot.json").read_bytes())
             except OSError:
                 versions = None
+        known.pop("targets", None)
         if versions is not None and "targets" in versions:
-            known["targets"] = versions["targets"]
-        else:
-            known.pop("targets", None)
+            with contextlib.suppress(OSError):  # no file: nothing known
+                known["targets"] = _cached_file(metadata_dir / "targets.json", versions["targets"])
 
     # -- the probe ----------------------------------------------------------------------------
 
@@ -610,6 +624,11 @@ def _persist(metadata_dir: Path, role: str, data: bytes) -> None:
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _cached_file(path: Path, version: int) -> _CachedFile:
+    stat = path.stat()
+    return _CachedFile(version, stat.st_size, stat.st_mtime_ns)
 
 
 def _meta_versions(body: bytes) -> dict[str, int] | None:

@@ -418,3 +418,23 @@ def test_a_cache_changed_behind_the_probers_back_is_still_judged_by_python_tuf(
     result = _probe(sim, prober)
     assert result.success, result.message
     assert _cached_targets_version(sim, prober) == result.roles["targets"].version
+
+
+def test_a_cache_file_updated_behind_the_probers_back_is_left_to_python_tuf(
+    sim: Sim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another client sharing the cache already stored the new targets: python-tuf uses it."""
+    prober = Prober(sim.state_dir)
+    assert _probe(sim, prober).success
+    sim.repo.add_target("files/f.txt", b"f")
+    sim.repo.publish()
+    config = sim.config()
+    cached = prober.cache_dir(config, config.primary) / "metadata" / "targets.json"
+    cached.write_bytes(sim.repo.latest.metadata("targets"))
+    calls = _targets_loads(monkeypatch)
+    sim.server.reset_requests()
+    result = _probe(sim, prober)
+    assert result.success, result.message
+    version = sim.repo.latest.signed("targets").signed.version
+    assert calls == [(version, "ok")]
+    assert not any("targets.json" in n for n, c in sim.server.requests().items() if c)
