@@ -62,6 +62,12 @@ class Fetcher(FetcherInterface):
 
     ``classify(url)`` names what a URL fetches (a role name or ``"target"``). Metadata bodies
     (everything not classified as ``"target"``) are kept, by URL, for the inspector.
+
+    ``on_metadata(role, body)``, when given, is called with every complete metadata body as
+    soon as its last byte arrived, before the body is handed to ngclient, that is before
+    python-tuf has verified it: a hook for work that must happen before ngclient reads its
+    cache (see the prober), never a source of trust. It runs on the fetching thread and must
+    not raise.
     """
 
     def __init__(
@@ -74,8 +80,10 @@ class Fetcher(FetcherInterface):
         deadline: float,
         retries: int = 0,
         allowed_redirect_hosts: tuple[str, ...] = (),
+        on_metadata: Callable[[str, bytes], None] | None = None,
     ) -> None:
         self._session = session
+        self._on_metadata = on_metadata
         self._classify = classify
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
@@ -182,8 +190,12 @@ class Fetcher(FetcherInterface):
                     parts.append(chunk)
                 yield chunk
             if keep:
+                body = b"".join(parts)
+                parts.clear()  # one copy of a large body, not two
                 with self._lock:
-                    self.bodies[url] = b"".join(parts)
+                    self.bodies[url] = body
+                if self._on_metadata is not None:
+                    self._on_metadata(role, body)
         except BaseException as exc:
             error = repr(exc)
             raise

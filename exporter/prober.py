@@ -6,6 +6,12 @@ snapshot, targets, every delegated role, canary target downloads); the inspector
 facts from the bytes that were fetched or cached. The prober keeps, per endpoint, a client
 cache (in ``warm`` mode), an HTTP session and the last verdict.
 
+A changed repository is cheap too: ngclient tries the cached copy of ``targets.json`` before
+downloading the version the new snapshot names, and parses and verifies the whole stale file
+only to reject it on its version. The prober knows which version its cache holds and sees the
+snapshot go by (the fetcher's ``on_metadata`` hook), so it removes a cached targets file that
+the snapshot shows to be stale before ngclient reads it (see ``_Run._on_metadata``).
+
 The steady state is cheap: when the timestamp fetched is byte-identical to the last verified one
 and there is no new root, python-tuf would reach the same verdict except for expiry, so the last
 verdict and facts are reused, every role's expiry is checked against now and the canaries are
@@ -14,6 +20,8 @@ still downloaded. A full refresh happens at least every ``full_refresh_every`` p
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import shutil
@@ -76,6 +84,15 @@ def load_trusted_root(path: Path) -> bytes:
     return data
 
 
+@dataclass(frozen=True)
+class _CachedFile:
+    """A file of the client cache: the version python-tuf accepted, and the file as it was."""
+
+    version: int
+    size: int
+    mtime_ns: int
+
+
 @dataclass
 class _EndpointState:
     """What the prober remembers about one endpoint between probes."""
@@ -86,6 +103,9 @@ class _EndpointState:
     last_timestamp: bytes | None = None
     last_targetinfo: dict[str, TargetFile] = field(default_factory=dict)
     delegation_memo: delegations.Memo = field(default_factory=dict)
+    #: Role -> its file in the client cache, as python-tuf last accepted it (warm mode; only
+    #: what is known for certain, empty after a failed refresh).
+    cached_files: dict[str, _CachedFile] = field(default_factory=dict)
     probes_since_full: int = 0
 
 
@@ -156,8 +176,11 @@ class _Run:
             deadline=self.t0 + repository.timeout,
             retries=repository.retries,
             allowed_redirect_hosts=repository.allowed_redirect_hosts,
+            on_metadata=self._on_metadata,
         )
         self.marks: dict[str, float] = {}
+        #: Role -> version, as named by the snapshot fetched in this probe (None: none fetched).
+        self.snapshot_versions: dict[str, int] | None = None
 
     # -- classification of URLs -------------------------------------------------------------
 
@@ -167,6 +190,69 @@ class _Run:
         name = unquote(urlsplit(url).path.rsplit("/", 1)[-1]).removesuffix(".json")
         head, _, rest = name.partition(".")
         return rest if head.isdigit() and rest else name
+
+    # -- stale cache files ----------------------------------------------------------------------
+
+    def _on_metadata(self, role: str, body: bytes) -> None:
+        """Remove cached targets files that a snapshot just fetched shows to be stale.
+
+        Called by the fetcher when a snapshot has arrived, before ngclient verifies it and
+        before ngclient tries its cached ``targets.json``. python-tuf accepts a cached targets
+        file only if its version equals the one the (verified) snapshot names
+        (``TrustedMetadataSet.update_delegated_targets``), after parsing it and checking its
+        signatures; a file whose known version differs is certain to be rejected, so removing
+        it first changes no verdict and saves that work. A file changed since (size or
+        modification time), by anything but this prober, is left to python-tuf. It loses no
+        protection either: the
+        rollback protection of targets comes from the trusted snapshot's meta, never from the
+        cached targets file. The snapshot is not verified here: a forged one can at worst
+        remove a good cache file, which costs one download, and python-tuf then rejects the
+        forged snapshot anyway.
+        """
+        if role != "snapshot" or self.repo.mode is not Mode.WARM:
+            return
+        versions = _meta_versions(body)
+        self.snapshot_versions = versions
+        known = self.state.cached_files
+        if versions is None or not known:
+            return
+        metadata_dir = self.prober.cache_dir(self.repo, self.endpoint) / "metadata"
+        for name, cached in list(known.items()):
+            named = versions.get(name)
+            if named is None or named == cached.version:
+                continue
+            del known[name]
+            path = metadata_dir / f"{quote(name, '')}.json"
+            try:
+                if _cached_file(path, cached.version) == cached:
+                    path.unlink()
+            except OSError as exc:  # ngclient then rejects it itself, at some cost
+                log.debug("cannot remove stale cached %s: %s", name, exc)
+
+    def _note_cached_targets(self, metadata_dir: Path, refreshed: bool) -> None:
+        """After a refresh, remember which targets version the client cache holds.
+
+        After a successful refresh the cached ``targets.json`` is exactly the version the
+        trusted snapshot names: the snapshot fetched in this probe if one was (python-tuf
+        accepted it, or the refresh would have failed), else the cached snapshot, unchanged.
+        After a failed refresh nothing is assumed.
+        """
+        known = self.state.cached_files
+        if not refreshed:
+            known.clear()
+            return
+        versions = self.snapshot_versions
+        if versions is None:
+            if "targets" in known:
+                return  # snapshot and targets unchanged
+            try:
+                versions = _meta_versions((metadata_dir / "snapshot.json").read_bytes())
+            except OSError:
+                versions = None
+        known.pop("targets", None)
+        if versions is not None and "targets" in versions:
+            with contextlib.suppress(OSError):  # no file: nothing known
+                known["targets"] = _cached_file(metadata_dir / "targets.json", versions["targets"])
 
     # -- the probe ----------------------------------------------------------------------------
 
@@ -220,6 +306,8 @@ class _Run:
         except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes
             failure = self._classified(exc)
         self.marks["refreshed"] = time.monotonic()
+        if self.repo.mode is Mode.WARM:
+            self._note_cached_targets(metadata_dir, failure is None)
         if failure is None and updater is not None and self.repo.verify_delegations:
             sweep = delegations.sweep(
                 updater,
@@ -248,6 +336,7 @@ class _Run:
         self.marks["downloaded"] = time.monotonic()
         if failure is None:
             failure = _first_target_failure(targets)
+        updater = None  # python-tuf's parsed metadata is not needed past this point
         inspected = self._inspect(metadata_dir)
         summary = _summary(inspected, sweep)
         result = self._result(
@@ -408,12 +497,12 @@ class _Run:
     # -- facts and results ----------------------------------------------------------------------
 
     def _inspect(self, metadata_dir: Path) -> Inspected:
+        """Facts from the bytes fetched in this probe, else from the client cache.
+
+        A role fetched in this probe is never read from the cache as well: a changed 12 MB
+        targets file is held once, not twice.
+        """
         files: dict[str, bytes] = {}
-        for path in metadata_dir.glob("*.json"):
-            try:
-                files[unquote(path.name).removesuffix(".json")] = path.read_bytes()
-            except OSError:
-                continue
         newest_root = -1
         for record in self.fetcher.records:
             body = self.fetcher.bodies.get(record.url)
@@ -426,6 +515,14 @@ class _Run:
                     files["root"] = body
                 continue
             files[record.role] = body
+        for path in metadata_dir.glob("*.json"):
+            name = unquote(path.name).removesuffix(".json")
+            if name in files:
+                continue
+            try:
+                files[name] = path.read_bytes()
+            except OSError:
+                continue
         return self.prober._inspector.inspect(files)  # noqa: SLF001 - same module family
 
     def _remember(self, result: ProbeResult) -> None:
@@ -527,6 +624,24 @@ def _persist(metadata_dir: Path, role: str, data: bytes) -> None:
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _cached_file(path: Path, version: int) -> _CachedFile:
+    stat = path.stat()
+    return _CachedFile(version, stat.st_size, stat.st_mtime_ns)
+
+
+def _meta_versions(body: bytes) -> dict[str, int] | None:
+    """Role -> version as a snapshot's ``meta`` names them, read as plain JSON, unverified."""
+    try:
+        meta = json.loads(body)["signed"]["meta"]
+        return {
+            name.removesuffix(".json"): info["version"]
+            for name, info in meta.items()
+            if type(info.get("version")) is int
+        }
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        return None
 
 
 def _download_verified(fetcher: Fetcher, targets_url: str, info: TargetFile) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from securesystemslib.formats import encode_canonical
 from tuf.api.metadata import Metadata
 
@@ -59,3 +60,63 @@ def test_unreadable_bytes_give_no_facts_and_no_error() -> None:
     files = _files(repo) | {"timestamp": b"{not json", "snapshot": b"[" * 100_000}
     inspected = Inspector().inspect(files)
     assert set(inspected.roles) == {"root", "targets"}
+
+
+def test_the_first_payload_is_the_canonical_one_for_ordinary_metadata() -> None:
+    """The fast ASCII encoding is tried only when it equals the UTF-8 one, so with or without
+    non-ASCII text the first payload tried is canonical JSON for ordinary metadata."""
+    from exporter.inspector import _payloads
+
+    for signed in (
+        {"b": [1, 2], "a": "plain", "c": {"z": "x", "y": True}},
+        {"b": "caf\u00e9 \u2603", "a": "\U0001f600"},
+        {"a": "a literal \\u0041 backslash-u"},
+    ):
+        first = next(iter(_payloads(signed)))
+        assert first == encode_canonical(signed).encode(), signed
+
+
+def test_non_ascii_metadata_verifies() -> None:
+    repo = SimulatedRepository()
+    repo.add_target("caf\u00e9/\u2603.txt", b"x")
+    repo.publish()
+    facts = Inspector().inspect(_files(repo)).roles["targets"]
+    assert facts.signatures_valid == 2 and facts.unknown_signers == ()
+
+
+def test_a_large_file_is_read_with_the_gc_paused_and_the_gc_state_restored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gc
+
+    from exporter import inspector
+
+    repo = SimulatedRepository()
+    repo.add_target("files/a", b"a")
+    repo.publish()
+    files = _files(repo)
+    states: list[bool] = []
+    real_loads = json.loads
+
+    def loads(data: bytes) -> object:
+        states.append(gc.isenabled())
+        return real_loads(data)
+
+    monkeypatch.setattr(inspector, "_GC_PAUSE_BYTES", len(files["targets"]))
+    monkeypatch.setattr(inspector.json, "loads", loads)
+    assert gc.isenabled()
+    facts = Inspector().inspect(files).roles
+    assert gc.isenabled()
+    # the GC was paused exactly for the files at least as large as the threshold
+    order = ("root", "timestamp", "snapshot", "targets")
+    assert states == [len(files[r]) < len(files["targets"]) for r in order]
+    assert states[-1] is False
+    assert facts["targets"].signatures_valid == 2
+    gc.disable()
+    try:
+        states.clear()
+        Inspector().inspect(files)
+        assert not gc.isenabled(), "a GC disabled by someone else stays disabled"
+        assert states == [False] * 4
+    finally:
+        gc.enable()

@@ -285,3 +285,156 @@ def test_a_delegation_tree_larger_than_the_limit_is_reported(
     result = _probe(sim, limits=Limits(max_delegations=0), canary_targets=("files/a.txt",))
     assert result.success
     assert "more roles than limits.max_delegations" in caplog.text
+
+
+# -- a changed repository: the stale cached targets file ----------------------------------------
+
+
+def _targets_loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int | None, str]]:
+    """Record every ``targets`` file python-tuf is asked to load: (version, outcome)."""
+    from tuf.ngclient._internal.trusted_metadata_set import TrustedMetadataSet
+
+    calls: list[tuple[int | None, str]] = []
+    original = TrustedMetadataSet.update_delegated_targets
+
+    def spy(self: TrustedMetadataSet, data: bytes, role: str, parent: str) -> Any:
+        if role != "targets":
+            return original(self, data, role, parent)
+        version = json.loads(data)["signed"].get("version")
+        try:
+            result = original(self, data, role, parent)
+        except Exception as exc:
+            calls.append((version, type(exc).__name__))
+            raise
+        calls.append((version, "ok"))
+        return result
+
+    monkeypatch.setattr(TrustedMetadataSet, "update_delegated_targets", spy)
+    return calls
+
+
+def _cached_targets_version(sim: Sim, prober: Prober) -> int | None:
+    config = sim.config()
+    path = prober.cache_dir(config, config.primary) / "metadata" / "targets.json"
+    if not path.exists():
+        return None
+    return int(Metadata.from_bytes(path.read_bytes()).signed.version)
+
+
+def test_a_changed_targets_is_verified_once_not_twice(
+    sim: Sim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prober = Prober(sim.state_dir)
+    first = _probe(sim, prober)
+    assert first.success, first.message
+    calls = _targets_loads(monkeypatch)
+    for _ in range(2):
+        calls.clear()
+        old = sim.repo.latest.signed("targets").signed.version
+        sim.repo.add_target(f"files/{time.monotonic_ns()}.txt", b"new")
+        sim.repo.publish()
+        new = sim.repo.latest.signed("targets").signed.version
+        assert new > old
+        result = _probe(sim, prober)
+        assert result.success and not result.reused_verdict, result.message
+        assert result.roles["targets"].version == new
+        # ngclient never parsed the stale cached file: only the new one, once
+        assert calls == [(new, "ok")]
+        assert _cached_targets_version(sim, prober) == new
+
+
+def test_an_unchanged_targets_is_still_loaded_from_the_cache(
+    sim: Sim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prober = Prober(sim.state_dir)
+    assert _probe(sim, prober).success
+    calls = _targets_loads(monkeypatch)
+    sim.repo.resign("timestamp")  # a new timestamp, snapshot and targets unchanged
+    sim.server.reset_requests()
+    result = _probe(sim, prober)
+    assert result.success and not result.reused_verdict, result.message
+    version = sim.repo.latest.signed("targets").signed.version
+    assert calls == [(version, "ok")]
+    assert not any("targets.json" in n for n, c in sim.server.requests().items() if c)
+
+
+def test_a_rollback_of_targets_is_still_detected(sim: Sim) -> None:
+    from tuf.api.metadata import MetaFile
+
+    from exporter.simulator.faults import forge
+
+    prober = Prober(sim.state_dir)
+    sim.repo.add_target("files/c.txt", b"c")
+    sim.repo.publish()
+    assert _probe(sim, prober).success
+    current = sim.repo.latest.signed("targets").signed.version
+
+    def older_targets(snapshot: Any) -> None:
+        snapshot.meta["targets.json"] = MetaFile(current - 1)
+
+    # a validly signed new snapshot that names an older targets version
+    forge(sim.server.view(), "snapshot", older_targets)
+    result = _probe(sim, prober)
+    assert not result.success
+    assert (result.reason, result.role) == ("rollback", "snapshot"), result.message
+    assert "targets.json" in (result.message or "")
+    # once the repository is honest again, the client recovers
+    sim.repo.publish()
+    after = _probe(sim, prober)
+    assert after.success, after.message
+    assert after.roles["targets"].version >= current
+
+
+def test_a_tampered_new_targets_still_fails_and_the_client_recovers(sim: Sim) -> None:
+    prober = Prober(sim.state_dir)
+    assert _probe(sim, prober).success
+    trusted = sim.repo.latest.signed("targets").signed.version
+    sim.server.inject("below-threshold")
+    result = _probe(sim, prober)
+    assert not result.success
+    assert (result.reason, result.role) == ("bad_signature", "targets"), result.message
+    # python-tuf never cached the tampered file; the stale one was dropped before it
+    assert _cached_targets_version(sim, prober) in (None, trusted)
+    result = _probe(sim, prober)  # the verdict stays the same on the next probe
+    assert (result.reason, result.role) == ("bad_signature", "targets"), result.message
+    sim.server.clear()
+    sim.repo.add_target("files/d.txt", b"d")
+    sim.repo.publish()
+    after = _probe(sim, prober)
+    assert after.success, after.message
+    assert after.roles["targets"].version == sim.repo.latest.signed("targets").signed.version
+
+
+def test_a_cache_changed_behind_the_probers_back_is_still_judged_by_python_tuf(
+    sim: Sim,
+) -> None:
+    prober = Prober(sim.state_dir)
+    assert _probe(sim, prober).success
+    config = sim.config()
+    cached = prober.cache_dir(config, config.primary) / "metadata" / "targets.json"
+    cached.write_bytes(b"{not json")
+    sim.repo.add_target("files/e.txt", b"e")
+    sim.repo.publish()
+    result = _probe(sim, prober)
+    assert result.success, result.message
+    assert _cached_targets_version(sim, prober) == result.roles["targets"].version
+
+
+def test_a_cache_file_updated_behind_the_probers_back_is_left_to_python_tuf(
+    sim: Sim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another client sharing the cache already stored the new targets: python-tuf uses it."""
+    prober = Prober(sim.state_dir)
+    assert _probe(sim, prober).success
+    sim.repo.add_target("files/f.txt", b"f")
+    sim.repo.publish()
+    config = sim.config()
+    cached = prober.cache_dir(config, config.primary) / "metadata" / "targets.json"
+    cached.write_bytes(sim.repo.latest.metadata("targets"))
+    calls = _targets_loads(monkeypatch)
+    sim.server.reset_requests()
+    result = _probe(sim, prober)
+    assert result.success, result.message
+    version = sim.repo.latest.signed("targets").signed.version
+    assert calls == [(version, "ok")]
+    assert not any("targets.json" in n for n, c in sim.server.requests().items() if c)
