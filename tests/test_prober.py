@@ -117,10 +117,11 @@ def test_freeze_ends_in_expired_timestamp(sim: Sim) -> None:
     from datetime import timedelta
 
     prober = Prober(sim.state_dir)
-    sim.server.inject("freeze", expires_in=timedelta(seconds=1))
+    # long enough for the first probe to pass on a loaded machine, short enough to wait for
+    sim.server.inject("freeze", expires_in=timedelta(seconds=4))
     assert _probe(sim, prober).success
     sim.repo.publish()  # the frozen endpoint does not follow
-    result = poll(lambda: (r := _probe(sim, prober)).reason is not None and r, timeout=10)
+    result = poll(lambda: (r := _probe(sim, prober)).reason is not None and r, timeout=20)
     assert (result.reason, result.role) == ("expired", "timestamp")
 
 
