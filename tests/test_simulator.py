@@ -402,7 +402,7 @@ def test_rollback_seen_by_warm_client(
 
 
 def test_freeze_expires(repo: SimulatedRepository, server: SimulatorServer, tmp_path: Path) -> None:
-    server.inject("freeze", expires_in=timedelta(seconds=2))
+    server.inject("freeze", expires_in=timedelta(seconds=4))  # room for a loaded machine
     frozen = server.view().get("metadata/timestamp.json")
     repo.add_target("file.txt", b"not served")
     repo.publish()
