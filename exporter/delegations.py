@@ -167,6 +167,9 @@ def sweep(
                     log.warning("cannot cache verified delegated metadata: %s", exc)
                 _remember(memo, trusted, role, parent, _stat(cache_dir, role), keys)
             level = [(child, role) for role in verified for child in _children(trusted[role])]
+    if memo is not None:
+        for gone in memo.keys() - seen:  # no longer delegated (or past max_roles)
+            del memo[gone]
     return result
 
 

@@ -14,6 +14,7 @@ from conftest import Sim
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Targets
 
+from exporter.config import Limits
 from exporter.prober import Prober
 from exporter.results import ProbeResult
 from exporter.simulator import SimulatedRepository, SimulatorServer
@@ -153,3 +154,15 @@ def test_revoking_a_bins_key_in_the_delegator_invalidates_its_memoised_verdict(
     assert not result.success
     assert (str(result.reason), str(result.role)) == ("bad_signature", "delegated")
     assert result.delegations.failures.keys() == {victim}
+
+
+def test_the_memo_keeps_only_roles_the_last_sweep_visited(bins: Sim) -> None:
+    prober = Prober(bins.state_dir)
+    config = bins.config()
+    memo = prober._state(config, config.primary).delegation_memo
+    assert _probe(bins, prober).success
+    assert len(memo) == BINS
+    bins.repo.publish()
+    truncated = _probe(bins, prober, limits=Limits(max_delegations=4))
+    assert truncated.delegations.count == 4
+    assert len(memo) == 4
