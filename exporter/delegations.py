@@ -165,6 +165,9 @@ def sweep(
                     persist(role, data)
                 except OSError as exc:  # a full disk costs a re-download, not the verdict
                     log.warning("cannot cache verified delegated metadata: %s", exc)
+                    if memo is not None:
+                        memo.pop(role, None)  # the cache may hold an older file: no reuse
+                    continue
                 _remember(memo, trusted, role, parent, _stat(cache_dir, role), keys)
             level = [(child, role) for role in verified for child in _children(trusted[role])]
     if memo is not None:

@@ -166,3 +166,25 @@ def test_the_memo_keeps_only_roles_the_last_sweep_visited(bins: Sim) -> None:
     truncated = _probe(bins, prober, limits=Limits(max_delegations=4))
     assert truncated.delegations.count == 4
     assert len(memo) == 4
+
+
+def test_a_bin_that_could_not_be_cached_is_not_memoised(
+    bins: Sim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prober = Prober(bins.state_dir)
+    assert _probe(bins, prober).success
+    changed = bins.repo.role_for_target("bins/file-5.txt")
+    bins.repo.add_target("bins/file-5.txt", b"changed\n")
+    bins.repo.publish()
+
+    def full_disk(metadata_dir: Path, role: str, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("exporter.prober._persist", full_disk)
+    assert _probe(bins, prober).success  # the verdict stands; the cache keeps the old file
+    monkeypatch.undo()
+    bins.repo.publish()
+    again = _probe(bins, prober)  # the old cached file is not taken for the verified one
+    assert again.success, again.message
+    assert _bins_fetched(again) == {changed}
+    assert _cached(bins, prober, changed).read_bytes() == bins.repo.latest.metadata(changed)
