@@ -8,6 +8,10 @@ makes the verdict (signatures against the delegator's keys and threshold, versio
 snapshot, expiry). Downloads of one level run in parallel on the probe's fetcher; verification
 stays sequential, in python-tuf.
 
+A warm sweep reuses the verdicts of the last one (:data:`Memo`) for leaf roles whose snapshot
+entry, delegating keys and cached file are all unchanged: those are not even read from disk,
+only checked for expiry against python-tuf's reference time (see :func:`sweep`).
+
 This is the one module that touches ngclient internals (``Updater._trusted_set``): python-tuf
 has no public API to load an arbitrary delegated role. The use is confined here and pinned by
 tests.
@@ -15,12 +19,12 @@ tests.
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -35,14 +39,20 @@ from exporter.fingerprints import KeyFingerprints
 log = logging.getLogger(__name__)
 
 
+#: What identifies one version of a cached file without reading it: inode, size, mtime (ns).
+#: Every write of the cache replaces the file (a new inode), so a rewrite changes it.
+FileIdentity = tuple[int, int, int]
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """python-tuf accepted these bytes for a role, under this snapshot entry and these keys."""
+    """python-tuf accepted a role under this snapshot entry and these delegating keys; the
+    accepted bytes are the cached file with identity ``file``."""
 
-    sha256: str
     meta: MetaFile
     keys: str
     expires: datetime
+    file: FileIdentity
 
 
 #: Verdicts of the last sweep of one endpoint, by role name.
@@ -73,13 +83,24 @@ def sweep(
 ) -> SweepResult:
     """Load and verify every delegated role below ``targets``; never raises for one role.
 
-    ``persist(role, data)`` stores a freshly verified role in the client cache.
+    ``persist(role, data)`` stores a freshly verified role in ``cache_dir`` (the client cache,
+    as ``<quoted role>.json``, replacing the file).
 
     ``memo`` holds the verdicts of the last sweep of the same endpoint. A leaf role (one that
-    delegates nothing) whose cached bytes, snapshot entry and delegating keys are all unchanged
-    since python-tuf accepted them would be accepted again except for expiry: its verdict is
-    reused after an expiry check, so a sweep of 4,096 hash bins where one changed verifies one.
-    Roles that delegate further are always loaded into python-tuf, which verifies them.
+    delegates nothing) is not read again when, since python-tuf accepted it,
+
+    * its snapshot entry (version, and length and hashes when listed) is unchanged: that pins
+      the role's version, which is all python-tuf checks of the bytes besides signatures;
+    * the keys and threshold its delegator sets for it are unchanged (a key fingerprint):
+      the signatures python-tuf checked would be checked against the same keys;
+    * its cached file is the one python-tuf accepted (same inode, size and mtime): the bytes
+      a warm ngclient would load are the same bytes;
+    * it has not expired at python-tuf's reference time (checked anew every sweep).
+
+    python-tuf's verdict on such a role can only be the one it gave, so it is reused; a
+    sweep of 4,096 hash bins where one changed reads, fetches and verifies that one. A role
+    failing any condition is loaded into python-tuf as on a cold sweep. Roles that delegate
+    further are always loaded, so their children are verified against keys python-tuf holds.
     """
     trusted: TrustedMetadataSet = updater._trusted_set  # noqa: SLF001 - see module docstring
     result = SweepResult()
@@ -87,6 +108,7 @@ def sweep(
     seen: set[str] = set()
     verified: list[str] = []
     keys = KeyFingerprints()
+    cached_files = _listing(cache_dir)
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="delegation") as pool:
         while level:
             todo: list[tuple[str, str]] = []
@@ -102,13 +124,17 @@ def sweep(
                 if trusted.contains(role, parent):
                     verified.append(role)
                     continue
-                cached = _read_cached(cache_dir, role)
-                if cached is not None and memo is not None and _reusable(
-                    memo.get(role), trusted, role, parent, cached, keys
+                entry = cached_files.get(_file_name(role))
+                if entry is None:
+                    todo.append((role, parent))
+                    continue
+                if memo is not None and _reusable(
+                    memo.get(role), trusted, role, parent, entry, keys
                 ):
                     continue
-                if cached is not None and _load(trusted, role, parent, cached):
-                    _remember(memo, trusted, role, parent, cached, keys)
+                cached = _read_cached(cache_dir, role)
+                if cached is not None and _load(trusted, role, parent, cached[0]):
+                    _remember(memo, trusted, role, parent, cached[1], keys)
                     verified.append(role)
                     continue
                 todo.append((role, parent))
@@ -123,22 +149,30 @@ def sweep(
             # verification with busy download threads costs far more in GIL hand-offs than
             # it saves (measured: 13x slower signature checks).
             wait(downloads.values())
-            verified_data: list[tuple[str, bytes]] = []
+            verified_data: list[tuple[str, str, bytes]] = []
             for role, parent in todo:
                 try:
                     data = downloads[role].result()
                     trusted.update_delegated_targets(data, role, parent)
-                    _remember(memo, trusted, role, parent, data, keys)
                     verified.append(role)
-                    verified_data.append((role, data))  # only verified bytes reach the cache
+                    verified_data.append((role, parent, data))  # only verified bytes are cached
                 except (exceptions.RepositoryError, exceptions.DownloadError, OSError) as exc:
                     result.failures[role] = exc
-            for role, data in verified_data:
+                    if memo is not None:
+                        memo.pop(role, None)
+            for role, parent, data in verified_data:
                 try:
                     persist(role, data)
                 except OSError as exc:  # a full disk costs a re-download, not the verdict
                     log.warning("cannot cache verified delegated metadata: %s", exc)
+                    if memo is not None:
+                        memo.pop(role, None)  # the cache may hold an older file: no reuse
+                    continue
+                _remember(memo, trusted, role, parent, _stat(cache_dir, role), keys)
             level = [(child, role) for role in verified for child in _children(trusted[role])]
+    if memo is not None:
+        for gone in memo.keys() - seen:  # no longer delegated (or past max_roles)
+            del memo[gone]
     return result
 
 
@@ -155,9 +189,36 @@ def _children(targets: object) -> list[str]:
     return []
 
 
-def _read_cached(cache_dir: Path, role: str) -> bytes | None:
+def _file_name(role: str) -> str:
+    return f"{quote(role, '')}.json"
+
+
+def _listing(cache_dir: Path) -> dict[str, os.DirEntry[str]]:
+    """The cached files by name, in one directory read (no per-role ``open`` of absent files)."""
     try:
-        return (cache_dir / f"{quote(role, '')}.json").read_bytes()
+        with os.scandir(cache_dir) as entries:
+            return {entry.name: entry for entry in entries}
+    except OSError:
+        return {}
+
+
+def _identity(st: os.stat_result) -> FileIdentity:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _stat(cache_dir: Path, role: str) -> FileIdentity | None:
+    try:
+        return _identity((cache_dir / _file_name(role)).stat())
+    except OSError:
+        return None
+
+
+def _read_cached(cache_dir: Path, role: str) -> tuple[bytes, FileIdentity] | None:
+    """The cached bytes of ``role`` and the identity of the file they were read from."""
+    try:
+        with open(cache_dir / _file_name(role), "rb") as handle:
+            identity = _identity(os.fstat(handle.fileno()))
+            return handle.read(), identity
     except OSError:
         return None
 
@@ -182,15 +243,19 @@ def _reusable(
     trusted: TrustedMetadataSet,
     role: str,
     parent: str,
-    data: bytes,
+    entry: os.DirEntry[str],
     keys: KeyFingerprints,
 ) -> bool:
-    if verdict is None or verdict.expires <= datetime.now(UTC):
+    """Whether python-tuf's verdict on ``role`` stands unchanged (see :func:`sweep`)."""
+    if verdict is None or verdict.expires <= trusted.reference_time:
         return False
-    meta = trusted.snapshot.meta.get(f"{role}.json")
+    try:
+        identity = _identity(entry.stat())
+    except OSError:
+        return False
     return (
-        meta == verdict.meta
-        and hashlib.sha256(data).hexdigest() == verdict.sha256
+        identity == verdict.file
+        and trusted.snapshot.meta.get(f"{role}.json") == verdict.meta
         and _fingerprint(keys, trusted, role, parent) == verdict.keys
     )
 
@@ -200,22 +265,19 @@ def _remember(
     trusted: TrustedMetadataSet,
     role: str,
     parent: str,
-    data: bytes,
+    identity: FileIdentity | None,
     keys: KeyFingerprints,
 ) -> None:
+    """Record python-tuf's acceptance of ``role``, cached as the file with ``identity``
+    (None: not cached, nothing to reuse)."""
     if memo is None:
         return
     loaded = trusted[role]
     meta = trusted.snapshot.meta.get(f"{role}.json")
-    if not isinstance(loaded, Targets) or meta is None or _children(loaded):
+    if identity is None or not isinstance(loaded, Targets) or meta is None or _children(loaded):
         memo.pop(role, None)  # only leaves are ever reused
         return
-    memo[role] = Verdict(
-        hashlib.sha256(data).hexdigest(),
-        meta,
-        _fingerprint(keys, trusted, role, parent),
-        loaded.expires,
-    )
+    memo[role] = Verdict(meta, _fingerprint(keys, trusted, role, parent), loaded.expires, identity)
 
 
 def _download(

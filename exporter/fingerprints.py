@@ -12,10 +12,12 @@ from tuf.api.metadata import Root, Targets
 
 
 class KeyFingerprints:
-    """Memoized per role object (thousands of hash bins share one), for one pass."""
+    """Memoized per role object (thousands of hash bins share one) and per key set of one
+    delegator (thousands of classic bins each name the same keys), for one pass."""
 
     def __init__(self) -> None:
         self._cache: dict[int, tuple[object, str]] = {}
+        self._sets: dict[tuple[int, int, tuple[str, ...]], tuple[object, str]] = {}
 
     def of(self, delegator: Root | Targets | None, name: str) -> str:
         """The fingerprint of the keys and threshold ``delegator`` sets for role ``name``."""
@@ -28,12 +30,23 @@ class KeyFingerprints:
         hit = self._cache.get(id(role))
         if hit is not None and hit[0] is role:
             return hit[1]
-        keys = []
-        for keyid in sorted(role.keyids):
-            try:
-                keys.append(f"{keyid}:{delegator.get_key(keyid).keyval}")
-            except ValueError:
-                keys.append(f"{keyid}:?")
-        text = hashlib.sha256(f"{role.threshold}|{'|'.join(keys)}".encode()).hexdigest()
+        keyids = tuple(sorted(role.keyids))
+        key = (id(delegator), role.threshold, keyids)
+        same = self._sets.get(key)
+        if same is not None and same[0] is delegator:
+            text = same[1]
+        else:
+            text = _fingerprint(delegator, role.threshold, keyids)
+            self._sets[key] = (delegator, text)
         self._cache[id(role)] = (role, text)
         return text
+
+
+def _fingerprint(delegator: Root | Targets, threshold: int, keyids: tuple[str, ...]) -> str:
+    keys = []
+    for keyid in keyids:
+        try:
+            keys.append(f"{keyid}:{delegator.get_key(keyid).keyval}")
+        except ValueError:
+            keys.append(f"{keyid}:?")
+    return hashlib.sha256(f"{threshold}|{'|'.join(keys)}".encode()).hexdigest()

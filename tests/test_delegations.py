@@ -1,0 +1,190 @@
+"""The delegation sweep over hash bins: warm sweeps reuse python-tuf's verdicts only while they
+would be given again (snapshot entry, delegating keys and cached file unchanged, not expired)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Sim
+from securesystemslib.signer import CryptoSigner
+from tuf.api.metadata import Targets
+
+from exporter.config import Limits
+from exporter.prober import Prober
+from exporter.results import ProbeResult
+from exporter.simulator import SimulatedRepository, SimulatorServer
+
+BINS = 16
+
+
+def _sim(tmp_path: Path, *, succinct: bool) -> Iterator[Sim]:
+    repo = SimulatedRepository()
+    names = repo.delegate_hash_bins(BINS, succinct=succinct)
+    for i in range(64):  # targets in most bins
+        repo.add_target(f"bins/file-{i}.txt", f"content {i}\n".encode())
+    assert len(names) == BINS
+    repo.publish()
+    root = repo.write_trusted_root(tmp_path / "root.json")
+    server = SimulatorServer(repo).start()
+    try:
+        yield Sim(repo, server, root, tmp_path / "state")
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=[True, False], ids=["succinct", "classic"])
+def bins(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sim]:
+    yield from _sim(tmp_path, succinct=request.param)
+
+
+@pytest.fixture
+def classic(tmp_path: Path) -> Iterator[Sim]:
+    yield from _sim(tmp_path, succinct=False)
+
+
+def _probe(sim: Sim, prober: Prober, **changes: Any) -> ProbeResult:
+    # every probe a full one (no reuse of the last verdict on an unchanged timestamp); a
+    # loaded machine may make the simulator slow to accept parallel connections
+    config = sim.config(
+        canary_targets=(), full_refresh_every=1, timeout=60.0, connect_timeout=10.0,
+        read_timeout=10.0, **changes,
+    )
+    return prober.probe(config, config.primary)
+
+
+def _bins_fetched(result: ProbeResult) -> set[str]:
+    return {r.role for r in result.requests if r.role.startswith("bin-")}
+
+
+def _cached(sim: Sim, prober: Prober, role: str) -> Path:
+    config = sim.config()
+    return prober.cache_dir(config, config.primary) / "metadata" / f"{role}.json"
+
+
+def test_cold_sweep_fetches_every_bin_and_a_warm_one_only_the_changed_bin(bins: Sim) -> None:
+    prober = Prober(bins.state_dir)
+    cold = _probe(bins, prober)
+    assert cold.success, cold.message
+    assert cold.delegations.count == BINS
+    assert len(_bins_fetched(cold)) == BINS
+
+    changed = bins.repo.role_for_target("bins/file-0.txt")
+    bins.repo.add_target("bins/file-0.txt", b"changed\n")
+    bins.repo.publish()
+    warm = _probe(bins, prober)
+    assert warm.success, warm.message
+    assert warm.delegations.count == BINS
+    assert _bins_fetched(warm) == {changed}
+    # the re-fetched bin was verified and cached: the next sweep fetches nothing
+    assert _cached(bins, prober, changed).read_bytes() == bins.repo.latest.metadata(changed)
+    bins.repo.publish()
+    again = _probe(bins, prober)
+    assert again.success, again.message
+    assert _bins_fetched(again) == set()
+
+
+def test_a_tampered_bin_fails_after_a_warm_sweep_and_keeps_failing(bins: Sim) -> None:
+    prober = Prober(bins.state_dir)
+    assert _probe(bins, prober).success
+    victim = bins.repo.role_for_target("bins/file-1.txt")
+    bins.server.inject("broken-delegation", role=victim)
+    for _ in range(2):  # the failure is not memoised away on the next sweep either
+        result = _probe(bins, prober)
+        assert not result.success
+        assert (str(result.reason), str(result.role)) == ("bad_signature", "delegated")
+        assert victim in result.message
+        assert result.delegations.failures.keys() == {victim}
+
+
+def test_a_bin_changed_in_the_local_cache_is_verified_again_and_repaired(bins: Sim) -> None:
+    prober = Prober(bins.state_dir)
+    assert _probe(bins, prober).success
+    victim = bins.repo.role_for_target("bins/file-2.txt")
+    cached = _cached(bins, prober, victim)
+    cached.write_bytes(b"{}")  # same inode, other bytes: the memoised verdict does not apply
+    result = _probe(bins, prober)
+    assert result.success, result.message
+    assert _bins_fetched(result) == {victim}
+    assert cached.read_bytes() == bins.repo.latest.metadata(victim)
+
+
+def test_an_expired_unchanged_bin_fails_although_its_verdict_was_memoised(bins: Sim) -> None:
+    victim = bins.repo.role_for_target("bins/file-3.txt")
+    expires = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+    bins.repo.set_expiry(victim, expires)
+    bins.repo.publish()
+    prober = Prober(bins.state_dir)
+    first = _probe(bins, prober)
+    assert first.success, first.message
+    time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.2)
+    result = _probe(bins, prober)  # nothing republished: snapshot, keys and file unchanged
+    assert not result.success
+    assert (str(result.reason), str(result.role)) == ("expired", "delegated")
+    assert result.delegations.failures.keys() == {victim}
+
+
+def test_revoking_a_bins_key_in_the_delegator_invalidates_its_memoised_verdict(
+    classic: Sim,
+) -> None:
+    prober = Prober(classic.state_dir)
+    assert _probe(classic, prober).success
+    victim = classic.repo.role_for_target("bins/file-4.txt")
+    # targets revokes the bin's key and names a new one; the bin itself is not re-signed,
+    # so its snapshot entry and bytes are unchanged but python-tuf must now reject it
+    new_key = CryptoSigner.generate_ed25519().public_key
+    repo = classic.repo
+    # the simulator has no "revoke without re-signing" API: change its targets directly
+    with repo._lock:
+        targets = repo._md["targets"].signed
+        assert isinstance(targets, Targets) and targets.delegations is not None
+        assert targets.delegations.roles is not None
+        # a new list: the simulator's classic bins share one keyids list
+        targets.delegations.roles[victim].keyids = [new_key.keyid]
+        targets.delegations.keys[new_key.keyid] = new_key
+        repo._dirty.add("targets")
+    before = repo.latest.metadata(victim)
+    repo.publish()
+    assert repo.latest.metadata(victim) == before
+    result = _probe(classic, prober)
+    assert not result.success
+    assert (str(result.reason), str(result.role)) == ("bad_signature", "delegated")
+    assert result.delegations.failures.keys() == {victim}
+
+
+def test_the_memo_keeps_only_roles_the_last_sweep_visited(bins: Sim) -> None:
+    prober = Prober(bins.state_dir)
+    config = bins.config()
+    memo = prober._state(config, config.primary).delegation_memo
+    assert _probe(bins, prober).success
+    assert len(memo) == BINS
+    bins.repo.publish()
+    truncated = _probe(bins, prober, limits=Limits(max_delegations=4))
+    assert truncated.delegations.count == 4
+    assert len(memo) == 4
+
+
+def test_a_bin_that_could_not_be_cached_is_not_memoised(
+    bins: Sim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prober = Prober(bins.state_dir)
+    assert _probe(bins, prober).success
+    changed = bins.repo.role_for_target("bins/file-5.txt")
+    bins.repo.add_target("bins/file-5.txt", b"changed\n")
+    bins.repo.publish()
+
+    def full_disk(metadata_dir: Path, role: str, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("exporter.prober._persist", full_disk)
+    assert _probe(bins, prober).success  # the verdict stands; the cache keeps the old file
+    monkeypatch.undo()
+    bins.repo.publish()
+    again = _probe(bins, prober)  # the old cached file is not taken for the verified one
+    assert again.success, again.message
+    assert _bins_fetched(again) == {changed}
+    assert _cached(bins, prober, changed).read_bytes() == bins.repo.latest.metadata(changed)

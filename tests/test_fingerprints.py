@@ -1,0 +1,41 @@
+"""Key fingerprints: equal for equal keys and threshold, different otherwise, memoized safely."""
+
+from __future__ import annotations
+
+from securesystemslib.signer import CryptoSigner
+from tuf.api.metadata import DelegatedRole, Delegations, Targets
+
+from exporter.fingerprints import KeyFingerprints
+
+
+def _targets(threshold_of_c: int = 1) -> Targets:
+    a, b = (CryptoSigner.generate_ed25519().public_key for _ in range(2))
+    roles = {
+        "a": DelegatedRole("a", [a.keyid], 1, True, paths=["a/*"]),
+        "b": DelegatedRole("b", [a.keyid], 1, True, paths=["b/*"]),  # same keys as "a"
+        "c": DelegatedRole("c", [a.keyid], threshold_of_c, True, paths=["c/*"]),
+        "d": DelegatedRole("d", [b.keyid], 1, True, paths=["d/*"]),
+        "e": DelegatedRole("e", [b.keyid, a.keyid], 1, True, paths=["e/*"]),
+        "f": DelegatedRole("f", [a.keyid, b.keyid], 1, True, paths=["f/*"]),
+    }
+    return Targets(delegations=Delegations({a.keyid: a, b.keyid: b}, roles=roles))
+
+
+def test_fingerprints_follow_keys_and_threshold_only() -> None:
+    targets = _targets(threshold_of_c=2)
+    keys = KeyFingerprints()
+    of = {name: keys.of(targets, name) for name in "abcdef"}
+    assert of["a"] == of["b"]  # same keys and threshold, other role
+    assert of["c"] != of["a"]  # other threshold
+    assert of["d"] != of["a"]  # other key
+    assert of["e"] == of["f"]  # key order does not matter
+    assert of["e"] != of["a"]
+    assert keys.of(targets, "zzz") == "undelegated"
+    assert keys.of(None, "a") == "-"
+
+
+def test_fingerprints_of_another_delegator_are_not_taken_from_the_memo() -> None:
+    keys = KeyFingerprints()
+    first, second = _targets(), _targets()  # same role names and keyids layout, new keys
+    assert keys.of(first, "a") != keys.of(second, "a")
+    assert keys.of(first, "a") == KeyFingerprints().of(first, "a")
