@@ -157,6 +157,7 @@ class AlertOptions:
     #: A probe older than this is stalled.
     probe_stall_seconds: float = 1800
     probe_stall_for: str = "5m"
+    delegation_truncated_for: str = "1h"
     spool_growth_window: str = "30m"
     spool_backlog_min: float = 100
     spool_growth_for: str = "30m"
@@ -468,6 +469,13 @@ def _symptom_alerts(o: AlertOptions) -> list[dict[str, Any]]:
                "Probes of {{ $labels.repository }} on {{ $labels.endpoint }} stalled",
                "The last probe of {{ $labels.repository }} on {{ $labels.endpoint }} finished "
                "{{ $value | humanizeDuration }} ago; its metrics are stale."),
+        _alert(o, "TufDelegationSweepTruncated",
+               f"{m('tuf_delegation_sweep_truncated')} == 1", TICKET, o.delegation_truncated_for,
+               "Delegations of {{ $labels.repository }} on {{ $labels.endpoint }} are only "
+               "partly watched",
+               "The delegation tree of {{ $labels.repository }} on {{ $labels.endpoint }} has "
+               "more roles than limits.max_delegations: the roles past the limit are not "
+               "verified, so a broken or expiring one goes unnoticed."),
         _alert(o, "TufEventSpoolGrowing",
                f"deriv({m('tuf_exporter_events_spooled')}[{o.spool_growth_window}]) > 0\nand\n"
                f"{m('tuf_exporter_events_spooled')} > {_num(o.spool_backlog_min)}",

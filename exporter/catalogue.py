@@ -134,6 +134,9 @@ _SPECS: tuple[MetricSpec, ...] = (
                "Delegated targets roles that failed verification in the last probe.", _RE, _P),
     MetricSpec("tuf_delegated_roles_min_expiry_timestamp_seconds", G,
                "Earliest expiry among the delegated targets roles, in Unix seconds.", _RE, _P),
+    MetricSpec("tuf_delegation_sweep_truncated", G,
+               "1 when the delegation tree has more roles than limits.max_delegations and the "
+               "last sweep stopped before verifying all of them.", _RE, _P),
     MetricSpec("tuf_target_download_duration_seconds", G,
                "Total duration of the canary target downloads of the last probe.", _RE, _P),
     MetricSpec("tuf_exporter_last_probe_timestamp_seconds", G,

@@ -185,7 +185,7 @@ def _probe_families(latest: list[ProbeResult], now: float) -> Iterator[Metric]:
         "tuf_metadata_expiry_margin_seconds", "tuf_metadata_version", "tuf_metadata_size_bytes",
         "tuf_metadata_signatures_valid", "tuf_metadata_signature_threshold",
         "tuf_delegated_roles", "tuf_delegated_roles_failing",
-        "tuf_delegated_roles_min_expiry_timestamp_seconds",
+        "tuf_delegated_roles_min_expiry_timestamp_seconds", "tuf_delegation_sweep_truncated",
         "tuf_target_download_duration_seconds", "tuf_exporter_last_probe_timestamp_seconds",
     )
     fam = {name: family(name) for name in names}
@@ -212,6 +212,7 @@ def _probe_families(latest: list[ProbeResult], now: float) -> Iterator[Metric]:
             fam["tuf_metadata_signature_threshold"].add_metric(labels, facts.threshold)
         fam["tuf_delegated_roles"].add_metric(base, r.delegations.count)
         fam["tuf_delegated_roles_failing"].add_metric(base, r.delegations.failing)
+        fam["tuf_delegation_sweep_truncated"].add_metric(base, 1 if r.delegations.truncated else 0)
         if r.delegations.min_expires is not None:
             fam["tuf_delegated_roles_min_expiry_timestamp_seconds"].add_metric(
                 base, r.delegations.min_expires.timestamp()

@@ -106,6 +106,8 @@ class DelegationSummary:
     count: int = 0
     failing: int = 0
     min_expires: datetime | None = None
+    #: The tree is larger than ``limits.max_delegations``: roles past it were not verified.
+    truncated: bool = False
     #: Names of failing roles with their reasons, for logs and JSON (never labels).
     failures: Mapping[str, str] = field(default_factory=dict)
 

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ALERTS_DIR = ROOT / "alerts"
 TESTS_DIR = ALERTS_DIR / "tests"
 RUNBOOKS = ROOT / "docs" / "runbooks"
-REGENERATE = "tuf-exporter alerts build --out alerts"
+REGENERATE = "./scripts/generate"
 
 PROMTOOL = shutil.which("promtool") or "promtool"
 AMTOOL = shutil.which("amtool") or "amtool"

@@ -44,6 +44,6 @@ def test_readme_metrics_reference_is_generated_from_the_catalogue() -> None:
     text = README.read_text()
     section = text.split("<!-- metrics:begin -->\n", 1)[1].split("<!-- metrics:end -->", 1)[0]
     assert section == markdown_reference(), (
-        "README metrics reference is stale: regenerate it from "
-        "exporter.catalogue.markdown_reference()"
+        "README metrics reference is stale: regenerate it with ./scripts/generate "
+        "(from exporter.catalogue.markdown_reference())"
     )

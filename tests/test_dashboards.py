@@ -12,7 +12,7 @@ from exporter import alerts, catalogue, dashboards
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS_DIR = ROOT / "dashboards"
-REGENERATE = "tuf-exporter dashboards build --out dashboards"
+REGENERATE = "./scripts/generate"
 
 
 def _boards() -> dict[str, dict[str, Any]]:

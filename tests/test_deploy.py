@@ -652,7 +652,7 @@ def test_committed_prometheusrule_matches_the_generated_rule_files() -> None:
     generator = _generator()
     committed = (K8S / "common" / "prometheusrule.yaml").read_text(encoding="utf-8")
     assert committed == generator.render(), (
-        "run: python deploy/kubernetes/generate_prometheusrule.py"
+        "stale: run ./scripts/generate (python deploy/kubernetes/generate_prometheusrule.py)"
     )
     (rule,) = yaml.safe_load_all(committed)
     assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["kind"] == "PrometheusRule"
