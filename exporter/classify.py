@@ -62,10 +62,27 @@ def reason_of(exc: BaseException) -> Reason:
     return Reason.OTHER
 
 
+#: python-tuf's expiry messages (``TrustedMetadataSet``) -> the role that expired. python-tuf
+#: checks a role's expiry when the *next* role is loaded (an expired timestamp is found while
+#: the snapshot is being updated), so the last request says the wrong role; the message is right.
+_EXPIRED = {
+    "Final root.json is expired": FailedRole.ROOT,
+    "timestamp.json is expired": FailedRole.TIMESTAMP,
+    "snapshot.json is expired": FailedRole.SNAPSHOT,
+    "New targets is expired": FailedRole.TARGETS,
+}
+
+
 def role_from_message(exc: BaseException, fallback: FailedRole | None) -> FailedRole | None:
     """The role python-tuf's message names, where it names one; else ``fallback``."""
-    if isinstance(exc, exceptions.ExpiredMetadataError) and "root.json" in str(exc):
-        return FailedRole.ROOT
+    if isinstance(exc, exceptions.ExpiredMetadataError):
+        message = str(exc)
+        if message in _EXPIRED:
+            return _EXPIRED[message]
+        if message.startswith("New ") and message.endswith(" is expired"):
+            return FailedRole.DELEGATED  # "New <delegated role> is expired"
+        if "root.json" in message:
+            return FailedRole.ROOT
     return fallback
 
 
