@@ -67,6 +67,11 @@ class SweepResult:
     failures: dict[str, Exception] = field(default_factory=dict)
     #: True when the tree holds more roles than the configured maximum.
     truncated: bool = False
+    #: Role -> bytes python-tuf accepted in this sweep and the identity of the cache file that
+    #: holds exactly them (read from it, or written to it by ``persist``), for the inspector:
+    #: it need not read these files again, now or in the next probe. Memoised roles, not
+    #: read, are absent.
+    cached: dict[str, tuple[bytes, FileIdentity]] = field(default_factory=dict)
 
 
 def sweep(
@@ -135,6 +140,7 @@ def sweep(
                 cached = _read_cached(cache_dir, role)
                 if cached is not None and _load(trusted, role, parent, cached[0]):
                     _remember(memo, trusted, role, parent, cached[1], keys)
+                    result.cached[role] = cached
                     verified.append(role)
                     continue
                 todo.append((role, parent))
@@ -168,7 +174,10 @@ def sweep(
                     if memo is not None:
                         memo.pop(role, None)  # the cache may hold an older file: no reuse
                     continue
-                _remember(memo, trusted, role, parent, _stat(cache_dir, role), keys)
+                identity = _stat(cache_dir, role)
+                _remember(memo, trusted, role, parent, identity, keys)
+                if identity is not None:
+                    result.cached[role] = (data, identity)
             level = [(child, role) for role in verified for child in _children(trusted[role])]
     if memo is not None:
         for gone in memo.keys() - seen:  # no longer delegated (or past max_roles)
