@@ -67,11 +67,11 @@ class SweepResult:
     failures: dict[str, Exception] = field(default_factory=dict)
     #: True when the tree holds more roles than the configured maximum.
     truncated: bool = False
-    #: Role -> bytes python-tuf accepted in this sweep and the identity of the cache file that
-    #: holds exactly them (read from it, or written to it by ``persist``), for the inspector:
-    #: it need not read these files again, now or in the next probe. Memoised roles, not
-    #: read, are absent.
-    cached: dict[str, tuple[bytes, FileIdentity]] = field(default_factory=dict)
+    #: Role -> the identity of the cache file that holds the bytes python-tuf accepted (or whose
+    #: verdict was reused) in this sweep, and those bytes when the sweep had them in memory
+    #: (read from the file, or written to it by ``persist``; None for a reused verdict). For
+    #: the inspector: it need not stat these files, nor read the ones given with their bytes.
+    cached: dict[str, tuple[bytes | None, FileIdentity]] = field(default_factory=dict)
 
 
 def sweep(
@@ -133,10 +133,11 @@ def sweep(
                 if entry is None:
                     todo.append((role, parent))
                     continue
-                if memo is not None and _reusable(
-                    memo.get(role), trusted, role, parent, entry, keys
-                ):
-                    continue
+                if memo is not None:
+                    reused = _reusable(memo.get(role), trusted, role, parent, entry, keys)
+                    if reused is not None:
+                        result.cached[role] = (None, reused)
+                        continue
                 cached = _read_cached(cache_dir, role)
                 if cached is not None and _load(trusted, role, parent, cached[0]):
                     _remember(memo, trusted, role, parent, cached[1], keys)
@@ -254,19 +255,22 @@ def _reusable(
     parent: str,
     entry: os.DirEntry[str],
     keys: KeyFingerprints,
-) -> bool:
-    """Whether python-tuf's verdict on ``role`` stands unchanged (see :func:`sweep`)."""
+) -> FileIdentity | None:
+    """The identity of the cached file of ``role`` if python-tuf's verdict on it stands
+    unchanged (see :func:`sweep`), else None."""
     if verdict is None or verdict.expires <= trusted.reference_time:
-        return False
+        return None
     try:
         identity = _identity(entry.stat())
     except OSError:
-        return False
-    return (
+        return None
+    if (
         identity == verdict.file
         and trusted.snapshot.meta.get(f"{role}.json") == verdict.meta
         and _fingerprint(keys, trusted, role, parent) == verdict.keys
-    )
+    ):
+        return identity
+    return None
 
 
 def _remember(

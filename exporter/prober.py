@@ -522,12 +522,9 @@ class _Run:
                 continue
             files[record.role] = body
         if self.repo.mode is Mode.WARM:
-            loaded = {} if sweep is None else sweep.cached
-            for name, cached in _cache_files(metadata_dir):
-                known = loaded.get(name)
-                if known is not None and known[1] == cached.identity:
-                    # the bytes python-tuf accepted, and the file that holds them
-                    files[name] = CachedFile(cached.path, cached.identity, known[0])
+            for name, cached in _cache_files(metadata_dir, {} if sweep is None else sweep.cached):
+                if cached.data is not None:
+                    files[name] = cached  # the bytes python-tuf accepted, as cached
                 else:
                     files.setdefault(name, cached)
         else:
@@ -642,19 +639,32 @@ def _persist(metadata_dir: Path, role: str, data: bytes) -> None:
         raise
 
 
-def _cache_files(metadata_dir: Path) -> list[tuple[str, CachedFile]]:
-    """Role name and file of every ``*.json`` file of the client cache, in one directory read."""
+def _cache_files(
+    metadata_dir: Path, swept: Mapping[str, tuple[bytes | None, tuple[int, int, int]]]
+) -> list[tuple[str, CachedFile]]:
+    """Role name and file of every ``*.json`` file of the client cache, in one directory read.
+
+    ``swept`` is what the delegation sweep of this probe knows of the cache
+    (``SweepResult.cached``): the identity of the file of each role it loaded, wrote or
+    reused, and the bytes it holds when the sweep had them. The sweep checked that identity in
+    this probe, and nothing rewrites those files after it (a probe of an endpoint never runs
+    twice at once), so they are not stat'ed again.
+    """
     found = []
     try:
         with os.scandir(metadata_dir) as entries:
             for entry in entries:
                 if not entry.name.endswith(".json"):
                     continue
+                name = unquote(entry.name).removesuffix(".json")
+                known = swept.get(name)
+                if known is not None:
+                    found.append((name, CachedFile(entry.path, known[1], known[0])))
+                    continue
                 try:
                     identity = file_identity(entry.stat())
                 except OSError:
                     continue
-                name = unquote(entry.name).removesuffix(".json")
                 found.append((name, CachedFile(entry.path, identity)))
     except OSError:
         return []
