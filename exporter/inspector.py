@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import Signature
@@ -64,8 +64,7 @@ class Inspected:
     declared_delegations: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class CachedFile:
+class CachedFile(NamedTuple):
     """A metadata file on disk, read only if the inspector does not know its content already.
 
     ``identity`` is the file's :func:`file_identity` when it was listed. The client cache is
@@ -195,12 +194,11 @@ class Inspector:
         if isinstance(data, CachedFile):
             with self._lock:
                 seen = self._files.get(data.path)
-                if seen is not None:
-                    self._files.move_to_end(data.path)
-            if seen is not None and seen[0] == data.identity:
-                hit = self._cached(name, seen[1], context)
-                if hit is not None:
-                    return hit
+                if seen is not None and seen[0] == data.identity:
+                    hit = self._known(name, seen[1], context)
+                    if hit is not None:
+                        self._files.move_to_end(data.path)
+                        return hit
             if data.data is not None:
                 body, identity = data.data, data.identity
             else:
@@ -234,14 +232,20 @@ class Inspector:
         self, name: str, digest: str, context: str
     ) -> tuple[RoleFacts, Root | Targets | None] | None:
         """The known facts of content ``digest`` under delegator keys ``context``, if any."""
-        key = (name, digest, context)
         with self._lock:
-            facts = self._facts.get(key)
-            if facts is None or digest not in self._delegators:
-                return None
-            self._facts.move_to_end(key)
-            self._delegators.move_to_end(digest)
-            return facts, self._delegators[digest]
+            return self._known(name, digest, context)
+
+    def _known(
+        self, name: str, digest: str, context: str
+    ) -> tuple[RoleFacts, Root | Targets | None] | None:
+        """:meth:`_cached`, with the lock held."""
+        key = (name, digest, context)
+        facts = self._facts.get(key)
+        if facts is None or digest not in self._delegators:
+            return None
+        self._facts.move_to_end(key)
+        self._delegators.move_to_end(digest)
+        return facts, self._delegators[digest]
 
 
 def _is_type(found: str, name: str) -> bool:
