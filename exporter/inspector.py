@@ -67,10 +67,13 @@ class Inspected:
 class CachedFile(NamedTuple):
     """A metadata file on disk, read only if the inspector does not know its content already.
 
-    ``identity`` is the file's :func:`file_identity` when it was listed. The client cache is
-    written only by atomic replace (a new file, so a new inode, and a new modification time),
+    ``identity`` is the file's :func:`file_identity` when it was listed (or as the delegation
+    sweep found it in the same probe). The client cache is written only by atomic replace (a
+    new file, so a new inode while the old one is still held, and a new modification time),
     never in place, so a file with an identity the inspector has read before holds the bytes it
-    read then: their content hash, and so their facts, are reused. Signature facts are still
+    read then: their content hash, and so their facts, are reused (a later file could reuse
+    an inode number only with the same size and the same nanosecond mtime as well; the
+    delegation sweep's verdict memo rests on the same identity). Signature facts are still
     cached per delegator key set, so a file whose delegator's keys or threshold changed is
     read and checked again; expiry is an absolute time, judged against now by the reader.
 
