@@ -67,6 +67,11 @@ class SweepResult:
     failures: dict[str, Exception] = field(default_factory=dict)
     #: True when the tree holds more roles than the configured maximum.
     truncated: bool = False
+    #: Role -> the identity of the cache file that holds the bytes python-tuf accepted (or whose
+    #: verdict was reused) in this sweep, and those bytes when the sweep had them in memory
+    #: (read from the file, or written to it by ``persist``; None for a reused verdict). For
+    #: the inspector: it need not stat these files, nor read the ones given with their bytes.
+    cached: dict[str, tuple[bytes | None, FileIdentity]] = field(default_factory=dict)
 
 
 def sweep(
@@ -128,13 +133,15 @@ def sweep(
                 if entry is None:
                     todo.append((role, parent))
                     continue
-                if memo is not None and _reusable(
-                    memo.get(role), trusted, role, parent, entry, keys
-                ):
-                    continue
+                if memo is not None:
+                    reused = _reusable(memo.get(role), trusted, role, parent, entry, keys)
+                    if reused is not None:
+                        result.cached[role] = (None, reused)
+                        continue
                 cached = _read_cached(cache_dir, role)
                 if cached is not None and _load(trusted, role, parent, cached[0]):
                     _remember(memo, trusted, role, parent, cached[1], keys)
+                    result.cached[role] = cached
                     verified.append(role)
                     continue
                 todo.append((role, parent))
@@ -168,7 +175,10 @@ def sweep(
                     if memo is not None:
                         memo.pop(role, None)  # the cache may hold an older file: no reuse
                     continue
-                _remember(memo, trusted, role, parent, _stat(cache_dir, role), keys)
+                identity = _stat(cache_dir, role)
+                _remember(memo, trusted, role, parent, identity, keys)
+                if identity is not None:
+                    result.cached[role] = (data, identity)
             level = [(child, role) for role in verified for child in _children(trusted[role])]
     if memo is not None:
         for gone in memo.keys() - seen:  # no longer delegated (or past max_roles)
@@ -245,19 +255,22 @@ def _reusable(
     parent: str,
     entry: os.DirEntry[str],
     keys: KeyFingerprints,
-) -> bool:
-    """Whether python-tuf's verdict on ``role`` stands unchanged (see :func:`sweep`)."""
+) -> FileIdentity | None:
+    """The identity of the cached file of ``role`` if python-tuf's verdict on it stands
+    unchanged (see :func:`sweep`), else None."""
     if verdict is None or verdict.expires <= trusted.reference_time:
-        return False
+        return None
     try:
         identity = _identity(entry.stat())
     except OSError:
-        return False
-    return (
+        return None
+    if (
         identity == verdict.file
         and trusted.snapshot.meta.get(f"{role}.json") == verdict.meta
         and _fingerprint(keys, trusted, role, parent) == verdict.keys
-    )
+    ):
+        return identity
+    return None
 
 
 def _remember(

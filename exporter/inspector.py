@@ -14,7 +14,11 @@ It is built to stay cheap on package-index-sized files:
   authorized key does not verify over it is the payload rebuilt with securesystemslib's
   canonical encoder and checked again, so the facts never depend on the shortcut;
 * facts are cached per content hash and delegator key set, so an unchanged 12 MB targets file
-  is never read twice, and no parsed targets list is kept in memory.
+  is never read twice, and no parsed targets list is kept in memory;
+* a file of a client cache is handed over as a :class:`CachedFile` (path and file identity)
+  rather than as bytes: the inspector remembers the content hash of every file it read, by
+  identity, so an unchanged file whose facts are known is not even opened (a warm probe of
+  4,096 hash bins where one changed reads one file, not 4,096).
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ import copy
 import gc
 import hashlib
 import json
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import Signature
@@ -37,6 +42,10 @@ from tuf.api.metadata import Delegations, Root, Targets
 
 from exporter.fingerprints import KeyFingerprints
 from exporter.results import RoleFacts, RoleKeys
+
+#: What identifies one version of a file without reading it: inode, size, mtime (ns); the
+#: same as ``exporter.delegations.FileIdentity``.
+FileIdentity = tuple[int, int, int]
 
 #: From this size on a file is parsed with the cyclic GC paused (see ``_gc_paused``).
 _GC_PAUSE_BYTES = 1 << 20
@@ -53,6 +62,43 @@ class Inspected:
     delegated: Mapping[str, RoleFacts]
     #: Delegated role names the targets tree declares (whether or not their file was read).
     declared_delegations: tuple[str, ...]
+
+
+class CachedFile(NamedTuple):
+    """A metadata file on disk, read only if the inspector does not know its content already.
+
+    ``identity`` is the file's :func:`file_identity` when it was listed (or as the delegation
+    sweep found it in the same probe). The client cache is written only by atomic replace (a
+    new file, so a new inode while the old one is still held, and a new modification time),
+    never in place, so a file with an identity the inspector has read before holds the bytes it
+    read then: their content hash, and so their facts, are reused (a later file could reuse
+    an inode number only with the same size and the same nanosecond mtime as well; the
+    delegation sweep's verdict memo rests on the same identity). Signature facts are still
+    cached per delegator key set, so a file whose delegator's keys or threshold changed is
+    read and checked again; expiry is an absolute time, judged against now by the reader.
+
+    ``data``, when given, is the file's content, already in memory: whoever read or wrote the
+    file with this identity vouches for it (the delegation sweep, for the bins it loaded).
+    """
+
+    path: str
+    identity: FileIdentity
+    data: bytes | None = None
+
+
+def file_identity(st: os.stat_result) -> FileIdentity:
+    """The identity of a file as ``os.stat`` (or ``DirEntry.stat``) reports it."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _read_file(path: str) -> tuple[bytes, FileIdentity] | None:
+    """The bytes of ``path`` and the identity of the very file they were read from."""
+    try:
+        with open(path, "rb") as handle:
+            identity = file_identity(os.fstat(handle.fileno()))
+            return handle.read(), identity
+    except OSError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -78,13 +124,17 @@ class Inspector:
         self._lock = threading.Lock()
         self._delegators: OrderedDict[str, Root | Targets | None] = OrderedDict()
         self._facts: OrderedDict[tuple[str, str, str], RoleFacts] = OrderedDict()
+        #: Path -> identity and content hash of the file last read there (one entry a path,
+        #: LRU, room for the cache files of several endpoints of ``max_entries`` roles).
+        self._files: OrderedDict[str, tuple[FileIdentity, str]] = OrderedDict()
 
-    def inspect(self, files: Mapping[str, bytes]) -> Inspected:
-        """Facts for every readable file in ``files`` (role name -> bytes).
+    def inspect(self, files: Mapping[str, bytes | CachedFile]) -> Inspected:
+        """Facts for every readable file in ``files`` (role name -> bytes, or a file on disk).
 
         ``files`` holds the newest root as ``root``, the other top-level roles by name, and
         delegated targets roles by their role names. Signatures are checked against the keys
-        of the delegating role as found in ``files``.
+        of the delegating role as found in ``files``. A :class:`CachedFile` is opened only
+        when the facts of its content under its delegator's keys are not known.
         """
         roles: dict[str, RoleFacts] = {}
         delegated: dict[str, RoleFacts] = {}
@@ -109,7 +159,7 @@ class Inspector:
     def _walk(
         self,
         top: Targets,
-        files: Mapping[str, bytes],
+        files: Mapping[str, bytes | CachedFile],
         out: dict[str, RoleFacts],
         declared: list[str],
         contexts: KeyFingerprints,
@@ -135,7 +185,7 @@ class Inspector:
     def _role(
         self,
         name: str,
-        data: bytes | None,
+        data: bytes | CachedFile | None,
         delegator: Root | Targets | None,
         delegator_name: str,
         contexts: KeyFingerprints,
@@ -143,29 +193,62 @@ class Inspector:
         """The facts of one file and the file as a delegator (None when it delegates nothing)."""
         if data is None:
             return None, None
-        digest = hashlib.sha256(data).hexdigest()
-        with self._lock:
-            known = digest in self._delegators
-            as_delegator = self._delegators.get(digest)
         context = contexts.of(delegator, name) if name != "root" else "self"
-        key = (name, digest, context)
-        with self._lock:
-            cached = self._facts.get(key)
-            if cached is not None:
-                self._facts.move_to_end(key)
-                if known:
-                    self._delegators.move_to_end(digest)
-                    return cached, as_delegator
-        with _gc_paused(len(data)):
-            facts, read_as = _read_facts(name, data, digest, delegator, delegator_name)
+        if isinstance(data, CachedFile):
+            with self._lock:
+                seen = self._files.get(data.path)
+                if seen is not None and seen[0] == data.identity:
+                    hit = self._known(name, seen[1], context)
+                    if hit is not None:
+                        self._files.move_to_end(data.path)
+                        return hit
+            if data.data is not None:
+                body, identity = data.data, data.identity
+            else:
+                read = _read_file(data.path)
+                if read is None:
+                    return None, None
+                body, identity = read
+            digest = hashlib.sha256(body).hexdigest()
+            with self._lock:
+                self._files[data.path] = (identity, digest)
+                self._files.move_to_end(data.path)
+                _trim(self._files, 4 * self._max)
+        else:
+            body = data
+            digest = hashlib.sha256(body).hexdigest()
+        hit = self._cached(name, digest, context)
+        if hit is not None:
+            return hit
+        with _gc_paused(len(body)):
+            facts, read_as = _read_facts(name, body, digest, delegator, delegator_name)
         if facts is None:
             return None, None
         with self._lock:
-            self._facts[key] = facts
+            self._facts[(name, digest, context)] = facts
             self._delegators[digest] = read_as
             _trim(self._facts, self._max)
             _trim(self._delegators, self._max)
         return facts, read_as
+
+    def _cached(
+        self, name: str, digest: str, context: str
+    ) -> tuple[RoleFacts, Root | Targets | None] | None:
+        """The known facts of content ``digest`` under delegator keys ``context``, if any."""
+        with self._lock:
+            return self._known(name, digest, context)
+
+    def _known(
+        self, name: str, digest: str, context: str
+    ) -> tuple[RoleFacts, Root | Targets | None] | None:
+        """:meth:`_cached`, with the lock held."""
+        key = (name, digest, context)
+        facts = self._facts.get(key)
+        if facts is None or digest not in self._delegators:
+            return None
+        self._facts.move_to_end(key)
+        self._delegators.move_to_end(digest)
+        return facts, self._delegators[digest]
 
 
 def _is_type(found: str, name: str) -> bool:

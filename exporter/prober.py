@@ -43,7 +43,7 @@ from exporter import delegations
 from exporter.classify import describe, reason_of, role_from_message, role_of
 from exporter.config import Endpoint, Mode, Repository, safe_name
 from exporter.fetcher import Fetcher, new_session
-from exporter.inspector import Inspected, Inspector
+from exporter.inspector import CachedFile, Inspected, Inspector, file_identity
 from exporter.results import (
     DelegationSummary,
     FailedRole,
@@ -337,7 +337,7 @@ class _Run:
         if failure is None:
             failure = _first_target_failure(targets)
         updater = None  # python-tuf's parsed metadata is not needed past this point
-        inspected = self._inspect(metadata_dir)
+        inspected = self._inspect(metadata_dir, sweep)
         summary = _summary(inspected, sweep)
         result = self._result(
             failure is None,
@@ -496,13 +496,19 @@ class _Run:
 
     # -- facts and results ----------------------------------------------------------------------
 
-    def _inspect(self, metadata_dir: Path) -> Inspected:
+    def _inspect(
+        self, metadata_dir: Path, sweep: delegations.SweepResult | None = None
+    ) -> Inspected:
         """Facts from the bytes fetched in this probe, else from the client cache.
 
         A role fetched in this probe is never read from the cache as well: a changed 12 MB
-        targets file is held once, not twice.
+        targets file is held once, not twice. In warm mode, cache files are handed to the
+        inspector by path and identity (:class:`CachedFile`), with the bytes the delegation
+        sweep loaded or wrote for the file of that identity, and the inspector opens only the
+        files whose content it does not know: a warm probe does not re-read thousands of
+        unchanged hash bins. A cold cache is read as before (its paths are never seen again).
         """
-        files: dict[str, bytes] = {}
+        files: dict[str, bytes | CachedFile] = {}
         newest_root = -1
         for record in self.fetcher.records:
             body = self.fetcher.bodies.get(record.url)
@@ -515,14 +521,21 @@ class _Run:
                     files["root"] = body
                 continue
             files[record.role] = body
-        for path in metadata_dir.glob("*.json"):
-            name = unquote(path.name).removesuffix(".json")
-            if name in files:
-                continue
-            try:
-                files[name] = path.read_bytes()
-            except OSError:
-                continue
+        if self.repo.mode is Mode.WARM:
+            for name, cached in _cache_files(metadata_dir, {} if sweep is None else sweep.cached):
+                if cached.data is not None:
+                    files[name] = cached  # the bytes python-tuf accepted, as cached
+                else:
+                    files.setdefault(name, cached)
+        else:
+            for path in metadata_dir.glob("*.json"):
+                name = unquote(path.name).removesuffix(".json")
+                if name in files:
+                    continue
+                try:
+                    files[name] = path.read_bytes()
+                except OSError:
+                    continue
         return self.prober._inspector.inspect(files)  # noqa: SLF001 - same module family
 
     def _remember(self, result: ProbeResult) -> None:
@@ -624,6 +637,38 @@ def _persist(metadata_dir: Path, role: str, data: bytes) -> None:
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _cache_files(
+    metadata_dir: Path, swept: Mapping[str, tuple[bytes | None, tuple[int, int, int]]]
+) -> list[tuple[str, CachedFile]]:
+    """Role name and file of every ``*.json`` file of the client cache, in one directory read.
+
+    ``swept`` is what the delegation sweep of this probe knows of the cache
+    (``SweepResult.cached``): the identity of the file of each role it loaded, wrote or
+    reused, and the bytes it holds when the sweep had them. The sweep checked that identity in
+    this probe, and nothing rewrites those files after it (a probe of an endpoint never runs
+    twice at once), so they are not stat'ed again.
+    """
+    found = []
+    try:
+        with os.scandir(metadata_dir) as entries:
+            for entry in entries:
+                if not entry.name.endswith(".json"):
+                    continue
+                name = unquote(entry.name).removesuffix(".json")
+                known = swept.get(name)
+                if known is not None:
+                    found.append((name, CachedFile(entry.path, known[1], known[0])))
+                    continue
+                try:
+                    identity = file_identity(entry.stat())
+                except OSError:
+                    continue
+                found.append((name, CachedFile(entry.path, identity)))
+    except OSError:
+        return []
+    return found
 
 
 def _cached_file(path: Path, version: int) -> _CachedFile:

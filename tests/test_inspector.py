@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from securesystemslib.formats import encode_canonical
-from tuf.api.metadata import Metadata
+from securesystemslib.signer import CryptoSigner
+from tuf.api.metadata import Metadata, Targets
 
-from exporter.inspector import Inspector
+from exporter.inspector import CachedFile, Inspector, file_identity
 from exporter.simulator import SimulatedRepository
 
 
@@ -120,3 +123,110 @@ def test_a_large_file_is_read_with_the_gc_paused_and_the_gc_state_restored(
         assert states == [False] * 4
     finally:
         gc.enable()
+
+
+def _on_disk(tmp_path: Path, files: dict[str, bytes]) -> dict[str, bytes | CachedFile]:
+    """``files`` written as a client cache (atomic replace, as the prober writes it)."""
+    out: dict[str, bytes | CachedFile] = {}
+    for role, data in files.items():
+        path = tmp_path / f"{role}.json"
+        tmp = tmp_path / f".{role}.json.tmp"
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        out[role] = CachedFile(str(path), file_identity(path.stat()))
+    return out
+
+
+def _counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    from exporter import inspector
+
+    reads: list[str] = []
+    real = inspector._read_file
+
+    def read(path: str) -> tuple[bytes, tuple[int, int, int]] | None:
+        reads.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(inspector, "_read_file", read)
+    return reads
+
+
+def test_unchanged_cache_files_are_not_read_again_and_changed_ones_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = SimulatedRepository()
+    repo.delegate("team", ["team/*"])
+    repo.add_target("team/a", b"a", role="team")
+    repo.publish()
+    reads = _counting_reads(monkeypatch)
+    inspector = Inspector()
+    first = inspector.inspect(_on_disk(tmp_path, _files(repo)))
+    assert sorted(reads) == sorted(f"{r}.json" for r in _files(repo))
+    assert first.delegated["team"].signatures_valid == 1
+    reads.clear()
+    files = {r: CachedFile(str(tmp_path / f"{r}.json"),
+                           file_identity((tmp_path / f"{r}.json").stat()))
+             for r in _files(repo)}
+    assert inspector.inspect(files) == first
+    assert reads == []
+    # the team role is re-signed: a new file (atomic replace), new facts
+    repo.add_target("team/b", b"b", role="team")
+    repo.set_expiry("team", datetime(2100, 1, 2, tzinfo=UTC))
+    repo.publish()
+    changed = _on_disk(tmp_path, {"team": repo.latest.metadata("team")})
+    again = inspector.inspect(files | changed)
+    assert reads == ["team.json"]
+    md = Metadata.from_bytes(repo.latest.metadata("team"))
+    facts = again.delegated["team"]
+    assert (facts.version, facts.expires) == (md.signed.version, md.signed.expires)
+    assert facts.version > first.delegated["team"].version
+    assert facts.sha256 != first.delegated["team"].sha256
+
+
+def test_a_file_whose_delegators_keys_changed_is_read_and_checked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = SimulatedRepository()
+    repo.delegate("team", ["team/*"])
+    repo.add_target("team/a", b"a", role="team")
+    repo.publish()
+    before = repo.latest.metadata("team")
+    inspector = Inspector()
+    files = _on_disk(tmp_path, _files(repo))
+    assert inspector.inspect(files).delegated["team"].signatures_valid == 1
+    # targets now names other keys for team; team itself is unchanged on disk
+    md = Metadata[Targets].from_bytes(repo.latest.metadata("targets"))
+    assert md.signed.delegations is not None and md.signed.delegations.roles is not None
+    new_key = CryptoSigner.generate_ed25519().public_key
+    md.signed.delegations.keys[new_key.keyid] = new_key
+    md.signed.delegations.roles["team"].keyids = [new_key.keyid]
+    md.signatures.clear()
+    for signer in repo.signers("targets"):
+        md.sign(signer, append=True)
+    reads = _counting_reads(monkeypatch)
+    after = inspector.inspect(files | {"targets": md.to_bytes()})
+    assert repo.latest.metadata("team") == before
+    assert reads == ["team.json"]
+    facts = after.delegated["team"]
+    assert facts.signatures_valid == 0 and facts.signed_by == ()
+    assert facts.unknown_signers == tuple(sorted(repo.keyids("team")))
+
+
+def test_bytes_handed_over_with_a_cached_file_are_used_and_remembered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = SimulatedRepository()
+    repo.publish()
+    files = _on_disk(tmp_path, _files(repo))
+    reads = _counting_reads(monkeypatch)
+    inspector = Inspector()
+    handed = {
+        r: CachedFile(f.path, f.identity, _files(repo)[r])
+        for r, f in files.items() if isinstance(f, CachedFile)
+    }
+    first = inspector.inspect(handed)
+    assert reads == []
+    assert inspector.inspect(files) == first  # identities known: still nothing read
+    assert reads == []
+    assert Inspector().inspect(files) == first  # a new inspector reads them all
+    assert len(reads) == len(files)

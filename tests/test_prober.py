@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import CANARIES, Sim, poll
-from tuf.api.metadata import Metadata
+from securesystemslib.signer import CryptoSigner
+from tuf.api.metadata import Metadata, Targets
 
 from exporter import cli
 from exporter.prober import Prober
 from exporter.results import ProbeResult
-from exporter.simulator import FAULTS, closed_port
+from exporter.simulator import FAULTS, SimulatedRepository, SimulatorServer, closed_port
 
 # fault -> (endpoint, inject parameters, expected reason, expected role); None = success
 FAULT_CASES: dict[str, tuple[dict[str, Any], tuple[str, str] | None]] = {
@@ -439,3 +442,156 @@ def test_a_cache_file_updated_behind_the_probers_back_is_left_to_python_tuf(
     version = sim.repo.latest.signed("targets").signed.version
     assert calls == [(version, "ok")]
     assert not any("targets.json" in n for n, c in sim.server.requests().items() if c)
+
+
+# -- inspector facts of hash bins across warm probes -------------------------------------------
+
+_BINS = 16
+
+
+@pytest.fixture(params=[True, False], ids=["succinct", "classic"])
+def bins(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sim]:
+    repo = SimulatedRepository()
+    repo.delegate_hash_bins(_BINS, succinct=request.param, keys=2, threshold=1)
+    for i in range(48):
+        repo.add_target(f"bins/file-{i}.txt", f"content {i}\n".encode())
+    repo.publish()
+    root = repo.write_trusted_root(tmp_path / "root.json")
+    server = SimulatorServer(repo).start()
+    try:
+        yield Sim(repo, server, root, tmp_path / "state")
+    finally:
+        server.stop()
+
+
+def _full_probe(sim: Sim, prober: Prober) -> ProbeResult:
+    config = sim.config(canary_targets=(), full_refresh_every=1, timeout=60.0,
+                        connect_timeout=10.0, read_timeout=10.0)
+    return prober.probe(config, config.primary)
+
+
+def _bin_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every opening of a cached hash bin for reading, by anyone (pathlib or open)."""
+    import builtins
+    import io
+
+    reads: list[str] = []
+    real = io.open
+
+    def counting(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        name = Path(str(file)).name if isinstance(file, str | Path) else ""
+        if name.startswith("bin-") and "r" in mode:
+            reads.append(name)
+        return real(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", counting)
+    monkeypatch.setattr(builtins, "open", counting)
+    return reads
+
+
+def _assert_facts_of_latest(sim: Sim, result: ProbeResult) -> None:
+    assert set(result.delegated) == set(sim.repo.delegated_roles)
+    for role, facts in result.delegated.items():
+        data = sim.repo.latest.metadata(role)
+        md = Metadata.from_bytes(data)
+        assert facts.version == md.signed.version, role
+        assert facts.expires == md.signed.expires, role
+        assert facts.size_bytes == len(data), role
+        assert facts.signatures_valid == len(md.signatures), role
+        assert facts.threshold == 1, role
+
+
+def test_a_warm_probe_reads_no_unchanged_bin_and_reports_the_changed_bins_new_facts(
+    bins: Sim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prober = Prober(bins.state_dir)
+    cold = _full_probe(bins, prober)
+    assert cold.success, cold.message
+    _assert_facts_of_latest(bins, cold)
+    changed = bins.repo.role_for_target("bins/file-0.txt")
+    bins.repo.add_target("bins/file-0.txt", b"changed\n")
+    bins.repo.set_expiry(changed, datetime(2100, 3, 4, tzinfo=UTC))
+    bins.repo.publish()
+    reads = _bin_reads(monkeypatch)
+    warm = _full_probe(bins, prober)
+    assert warm.success, warm.message
+    # only the sweep tries the stale cached copy of the changed bin, as ngclient would
+    assert reads == [f"{changed}.json"], "an unchanged bin was read from disk"
+    reads.clear()
+    _assert_facts_of_latest(bins, warm)
+    assert warm.delegated[changed].version == cold.delegated[changed].version + 1
+    assert warm.delegated[changed].expires == datetime(2100, 3, 4, tzinfo=UTC)
+    bins.repo.publish()
+    again = _full_probe(bins, prober)  # the bin written last probe is not read either
+    assert again.success, again.message
+    assert reads == []
+    assert again.delegated == warm.delegated
+
+
+def test_a_bin_re_signed_with_fewer_signatures_shows_the_lower_count(bins: Sim) -> None:
+    prober = Prober(bins.state_dir)
+    cold = _full_probe(bins, prober)
+    victim = bins.repo.role_for_target("bins/file-1.txt")
+    assert cold.delegated[victim].signatures_valid == 2
+    with bins.repo._lock:  # the simulator signs a role with every signer it holds for it
+        signers = bins.repo._signers[victim]
+        del signers[next(iter(signers))]
+    bins.repo.resign(victim)
+    warm = _full_probe(bins, prober)
+    assert warm.success, warm.message
+    assert warm.delegated[victim].signatures_valid == 1
+    assert warm.delegated[victim].version == cold.delegated[victim].version + 1
+    _assert_facts_of_latest(bins, warm)
+
+
+def test_a_bin_whose_delegators_keys_changed_is_inspected_again(
+    bins: Sim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prober = Prober(bins.state_dir)
+    assert _full_probe(bins, prober).success
+    victim = bins.repo.role_for_target("bins/file-2.txt")
+    before = bins.repo.latest.metadata(victim)
+    new_key = CryptoSigner.generate_ed25519().public_key
+    with bins.repo._lock:  # targets names other keys; the bins are not re-signed
+        targets = bins.repo._md["targets"].signed
+        assert isinstance(targets, Targets) and targets.delegations is not None
+        targets.delegations.keys[new_key.keyid] = new_key
+        if targets.delegations.roles is not None:
+            targets.delegations.roles[victim].keyids = [new_key.keyid]
+            affected = {victim}
+        else:
+            assert targets.delegations.succinct_roles is not None
+            targets.delegations.succinct_roles.keyids = [new_key.keyid]
+            affected = set(bins.repo.delegated_roles)
+        bins.repo._dirty.add("targets")
+    bins.repo.publish()
+    assert bins.repo.latest.metadata(victim) == before
+    result = _full_probe(bins, prober)
+    assert not result.success
+    assert (str(result.reason), str(result.role)) == ("bad_signature", "delegated")
+    for role, facts in result.delegated.items():
+        if role in affected:
+            assert facts.signatures_valid == 0 and facts.signed_by == (), role
+            assert len(facts.unknown_signers) == 2, role
+        else:
+            assert facts.signatures_valid == 2, role
+
+
+def test_facts_are_right_after_a_restart(bins: Sim, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _full_probe(bins, Prober(bins.state_dir)).success
+    changed = bins.repo.role_for_target("bins/file-3.txt")
+    bins.repo.add_target("bins/file-3.txt", b"changed\n")
+    bins.repo.publish()
+    reads = _bin_reads(monkeypatch)
+    restarted = Prober(bins.state_dir)  # same cache on disk, nothing in memory
+    result = _full_probe(bins, restarted)
+    assert result.success, result.message
+    _assert_facts_of_latest(bins, result)
+    # the sweep reads each cached bin once for python-tuf; the inspector reads none again
+    assert sorted(reads) == sorted(f"{r}.json" for r in bins.repo.delegated_roles)
+    assert result.delegated[changed].version > 1
+    reads.clear()
+    bins.repo.publish()
+    again = _full_probe(bins, restarted)
+    assert again.success and reads == []
+    _assert_facts_of_latest(bins, again)
