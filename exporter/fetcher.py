@@ -33,6 +33,7 @@ configured: a configuration reload keeps the sessions of unchanged endpoints, so
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -310,6 +311,7 @@ class Fetcher(FetcherInterface):
         return exceptions.DownloadError(f"download failed: {exc}")
 
 
+@functools.lru_cache(maxsize=16)  # responses of one second share their Date
 def _parse_date(value: str | None) -> datetime | None:
     if not value:
         return None
