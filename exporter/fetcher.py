@@ -77,6 +77,9 @@ class EndpointSession(requests.Session):
     ``verify`` (read here, at creation), and per scheme, host and port the environment's proxy
     (honouring ``NO_PROXY``) and ``.netrc`` credentials, read on the first request there and
     remembered. Proxies or auth passed to a request, or a session-wide ``auth``, still win.
+    This covers every call of :meth:`request` (so :meth:`get`), hence every hop the
+    :class:`Fetcher` makes, as it follows redirects itself; a redirect followed by requests
+    (``allow_redirects=True``) would go through ``send`` without it.
     """
 
     def __init__(self) -> None:
