@@ -1,10 +1,17 @@
-"""The fetcher's metadata hook: every metadata body, complete, before ngclient gets it."""
+"""The fetcher: its metadata hook, and the environment (proxies, CA bundle, .netrc)."""
 
 from __future__ import annotations
 
+import base64
+import http.server
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 from conftest import Sim
 from tuf.api import exceptions
 
@@ -43,3 +50,167 @@ def test_on_metadata_is_not_called_for_a_failed_download(sim: Sim) -> None:
     with pytest.raises(exceptions.DownloadLengthMismatchError):
         fetcher.download_bytes(f"{metadata_url}timestamp.json", 10)  # longer than allowed
     assert seen == []
+
+
+# -- the environment: read once per origin, still honoured -------------------------------------
+
+_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+class _Proxy(http.server.ThreadingHTTPServer):
+    """A loopback HTTP proxy that answers absolute-URI requests itself and records them."""
+
+    def __init__(self, routes: dict[str, tuple[int, dict[str, str], bytes]]) -> None:
+        self.routes = routes
+        self.seen: list[tuple[str, str | None]] = []  # (request target, Authorization)
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: _Proxy
+
+    def do_GET(self) -> None:
+        self.server.seen.append((self.path, self.headers.get("Authorization")))
+        status, headers, body = self.server.routes.get(self.path, (404, {}, b""))
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Proxy]:
+    for name in _PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    server = _Proxy({
+        "http://repo.example/metadata/timestamp.json": (200, {}, b"via proxy"),
+        "http://repo.example/moved.json": (302, {"Location": "http://cdn.example/t.json"}, b""),
+        "http://cdn.example/t.json": (200, {}, b"redirected via proxy"),
+    })
+    monkeypatch.setenv("HTTP_PROXY", server.url)
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _fetcher(**kwargs: Any) -> Fetcher:
+    return Fetcher(
+        kwargs.pop("session", None) or new_session(), lambda url: "timestamp",
+        connect_timeout=2.0, read_timeout=2.0, deadline=time.monotonic() + 10.0, **kwargs,
+    )
+
+
+def test_an_http_proxy_from_the_environment_is_used(proxy: _Proxy) -> None:
+    fetcher = _fetcher()
+    url = "http://repo.example/metadata/timestamp.json"
+    assert fetcher.download_bytes(url, 1000) == b"via proxy"
+    assert fetcher.download_bytes(url, 1000) == b"via proxy"
+    assert proxy.seen == [(url, None), (url, None)]
+
+
+def test_a_redirect_to_an_allowed_host_goes_through_the_proxy_the_environment_gives_it(
+    proxy: _Proxy,
+) -> None:
+    fetcher = _fetcher(allowed_redirect_hosts=("cdn.example",))
+    assert fetcher.download_bytes("http://repo.example/moved.json", 1000) == (
+        b"redirected via proxy"
+    )
+    assert [target for target, _ in proxy.seen] == [
+        "http://repo.example/moved.json", "http://cdn.example/t.json",
+    ]
+
+
+def test_no_proxy_for_the_endpoint_host_bypasses_the_proxy(
+    sim: Sim, proxy: _Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    metadata_url, _ = sim.server.endpoint_urls("primary")
+    fetcher = _fetcher()
+    data = fetcher.download_bytes(f"{metadata_url}timestamp.json", 1 << 20)
+    assert data == sim.repo.latest.metadata("timestamp")
+    # the same session still proxies a host NO_PROXY does not name
+    fetcher.download_bytes("http://repo.example/metadata/timestamp.json", 1000)
+    assert [target for target, _ in proxy.seen] == ["http://repo.example/metadata/timestamp.json"]
+
+
+def test_without_no_proxy_the_endpoint_host_is_proxied(sim: Sim, proxy: _Proxy) -> None:
+    metadata_url, _ = sim.server.endpoint_urls("primary")
+    with pytest.raises(exceptions.DownloadHTTPError):  # the proxy knows no such route
+        _fetcher().download_bytes(f"{metadata_url}timestamp.json", 1 << 20)
+    assert [target for target, _ in proxy.seen] == [f"{metadata_url}timestamp.json"]
+
+
+def test_netrc_credentials_are_sent_to_their_host(
+    proxy: _Proxy, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine repo.example login alice password s3cret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    fetcher = _fetcher(allowed_redirect_hosts=("cdn.example",))
+    fetcher.download_bytes("http://repo.example/metadata/timestamp.json", 1000)
+    fetcher.download_bytes("http://repo.example/moved.json", 1000)
+    basic = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+    assert proxy.seen == [
+        ("http://repo.example/metadata/timestamp.json", basic),
+        ("http://repo.example/moved.json", basic),
+        ("http://cdn.example/t.json", None),  # not to another host
+    ]
+
+
+def test_the_environment_is_read_once_per_origin_not_per_request(
+    proxy: _Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    original = requests.utils.get_environ_proxies
+
+    def counting(url: str, no_proxy: str | None = None) -> dict[str, str]:
+        calls.append(url)
+        return original(url, no_proxy)
+
+    monkeypatch.setattr(requests.utils, "get_environ_proxies", counting)
+    monkeypatch.setattr(requests.sessions, "get_environ_proxies", counting)
+    fetcher = _fetcher()
+    for _ in range(5):
+        fetcher.download_bytes("http://repo.example/metadata/timestamp.json", 1000)
+    assert calls == ["http://repo.example/metadata/timestamp.json"]
+    assert len(proxy.seen) == 5
+
+
+@pytest.mark.parametrize(
+    ("requests_bundle", "curl_bundle", "expected"),
+    [
+        ("/etc/r.pem", "/etc/c.pem", "/etc/r.pem"),
+        (None, "/etc/c.pem", "/etc/c.pem"),
+        (None, None, True),
+    ],
+)
+def test_a_ca_bundle_from_the_environment_is_applied(
+    monkeypatch: pytest.MonkeyPatch,
+    requests_bundle: str | None,
+    curl_bundle: str | None,
+    expected: str | bool,
+) -> None:
+    for name, value in (("REQUESTS_CA_BUNDLE", requests_bundle), ("CURL_CA_BUNDLE", curl_bundle)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    session = new_session()
+    assert session.verify == expected
+    assert session.trust_env is False  # requests itself does not look again, per request
