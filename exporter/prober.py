@@ -707,6 +707,7 @@ def _summary(inspected: Inspected, sweep: delegations.SweepResult | None) -> Del
         failing=len(failures),
         min_expires=min(expiries) if expiries else None,
         failures=failures,
+        truncated=sweep is not None and sweep.truncated,
     )
 
 

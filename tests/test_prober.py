@@ -289,6 +289,8 @@ def test_a_delegation_tree_larger_than_the_limit_is_reported(
     result = _probe(sim, limits=Limits(max_delegations=0), canary_targets=("files/a.txt",))
     assert result.success
     assert "more roles than limits.max_delegations" in caplog.text
+    assert result.delegations.truncated
+    assert not _probe(sim).delegations.truncated
 
 
 # -- a changed repository: the stale cached targets file ----------------------------------------
