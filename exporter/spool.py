@@ -100,6 +100,23 @@ CREATE INDEX IF NOT EXISTS dead_letters_failed_at ON dead_letters (failed_at);
 """
 
 
+#: Rows of one group-commit statement at most (5 bound parameters each).
+_GROUP_ROWS = 1000
+
+
+def _group_insert(rows: int) -> str:
+    """One statement inserting ``rows`` events unless their id is spooled, acknowledged or
+    dead-lettered already (or earlier in the same statement); returns the ids inserted."""
+    values = ", ".join(["(?, ?, ?, ?, ?)"] * rows)  # placeholders only, never data
+    return "".join((
+        "INSERT OR IGNORE INTO events (event_id, kind, spooled_at, size, document) "
+        "SELECT column1, column2, column3, column4, column5 FROM (VALUES ", values, ") AS v "
+        "WHERE NOT EXISTS (SELECT 1 FROM acked WHERE event_id = v.column1) "
+        "AND NOT EXISTS (SELECT 1 FROM dead_letters WHERE event_id = v.column1) "
+        "RETURNING event_id",
+    ))
+
+
 #: Insert one event unless its id is spooled, acknowledged or dead-lettered already.
 _INSERT = (
     "INSERT OR IGNORE INTO events (event_id, kind, spooled_at, size, document) "
@@ -450,13 +467,7 @@ class Spool:
         there are several) and commit; then publish the outcomes (under ``_commit``)."""
 
         def write(conn: sqlite3.Connection) -> None:
-            if len(group) == 1 and len(group[0].rows) == 1 and self._fits(group[0].rows[0]):
-                # the common case, one producer's one event with room to spare: a single
-                # statement in autocommit mode is its own transaction, committed (and the WAL
-                # fsynced, synchronous=FULL) before execute() returns
-                group[0].reset()
-                group[0].error = None
-                self._insert(conn, group[0])
+            if self._insert_at_once(conn, group):
                 return
             with self._transaction(conn):
                 if len(group) == 1:
@@ -506,6 +517,39 @@ class Spool:
                 request.done = True
         if spooled:
             self._notify()
+
+    def _insert_at_once(self, conn: sqlite3.Connection, group: list[_Request]) -> bool:
+        """The common case, every event of the group fits with room to spare: one statement
+        in autocommit mode, its own transaction, committed (and the WAL fsynced,
+        synchronous=FULL) before it returns. One statement, not one per event and savepoint:
+        each SQLite call gives up the GIL, and getting it back from busy producer threads is
+        what a group commit would otherwise spend its time on. False (nothing written) when
+        the group needs the general path: room to make, too many rows, or an error."""
+        rows = [(request, row) for request in group for row in request.rows]
+        size = sum(row.size for _, row in rows)
+        if not rows or len(rows) > _GROUP_ROWS or self._bytes + size > self.max_bytes:
+            return False
+        params = [value for request, row in rows for value in
+                  (row.event_id, row.kind, request.spooled_at, row.size, row.document)]
+        try:
+            inserted = {r[0] for r in conn.execute(_group_insert(len(rows)), params).fetchall()}
+        except sqlite3.Error as exc:
+            if _is_corruption(exc):
+                raise
+            return False  # the statement is atomic: nothing was written; take the general path
+        seen: set[str] = set()
+        for request in group:
+            request.reset()
+            request.error = None
+            for row in request.rows:
+                new = row.event_id in inserted and row.event_id not in seen
+                seen.add(row.event_id)
+                request.new.append(new)
+                if new:
+                    request.produced[row.kind] += 1
+                    self._bytes += row.size
+                    self._count += 1
+        return True
 
     def _fits(self, row: _Row) -> bool:
         """True when ``row`` fits in the spool without dropping anything."""
