@@ -66,6 +66,28 @@ def sim(tmp_path: Path) -> Iterator[Sim]:
         server.stop()
 
 
+def serve(repo: SimulatedRepository, tmp_path: Path) -> Iterator[Sim]:
+    """Publish ``repo``, write its trusted root and serve it on loopback until closed."""
+    repo.publish()
+    root = repo.write_trusted_root(tmp_path / "root.json")
+    server = SimulatorServer(repo).start()
+    try:
+        yield Sim(repo, server, root, tmp_path / "state")
+    finally:
+        server.stop()
+
+
+def hash_bins(tmp_path: Path, count: int, *, succinct: bool, targets: int,
+              **delegation: Any) -> Iterator[Sim]:
+    """A served repository with ``count`` hash-bin delegations holding ``targets`` targets."""
+    repo = SimulatedRepository()
+    names = repo.delegate_hash_bins(count, succinct=succinct, **delegation)
+    assert len(names) == count
+    for i in range(targets):
+        repo.add_target(f"bins/file-{i}.txt", f"content {i}\n".encode())
+    yield from serve(repo, tmp_path)
+
+
 @pytest.fixture
 def spool(tmp_path: Path) -> Iterator[Spool]:
     """A durable spool in a temporary directory, closed afterwards."""

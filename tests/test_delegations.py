@@ -10,31 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Sim
+from conftest import Sim, hash_bins
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Targets
 
 from exporter.config import Limits
 from exporter.prober import Prober
 from exporter.results import ProbeResult
-from exporter.simulator import SimulatedRepository, SimulatorServer
 
 BINS = 16
 
 
 def _sim(tmp_path: Path, *, succinct: bool) -> Iterator[Sim]:
-    repo = SimulatedRepository()
-    names = repo.delegate_hash_bins(BINS, succinct=succinct)
-    for i in range(64):  # targets in most bins
-        repo.add_target(f"bins/file-{i}.txt", f"content {i}\n".encode())
-    assert len(names) == BINS
-    repo.publish()
-    root = repo.write_trusted_root(tmp_path / "root.json")
-    server = SimulatorServer(repo).start()
-    try:
-        yield Sim(repo, server, root, tmp_path / "state")
-    finally:
-        server.stop()
+    yield from hash_bins(tmp_path, BINS, succinct=succinct, targets=64)  # targets in most bins
 
 
 @pytest.fixture(params=[True, False], ids=["succinct", "classic"])

@@ -23,11 +23,17 @@ def _files(repo: SimulatedRepository) -> dict[str, bytes]:
     return files
 
 
-def test_facts_match_what_tuf_api_metadata_says() -> None:
+def _team_repository() -> SimulatedRepository:
+    """A published repository delegating team/* to the role "team", which lists one target."""
     repo = SimulatedRepository()
     repo.delegate("team", ["team/*"])
     repo.add_target("team/a", b"a", role="team")
     repo.publish()
+    return repo
+
+
+def test_facts_match_what_tuf_api_metadata_says() -> None:
+    repo = _team_repository()
     inspected = Inspector().inspect(_files(repo))
     for role, facts in {**inspected.roles, **inspected.delegated}.items():
         md = Metadata.from_bytes(_files(repo)[role])
@@ -154,10 +160,7 @@ def _counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_unchanged_cache_files_are_not_read_again_and_changed_ones_are(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    repo = SimulatedRepository()
-    repo.delegate("team", ["team/*"])
-    repo.add_target("team/a", b"a", role="team")
-    repo.publish()
+    repo = _team_repository()
     reads = _counting_reads(monkeypatch)
     inspector = Inspector()
     first = inspector.inspect(_on_disk(tmp_path, _files(repo)))
@@ -186,10 +189,7 @@ def test_unchanged_cache_files_are_not_read_again_and_changed_ones_are(
 def test_a_file_whose_delegators_keys_changed_is_read_and_checked_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    repo = SimulatedRepository()
-    repo.delegate("team", ["team/*"])
-    repo.add_target("team/a", b"a", role="team")
-    repo.publish()
+    repo = _team_repository()
     before = repo.latest.metadata("team")
     inspector = Inspector()
     files = _on_disk(tmp_path, _files(repo))

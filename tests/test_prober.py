@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CANARIES, Sim, poll
+from conftest import CANARIES, Sim, hash_bins, poll
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Targets
 
 from exporter import cli
 from exporter.prober import Prober
 from exporter.results import ProbeResult
-from exporter.simulator import FAULTS, SimulatedRepository, SimulatorServer, closed_port
+from exporter.simulator import FAULTS, closed_port
 
 # fault -> (endpoint, inject parameters, expected reason, expected role); None = success
 FAULT_CASES: dict[str, tuple[dict[str, Any], tuple[str, str] | None]] = {
@@ -453,17 +453,8 @@ _BINS = 16
 
 @pytest.fixture(params=[True, False], ids=["succinct", "classic"])
 def bins(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sim]:
-    repo = SimulatedRepository()
-    repo.delegate_hash_bins(_BINS, succinct=request.param, keys=2, threshold=1)
-    for i in range(48):
-        repo.add_target(f"bins/file-{i}.txt", f"content {i}\n".encode())
-    repo.publish()
-    root = repo.write_trusted_root(tmp_path / "root.json")
-    server = SimulatorServer(repo).start()
-    try:
-        yield Sim(repo, server, root, tmp_path / "state")
-    finally:
-        server.stop()
+    yield from hash_bins(tmp_path, _BINS, succinct=request.param, targets=48, keys=2,
+                         threshold=1)
 
 
 def _full_probe(sim: Sim, prober: Prober) -> ProbeResult:
