@@ -118,11 +118,7 @@ def _group_insert(rows: int) -> str:
 
 
 #: Insert one event unless its id is spooled, acknowledged or dead-lettered already.
-_INSERT = (
-    "INSERT OR IGNORE INTO events (event_id, kind, spooled_at, size, document) "
-    "SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS (SELECT 1 FROM acked WHERE event_id = ?1) "
-    "AND NOT EXISTS (SELECT 1 FROM dead_letters WHERE event_id = ?1)"
-)
+_INSERT_ONE = _group_insert(1)
 
 #: Why an event can be dropped (``cause`` label of tuf_exporter_events_dropped_total).
 DROP_CAUSES = ("spool_full", "too_old", "rejected", "spool_error")
@@ -556,17 +552,17 @@ class Spool:
         return self._bytes + row.size <= self.max_bytes
 
     def _insert(self, conn: sqlite3.Connection, request: _Request) -> None:
-        """Insert the rows of ``request`` (inside a transaction, or alone in autocommit mode
-        for a single row that fits); outcomes go to ``request``."""
+        """Insert the rows of ``request`` (inside a transaction); outcomes go to ``request``."""
         for row in request.rows:
             if self._fits(row):
-                # one statement: skipped (rowcount 0) when the id is spooled, acked or
+                # one statement: nothing returned when the id is spooled, acked or
                 # dead-lettered already
                 inserted = conn.execute(
-                    _INSERT, (row.event_id, row.kind, request.spooled_at, row.size, row.document)
-                ).rowcount
-                request.new.append(inserted > 0)
-                if inserted > 0:
+                    _INSERT_ONE,
+                    (row.event_id, row.kind, request.spooled_at, row.size, row.document),
+                ).fetchall()
+                request.new.append(bool(inserted))
+                if inserted:
                     request.produced[row.kind] += 1
                     self._bytes += row.size
                     self._count += 1
