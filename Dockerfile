@@ -5,11 +5,14 @@
 #   docker build --build-arg VERSION=0.1.0 --build-arg REVISION="$(git rev-parse HEAD)" \
 #     --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" -t tuf-exporter:0.1.0 .
 #   docker run --read-only --tmpfs /tmp -p 9929:9929 \
-#     -v "$PWD/config.yml:/etc/tuf-exporter/config.yml:ro" -v tuf-state:/var/lib/tuf-exporter \
+#     -v "$PWD/deploy/docker/config.yml:/etc/tuf-exporter/config.yml:ro" \
+#     -v "$PWD/deploy/kubernetes/common/trusted-roots:/etc/tuf-exporter/trusted-roots:ro" \
+#     -v tuf-state:/var/lib/tuf-exporter \
 #     tuf-exporter:0.1.0
 #
-# The configuration must put its state under the volume: `state_dir: /var/lib/tuf-exporter`
-# (the default, ./state next to the configuration file, is on the read-only root).
+# Mount the configuration and every file it names (trusted roots, secrets). The configuration
+# must put its state under the volume: `state_dir: /var/lib/tuf-exporter` (the default, ./state
+# next to the configuration file, is on the read-only root).
 #
 # Base image: pinned by tag. Pin it by digest for reproducible builds; get the digest of the
 # tag's current multi-arch index with
@@ -19,7 +22,8 @@
 # Renovate / Dependabot keep a pinned digest up to date.
 
 # ---------------------------------------------------------------------------------------------
-# builder: the project's wheel and the wheels of all its dependencies
+# builder: the finished virtual environment in /opt/tuf-exporter (the project and all its
+# dependencies, byte code compiled), without pip and setuptools
 FROM python:3.11-slim-bookworm AS builder
 
 ARG VERSION=0.1.0
@@ -34,7 +38,12 @@ RUN pip wheel --wheel-dir /wheels . \
     && if ! ls "/wheels/tuf_exporter-${VERSION}-"*.whl >/dev/null 2>&1; then \
          echo "VERSION=${VERSION} does not match the version in pyproject.toml:" /wheels/tuf_exporter-*.whl >&2; \
          exit 1; \
-       fi
+       fi \
+    && python -m venv /opt/tuf-exporter \
+    && /opt/tuf-exporter/bin/pip install --no-index --find-links=/wheels "tuf-exporter==${VERSION}" \
+    && /opt/tuf-exporter/bin/python -m pip uninstall --yes pip setuptools \
+    && /opt/tuf-exporter/bin/python -m compileall -q /opt/tuf-exporter \
+    && /opt/tuf-exporter/bin/tuf-exporter --version
 
 # ---------------------------------------------------------------------------------------------
 # runtime: a virtual environment with the wheels installed, nothing else
@@ -61,26 +70,24 @@ LABEL org.opencontainers.image.title="tuf-exporter" \
 # `docker run --read-only --tmpfs /tmp`, an emptyDir in Kubernetes).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HOME=/var/lib/tuf-exporter \
     TMPDIR=/tmp \
     PATH=/opt/tuf-exporter/bin:${PATH} \
     TUF_EXPORTER_VERSION=${VERSION} \
     TUF_EXPORTER_HEALTHCHECK_URL=http://127.0.0.1:9929/-/healthy
 
-RUN groupadd --system --gid 10001 tuf-exporter \
-    && useradd --system --uid 10001 --gid 10001 --no-create-home \
+# A fixed uid/gid above the system range (so no --system: useradd warns about the range).
+RUN groupadd --gid 10001 tuf-exporter \
+    && useradd --uid 10001 --gid 10001 --no-create-home --no-log-init \
          --home-dir /var/lib/tuf-exporter --shell /usr/sbin/nologin tuf-exporter \
     && mkdir -p /var/lib/tuf-exporter /etc/tuf-exporter \
     && chown 10001:10001 /var/lib/tuf-exporter \
     && chmod 0750 /var/lib/tuf-exporter
 
-# The wheels are bind-mounted from the builder, so they never become a layer of this image.
-RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    python -m venv /opt/tuf-exporter \
-    && /opt/tuf-exporter/bin/pip install --no-index --find-links=/wheels "tuf-exporter==${VERSION}" \
-    && tuf-exporter --version
+# The virtual environment only: no wheel, no source and no pip become a layer of this image.
+# (A plain COPY --from also works where a cached builder stage would leave a bind mount empty,
+# as podman's does.)
+COPY --from=builder /opt/tuf-exporter /opt/tuf-exporter
 
 # Client caches, history.sqlite, spool.sqlite and events.jsonl live here.
 VOLUME /var/lib/tuf-exporter

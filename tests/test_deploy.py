@@ -12,6 +12,7 @@ import argparse
 import ast
 import fnmatch
 import importlib.util
+import itertools
 import json
 import re
 import shlex
@@ -42,6 +43,7 @@ K8S = DEPLOY / "kubernetes"
 PORT = parse_listen_address(cli.DEFAULT_LISTEN)[1]
 HEALTHY, READY = "/-/healthy", "/-/ready"
 STATE = "/var/lib/tuf-exporter"
+VENV = "/opt/tuf-exporter"
 
 
 def _yaml_docs(path: Path) -> list[Any]:
@@ -158,13 +160,57 @@ def test_dockerfile_is_multi_stage_on_a_pinned_slim_base() -> None:
         image = value.split()[0]
         assert re.fullmatch(r"python:3\.11-slim-bookworm(@sha256:[0-9a-f]{64})?", image), image
     assert froms[0].endswith(" AS builder")
-    # the runtime stage gets the wheels from the builder, never the source tree
+    # the runtime stage copies the finished virtual environment from the builder and nothing
+    # else: no source tree, no wheels, and no bind mount (podman leaves one from a cached
+    # builder stage empty)
     runtime = [i for i in _dockerfile() if i.stage == _final_stage()]
-    assert not [i for i in runtime if i.keyword in ("COPY", "ADD")], "COPY in the runtime stage"
-    run = " ".join(
-        i.value for i in _dockerfile() if i.keyword == "RUN" and i.stage == _final_stage()
-    )
-    assert "from=builder" in run and "--no-index" in run
+    copies = [i.value.split() for i in runtime if i.keyword in ("COPY", "ADD")]
+    assert copies == [["--from=builder", VENV, VENV]], copies
+    run = " ".join(i.value for i in runtime if i.keyword == "RUN")
+    assert "--mount" not in run and "pip" not in run, run
+    # the builder installs from its own wheels only, then takes pip and setuptools out
+    build = " ".join(i.value for i in _dockerfile() if i.keyword == "RUN" and i.stage == 0)
+    assert "--no-index" in build
+    assert re.search(rf"{VENV}/bin/python -m pip uninstall --yes pip setuptools", build), build
+
+
+def _docker_runs(text: str) -> list[list[str]]:
+    """Every ``docker run`` command in a text (shell line continuations and ``#`` comments
+    of a Dockerfile header joined), as argv."""
+    lines = [re.sub(r"^#\s?", "", line).strip() for line in text.splitlines()]
+    joined = " ".join(line[:-1] if line.endswith("\\") else line + "\n" for line in lines)
+    runs = [shlex.split(m.group(0).strip("`")) for m in re.finditer(r"docker run [^\n`]*", joined)]
+    return [argv for argv in runs if any(a.startswith("tuf-exporter:") for a in argv)]
+
+
+@pytest.mark.parametrize("document", ["Dockerfile", "deploy/README.md"])
+def test_docker_run_in_the_docs_mounts_the_configuration_and_every_file_it_names(
+    document: str,
+) -> None:
+    (argv,) = _docker_runs((ROOT / document).read_text(encoding="utf-8"))
+    mounts: dict[str, Path] = {}
+    for flag, value in itertools.pairwise(argv):
+        if flag == "-v":
+            host, container = value.split(":")[:2]
+            if host.startswith("$PWD/"):
+                mounts[container] = ROOT / host.removeprefix("$PWD/")
+                assert mounts[container].exists(), f"{document}: {host} does not exist"
+    assert any(v.endswith(f":{STATE}") for v in argv), "no volume for the state"
+    image_at = next(i for i, a in enumerate(argv) if a.startswith("tuf-exporter:"))
+    args = _parse_args(argv[image_at + 1:] or json.loads(_one("CMD").value))
+    assert args.func is cli.cmd_serve
+
+    def host_path(container: Path) -> Path:
+        for target, source in mounts.items():
+            if container == Path(target) or Path(target) in container.parents:
+                return source / container.relative_to(target)
+        raise AssertionError(f"{document}: {container} is not mounted")
+
+    config_path = host_path(args.config)
+    config = parse_config(config_path.read_text(), str(config_path), Path("/etc/tuf-exporter"))
+    assert str(config.state_dir) == STATE
+    for repo in config.repositories:
+        load_trusted_root(host_path(repo.trusted_root))
 
 
 def test_dockerfile_bakes_in_the_version_of_the_package() -> None:
@@ -572,6 +618,17 @@ def test_service_and_servicemonitor_select_the_pods_on_port_metrics() -> None:
     assert _object("StatefulSet", "tuf-exporter", K8S / "sharded")["spec"]["serviceName"] == (
         "tuf-exporter-shards"
     )
+
+
+def test_servicemonitor_and_prometheusrule_are_selected_by_the_same_release_label() -> None:
+    # kube-prometheus-stack selects both by `release: <Helm release>`: a ServiceMonitor without
+    # the label the PrometheusRule has loads the rules but never scrapes, and TufExporterDown
+    # pages on a healthy install.
+    monitor = _object("ServiceMonitor", "tuf-exporter", K8S / "common")
+    rule = _object("PrometheusRule", "tuf-exporter", K8S / "common")
+    release = rule["metadata"]["labels"]["release"]
+    assert monitor["metadata"].get("labels", {}).get("release") == release
+    assert f"release: {release}" in (DEPLOY / "README.md").read_text(encoding="utf-8")
 
 
 def _shard_script_output(tmp_path: Path, pod: str, count: str) -> tuple[int, str]:
