@@ -567,7 +567,9 @@ class _Run:
                     continue
                 try:
                     files[name] = path.read_bytes()
-                except OSError:
+                except OSError as exc:
+                    if host_fault(exc) is not None:
+                        raise  # facts we cannot read for our own fault: no verdict shown
                     continue
         return self.prober._inspector.inspect(files)  # noqa: SLF001 - same module family
 
@@ -696,10 +698,14 @@ def _cache_files(
                     continue
                 try:
                     identity = file_identity(entry.stat())
-                except OSError:
+                except OSError as exc:
+                    if host_fault(exc) is not None:
+                        raise
                     continue
                 found.append((name, CachedFile(entry.path, identity)))
-    except OSError:
+    except OSError as exc:
+        if host_fault(exc) is not None:
+            raise  # no descriptor for the directory: facts missing for our own fault
         return []
     return found
 

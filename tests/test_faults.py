@@ -151,6 +151,38 @@ def test_no_descriptor_for_a_socket_is_ours(sim: Sim) -> None:
     assert out == ["exporter_error", "descriptors", "recovered"]
 
 
+def test_cache_facts_unreadable_for_want_of_descriptors_are_ours(sim: Sim) -> None:
+    """Facts the client cache holds but no descriptor is left to read: the probe's fault is
+    ours (before, the listing came back empty and the result lost those roles' facts)."""
+    config = sim.config()
+    prober = Prober(sim.state_dir)
+    assert prober.probe(config, config.primary).success
+    metadata = prober.cache_dir(config, config.primary) / "metadata"
+    code = textwrap.dedent(f"""
+        import os, resource
+        from pathlib import Path
+        from exporter.classify import host_fault
+        from exporter.prober import _cache_files
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+        held = []
+        try:
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        try:
+            print(len(_cache_files(Path({str(metadata)!r}), {{}})))
+        except OSError as exc:
+            print(host_fault(exc))
+        for fd in held:
+            os.close(fd)
+        print(len(_cache_files(Path({str(metadata)!r}), {{}})) > 0)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, check=True).stdout.split()
+    assert out == ["descriptors", "True"]
+
+
 # ---------------------------------------------------------------------------------------------
 # The prober, the store and the service
 
