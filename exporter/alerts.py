@@ -162,6 +162,8 @@ class AlertOptions:
     spool_backlog_min: float = 100
     spool_growth_for: str = "30m"
     events_dropped_window: str = "15m"
+    #: Window over which any fault of the exporter itself (tuf_exporter_errors_total) tickets.
+    exporter_errors_window: str = "15m"
     config_reload_for: str = "10m"
     runbook_base_url: str = (
         "https://github.com/tuf-exporter/tuf-exporter/blob/main/docs/runbooks"
@@ -272,7 +274,9 @@ def error_budget_record_name() -> str:
 def _sli_expr(level: Sequence[str], window: str) -> str:
     by = ", ".join(level)
     probes = m("tuf_probes_total")
-    total = f"sum by ({by}) (rate({probes}[{window}]))"
+    # Verdicts only: a probe stopped by a fault of the exporter's host (result="exporter_error")
+    # says nothing about the repository and spends none of its error budget.
+    total = f'sum by ({by}) (rate({probes}{{result!="{catalogue.EXPORTER_ERROR}"}}[{window}]))'
     success = f'sum by ({by}) (rate({probes}{{result="success"}}[{window}]))'
     # "or 0 * total": a repository with only failures (no success series yet) is 0, not absent.
     # "/ (total > 0)": no traffic gives no sample rather than NaN.
@@ -489,6 +493,14 @@ def _symptom_alerts(o: AlertOptions) -> list[dict[str, Any]]:
                "tuf-exporter drops events ({{ $labels.cause }})",
                "{{ $value | humanize }} events were dropped in " + o.events_dropped_window
                + " because of {{ $labels.cause }}; the audit trail has gaps."),
+        _alert(o, "TufExporterErrors",
+               f"increase({m('tuf_exporter_errors_total')}[{o.exporter_errors_window}]) > 0",
+               TICKET, "0s",
+               "tuf-exporter fails on its own host ({{ $labels.cause }})",
+               "{{ $labels.instance }} had {{ $value | humanize }} faults of its own ("
+               "{{ $labels.cause }}) in the last " + o.exporter_errors_window + ": probes they "
+               "stopped reached no verdict (reason exporter_error), and the repositories' "
+               "last verdicts and alerts are as they were."),
         _alert(o, "TufExporterConfigReloadFailed",
                f"{m('tuf_exporter_config_last_reload_successful')} == 0", TICKET,
                o.config_reload_for,

@@ -50,6 +50,10 @@ class MetricSpec:
         return self.name
 
 
+#: The probe result and failure reason of a probe stopped by a fault of the exporter's host:
+#: no verdict, kept out of the SLO and the repository alerts.
+EXPORTER_ERROR = "exporter_error"
+
 #: Fixed failure reasons of the prober (``reason`` label values).
 REASONS: tuple[str, ...] = (
     "expired",
@@ -62,7 +66,16 @@ REASONS: tuple[str, ...] = (
     "invalid_metadata",
     "target_not_found",
     "other",
+    EXPORTER_ERROR,
 )
+
+#: Faults of this host (``cause`` label of tuf_exporter_errors_total); see results.ErrorCause.
+EXPORTER_ERROR_CAUSES: tuple[str, ...] = (
+    "disk", "descriptors", "memory", "history", "spool", "internal",
+)
+
+#: ``result`` label values of tuf_probes_total; ``exporter_error`` is no verdict.
+PROBE_RESULTS: tuple[str, ...] = ("success", "failure", EXPORTER_ERROR)
 
 #: Roles a failure is attributed to (``role`` label of failure metrics).
 FAILURE_ROLES: tuple[str, ...] = ("root", "timestamp", "snapshot", "targets", "delegated", "target")
@@ -95,8 +108,9 @@ C = MetricType.COUNTER
 _SPECS: tuple[MetricSpec, ...] = (
     # --- probes -------------------------------------------------------------------------
     MetricSpec("tuf_probe_success", G,
-               "1 when the last client refresh and every canary download of the endpoint passed.",
-               _RE, _P),
+               "1 when the last client refresh and every canary download of the endpoint passed "
+               "(the last verdict: a probe stopped by a fault of the exporter leaves it as it "
+               "was).", _RE, _P),
     MetricSpec("tuf_probe_duration_seconds", G,
                "Wall-clock duration of the last probe of the endpoint.", _RE, _P),
     MetricSpec("tuf_probe_phase_duration_seconds", G,
@@ -106,7 +120,8 @@ _SPECS: tuple[MetricSpec, ...] = (
                "Time each phase of the last probe spent in HTTP requests; the rest of the phase is "
                "parsing and verification.", ("repository", "endpoint", "phase"), _P),
     MetricSpec("tuf_probes_total", C,
-               "Probes run, by result (success or failure).",
+               "Probes run, by result: success, failure, or exporter_error (stopped by a fault "
+               "of the exporter's host, no verdict).",
                ("repository", "endpoint", "result"), _P),
     MetricSpec("tuf_probe_failures_total", C,
                "Failed probes by reason and by the role the failure is attributed to.",
@@ -194,6 +209,9 @@ _SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("tuf_exporter_config_last_reload_success_timestamp_seconds", G,
                "When the configuration was last loaded successfully, in Unix seconds.", (), _X),
     MetricSpec("tuf_exporter_probes_in_flight", G, "Probes running right now.", (), _X),
+    MetricSpec("tuf_exporter_errors_total", C,
+               "Faults of the exporter itself, never of a repository, by cause: disk, "
+               "descriptors, memory, history, spool, internal.", ("cause",), _X),
     MetricSpec("tuf_exporter_probes_skipped_total", C,
                "Scheduled probes skipped because the previous probe of the endpoint still ran.",
                _RE, _X),

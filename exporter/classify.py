@@ -4,17 +4,40 @@ python-tuf raises one exception type per kind of failure, but does not say which
 working on. The role comes from what the probe fetched last (ngclient verifies a file right after
 fetching it), except where python-tuf's message names the role itself ("Final root.json is
 expired" is raised while loading timestamp).
+
+Faults of this host are told apart from the repository's here, and only here
+(:func:`host_fault`): an ``OSError`` whose errno says the disk is full or read-only, the
+process or system is out of descriptors, or memory is short, anywhere in the exception's chain
+(``raise ... from``, or raised while handling), is ours, whatever wraps it: EMFILE while
+requests opens a socket arrives as a ``DownloadError`` caused by it. Errnos a peer can cause
+(ECONNREFUSED, ECONNRESET, ETIMEDOUT, EHOSTUNREACH, ...) are not in the set, so a refused or
+reset connection stays ``download_error``.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+from datetime import datetime
 
 from securesystemslib.exceptions import FormatError
 from tuf.api import exceptions
 
 from exporter.fetcher import DeadlineExceeded
-from exporter.results import FailedRole, Reason
+from exporter.results import ErrorCause, FailedRole, ProbeResult, Reason
+
+#: errno -> the fault of this host it means. Only errnos a remote peer cannot cause.
+_HOST_ERRNOS: dict[int, ErrorCause] = {
+    errno.ENOSPC: ErrorCause.DISK,
+    errno.EDQUOT: ErrorCause.DISK,
+    errno.EROFS: ErrorCause.DISK,
+    errno.EFBIG: ErrorCause.DISK,  # RLIMIT_FSIZE, or a file system's own file size limit
+    errno.EIO: ErrorCause.DISK,
+    errno.EMFILE: ErrorCause.DESCRIPTORS,
+    errno.ENFILE: ErrorCause.DESCRIPTORS,
+    errno.ENOMEM: ErrorCause.MEMORY,
+    errno.ENOBUFS: ErrorCause.MEMORY,
+}
 
 _TOP_LEVEL = {"root", "timestamp", "snapshot", "targets"}
 
@@ -30,8 +53,58 @@ def role_of(fetched: str | None) -> FailedRole | None:
     return FailedRole.DELEGATED
 
 
+def host_fault(exc: BaseException) -> ErrorCause | None:
+    """The fault of this host behind ``exc``, or None when nothing in its chain is one.
+
+    Looks through ``__cause__``/``__context__`` (and urllib3's ``reason``) for a
+    ``MemoryError`` or an ``OSError`` with an errno of ``_HOST_ERRNOS``.
+    """
+    for current in _chain(exc):
+        if isinstance(current, MemoryError):
+            return ErrorCause.MEMORY
+        if isinstance(current, OSError) and current.errno in _HOST_ERRNOS:
+            return _HOST_ERRNOS[current.errno]
+    return None
+
+
+def exporter_fault(exc: BaseException) -> ErrorCause:
+    """The cause to count for an exception raised by the exporter's own work.
+
+    A fault of this host where the chain shows one (:func:`host_fault`), else ``internal``:
+    an exception our code did not expect is a bug of ours, never the repository's.
+    """
+    return host_fault(exc) or ErrorCause.INTERNAL
+
+
+def exporter_error_result(
+    repository: str,
+    endpoint: str,
+    started_at: datetime,
+    duration_seconds: float,
+    exc: BaseException,
+    role: FailedRole | None = None,
+) -> ProbeResult:
+    """The result of a probe that a fault of this host (or a bug of ours) cut short.
+
+    ``success`` is False (no verdict was reached), ``reason`` is ``exporter_error`` and
+    ``cause`` says which fault; ``role`` is what the probe was working on, where known.
+    The consumers keep such a result out of the verdict: see :class:`ProbeStore.record`.
+    """
+    return ProbeResult(
+        repository, endpoint, False, started_at, duration_seconds,
+        reason=Reason.EXPORTER_ERROR, role=role, message=describe(exc),
+        cause=exporter_fault(exc),
+    )
+
+
 def reason_of(exc: BaseException) -> Reason:
-    """The fixed failure reason for an exception raised by ngclient or our fetcher."""
+    """The fixed failure reason for an exception raised by ngclient or our fetcher.
+
+    ``exporter_error`` when a fault of this host is behind it (:func:`host_fault`), checked
+    first: a ``DownloadError`` caused by EMFILE is ours, not a download error.
+    """
+    if host_fault(exc) is not None:
+        return Reason.EXPORTER_ERROR
     if isinstance(exc, exceptions.ExpiredMetadataError):
         return Reason.EXPIRED
     if isinstance(exc, exceptions.UnsignedMetadataError):
@@ -86,15 +159,22 @@ def role_from_message(exc: BaseException, fallback: FailedRole | None) -> Failed
     return fallback
 
 
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    seen = 0
+def _chain(exc: BaseException, limit: int = 10) -> list[BaseException]:
+    """``exc`` and what caused it (``__cause__``, ``__context__``, urllib3's ``reason``)."""
+    chain: list[BaseException] = []
     current: BaseException | None = exc
-    while current is not None and seen < 10:
-        if isinstance(current, kind):
-            return True
-        current = current.__cause__ or current.__context__
-        seen += 1
-    return False
+    while current is not None and len(chain) < limit and current not in chain:
+        chain.append(current)
+        following = current.__cause__ or current.__context__
+        reason = getattr(current, "reason", None)
+        if following is None and isinstance(reason, BaseException):
+            following = reason
+        current = following
+    return chain
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    return any(isinstance(current, kind) for current in _chain(exc))
 
 
 def describe(exc: BaseException) -> str:

@@ -20,8 +20,8 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.catalogue import TOP_LEVEL_ROLES, family
-from exporter.results import ProbeResult
+from exporter.catalogue import EXPORTER_ERROR, TOP_LEVEL_ROLES, family
+from exporter.results import ErrorCause, ProbeResult, Reason
 
 MetricSource = Callable[[], Iterable[Metric]]
 
@@ -47,6 +47,9 @@ class ProbeStore:
         self._http: Counter[tuple[str, str, str]] = Counter()
         self._retries: Counter[tuple[str, str]] = Counter()
         self._skipped: Counter[tuple[str, str]] = Counter()
+        #: Faults of this host, by cause; every cause exists at 0 so increase() sees the first.
+        self._exporter_errors: Counter[tuple[str]] = Counter(
+            {(str(cause),): 0 for cause in ErrorCause})
         self._in_flight = 0
 
     def expect(self, endpoints: Iterable[tuple[str, str]]) -> None:
@@ -71,10 +74,25 @@ class ProbeStore:
             self._in_flight += 1
 
     def record(self, result: ProbeResult) -> None:
-        """A probe finished: keep its result and count it."""
+        """A probe finished: keep its result and count it.
+
+        A probe cut short by a fault of this host (``reason == exporter_error``) reached no
+        verdict: it is counted (``tuf_probes_total{result="exporter_error"}``, the failure
+        counter with its reason, ``tuf_exporter_errors_total{cause}``) but leaves the
+        endpoint's last verdict, facts and last-probe time as they were, so nothing about the
+        repository changes because of the host.
+        """
         repo, endpoint = result.repository, result.endpoint
         with self._lock:
             self._in_flight = max(0, self._in_flight - 1)
+            if result.reason is Reason.EXPORTER_ERROR:
+                self._probes[(repo, endpoint, EXPORTER_ERROR)] += 1
+                role = str(result.role or "root")
+                self._failures[(repo, endpoint, str(result.reason), role)] += 1
+                self._exporter_errors[(str(result.cause or ErrorCause.INTERNAL),)] += 1
+                for request in result.requests:
+                    self._http[(repo, endpoint, _code_class(request.status))] += 1
+                return
             previous = self._latest.get(_Key(repo, endpoint))
             if not result.success and previous is not None:
                 # keep the last-known facts of what this probe could not read; the success
@@ -89,6 +107,11 @@ class ProbeStore:
             for request in result.requests:
                 self._http[(repo, endpoint, _code_class(request.status))] += 1
                 self._retries[(repo, endpoint)] += request.retries
+
+    def exporter_error(self, cause: ErrorCause) -> None:
+        """Count a fault of this host outside a probe's verdict (history, spool, ...)."""
+        with self._lock:
+            self._exporter_errors[(str(cause),)] += 1
 
     def skipped(self, repository: str, endpoint: str) -> None:
         """A scheduled probe did not run: the previous one of the endpoint still ran."""
@@ -107,6 +130,7 @@ class ProbeStore:
         dict[tuple[str, str, str], int],
         dict[tuple[str, str], int],
         dict[tuple[str, str], int],
+        dict[tuple[str], int],
         int,
     ]:
         """Everything a scrape needs, copied under one short lock."""
@@ -118,6 +142,7 @@ class ProbeStore:
                 dict(self._http),
                 dict(self._retries),
                 dict(self._skipped),
+                dict(self._exporter_errors),
                 self._in_flight,
             )
 
@@ -157,9 +182,10 @@ class ExporterCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """Called by prometheus_client on every scrape."""
         now = time.time()
-        latest, probes, failures, http, retries, skipped, in_flight = self._store.snapshot()
+        (latest, probes, failures, http, retries, skipped, exporter_errors,
+         in_flight) = self._store.snapshot()
         yield from _probe_families(latest, now)
-        yield from _counter_families(probes, failures, http, retries, skipped)
+        yield from _counter_families(probes, failures, http, retries, skipped, exporter_errors)
         info = family("tuf_exporter_build_info")
         info.add_metric([__version__], 1)
         yield info
@@ -228,6 +254,7 @@ def _counter_families(
     http: dict[tuple[str, str, str], int],
     retries: dict[tuple[str, str], int],
     skipped: dict[tuple[str, str], int],
+    exporter_errors: dict[tuple[str], int],
 ) -> Iterator[Metric]:
     pairs: list[tuple[str, dict[Any, int]]] = [
         ("tuf_probes_total", probes),
@@ -235,6 +262,7 @@ def _counter_families(
         ("tuf_probe_http_requests_total", http),
         ("tuf_probe_retries_total", retries),
         ("tuf_exporter_probes_skipped_total", skipped),
+        ("tuf_exporter_errors_total", exporter_errors),
     ]
     for name, values in pairs:
         metric = family(name)

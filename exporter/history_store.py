@@ -302,6 +302,32 @@ class Database:
 # ---------------------------------------------------------------------------------------------
 # Versions and current state
 #
+# python-tuf accepts any positive integer as a version; SQLite integers are 64-bit signed.
+# A version up to 2**63 - 1 is stored as an INTEGER (as always), a larger one as the text
+# ``<number of digits, 5 wide>:<digits>`` (:func:`version_key`). SQLite orders every INTEGER
+# before every TEXT, compares TEXT bytewise and leaves such text alone in an INTEGER column
+# (it is not a number literal), so ``=``, ``<``, ``>``, ``ORDER BY`` and ``MAX`` keep the
+# numeric order across both forms, and existing databases need no migration.
+
+#: The largest version stored as an SQLite INTEGER.
+INT64_MAX = 2**63 - 1
+
+
+def version_key(version: int) -> int | str:
+    """A version as the history database stores and compares it (see above)."""
+    if version <= INT64_MAX:
+        return version
+    digits = str(version)
+    return f"{len(digits):05d}:{digits}"
+
+
+def version_of(stored: int | str) -> int:
+    """The version a stored value (:func:`version_key`) stands for."""
+    if isinstance(stored, int):
+        return stored
+    return int(stored.partition(":")[2])
+
+#
 # Queries by (repository, role, version) name their index: without statistics (no ANALYZE)
 # SQLite prefers the primary key's ``repository`` prefix, a scan of every version row of
 # every endpoint of the repository.
@@ -314,7 +340,8 @@ def repo_current(conn: sqlite3.Connection, repo: str) -> list[CurrentRow]:
         "FROM current WHERE repository = ?",
         (repo,),
     ).fetchall()
-    return [CurrentRow(r[0], r[1], r[2], int(r[3]), r[4], r[5], r[6], int(r[7])) for r in rows]
+    return [CurrentRow(r[0], r[1], r[2], version_of(r[3]), r[4], r[5], r[6], version_of(r[7]))
+            for r in rows]
 
 
 def put_current(conn: sqlite3.Connection, row: CurrentRow) -> None:
@@ -327,11 +354,11 @@ def put_current(conn: sqlite3.Connection, row: CurrentRow) -> None:
             row.repository,
             row.endpoint,
             row.role,
-            row.version,
+            version_key(row.version),
             row.sha256,
             row.since,
             row.last_seen,
-            row.max_version,
+            version_key(row.max_version),
         ),
     )
 
@@ -342,7 +369,8 @@ def touch_last_seen(conn: sqlite3.Connection, rows: Iterable[CurrentRow]) -> Non
     Used to write last-seen times kept in memory while an endpoint served the same content
     (see ``HistoryStore``): one statement per table for all the rows.
     """
-    params = [(r.last_seen, r.repository, r.endpoint, r.role, r.version, r.sha256) for r in rows]
+    params = [(r.last_seen, r.repository, r.endpoint, r.role, version_key(r.version), r.sha256)
+              for r in rows]
     conn.executemany(
         "UPDATE current SET last_seen = MAX(last_seen, ?) WHERE repository = ? "
         "AND endpoint = ? AND role = ? AND version = ? AND sha256 = ?",
@@ -360,7 +388,7 @@ def hashes_of(conn: sqlite3.Connection, repo: str, role: str, version: int) -> d
     rows = conn.execute(
         "SELECT sha256, MIN(first_seen) FROM versions INDEXED BY versions_by_role "
         "WHERE repository = ? AND role = ? AND version = ? GROUP BY sha256",
-        (repo, role, version),
+        (repo, role, version_key(version)),
     )
     return {r[0]: float(r[1]) for r in rows}
 
@@ -373,7 +401,7 @@ def endpoints_by_hash(
     for sha, endpoint in conn.execute(
         "SELECT sha256, endpoint FROM versions INDEXED BY versions_by_role "
         "WHERE repository = ? AND role = ? AND version = ? ORDER BY first_seen",
-        (repo, role, version),
+        (repo, role, version_key(version)),
     ):
         out.setdefault(sha, []).append(endpoint)
     return out
@@ -395,7 +423,8 @@ def record_version(
         "INSERT INTO versions (repository, endpoint, role, version, sha256, first_seen, "
         "last_seen, expires, signed_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT DO UPDATE SET last_seen = MAX(last_seen, excluded.last_seen)",
-        (repo, endpoint, role, version, sha256, at, at, expires, json.dumps(list(signed_by))),
+        (repo, endpoint, role, version_key(version), sha256, at, at, expires,
+         json.dumps(list(signed_by))),
     )
 
 
@@ -407,13 +436,13 @@ def first_seen(
         row = conn.execute(
             "SELECT MIN(first_seen) FROM versions INDEXED BY versions_by_role "
             "WHERE repository = ? AND role = ? AND version = ?",
-            (repo, role, version),
+            (repo, role, version_key(version)),
         ).fetchone()
     else:
         row = conn.execute(
             "SELECT MIN(first_seen) FROM versions WHERE repository = ? AND endpoint = ? "
             "AND role = ? AND version = ?",
-            (repo, endpoint, role, version),
+            (repo, endpoint, role, version_key(version)),
         ).fetchone()
     return None if row[0] is None else float(row[0])
 
@@ -425,7 +454,7 @@ def oldest_newer_than(
     row = conn.execute(
         "SELECT MIN(first_seen) FROM versions WHERE repository = ? AND endpoint = ? "
         "AND role = ? AND version > ?",
-        (repo, endpoint, role, version),
+        (repo, endpoint, role, version_key(version)),
     ).fetchone()
     return None if row[0] is None else float(row[0])
 
@@ -553,7 +582,7 @@ def roots(conn: sqlite3.Connection, repo: str) -> list[RootRow]:
         "WHERE repository = ? ORDER BY version",
         (repo,),
     ).fetchall()
-    return [RootRow(int(r[0]), r[1], r[2], r[3], _keys_from_json(r[4])) for r in rows]
+    return [RootRow(version_of(r[0]), r[1], r[2], r[3], _keys_from_json(r[4])) for r in rows]
 
 
 def latest_root(conn: sqlite3.Connection, repo: str) -> RootRow | None:
@@ -566,7 +595,7 @@ def latest_root(conn: sqlite3.Connection, repo: str) -> RootRow | None:
     return (
         None
         if row is None
-        else RootRow(int(row[0]), row[1], row[2], row[3], _keys_from_json(row[4]))
+        else RootRow(version_of(row[0]), row[1], row[2], row[3], _keys_from_json(row[4]))
     )
 
 
@@ -584,7 +613,8 @@ def insert_root(conn: sqlite3.Connection, repo: str, row: RootRow) -> bool:
     cur = conn.execute(
         "INSERT INTO roots (repository, version, sha256, first_seen, endpoint, role_keys) "
         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        (repo, row.version, row.sha256, row.first_seen, row.endpoint, _keys_json(row.role_keys)),
+        (repo, version_key(row.version), row.sha256, row.first_seen, row.endpoint,
+         _keys_json(row.role_keys)),
     )
     return bool(cur.rowcount)
 

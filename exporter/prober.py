@@ -40,7 +40,14 @@ from tuf.api.metadata import Metadata, Root, TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
 from exporter import delegations
-from exporter.classify import describe, reason_of, role_from_message, role_of
+from exporter.classify import (
+    describe,
+    exporter_error_result,
+    host_fault,
+    reason_of,
+    role_from_message,
+    role_of,
+)
 from exporter.config import Endpoint, Mode, Repository, safe_name
 from exporter.fetcher import Fetcher, new_session
 from exporter.inspector import CachedFile, Inspected, Inspector, file_identity
@@ -77,7 +84,9 @@ def load_trusted_root(path: Path) -> bytes:
         try:
             # The constructor verifies the root against its own keys; it makes no request.
             Updater(tmp, "http://127.0.0.1.invalid/", bootstrap=data)
-        except Exception as exc:  # noqa: BLE001 - every failure here means "unusable root"
+        except Exception as exc:
+            if host_fault(exc) is not None:
+                raise  # no space or descriptor for the scratch copy: ours, not the root's
             raise TrustedRootError(
                 f"python-tuf cannot use {path} as a trusted root: {describe(exc)}"
             ) from None
@@ -144,10 +153,26 @@ class Prober:
         endpoint: Endpoint,
         trusted_root: bytes | None = None,
     ) -> ProbeResult:
-        """Run one full client refresh of ``endpoint``; never raises for a repository fault."""
-        state = self._state(repository, endpoint)
-        with state.lock:  # never two probes of one endpoint at once
-            return _Run(self, repository, endpoint, state, trusted_root).run()
+        """Run one full client refresh of ``endpoint``; never raises.
+
+        A fault of this host (disk full, no descriptors, out of memory) or an exception of
+        our own code cuts the probe short: the result is ``exporter_error`` with its cause
+        (:func:`exporter.classify.exporter_error_result`), never a repository reason, and the
+        endpoint's last verdict is left as it was.
+        """
+        started_at, t0 = datetime.now(UTC), time.monotonic()
+        run: _Run | None = None
+        try:
+            state = self._state(repository, endpoint)
+            with state.lock:  # never two probes of one endpoint at once
+                run = _Run(self, repository, endpoint, state, trusted_root)
+                return run.run()
+        except Exception as exc:
+            log.warning("probe of %s/%s stopped by a fault of the exporter: %s",
+                        repository.name, endpoint.name, describe(exc), exc_info=True)
+            role = None if run is None else role_of(run.fetcher.last_started)
+            return exporter_error_result(repository.name, endpoint.name, started_at,
+                                         time.monotonic() - t0, exc, role)
 
 
 class _Run:
@@ -327,6 +352,9 @@ class _Run:
                     self.repo.limits.max_delegations,
                 )
             if sweep.failures:
+                for error in sweep.failures.values():
+                    if reason_of(error) is Reason.EXPORTER_ERROR:
+                        raise error  # ours, whichever role it hit first
                 name, error = next(iter(sweep.failures.items()))
                 reason, _, message = self._classified(error)
                 failure = (reason, FailedRole.DELEGATED, f"delegated role {name!r}: {message}")
@@ -365,8 +393,8 @@ class _Run:
         try:
             return Updater(**kwargs, bootstrap=bootstrap)  # type: ignore[arg-type]
         except (OSError, exceptions.RepositoryError) as exc:
-            if bootstrap is not None:
-                raise
+            if bootstrap is not None or host_fault(exc) is not None:
+                raise  # a full disk or no descriptor says nothing about the cache
             log.warning(
                 "client cache of %s/%s is unusable (%s); starting again from the trusted root",
                 self.repo.name, self.endpoint.name, exc,
@@ -438,10 +466,15 @@ class _Run:
                 Path(name).unlink(missing_ok=True)
 
     def _classified(self, exc: BaseException) -> tuple[Reason, FailedRole | None, str]:
+        """python-tuf's reason and the role for a failure; a fault of this host is raised
+        again, to end the probe as ``exporter_error`` (see :meth:`Prober.probe`)."""
+        reason = reason_of(exc)
+        if reason is Reason.EXPORTER_ERROR:
+            raise exc
         role = role_from_message(exc, role_of(self.fetcher.last_started))
         if role is None:
             role = FailedRole.ROOT
-        return reason_of(exc), role, describe(exc)
+        return reason, role, describe(exc)
 
     # -- reuse of the last verdict --------------------------------------------------------------
 
@@ -534,7 +567,9 @@ class _Run:
                     continue
                 try:
                     files[name] = path.read_bytes()
-                except OSError:
+                except OSError as exc:
+                    if host_fault(exc) is not None:
+                        raise  # facts we cannot read for our own fault: no verdict shown
                     continue
         return self.prober._inspector.inspect(files)  # noqa: SLF001 - same module family
 
@@ -663,10 +698,14 @@ def _cache_files(
                     continue
                 try:
                     identity = file_identity(entry.stat())
-                except OSError:
+                except OSError as exc:
+                    if host_fault(exc) is not None:
+                        raise
                     continue
                 found.append((name, CachedFile(entry.path, identity)))
-    except OSError:
+    except OSError as exc:
+        if host_fault(exc) is not None:
+            raise  # no descriptor for the directory: facts missing for our own fault
         return []
     return found
 

@@ -26,6 +26,27 @@ class Reason(StrEnum):
     INVALID_METADATA = "invalid_metadata"
     TARGET_NOT_FOUND = "target_not_found"
     OTHER = "other"
+    #: A fault of this host, not of the repository (disk full, no descriptors left, out of
+    #: memory, a bug of ours): the probe reached no verdict. See :class:`ErrorCause`.
+    EXPORTER_ERROR = "exporter_error"
+
+
+class ErrorCause(StrEnum):
+    """Which fault of this host stopped the exporter's own work. A fixed set: it becomes the
+    ``cause`` label of ``tuf_exporter_errors_total``. Decided by :mod:`exporter.classify`."""
+
+    #: Writing below ``state_dir`` failed: ENOSPC, EDQUOT, EROFS, EFBIG (``RLIMIT_FSIZE``), EIO.
+    DISK = "disk"
+    #: No file descriptor left: EMFILE, ENFILE ("Too many open files").
+    DESCRIPTORS = "descriptors"
+    #: Out of memory: MemoryError, ENOMEM, ENOBUFS.
+    MEMORY = "memory"
+    #: The history store failed to record a probe.
+    HISTORY = "history"
+    #: The event spool failed to take a probe's events.
+    SPOOL = "spool"
+    #: Anything else raised by the exporter's own code (a bug of ours).
+    INTERNAL = "internal"
 
 
 class FailedRole(StrEnum):
@@ -174,6 +195,8 @@ class ProbeResult:
     reused_verdict: bool = False
     #: Newest ``Date`` header the endpoint sent, for clock-skew checks.
     server_date: datetime | None = None
+    #: For ``reason == EXPORTER_ERROR`` only: which fault of this host stopped the probe.
+    cause: ErrorCause | None = None
 
     @property
     def finished_at(self) -> float:
@@ -192,6 +215,7 @@ class ProbeResult:
             "success": self.success,
             "reason": None if self.reason is None else str(self.reason),
             "role": None if self.role is None else str(self.role),
+            "cause": None if self.cause is None else str(self.cause),
             "message": self.message,
             "started_at": rfc3339(self.started_at),
             "duration_seconds": round(self.duration_seconds, 6),

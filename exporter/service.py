@@ -21,12 +21,13 @@ from prometheus_client import CollectorRegistry
 
 from exporter import sharding
 from exporter.cadence import CadenceTracker, online_roles
+from exporter.classify import exporter_error_result
 from exporter.collector import ExporterCollector, ProbeStore
 from exporter.config import Config, ConfigError, Endpoint, Repository, Signer, load_config
 from exporter.events import Event, EventKind
 from exporter.history import Finding, FindingKind, HistoryStore
 from exporter.prober import Prober, TrustedRootError, load_trusted_root
-from exporter.results import FailedRole, ProbeResult, Reason
+from exporter.results import ErrorCause, ProbeResult, Reason
 from exporter.scheduler import Scheduler
 from exporter.shipper import Shipper
 from exporter.signers import CachedKeySource, SignerMonitor
@@ -72,6 +73,7 @@ def verification_event(result: ProbeResult) -> Event:
         durations={"probe": result.duration_seconds,
                    **{f"phase.{p.phase}": p.seconds for p in result.phases}},
         details={"success": result.success, "reused_verdict": result.reused_verdict,
+                 **({} if result.cause is None else {"cause": str(result.cause)}),
                  "delegations": result.delegations.count,
                  "delegations_failing": result.delegations.failing},
     )
@@ -208,32 +210,45 @@ class Service:
         return self._reload_ok, self._reload_time
 
     def _probe(self, repo: Repository, endpoint: Endpoint) -> ProbeResult:
+        """Probe one endpoint and record the result: store, history, cadence, events.
+
+        A fault of this host is the exporter's, never the repository's: a probe it stopped is
+        ``exporter_error`` (kept out of the verdict by the store, not shown to the history),
+        and a failure to record a verdict in the history or the spool is counted in
+        ``tuf_exporter_errors_total{cause="history"|"spool"}`` while the verdict stands.
+        """
         self.store.started()
         root = self._loaded.trusted_roots.get(repo.name)
+        started_at, t0 = datetime.now(UTC), time.monotonic()
         try:
             result = self.prober.probe(repo, endpoint, root)
-        except Exception as exc:  # a probe crash is a failed probe, not a crash
+        except Exception as exc:  # Prober.probe never raises: a bug of ours if it does
             log.exception("probe of %s/%s raised", repo.name, endpoint.name)
-            result = ProbeResult(repo.name, endpoint.name, False, datetime.now(UTC), 0.0,
-                                 Reason.OTHER, FailedRole.ROOT, f"{type(exc).__name__}: {exc}")
+            result = exporter_error_result(repo.name, endpoint.name, started_at,
+                                           time.monotonic() - t0, exc)
         self.store.record(result)
-        try:
-            findings = self.history.observe(result, repo.policy)
-        except Exception:
-            log.exception("recording the probe of %s/%s in the history failed",
-                          repo.name, endpoint.name)
-            findings = []
-        if endpoint.name == repo.primary.name:
-            self._update_cadence(repo)
+        findings: list[Finding] = []
+        if result.reason is not Reason.EXPORTER_ERROR:  # no verdict: nothing to remember
+            try:
+                findings = self.history.observe(result, repo.policy)
+                if endpoint.name == repo.primary.name:
+                    self._update_cadence(repo)
+            except Exception:
+                log.exception("recording the probe of %s/%s in the history failed",
+                              repo.name, endpoint.name)
+                self.store.exporter_error(ErrorCause.HISTORY)
         for finding in findings:
             level = logging.WARNING if str(finding.severity) != "info" else logging.INFO
             log.log(level, "finding: %s", finding.message, extra={"finding": finding.to_json()})
         # the verdict and its findings are spooled together: one durable commit, all or none
-        self.spool.emit_many([verification_event(result), *map(finding_event, findings)])
+        if not self.spool.emit_many([verification_event(result),
+                                     *map(finding_event, findings)]):
+            self.store.exporter_error(ErrorCause.SPOOL)
         level = logging.INFO if result.success else logging.WARNING
         log.log(level, "probe %s", "succeeded" if result.success else "failed", extra={
             "repository": repo.name, "endpoint": endpoint.name,
             "reason": None if result.reason is None else str(result.reason),
+            "cause": None if result.cause is None else str(result.cause),
             "role": None if result.role is None else str(result.role),
             "detail": result.message, "duration_seconds": round(result.duration_seconds, 4),
             "reused_verdict": result.reused_verdict,

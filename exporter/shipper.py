@@ -133,7 +133,15 @@ def timevalue(seconds: float) -> str:
 
 
 def index_template(prefix: str) -> dict[str, Any]:
-    """The index template installed at start: explicit mappings for every event field."""
+    """The index template installed at start: explicit mappings for every event field.
+
+    ``versions.*`` holds any version python-tuf accepts (any positive integer, past 2**64
+    too), so it is a ``keyword`` (the exact decimal digits; terms and exact matches) with a
+    ``versions.<name>.number`` ``unsigned_long`` sub-field for ranges and sorting up to
+    2**64 - 1 (``ignore_malformed``: a larger version keeps its document and its keyword,
+    it only has no number). A ``long`` would reject every event carrying a version past
+    2**63 - 1. ``unsigned_long`` needs OpenSearch 2.8 or later.
+    """
     keyword = {"type": "keyword"}
     date = {"type": "date", "format": "strict_date_optional_time||epoch_millis"}
     return {
@@ -147,8 +155,12 @@ def index_template(prefix: str) -> dict[str, Any]:
                     {
                         "versions": {
                             "path_match": "versions.*",
-                            "match_mapping_type": "long",
-                            "mapping": {"type": "long"},
+                            "match_mapping_type": "*",
+                            "mapping": {
+                                "type": "keyword",
+                                "fields": {"number": {"type": "unsigned_long",
+                                                      "ignore_malformed": True}},
+                            },
                         }
                     },
                     {

@@ -407,9 +407,9 @@ class Spool:
                 self._dropped["spool_error"] += 1
             log.error("could not spool %s event %s: %s", event.kind, event.event_id, exc)
 
-    def emit_many(self, events: Iterable[Event]) -> None:
+    def emit_many(self, events: Iterable[Event]) -> bool:
         """Spool ``events`` durably and atomically, in one transaction (all or none); never
-        raises (a failure is logged and counted for every event)."""
+        raises (a failure is logged and counted for every event). False when it failed."""
         batch = list(events)
         try:
             self.put_many(batch)
@@ -417,6 +417,8 @@ class Spool:
             with self._stats_lock:
                 self._dropped["spool_error"] += len(batch)
             log.error("could not spool %d event(s): %s", len(batch), exc)
+            return False
+        return True
 
     def put(self, event: Event) -> bool:
         """Spool ``event``; True when it was new, False for a duplicate. Raises on failure."""

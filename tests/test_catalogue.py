@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from exporter.catalogue import (
+    EXPORTER_ERROR_CAUSES,
     FAILURE_ROLES,
     METRICS,
     PHASES,
@@ -13,7 +14,7 @@ from exporter.catalogue import (
     MetricType,
     markdown_reference,
 )
-from exporter.results import FailedRole, Reason
+from exporter.results import ErrorCause, FailedRole, Reason
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 _BASE_UNITS = ("_seconds", "_bytes", "_total", "_timestamp_seconds")
@@ -36,6 +37,7 @@ def test_names_follow_the_prometheus_rules() -> None:
 
 def test_fixed_label_values_match_the_prober() -> None:
     assert set(REASONS) == {str(r) for r in Reason}
+    assert set(EXPORTER_ERROR_CAUSES) == {str(c) for c in ErrorCause}
     assert set(FAILURE_ROLES) == {str(r) for r in FailedRole}
     assert PHASES == ("root", "timestamp", "snapshot", "targets", "delegations", "download")
 

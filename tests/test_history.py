@@ -962,3 +962,62 @@ def test_last_seen_is_batched_but_never_lost(tmp_path: Path) -> None:
     with HistoryStore.open(path) as again:
         assert again.observe(online("m1", 2), POLICY, at(210)) == []
         assert again.last_change(REPO, "m1", "timestamp") == at(120)
+
+
+# ---------------------------------------------------------------------------------------------
+# Versions past 2**63 - 1 (python-tuf accepts any positive integer)
+
+
+def test_a_signed_version_past_int64_is_stored_compared_and_jumps(sim: Sim, tmp_path: Path
+                                                                 ) -> None:
+    prober = Prober(sim.state_dir)
+    config = sim.config()
+    policy = Policy(max_version_jump=10)
+    path = tmp_path / "h.sqlite"
+    with HistoryStore.open(path) as store:
+        first = prober.probe(config, config.primary)
+        assert store.observe(first, policy, at(0)) == []
+        sim.server.inject("version-jump", by=2**63)
+        jumped = prober.probe(config, config.primary)
+        assert jumped.success, jumped.message  # python-tuf accepts it
+        big = jumped.roles["timestamp"].version
+        assert big == first.roles["timestamp"].version + 2**63 > history_store.INT64_MAX
+        found = store.observe(jumped, policy, at(300))
+        jumps = [f for f in found if f.kind is FindingKind.VERSION_JUMP]
+        assert [(f.role, f.versions) for f in jumps] == [
+            ("timestamp", {"previous": first.roles["timestamp"].version, "current": big})]
+        assert samples(store, at(301))[
+            ("tuf_anomalies_total", ("sim", "primary", "version_jump"))] == 1
+        # the same version again is no news; a lower one is a rollback, whatever the forms
+        assert store.observe(jumped, policy, at(600)) == []
+        assert kinds(store.observe(online_at("sim", "primary", big - 1), policy, at(900))) == [
+            "rollback"]
+    with HistoryStore.open(path) as again:  # and it survives a restart, as itself
+        assert again.last_change("sim", "primary", "timestamp") == at(900)
+        assert kinds(again.observe(online_at("sim", "primary", big + 1), policy, at(1200))) == [
+            "new_version"]
+        # other content under the big version the simulator signed: found by its version
+        assert kinds(again.observe(online_at("sim", "primary", big), policy, at(1500))) == [
+            "equivocation", "rollback"]
+
+
+def online_at(repo: str, endpoint: str, version: int) -> ProbeResult:
+    """A probe of ``repo`` seeing timestamp ``version`` (nothing else)."""
+    return result(endpoint, [facts("timestamp", version)], repo=repo)
+
+
+@pytest.mark.parametrize("version", [1, 2**63 - 1, 2**63, 2**64 + 7, 10**40, 10**4000],
+                         ids=["1", "2^63-1", "2^63", "2^64+7", "10^40", "10^4000"])
+def test_stored_versions_keep_their_value_and_order(version: int) -> None:
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (v INTEGER NOT NULL)")
+    neighbours = [version - 1, version, version + 1, 2**63 - 1, 2**63, 5]
+    conn.executemany("INSERT INTO t VALUES (?)",
+                     [(history_store.version_key(v),) for v in neighbours if v > 0])
+    stored = [history_store.version_of(r[0]) for r in conn.execute("SELECT v FROM t ORDER BY v")]
+    assert stored == sorted(v for v in neighbours if v > 0)
+    top = conn.execute("SELECT MAX(v) FROM t").fetchone()[0]
+    assert history_store.version_of(top) == max(neighbours)
+    above = conn.execute("SELECT COUNT(*) FROM t WHERE v > ?",
+                         (history_store.version_key(version),)).fetchone()[0]
+    assert above == sum(1 for v in neighbours if v > version)

@@ -107,6 +107,25 @@ def test_ships_to_daily_indices_with_create_by_id(
     assert shipper.stats()["shipped"] == 25
 
 
+def test_versions_past_int64_ship_exactly_and_map_to_keyword_and_number(
+    fake: FakeOpenSearch, spool: Spool, make_shipper: ShipperFactory
+) -> None:
+    big = {"previous": 2**63 - 1, "current": 2**63 + 5, "far": 10**30}
+    jump = Event(kind=EventKind.ANOMALY, time=T0, repository="repo", endpoint="primary",
+                 role="timestamp", versions=big, reason="version_jump")
+    make_shipper()
+    spool.emit(jump)
+    expect_exactly_once(fake, [jump])
+    assert fake.documents[("tuf-events-2024.05.01", jump.event_id)]["versions"] == big
+    # a long would refuse 2**63 + 5: exact digits in a keyword, a number for ranges
+    (versions,) = [t["versions"] for t in index_template("tuf-events")["template"]["mappings"]
+                   ["dynamic_templates"] if "versions" in t]
+    assert versions["mapping"]["type"] == "keyword"
+    assert versions["mapping"]["fields"]["number"] == {"type": "unsigned_long",
+                                                       "ignore_malformed": True}
+    assert versions["match_mapping_type"] == "*"
+
+
 def test_server_down_for_a_while_then_back(
     fake: FakeOpenSearch, spool: Spool, make_shipper: ShipperFactory
 ) -> None:
