@@ -258,6 +258,7 @@ class Service:
             self.store.expect(keys)
             self.prober.forget(keys)
             self.signers.configure(config.signers)
+            self.keys.retain({s.repository for s in config.signers})
             self.cadence.retain({r.name for r in config.repositories})
             self.history.configure(configured_endpoints(config))
         self.scheduler.apply(config, self._first_run_within)

@@ -146,6 +146,14 @@ class CachedKeySource:
                 self._last[(repository, role)] = keys
         return keys
 
+    def retain(self, repositories: Iterable[str]) -> None:
+        """Forget the last values read for repositories other than ``repositories`` (the
+        ones configured signers sign for), so removed repositories leave nothing behind."""
+        keep = set(repositories)
+        with self._lock:
+            for key in [k for k in self._last if k[0] not in keep]:
+                del self._last[key]
+
     @staticmethod
     def _read(directory: Path, role: str) -> AuthorizedKeys | None:
         if role in _TOP_LEVEL:
