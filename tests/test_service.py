@@ -407,3 +407,30 @@ def test_a_history_corrupted_while_running_loses_no_verification_event(
         assert svc.history.recoveries == 1
     finally:
         svc.stop()
+
+
+def test_churn_of_renamed_repositories_grows_neither_the_scrape_nor_the_state(
+    sim: Sim, tmp_path: Path
+) -> None:
+    config = _write_config(sim, tmp_path / "config.yml", interval="1h")
+    svc = Service(config, first_run_within=3600)  # probes run by hand below, not scheduled
+    document = yaml.safe_load(config.read_text())
+    sizes = []
+    try:
+        for i in range(100):
+            document["repositories"][0]["name"] = f"repo-{i}"
+            config.write_text(yaml.safe_dump(document))
+            assert svc.reload()[0]
+            repo = svc.config.repositories[0]
+            for endpoint in repo.endpoints:
+                assert svc._probe(repo, endpoint).success
+            sizes.append(len(generate_latest(svc.registry)))
+    finally:
+        svc.stop()
+    assert max(sizes[10:]) <= sizes[10] + 1000  # label values grow from 'repo-10' on
+    # a restart loads the configured repository only, not the 99 others stored
+    restarted = Service(config, first_run_within=3600)
+    try:
+        assert list(restarted.history._states) == ["repo-99"]
+    finally:
+        restarted.stop()
