@@ -1150,25 +1150,37 @@ class HistoryStore:
         comes back as it was (series, counters, rollback baseline); after that, retention
         deletes it (:func:`~exporter.history_store.expire_unconfigured`). Called when the
         store opens (``for_config``) and on every reload; only repositories that are new or
-        whose endpoints changed are read from the database.
+        whose endpoints changed are read from the database. Corruption found here is
+        recovered from (see :meth:`_recover`) without raising: the configuration applies to
+        the fresh history.
         """
         wanted = {repo: frozenset(endpoints) for repo, endpoints in repositories.items()}
-        with self._write_lock, self._recovering():
-            old = self._states
-            changed = {r for r, s in old.items() if r not in wanted or wanted[r] != s.endpoints}
-            load = [r for r, eps in wanted.items() if r not in old or old[r].endpoints != eps]
-            states = {repo: s for repo, s in old.items() if repo not in changed}
-            if changed or load:
-                with self._db.transaction() as conn:
-                    # what leaves memory (or is read again) gets its last sighting first
-                    self._flush(conn, (old[repo] for repo in changed))
-                    for repo in load:
-                        states[repo] = _load_state(conn, repo, wanted[repo])
-                        if repo in old:
-                            states[repo].keep_caches(old[repo])
-            with self._view_lock:
-                self._states = states
-                self._configured = wanted
+        with self._write_lock:
+            try:
+                with self._recovering():
+                    self._configure(wanted)
+            except HistoryRecoveredError as exc:
+                log.error("%s", exc)
+                with self._view_lock:
+                    self._states = {repo: _RepoState(endpoints=eps) for repo, eps in wanted.items()}
+            self._configured = wanted
+
+    def _configure(self, wanted: dict[str, frozenset[str]]) -> None:
+        """:meth:`configure`, with ``_write_lock`` held."""
+        old = self._states
+        changed = {r for r, s in old.items() if r not in wanted or wanted[r] != s.endpoints}
+        load = [r for r, eps in wanted.items() if r not in old or old[r].endpoints != eps]
+        states = {repo: s for repo, s in old.items() if repo not in changed}
+        if changed or load:
+            with self._db.transaction() as conn:
+                # what leaves memory (or is read again) gets its last sighting first
+                self._flush(conn, (old[repo] for repo in changed))
+                for repo in load:
+                    states[repo] = _load_state(conn, repo, wanted[repo])
+                    if repo in old:
+                        states[repo].keep_caches(old[repo])
+        with self._view_lock:
+            self._states = states
 
     def close(self) -> None:
         """Write the batched last-seen times, checkpoint and close the database."""
@@ -1240,7 +1252,10 @@ class HistoryStore:
         for finding in findings:  # the caller logs and ships them; keep a trace here
             log.debug("finding %s", finding.to_json())
         if at.timestamp() - self._last_prune >= PRUNE_EVERY:
-            self.prune(at)
+            try:
+                self.prune(at)
+            except Exception:  # the observation is committed: its findings must still ship
+                log.exception("history retention failed; the next observation tries again")
         return findings
 
     def _apply(self, repo: str, state: _RepoState, obs: _Observation) -> None:

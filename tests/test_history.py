@@ -889,6 +889,35 @@ def test_freeze_age_carried_over_a_restart_counts_the_downtime(tmp_path: Path) -
         assert kinds(store.observe(online("primary", 1), policy, at(500), 108.0)) == ["freeze"]
 
 
+def corrupt(*args: object) -> None:
+    raise sqlite3.DatabaseError("database disk image is malformed")
+
+
+def test_retention_failing_after_an_observation_loses_none_of_its_findings(
+    store: HistoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.observe(online("primary", 5), POLICY, at(0))  # retention ran at 0
+    monkeypatch.setattr(history_store, "prune", corrupt)
+    found = store.observe(online("primary", 3), POLICY, at(3601))  # retention is due
+    assert kinds(found) == ["rollback"] * 2
+    assert store.recoveries == 1
+
+
+def test_corruption_found_by_a_reload_is_recovered_and_the_reload_applies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with HistoryStore.open(tmp_path / "h.sqlite", repositories={REPO: {"primary"}}) as store:
+        store.observe(online("primary", 5), POLICY, at(0))
+        monkeypatch.setattr(history_store, "repo_current", corrupt)
+        store.configure({"other": {"primary"}})  # does not raise
+        monkeypatch.undo()
+        assert store.recoveries == 1
+        assert store.observe(online("primary", 1), POLICY, at(10)) == []  # REPO: removed
+        assert store.observe(online_in("other", "primary", 1), POLICY, at(10)) == []
+        assert series_of(store, at(10), "other")
+        assert series_of(store, at(10), REPO) == []
+
+
 def test_corruption_while_running_moves_the_file_aside_and_starts_afresh(
     tmp_path: Path,
 ) -> None:
