@@ -1278,8 +1278,8 @@ class HistoryStore:
                     k: v for k, v in state.moments.items() if k[0] not in obs.moment_roles
                 }
             state.moments.update(obs.moments)
+            state.anchors.update(obs.anchors)
             self._states.setdefault(repo, state)
-        state.anchors.update(obs.anchors)
         for seen, (sha, first) in obs.seen.items():  # caches read by observations only
             known = state.known.get(seen)
             if known is not None:
@@ -1386,6 +1386,22 @@ class HistoryStore:
             state = self._states.get(repository)
             row = None if state is None else state.current.get((endpoint, role))
         return None if row is None else db.from_ts(row.since)
+
+    def age(self, repository: str, endpoint: str, role: str) -> float | None:
+        """Seconds the endpoint has served its current version of ``role``, on the store's
+        monotonic clock (see :class:`_Anchor`: a wall-clock step during the run changes
+        nothing); None when unseen in this run. Meaningful when the observations used that
+        clock too (``observe`` without ``now``, as the service calls it)."""
+        with self._view_lock:
+            state = self._states.get(repository)
+            row = None if state is None else state.current.get((endpoint, role))
+            anchor = None if state is None else state.anchors.get((endpoint, role))
+        if row is None or anchor is None or (anchor.version, anchor.since) != (
+            row.version,
+            row.since,
+        ):
+            return None
+        return anchor.age + max(0.0, self._monotonic() - anchor.monotonic)
 
     def observed_cadence(self, repository: str, role: str) -> float | None:
         """Learned re-signing period of ``role`` in seconds, or None while still learning.

@@ -327,4 +327,5 @@ class Service:
             self.cadence.update(
                 repo.name, role, self.history.last_change(repo.name, "primary", role),
                 repo.policy, self.history.observed_cadence(repo.name, role), now,
+                self.history.age(repo.name, "primary", role),
             )

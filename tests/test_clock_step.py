@@ -90,7 +90,7 @@ def stepped_exporter(sim: Sim, tmp_path: Path) -> Iterator[tuple[int, Path]]:
             proc.wait()
 
 
-def test_a_wall_clock_step_forward_raises_no_freeze(
+def test_a_wall_clock_step_forward_raises_no_freeze_and_no_late_role(
     stepped_exporter: tuple[int, Path], sim: Sim
 ) -> None:
     port, offset = stepped_exporter
@@ -105,6 +105,7 @@ def test_a_wall_clock_step_forward_raises_no_freeze(
 
     poll(lambda: probes() >= 2, timeout=30)
     assert _value(_samples(port), "tuf_rollbacks_detected_total", **rollbacks) == 0
+    assert _value(_samples(port), "tuf_signer_cadence_ok", repository="sim", role="timestamp") == 1
     # Two hours forward, far past the configured 10 minute cadence of the unchanged timestamp.
     offset.write_text("+2h\n")
     poll(lambda: (_value(_samples(port), "tuf_exporter_last_probe_timestamp_seconds",
@@ -114,4 +115,5 @@ def test_a_wall_clock_step_forward_raises_no_freeze(
     poll(lambda: probes() >= seen + 3, timeout=30)
     samples = _samples(port)
     assert _value(samples, "tuf_rollbacks_detected_total", **rollbacks) == 0, "a false freeze"
+    assert _value(samples, "tuf_signer_cadence_ok", repository="sim", role="timestamp") == 1
     assert _value(samples, "tuf_probe_success", endpoint="primary") == 1

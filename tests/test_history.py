@@ -878,6 +878,19 @@ def test_a_wall_clock_step_raises_no_freeze(tmp_path: Path) -> None:
         assert store.observe(online("primary", 2), policy, at(3 * 86400), steady[0]) == []
 
 
+def test_age_of_the_current_version_is_on_the_steady_clock(tmp_path: Path) -> None:
+    steady = [10.0]
+    with HistoryStore.open(tmp_path / "h.sqlite", monotonic=lambda: steady[0]) as store:
+        assert store.age(REPO, "primary", "timestamp") is None
+        store.observe(online("primary", 1), POLICY, at(0), steady[0])
+        steady[0] += 40
+        store.observe(online("primary", 1), POLICY, at(86400), steady[0])  # a wall-clock step
+        steady[0] += 5
+        assert store.age(REPO, "primary", "timestamp") == 45
+        store.observe(online("primary", 2), POLICY, at(86400), steady[0])
+        assert store.age(REPO, "primary", "timestamp") == 0
+
+
 def test_freeze_age_carried_over_a_restart_counts_the_downtime(tmp_path: Path) -> None:
     policy = Policy(cadence={"timestamp": 600.0})
     path = tmp_path / "h.sqlite"
