@@ -10,10 +10,14 @@ whether the role was re-signed within its expected period:
 * The **expected period** is ``Policy.cadence[role]`` when configured, otherwise the cadence
   learned from the observed intervals between version changes (the history store's
   ``observed_cadence``, a median), and unknown while that is still being learned.
-* ``cadence_ok`` is 1 when ``now - last_change <= allowance`` and 0 otherwise, where the
+* ``cadence_ok`` is 1 when the age of the current version (``now - last_change``) is at most
+  the allowance and 0 otherwise, where the
   allowance is ``period * 1.0 + 60 s`` for a **configured** period (the owners' promise, plus
   a small grace for publication and probe delays) and ``period * 1.5`` for a **learned**
   period (observed cadences jitter). With no known period the metric is absent.
+* Within one run the age is measured on the monotonic clock (the history store's ``age``, then
+  grown by the monotonic clock between probes), so a step of the wall clock neither makes a
+  role late nor hides a late one.
 
 Everything here is pure and deterministic (``now`` is always passed in) except
 :class:`CadenceTracker`, which keeps the latest inputs so a scrape can re-evaluate them
@@ -23,7 +27,8 @@ against the current time: the metric turns to 0 between probes, as soon as the r
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -64,6 +69,10 @@ class ExpectedPeriod:
             return self.seconds * CONFIGURED_TOLERANCE + CONFIGURED_GRACE_SECONDS
         return self.seconds * LEARNED_TOLERANCE
 
+    def on_time(self, age_seconds: float) -> bool:
+        """True when a version ``age_seconds`` old is still on cadence."""
+        return age_seconds <= self.allowance_seconds
+
 
 @dataclass(frozen=True)
 class CadenceStatus:
@@ -103,7 +112,7 @@ def expected_period(role: str, policy: Policy, learned: float | None) -> Expecte
 
 def is_on_cadence(last_change: datetime, period: ExpectedPeriod, now: datetime) -> bool:
     """True when ``now - last_change`` is within ``period.allowance_seconds``."""
-    return (now - last_change).total_seconds() <= period.allowance_seconds
+    return period.on_time((now - last_change).total_seconds())
 
 
 def evaluate(
@@ -112,12 +121,19 @@ def evaluate(
     last_change: datetime | None,
     period: ExpectedPeriod | None,
     now: datetime,
+    age_seconds: float | None = None,
 ) -> CadenceStatus:
-    """The cadence verdict of one role at ``now``."""
-    age = None if last_change is None else (now - last_change).total_seconds()
+    """The cadence verdict of one role at ``now``.
+
+    ``age_seconds``: the age of the current version measured on the monotonic clock, when
+    known; otherwise it is ``now - last_change`` (wall clock).
+    """
+    age = None
+    if last_change is not None:
+        age = (now - last_change).total_seconds() if age_seconds is None else age_seconds
     ok = None
-    if last_change is not None and period is not None:
-        ok = is_on_cadence(last_change, period, now)
+    if age is not None and period is not None:
+        ok = period.on_time(age)
     return CadenceStatus(repository, role, last_change, period, age, ok)
 
 
@@ -128,10 +144,16 @@ class CadenceTracker:
     calls :meth:`metrics`, which re-evaluates everything against the current time.
     """
 
-    def __init__(self) -> None:
-        """Start empty: no metric until :meth:`update` is called."""
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        """Start empty: no metric until :meth:`update` is called. ``monotonic`` is the steady
+        clock (seconds) that ages given to :meth:`update` grow by."""
         self._lock = threading.Lock()
-        self._inputs: dict[tuple[str, str], tuple[datetime | None, ExpectedPeriod | None]] = {}
+        self._monotonic = monotonic
+        #: (repository, role) -> last change, period, (steady age, monotonic reading) or None
+        self._inputs: dict[
+            tuple[str, str],
+            tuple[datetime | None, ExpectedPeriod | None, tuple[float, float] | None],
+        ] = {}
 
     def update(
         self,
@@ -141,12 +163,19 @@ class CadenceTracker:
         policy: Policy,
         learned: float | None,
         now: datetime,
+        age_seconds: float | None = None,
     ) -> CadenceStatus:
-        """Record the latest facts of ``role`` and return its verdict at ``now``."""
+        """Record the latest facts of ``role`` and return its verdict at ``now``.
+
+        ``age_seconds``: how long the current version has been served, on the monotonic
+        clock (the history store's ``age``); scrapes then grow it by the monotonic clock.
+        None: ages are ``now - last_change`` by the wall clock.
+        """
         period = expected_period(role, policy, learned)
+        steady = None if age_seconds is None else (age_seconds, self._monotonic())
         with self._lock:
-            self._inputs[(repository, role)] = (last_change, period)
-        return evaluate(repository, role, last_change, period, now)
+            self._inputs[(repository, role)] = (last_change, period, steady)
+        return evaluate(repository, role, last_change, period, now, age_seconds)
 
     def forget(self, repository: str, roles: Iterable[str] | None = None) -> None:
         """Drop ``roles`` of ``repository`` (all of them when None), e.g. after a reload."""
@@ -167,7 +196,12 @@ class CadenceTracker:
         """The verdict of every tracked role at ``now``, sorted by repository and role."""
         with self._lock:
             inputs = sorted(self._inputs.items())
-        return [evaluate(repo, role, last, period, now) for (repo, role), (last, period) in inputs]
+        steady_now = self._monotonic()
+        return [
+            evaluate(repo, role, last, period, now,
+                     None if steady is None else steady[0] + max(0.0, steady_now - steady[1]))
+            for (repo, role), (last, period, steady) in inputs
+        ]
 
     def metrics(self, now: datetime | None = None) -> Iterator[Metric]:
         """``tuf_signer_cadence_ok`` of every role whose period and last change are known."""

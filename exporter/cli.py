@@ -252,8 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     _web_flags(serve, DEFAULT_LISTEN)
     serve.add_argument("--history.on-corrupt", dest="history_on_corrupt", default="raise",
                        choices=["raise", "rename"],
-                       help="a corrupt history file: refuse to start (raise) or move it aside "
-                            "and start a new history (rename)")
+                       help="a corrupt history file at start: refuse to start (raise) or move "
+                            "it aside and start a new history (rename); corruption found while "
+                            "running is always moved aside")
     serve.add_argument("--shard", type=_shard_flag, metavar="INDEX/COUNT",
                        help="probe only this shard's repositories (overrides the file's shard)")
     serve.set_defaults(func=cmd_serve)

@@ -73,6 +73,12 @@ class ProbeStore:
         with self._lock:
             self._in_flight += 1
 
+    def discard(self) -> None:
+        """A probe finished whose endpoint is no longer configured: it records nothing and
+        only leaves the in-flight count."""
+        with self._lock:
+            self._in_flight = max(0, self._in_flight - 1)
+
     def record(self, result: ProbeResult) -> None:
         """A probe finished: keep its result and count it.
 

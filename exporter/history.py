@@ -54,9 +54,10 @@ import logging
 import sqlite3
 import statistics
 import threading
+import time
 from collections import ChainMap, Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -74,6 +75,7 @@ from exporter.history_store import (
     CurrentRow,
     HistoryCorruptError,
     HistoryError,
+    HistoryRecoveredError,
     OnCorrupt,
     RootRow,
 )
@@ -85,6 +87,7 @@ __all__ = [
     "FindingKind",
     "HistoryCorruptError",
     "HistoryError",
+    "HistoryRecoveredError",
     "HistoryStore",
     "RootVersion",
     "Severity",
@@ -207,6 +210,11 @@ class RootVersion:
 # Small helpers
 
 
+def configured_endpoints(config: Config) -> dict[str, frozenset[str]]:
+    """Repository name -> names of its endpoints (primary and mirrors), as configured."""
+    return {r.name: frozenset(e.name for e in r.endpoints) for r in config.repositories}
+
+
 def _median_interval(times: list[float]) -> tuple[float, int] | None:
     """Median gap between consecutive ``times`` (sorted) and the number of gaps."""
     gaps = [b - a for a, b in itertools.pairwise(times) if b > a]
@@ -314,6 +322,22 @@ def _behind_since(
 # The in-memory state of one repository
 
 
+@dataclass(frozen=True)
+class _Anchor:
+    """Where this run first saw the version an endpoint serves for a role, on a steady clock.
+
+    The age of that version is ``age + (monotonic now - monotonic)``: a step of the wall
+    clock during the run changes nothing. Only ``age``, the wall-clock age at that first
+    sighting, comes from the wall clock (0 for a version new to the endpoint; for one first
+    seen before this run, the stored first-seen time is all that survives a restart).
+    """
+
+    version: int
+    since: float  #: the ``current`` row's ``since`` (first-seen time, wall clock)
+    monotonic: float  #: steady-clock reading at the first sighting in this run
+    age: float  #: wall-clock age of the version at that sighting, never negative
+
+
 #: (role, version) entries kept in each repository's cache of known content hashes.
 KNOWN_CACHE = 64
 
@@ -359,6 +383,10 @@ class _RepoState:
     known: OrderedDict[tuple[str, int], _Known] = field(default_factory=OrderedDict)
     #: cache: (endpoint, role) -> (version, sha256 served, learned cadence of the endpoint)
     cadences: dict[tuple[str, str], tuple[int, str, float | None]] = field(default_factory=dict)
+    #: the endpoints loaded (the configured ones); None: every endpoint stored
+    endpoints: frozenset[str] | None = None
+    #: (endpoint, role) -> :class:`_Anchor` of the version it serves now (ages within a run)
+    anchors: dict[tuple[str, str], _Anchor] = field(default_factory=dict)
 
     def put(self, row: CurrentRow, written: bool) -> None:
         """Take ``row`` as the endpoint's current row (``written``: its last_seen is stored)."""
@@ -395,6 +423,16 @@ class _RepoState:
             for role in keys:
                 self.counters.setdefault((_ROTATIONS, "", role), 0.0)
 
+    def keep_caches(self, old: _RepoState) -> None:
+        """Take over the caches and steady-clock anchors of ``old`` (the same repository
+        before a reload) for the endpoints loaded here."""
+        self.known = old.known
+        self.cadences = {k: v for k, v in old.cadences.items() if self._has(k[0])}
+        self.anchors = {k: v for k, v in old.anchors.items() if self._has(k[0])}
+
+    def _has(self, endpoint: str) -> bool:
+        return self.endpoints is None or endpoint in self.endpoints
+
     def moments_of(
         self, conn: sqlite3.Connection, repo: str, role: str
     ) -> dict[tuple[str, int], float]:
@@ -413,17 +451,33 @@ class _RepoState:
         return {k: v for role in LAG_ROLES for k, v in self.moments_of(conn, repo, role).items()}
 
 
-def _load_state(conn: sqlite3.Connection, repo: str) -> _RepoState:
-    """Read everything the detection and the metrics of the repository need."""
-    state = _RepoState(lags=db.repo_lags(conn, repo))
+def _load_state(
+    conn: sqlite3.Connection, repo: str, endpoints: frozenset[str] | None = None
+) -> _RepoState:
+    """Read everything the detection and the metrics of the repository need.
+
+    ``endpoints``: load only the state of these endpoints (the configured ones; None: all).
+    The highest version the repository ever served (``repo_max``) counts every stored
+    endpoint, as the equivocation and new-version checks read every stored hash.
+    """
+
+    def wanted(endpoint: str) -> bool:
+        return endpoints is None or endpoint in endpoints
+
+    lags = {mirror: since for mirror, since in db.repo_lags(conn, repo).items() if wanted(mirror)}
+    state = _RepoState(lags=lags, endpoints=endpoints)
     for row in db.repo_current(conn, repo):
-        state.put(row, written=True)
+        if wanted(row.endpoint):
+            state.put(row, written=True)
+        else:
+            state.repo_max[row.role] = max(state.repo_max.get(row.role, 0), row.max_version)
     roots = db.roots(conn, repo)
     state.root_versions = {root.version for root in roots}
     if roots:
         state.add_root(roots[-1])
     for c in db.repo_counters(conn, repo):
-        state.counters[(c.metric, c.endpoint, c.label)] = c.value
+        if c.metric == _ROTATIONS or wanted(c.endpoint):
+            state.counters[(c.metric, c.endpoint, c.label)] = c.value
     state.moments = state.all_moments(conn, repo)
     return state
 
@@ -449,6 +503,7 @@ class _Observation:
         result: ProbeResult,
         policy: Policy,
         at: datetime,
+        monotonic: float,
     ) -> None:
         self._begin = begin
         self._conn: sqlite3.Connection | None = None
@@ -457,6 +512,7 @@ class _Observation:
         self.policy = policy
         self.at = at
         self.t = at.timestamp()
+        self.monotonic = monotonic
         self.repo = result.repository
         self.endpoint = result.endpoint
         self.findings: list[Finding] = []
@@ -473,6 +529,8 @@ class _Observation:
         #: moments computed, and the lag roles whose moments they replace (primary moved)
         self.moments: dict[tuple[str, int], float] = {}
         self.moment_roles: set[str] = set()
+        #: (endpoint, role) -> anchor of a version this run sees for the first time
+        self.anchors: dict[tuple[str, str], _Anchor] = {}
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -585,8 +643,19 @@ class _Observation:
         if here is not None and role == "timestamp" and not self.policy.cadence.get(role):
             self._learned_here(role)  # now, in the open transaction: repeats then need no SQL
         self._expiry(facts, known, here)
+        age = self._age(self.rows[role][0])
         if prev is not None and prev.version == version:
-            self._freeze(facts, prev)
+            self._freeze(facts, prev, age)
+
+    def _age(self, row: CurrentRow) -> float:
+        """Seconds the endpoint has served ``row``'s version, by the steady clock (see
+        :class:`_Anchor`); anchors the version at its first sighting in this run."""
+        key = (row.endpoint, row.role)
+        anchor = self.state.anchors.get(key)
+        if anchor is None or (anchor.version, anchor.since) != (row.version, row.since):
+            anchor = _Anchor(row.version, row.since, self.monotonic, max(0.0, self.t - row.since))
+            self.anchors[key] = anchor
+        return anchor.age + max(0.0, self.monotonic - anchor.monotonic)
 
     def _record(
         self, facts: RoleFacts, prev: CurrentRow | None, same: bool, max_version: int
@@ -777,12 +846,13 @@ class _Observation:
             self.cadences[key] = (row.version, row.sha256, learned)
         return learned
 
-    def _freeze(self, facts: RoleFacts, prev: CurrentRow) -> None:
+    def _freeze(self, facts: RoleFacts, prev: CurrentRow, age: float) -> None:
+        """``age``: how long the endpoint has served the version, by :meth:`_age` (a step of
+        the wall clock during the run neither raises nor hides a freeze)."""
         expected = self._expected_period(facts.name)
         if expected is None:
             return
         period, source = expected
-        age = self.t - prev.since
         if age <= period or not self._once(f"freeze|{self.endpoint}|{facts.name}|{facts.version}"):
             return
         self._count(_ROLLBACKS, self.endpoint, facts.name)
@@ -977,17 +1047,31 @@ class HistoryStore:
     after its true last sighting, never more.
     """
 
-    def __init__(self, database: db.Database, retention: float) -> None:
+    def __init__(
+        self,
+        database: db.Database,
+        retention: float,
+        repositories: Mapping[str, Iterable[str]] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         """Use :meth:`open` or :meth:`for_config`."""
         self._db = database
         self.retention = retention
+        self._monotonic = monotonic
         self._states: dict[str, _RepoState] = {}
-        #: Serializes writers: observations, retention, forget, close (held until the
-        #: in-memory state reflects the commit).
+        #: repository -> endpoints configured (see :meth:`configure`); None: every one stored
+        self._configured: dict[str, frozenset[str]] | None = None
+        #: Serializes writers: observations, retention, configure, recovery, close (held
+        #: until the in-memory state reflects the commit).
         self._write_lock = threading.Lock()
         #: Guards what ``metrics()`` and ``last_change()`` read of the states.
         self._view_lock = threading.Lock()
         self._last_prune = float("-inf")
+        #: Corruptions found while running and recovered from (see :meth:`_recover`).
+        self.recoveries = 0
+        if repositories is not None:
+            self.configure(repositories)
+            return
         with database.transaction() as conn:
             for repo in db.repositories(conn):
                 self._states[repo] = _load_state(conn, repo)
@@ -999,7 +1083,13 @@ class HistoryStore:
 
     @classmethod
     def open(
-        cls, path: Path, *, on_corrupt: OnCorrupt = "raise", retention: float = 90 * 86400.0
+        cls,
+        path: Path,
+        *,
+        on_corrupt: OnCorrupt = "raise",
+        retention: float = 90 * 86400.0,
+        repositories: Mapping[str, Iterable[str]] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> HistoryStore:
         """Open the history database at ``path`` (normally ``<state_dir>/history.sqlite``).
 
@@ -1020,16 +1110,77 @@ class HistoryStore:
         becomes the new baseline: no false alarms, but a rollback relative to a version seen
         only before the recovery cannot be detected, and learned cadences are learned again.
 
+        Corruption found *while running* is always recovered from the same way (see
+        :meth:`_recover`), whatever ``on_corrupt`` says: ``on_corrupt`` decides whether a
+        damaged file found at start stops the exporter.
+
         ``retention`` (seconds) is how long rows no longer being observed are kept.
+        ``repositories`` maps the configured repositories to their endpoint names (see
+        :meth:`configure`); None (tools, tests) loads every repository stored and records
+        every observation. ``monotonic`` is the steady clock (seconds) that ages within one
+        run are measured with (the freeze check).
         """
-        return cls(db.Database.open(path, on_corrupt), retention)
+        return cls(db.Database.open(path, on_corrupt), retention, repositories, monotonic)
 
     @classmethod
-    def for_config(cls, config: Config, *, on_corrupt: OnCorrupt = "raise") -> HistoryStore:
-        """Open ``<config.state_dir>/history.sqlite`` with ``config.history_retention``."""
+    def for_config(
+        cls,
+        config: Config,
+        *,
+        on_corrupt: OnCorrupt = "raise",
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> HistoryStore:
+        """Open ``<config.state_dir>/history.sqlite`` with ``config.history_retention``,
+        loading only the repositories and endpoints of ``config``."""
         return cls.open(
-            config.state_dir / FILENAME, on_corrupt=on_corrupt, retention=config.history_retention
+            config.state_dir / FILENAME,
+            on_corrupt=on_corrupt,
+            retention=config.history_retention,
+            repositories=configured_endpoints(config),
+            monotonic=monotonic,
         )
+
+    def configure(self, repositories: Mapping[str, Iterable[str]]) -> None:
+        """Keep in memory, export and record only the configured repositories and endpoints.
+
+        ``repositories`` maps each configured repository to its endpoint names. A repository
+        or endpoint left out loses its series at once, and :meth:`observe` records nothing
+        of it any more (a probe that finishes after its removal), but its history stays on
+        disk: configured again within ``retention`` seconds of its last observation, it
+        comes back as it was (series, counters, rollback baseline); after that, retention
+        deletes it (:func:`~exporter.history_store.expire_unconfigured`). Called when the
+        store opens (``for_config``) and on every reload; only repositories that are new or
+        whose endpoints changed are read from the database. Corruption found here is
+        recovered from (see :meth:`_recover`) without raising: the configuration applies to
+        the fresh history.
+        """
+        wanted = {repo: frozenset(endpoints) for repo, endpoints in repositories.items()}
+        with self._write_lock:
+            try:
+                with self._recovering():
+                    self._configure(wanted)
+            except HistoryRecoveredError as exc:
+                log.error("%s", exc)
+                with self._view_lock:
+                    self._states = {repo: _RepoState(endpoints=eps) for repo, eps in wanted.items()}
+            self._configured = wanted
+
+    def _configure(self, wanted: dict[str, frozenset[str]]) -> None:
+        """:meth:`configure`, with ``_write_lock`` held."""
+        old = self._states
+        changed = {r for r, s in old.items() if r not in wanted or wanted[r] != s.endpoints}
+        load = [r for r, eps in wanted.items() if r not in old or old[r].endpoints != eps]
+        states = {repo: s for repo, s in old.items() if repo not in changed}
+        if changed or load:
+            with self._db.transaction() as conn:
+                # what leaves memory (or is read again) gets its last sighting first
+                self._flush(conn, (old[repo] for repo in changed))
+                for repo in load:
+                    states[repo] = _load_state(conn, repo, wanted[repo])
+                    if repo in old:
+                        states[repo].keep_caches(old[repo])
+        with self._view_lock:
+            self._states = states
 
     def close(self) -> None:
         """Write the batched last-seen times, checkpoint and close the database."""
@@ -1055,22 +1206,38 @@ class HistoryStore:
     # --- writing ---------------------------------------------------------------------------
 
     def observe(
-        self, result: ProbeResult, policy: Policy, now: datetime | None = None
+        self,
+        result: ProbeResult,
+        policy: Policy,
+        now: datetime | None = None,
+        monotonic: float | None = None,
     ) -> list[Finding]:
         """Record what the probe saw (failed probes too) and return the findings, in order.
 
         One transaction: either all of the observation is stored, or none of it. ``now`` is
-        the observation time (default: the current time).
+        the observation time (default: the current time). ``monotonic`` is the steady-clock
+        reading of the observation (default: the store's ``monotonic()`` when ``now`` is
+        None, else ``now`` itself: a caller that supplies times is taken to be the clock).
+
+        A repository or endpoint not configured (see :meth:`configure`) is not recorded:
+        the result is []. Corruption found while running is recovered from, then raised as
+        :class:`HistoryRecoveredError` (the observation is not recorded).
         """
         at = datetime.now(UTC) if now is None else now.astimezone(UTC)
-        with self._write_lock:
+        if monotonic is None:
+            monotonic = self._monotonic() if now is None else at.timestamp()
+        with self._write_lock, self._recovering():
+            if self._configured is not None and result.endpoint not in self._configured.get(
+                result.repository, ()
+            ):
+                return []  # removed from the configuration while it was probed
             state = self._states.get(result.repository) or _RepoState()
             with ExitStack() as stack:
 
                 def begin() -> sqlite3.Connection:
                     return stack.enter_context(self._db.transaction())
 
-                observation = _Observation(begin, state, result, policy, at)
+                observation = _Observation(begin, state, result, policy, at, monotonic)
                 findings = observation.run()
                 for finding in findings:
                     db.insert_finding(
@@ -1085,7 +1252,10 @@ class HistoryStore:
         for finding in findings:  # the caller logs and ships them; keep a trace here
             log.debug("finding %s", finding.to_json())
         if at.timestamp() - self._last_prune >= PRUNE_EVERY:
-            self.prune(at)
+            try:
+                self.prune(at)
+            except Exception:  # the observation is committed: its findings must still ship
+                log.exception("history retention failed; the next observation tries again")
         return findings
 
     def _apply(self, repo: str, state: _RepoState, obs: _Observation) -> None:
@@ -1108,6 +1278,7 @@ class HistoryStore:
                     k: v for k, v in state.moments.items() if k[0] not in obs.moment_roles
                 }
             state.moments.update(obs.moments)
+            state.anchors.update(obs.anchors)
             self._states.setdefault(repo, state)
         for seen, (sha, first) in obs.seen.items():  # caches read by observations only
             known = state.known.get(seen)
@@ -1129,16 +1300,24 @@ class HistoryStore:
         Rows not observed for ``retention`` seconds are deleted, except what detection needs:
         the newest versions of every (repository, endpoint, role), the version each endpoint
         serves now and the highest it ever served, root versions, counters and open lag
-        episodes. ``observe`` runs this at most once per ``PRUNE_EVERY`` seconds. The
-        batched last-seen times are written first, in the same transaction.
+        episodes. Endpoints no longer configured (see :meth:`configure`) lose all of it once
+        not observed for ``retention`` seconds. ``observe`` runs this at most once per
+        ``PRUNE_EVERY`` seconds. The batched last-seen times are written first, in the same
+        transaction.
         """
         at = datetime.now(UTC) if now is None else now
-        with self._write_lock:
+        with self._write_lock, self._recovering():
             self._last_prune = at.timestamp()
             states = list(self._states.items())
             with self._db.transaction() as conn:
                 self._flush(conn, (state for _, state in states))
-                removed = db.prune(conn, at.timestamp() - self.retention)
+                cutoff = at.timestamp() - self.retention
+                if self._configured is not None:
+                    expired = db.expire_unconfigured(conn, self._configured, cutoff)
+                    if expired:
+                        log.info("history retention removed %d endpoints no longer configured",
+                                 expired)
+                removed = db.prune(conn, cutoff)
                 # Versions the lag and the caches were computed from may be gone.
                 moments = {repo: s.all_moments(conn, repo) for repo, s in states if removed}
             for repo, state in states:
@@ -1152,20 +1331,52 @@ class HistoryStore:
             log.info("history retention removed %d rows older than %.0fs", removed, self.retention)
         return removed
 
-    def forget(self, repository: str, endpoint: str | None = None) -> None:
-        """Drop everything stored for a repository (or one endpoint) removed from the config."""
-        with self._write_lock:
-            old = self._states.get(repository)
-            with self._db.transaction() as conn:
-                if old is not None and endpoint is not None:
-                    self._flush(conn, [old])  # the reload below reads last_seen
-                db.forget(conn, repository, endpoint)
-                state = _load_state(conn, repository) if endpoint is not None else None
-            with self._view_lock:
-                if state is None or not state.current:
-                    self._states.pop(repository, None)
-                else:
-                    self._states[repository] = state
+    # --- corruption while running ---------------------------------------------------------
+
+    @contextmanager
+    def _recovering(self) -> Iterator[None]:
+        """Recover from corruption found inside (``_write_lock`` held), then re-raise it."""
+        failed = self._db
+        try:
+            yield
+        except HistoryRecoveredError:
+            raise
+        except HistoryCorruptError as exc:
+            raise self._recover(failed, exc) from exc
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The database's reader connection; corruption found is recovered from, re-raised."""
+        failed = self._db
+        try:
+            with failed.reading() as conn:
+                yield conn
+        except HistoryCorruptError as exc:
+            with self._write_lock:
+                raise self._recover(failed, exc) from exc
+
+    def _recover(self, failed: db.Database, exc: HistoryCorruptError) -> HistoryCorruptError:
+        """Corruption found while running: move the file aside, start a fresh history.
+
+        As at open with ``on_corrupt="rename"``: the damaged file (and its -wal/-shm) is
+        renamed to ``history.sqlite.corrupt-<UTC time>``, an ERROR is logged, and a fresh
+        database takes its place; the in-memory state of every configured repository starts
+        empty (the next probe of each endpoint is the new baseline, and raises no alarm).
+        ``recoveries`` counts it. Returns the error to raise: a fault of this host for the
+        caller to count, never a repository's. Called with ``_write_lock`` held; when another
+        thread already replaced ``failed``, only returns ``exc``.
+        """
+        if self._db is not failed:
+            return exc
+        failed.abandon()
+        fresh, aside = db.Database.start_over(failed.path, exc.detail)
+        self._db = fresh
+        self.recoveries += 1
+        self._last_prune = float("-inf")
+        configured = self._configured or {}
+        with self._view_lock:
+            self._states = {repo: _RepoState(endpoints=eps) for repo, eps in configured.items()}
+        return HistoryRecoveredError(failed.path, exc.detail, aside)
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -1176,19 +1387,35 @@ class HistoryStore:
             row = None if state is None else state.current.get((endpoint, role))
         return None if row is None else db.from_ts(row.since)
 
+    def age(self, repository: str, endpoint: str, role: str) -> float | None:
+        """Seconds the endpoint has served its current version of ``role``, on the store's
+        monotonic clock (see :class:`_Anchor`: a wall-clock step during the run changes
+        nothing); None when unseen in this run. Meaningful when the observations used that
+        clock too (``observe`` without ``now``, as the service calls it)."""
+        with self._view_lock:
+            state = self._states.get(repository)
+            row = None if state is None else state.current.get((endpoint, role))
+            anchor = None if state is None else state.anchors.get((endpoint, role))
+        if row is None or anchor is None or (anchor.version, anchor.since) != (
+            row.version,
+            row.since,
+        ):
+            return None
+        return anchor.age + max(0.0, self._monotonic() - anchor.monotonic)
+
     def observed_cadence(self, repository: str, role: str) -> float | None:
         """Learned re-signing period of ``role`` in seconds, or None while still learning.
 
         The median interval between the first sightings (on any endpoint) of its last
         ``LEARN_WINDOW`` versions; needs ``LEARN_MIN_INTERVALS`` intervals.
         """
-        with self._db.reading() as conn:
+        with self._reading() as conn:
             times = db.change_times(conn, repository, None, role, LEARN_WINDOW + 1)
         return _learned_cadence(times)
 
     def root_history(self, repository: str) -> list[RootVersion]:
         """Every recorded root version of the repository, oldest first, with its role keys."""
-        with self._db.reading() as conn:
+        with self._reading() as conn:
             rows = db.roots(conn, repository)
         return [
             RootVersion(
@@ -1203,7 +1430,7 @@ class HistoryStore:
 
     def authorized_keys(self, repository: str, role: str) -> RoleKeys | None:
         """Keys and threshold the newest recorded root authorizes for a top-level role."""
-        with self._db.reading() as conn:
+        with self._reading() as conn:
             root = db.latest_root(conn, repository)
         if root is None or root.role_keys is None or role not in root.role_keys:
             return None
@@ -1215,7 +1442,7 @@ class HistoryStore:
     ) -> list[dict[str, Any]]:
         """Stored findings (JSON form), newest first, within the retention period."""
         start = float("-inf") if since is None else since.timestamp()
-        with self._db.reading() as conn:
+        with self._reading() as conn:
             bodies = db.recent_findings(conn, repository, start, limit)
         return [json.loads(b) for b in bodies]
 

@@ -108,6 +108,26 @@ class HistoryCorruptError(HistoryError):
         )
 
 
+class HistoryRecoveredError(HistoryCorruptError):
+    """Corruption found while running, already recovered from: the damaged file was moved to
+    ``aside`` and a fresh history started; the operation that found it was not recorded.
+
+    A fault of this host, never of a repository (count it as the exporter's own error).
+    """
+
+    def __init__(self, path: Path, detail: str, aside: Path) -> None:
+        self.aside = aside
+        super().__init__(path, detail)
+        self.args = (
+            f"history store {path} was found corrupt while running ({detail}); it was moved "
+            f"to {aside} and a fresh history started (version history, root key history and "
+            f"counters start over; the next probe of each endpoint is the new baseline)",
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def is_corruption(exc: BaseException) -> bool:
     """True when ``exc`` is SQLite saying the file is damaged or not a database."""
     if not isinstance(exc, sqlite3.DatabaseError) or isinstance(exc, sqlite3.OperationalError):
@@ -242,25 +262,36 @@ class Database:
                 raise HistoryError(f"history store {path}: {exc}") from exc
             if on_corrupt != "rename":
                 raise HistoryCorruptError(path, str(exc)) from exc
-            aside = _move_aside(path, datetime.now(UTC))
-            log.error(
-                "HISTORY STORE CORRUPT: %s (%s). Moved it to %s and started a fresh history: "
-                "version history, root key history and counters start over; the next probe of "
-                "each endpoint is the new baseline.",
-                path,
-                exc,
-                aside,
-            )
-            writer = _prepare(path)
+            return cls.start_over(path, str(exc))[0]
         reader = _connect(path)
         return cls(path, writer, reader)
+
+    @classmethod
+    def start_over(cls, path: Path, detail: str) -> tuple[Database, Path]:
+        """Move the damaged file at ``path`` aside (see ``_move_aside``), log it as an ERROR
+        and open a fresh database in its place; return it and where the old file went.
+
+        The caller closes any connection to the damaged file first.
+        """
+        aside = _move_aside(path, datetime.now(UTC))
+        log.error(
+            "HISTORY STORE CORRUPT: %s (%s). Moved it to %s and started a fresh history: "
+            "version history, root key history and counters start over; the next probe of "
+            "each endpoint is the new baseline.",
+            path,
+            detail,
+            aside,
+        )
+        writer = _prepare(path)
+        return cls(path, writer, _connect(path)), aside
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One atomic write transaction (``BEGIN IMMEDIATE``), serialized across threads.
 
         Any error rolls the whole transaction back. Corruption found while running raises
-        :class:`HistoryCorruptError` (restart with ``on_corrupt="rename"`` to recover).
+        :class:`HistoryCorruptError` (``HistoryStore`` recovers from it, see
+        :meth:`HistoryStore._recover <exporter.history.HistoryStore>`).
         """
         with self._write_lock, self._corruption_is_reported():
             conn = self._writer
@@ -297,6 +328,16 @@ class Database:
                 self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             finally:
                 self._writer.close()
+
+    def abandon(self) -> None:
+        """Close both connections without writing anything (the file is damaged)."""
+        with self._write_lock, self._read_lock:
+            for conn in (self._reader, self._writer):
+                with suppress(sqlite3.Error):
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                with suppress(sqlite3.Error):
+                    conn.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -652,7 +693,11 @@ def prune(conn: sqlite3.Connection, cutoff: float, keep_newest: int = KEEP_NEWES
 
 
 def forget(conn: sqlite3.Connection, repo: str, endpoint: str | None) -> None:
-    """Delete everything stored for a repository (or only one of its endpoints)."""
+    """Delete everything stored for a repository (or only one of its endpoints).
+
+    Used by :func:`expire_unconfigured` only: removing a repository or endpoint from the
+    configuration keeps its history on disk for the retention period.
+    """
     tables = ("versions", "current", "counters", "lag", "findings")
     for table in tables:
         if endpoint is None:
@@ -665,3 +710,32 @@ def forget(conn: sqlite3.Connection, repo: str, endpoint: str | None) -> None:
     if endpoint is None:
         conn.execute("DELETE FROM roots WHERE repository = ?", (repo,))
         conn.execute("DELETE FROM flags WHERE repository = ?", (repo,))
+
+
+def expire_unconfigured(
+    conn: sqlite3.Connection, configured: Mapping[str, frozenset[str]], cutoff: float
+) -> int:
+    """Delete the history of endpoints not configured and not observed since ``cutoff``.
+
+    ``configured`` maps each configured repository to its endpoint names. An endpoint no
+    longer configured keeps its history (rows of every table, the rollback baseline included)
+    until its last observation (the highest ``last_seen`` of its ``current`` rows) is older
+    than ``cutoff``; then all of it goes, and a repository not configured with no endpoint
+    left loses its root versions, counters and flags too. Configuring it again before that
+    brings its history back. Returns the number of (repository, endpoint) pairs deleted.
+    """
+    rows = conn.execute(
+        "SELECT repository, endpoint, MAX(last_seen) FROM current GROUP BY repository, endpoint"
+    ).fetchall()
+    expired = [
+        (repo, endpoint)
+        for repo, endpoint, last_seen in rows
+        if endpoint not in configured.get(repo, frozenset()) and float(last_seen) < cutoff
+    ]
+    for repo, endpoint in expired:
+        forget(conn, repo, endpoint)
+    left = {r[0] for r in conn.execute("SELECT DISTINCT repository FROM current")}
+    for repo in repositories(conn):
+        if repo not in configured and repo not in left:
+            forget(conn, repo, None)
+    return len(expired)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +27,7 @@ from exporter.classify import exporter_error_result
 from exporter.collector import ExporterCollector, ProbeStore
 from exporter.config import Config, ConfigError, Endpoint, Repository, Signer, load_config
 from exporter.events import Event, EventKind
-from exporter.history import Finding, FindingKind, HistoryStore
+from exporter.history import Finding, FindingKind, HistoryStore, configured_endpoints
 from exporter.prober import Prober, TrustedRootError, load_trusted_root
 from exporter.results import ErrorCause, ProbeResult, Reason
 from exporter.scheduler import Scheduler
@@ -110,6 +112,56 @@ def finding_event(finding: Finding) -> Event:
     )
 
 
+class Membership:
+    """The configured endpoints, and the gate that probe results are recorded through.
+
+    A finished probe records its result (probe series, history, cadence, events) only when
+    its endpoint is configured (:meth:`recording`); a reload changes the configured set
+    (:meth:`changing`) only when no result is being recorded, and results wait for the
+    change to finish. So a probe that finishes after its endpoint was removed records
+    nothing, and what one recorded before is cleared by the reload. Recordings run side by
+    side; only a reload excludes them.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._keys: frozenset[tuple[str, str]] = frozenset()
+        self._recording = 0
+        self._changing = False
+
+    @contextmanager
+    def recording(self, repository: str, endpoint: str) -> Iterator[bool]:
+        """Yield whether the endpoint is configured; while True, no reload changes that."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._changing)
+            member = (repository, endpoint) in self._keys
+            if member:
+                self._recording += 1
+        try:
+            yield member
+        finally:
+            if member:
+                with self._cond:
+                    self._recording -= 1
+                    self._cond.notify_all()
+
+    @contextmanager
+    def changing(self, keys: Iterable[tuple[str, str]]) -> Iterator[None]:
+        """Make ``keys`` the configured endpoints once no result is being recorded; no
+        result is recorded until the block (which drops the state of the others) ends."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._changing)
+            self._changing = True
+            self._cond.wait_for(lambda: self._recording == 0)
+            self._keys = frozenset(keys)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._changing = False
+                self._cond.notify_all()
+
+
 class Service:
     """The running exporter, minus its HTTP front (see :mod:`exporter.web`)."""
 
@@ -132,6 +184,7 @@ class Service:
         self.history = HistoryStore.for_config(
             config, on_corrupt="rename" if history_on_corrupt == "rename" else "raise"
         )
+        self.members = Membership()
         self.spool = Spool.from_settings(config.state_dir, config.events)
         self.shipper = Shipper.from_config(config, self.spool)
         self._reload_lock = threading.Lock()
@@ -199,11 +252,17 @@ class Service:
             return True, "configuration reloaded"
 
     def _apply(self, config: Config) -> None:
+        """Make ``config`` the one in force: everything of a repository, endpoint or signer
+        it no longer names (probe, history, cadence and signer series) goes now; the history
+        stays on disk for ``history_retention`` (see ``HistoryStore.configure``)."""
         keys = {(r.name, e.name) for r in config.repositories for e in r.endpoints}
-        self.store.expect(keys)
-        self.prober.forget(keys)
-        self.signers.configure(config.signers)
-        self.cadence.retain({r.name for r in config.repositories})
+        with self.members.changing(keys):
+            self.store.expect(keys)
+            self.prober.forget(keys)
+            self.signers.configure(config.signers)
+            self.keys.retain({s.repository for s in config.signers})
+            self.cadence.retain({r.name for r in config.repositories})
+            self.history.configure(configured_endpoints(config))
         self.scheduler.apply(config, self._first_run_within)
 
     def _config_status(self) -> tuple[bool, float]:
@@ -226,17 +285,23 @@ class Service:
             log.exception("probe of %s/%s raised", repo.name, endpoint.name)
             result = exporter_error_result(repo.name, endpoint.name, started_at,
                                            time.monotonic() - t0, exc)
-        self.store.record(result)
-        findings: list[Finding] = []
-        if result.reason is not Reason.EXPORTER_ERROR:  # no verdict: nothing to remember
-            try:
-                findings = self.history.observe(result, repo.policy)
-                if endpoint.name == repo.primary.name:
-                    self._update_cadence(repo)
-            except Exception:
-                log.exception("recording the probe of %s/%s in the history failed",
-                              repo.name, endpoint.name)
-                self.store.exporter_error(ErrorCause.HISTORY)
+        with self.members.recording(repo.name, endpoint.name) as configured:
+            if not configured:  # removed while it was probed: record nothing
+                self.store.discard()
+                log.info("probe of %s/%s finished after its removal; not recorded",
+                         repo.name, endpoint.name)
+                return result
+            self.store.record(result)
+            findings: list[Finding] = []
+            if result.reason is not Reason.EXPORTER_ERROR:  # no verdict: nothing to remember
+                try:
+                    findings = self.history.observe(result, repo.policy)
+                    if endpoint.name == repo.primary.name:
+                        self._update_cadence(repo)
+                except Exception:  # the verdict's event is still emitted below
+                    log.exception("recording the probe of %s/%s in the history failed",
+                                  repo.name, endpoint.name)
+                    self.store.exporter_error(ErrorCause.HISTORY)
         for finding in findings:
             level = logging.WARNING if str(finding.severity) != "info" else logging.INFO
             log.log(level, "finding: %s", finding.message, extra={"finding": finding.to_json()})
@@ -265,6 +330,8 @@ class Service:
 
     def _probe_signer(self, signer: Signer) -> None:
         result = self.signers.probe(signer.name, self.keys)
+        if not self.signers.configured(signer.name):
+            return  # removed while it was probed: its result was not recorded either
         self.spool.emit(result.to_event())
         level = logging.INFO if result.up and result.authorized is not False else logging.WARNING
         log.log(level, "signer probe", extra={"signer_probe": result.to_event_fields()})
@@ -275,4 +342,5 @@ class Service:
             self.cadence.update(
                 repo.name, role, self.history.last_change(repo.name, "primary", role),
                 repo.policy, self.history.observed_cadence(repo.name, role), now,
+                self.history.age(repo.name, "primary", role),
             )

@@ -146,6 +146,14 @@ class CachedKeySource:
                 self._last[(repository, role)] = keys
         return keys
 
+    def retain(self, repositories: Iterable[str]) -> None:
+        """Forget the last values read for repositories other than ``repositories`` (the
+        ones configured signers sign for), so removed repositories leave nothing behind."""
+        keep = set(repositories)
+        with self._lock:
+            for key in [k for k in self._last if k[0] not in keep]:
+                del self._last[key]
+
     @staticmethod
     def _read(directory: Path, role: str) -> AuthorizedKeys | None:
         if role in _TOP_LEVEL:
@@ -615,9 +623,12 @@ class SignerMonitor:
         self.record(result)
         return result
 
-    def record(self, result: SignerResult) -> None:
-        """Keep ``result`` as the latest of its signer and count it."""
+    def record(self, result: SignerResult) -> bool:
+        """Keep ``result`` as the latest of its signer and count it; False (nothing kept)
+        when the signer is no longer configured (removed while it was probed)."""
         with self._lock:
+            if result.signer not in self._probes:
+                return False
             self._latest[result.signer] = result
             self._counts[(result.signer, "success" if result.up else "failure")] += 1
         if result.up:
@@ -626,6 +637,12 @@ class SignerMonitor:
         else:
             logger.warning("signer %s: down (%s): %s", result.signer, result.reason,
                            result.message)
+        return True
+
+    def configured(self, name: str) -> bool:
+        """Whether signer ``name`` is configured now."""
+        with self._lock:
+            return name in self._probes
 
     def latest(self, name: str) -> SignerResult | None:
         """The latest result of signer ``name``."""

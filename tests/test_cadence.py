@@ -174,3 +174,16 @@ def test_update_returns_the_status(learned: float | None) -> None:
     status = CadenceTracker().update("r", "timestamp", at(0), Policy(), learned, at(50))
     assert status.ok is (None if learned is None else False)
     assert status.age_seconds == 50.0
+
+
+def test_a_wall_clock_step_does_not_make_a_role_late() -> None:
+    steady = [100.0]
+    tracker = CadenceTracker(monotonic=lambda: steady[0])
+    policy = Policy(cadence={"timestamp": 300.0})  # allowance 360 s
+    # the version was first seen 100 s ago (the history store's steady age)
+    assert tracker.update("r", "timestamp", at(0), policy, None, at(100), age_seconds=100.0).ok
+    steady[0] += 30  # 30 s pass; the wall clock steps two hours forward
+    assert cadence_samples(tracker.metrics(at(7200)))[("r", "timestamp")] == 1
+    assert tracker.statuses(at(7200))[0].age_seconds == 130.0
+    steady[0] += 231  # truly late now: 361 s on the steady clock
+    assert cadence_samples(tracker.metrics(at(7200)))[("r", "timestamp")] == 0

@@ -741,14 +741,222 @@ def test_finding_json_is_self_describing(store: HistoryStore) -> None:
     assert store.recent_findings(REPO)[0]["kind"] == "rollback"
 
 
-def test_forget_removes_a_repository(store: HistoryStore) -> None:
-    store.observe(online("primary", 1), POLICY, at(0))
-    store.observe(online("m1", 1), POLICY, at(0))
-    store.forget(REPO, "m1")
-    assert store.last_change(REPO, "m1", "timestamp") is None
-    assert store.last_change(REPO, "primary", "timestamp") == at(0)
-    store.forget(REPO)
-    assert not [k for k in samples(store, at(0)) if REPO in k[1]]
+def series_of(
+    store: HistoryStore, now: datetime, *values: str
+) -> list[tuple[str, tuple[str, ...]]]:
+    """Exported series whose labels include every one of ``values``."""
+    return [k for k in samples(store, now) if all(v in k[1] for v in values)]
+
+
+def rows_of(path: Path, table: str, repo: str, endpoint: str | None = None) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        where = "repository = ?" + ("" if endpoint is None else " AND endpoint = ?")
+        args = (repo,) if endpoint is None else (repo, endpoint)
+        return int(conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {where}", args).fetchone()[0])
+    finally:
+        conn.close()
+
+
+def lagging_and_other(store: HistoryStore) -> None:
+    """REPO: primary at 12, mirror m1 held at 10 (lagging, a rollback on m1); repo 'other'."""
+    store.observe(online("primary", 10), POLICY, at(0))
+    store.observe(online("m1", 10), POLICY, at(1))
+    store.observe(online("primary", 12), POLICY, at(300))
+    store.observe(online("m1", 11), POLICY, at(301))
+    store.observe(online("m1", 10), POLICY, at(302))  # back to 10: a rollback on m1
+    store.observe(online_in("other", "primary", 1), POLICY, at(0))
+
+
+def online_in(repo: str, endpoint: str, version: int) -> ProbeResult:
+    return result(endpoint, [facts("timestamp", version), facts("snapshot", version)], repo=repo)
+
+
+def test_removed_endpoints_lose_their_series_but_keep_their_history(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite"
+    both = {REPO: {"primary", "m1"}, "other": {"primary"}}
+    with HistoryStore.open(path, repositories=both) as store:
+        lagging_and_other(store)
+        assert ("tuf_mirror_lag_seconds", (REPO, "m1")) in samples(store, at(400))
+        assert series_of(store, at(400), "other")
+        rows = rows_of(path, "versions", REPO, "m1")
+
+        store.configure({REPO: {"primary"}})  # a reload without m1 and without 'other'
+        assert series_of(store, at(400), "m1") == []
+        assert series_of(store, at(400), "other") == []
+        assert series_of(store, at(400), REPO)  # the primary keeps its series
+        # A probe finishing after its removal records nothing.
+        assert store.observe(online("m1", 9), POLICY, at(500)) == []
+        assert store.observe(online_in("other", "primary", 9), POLICY, at(500)) == []
+        assert series_of(store, at(500), "m1") == []
+        assert series_of(store, at(500), "other") == []
+        assert rows_of(path, "versions", REPO, "m1") == rows  # kept on disk, nothing added
+        assert rows_of(path, "current", "other") == 2
+
+    # A restart with the smaller configuration does not load them either.
+    with HistoryStore.open(path, repositories={REPO: {"primary"}}) as store:
+        assert series_of(store, at(400), "m1") == []
+        assert series_of(store, at(400), "other") == []
+        # Configured again: back as they were (lag, rollback counter, baseline).
+        store.configure(both)
+        now = samples(store, at(400))
+        assert now[("tuf_mirror_lag_versions", (REPO, "m1", "timestamp"))] == 2
+        assert now[("tuf_rollbacks_detected_total", (REPO, "m1", "timestamp"))] == 1
+        assert ("tuf_metadata_last_change_timestamp_seconds",
+                ("other", "primary", "timestamp")) in now
+        assert kinds(store.observe(online_in("other", "primary", 0), POLICY, at(600))) == [
+            "rollback", "rollback"]
+
+
+def test_removed_history_is_deleted_after_the_retention(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite"
+    with HistoryStore.open(path, retention=3600.0,
+                           repositories={REPO: {"primary", "m1"}, "other": {"primary"}}) as store:
+        lagging_and_other(store)
+        store.configure({REPO: {"primary"}})
+        store.prune(at(3000))  # within the retention: all of it stays
+        assert rows_of(path, "current", REPO, "m1") > 0
+        assert rows_of(path, "current", "other") > 0
+        store.observe(online("primary", 12), POLICY, at(3500))  # the primary stays observed
+        store.prune(at(302 + 3601))
+        for table in ("versions", "current", "counters", "lag"):
+            assert rows_of(path, table, REPO, "m1") == 0, table
+        for table in ("versions", "current", "counters", "roots", "flags", "findings"):
+            assert rows_of(path, table, "other") == 0, table
+        assert rows_of(path, "current", REPO, "primary") > 0
+        store.prune(at(10 * 3600))  # a configured endpoint keeps its baseline, observed or not
+        assert rows_of(path, "current", REPO, "primary") > 0
+
+
+def test_churn_of_renamed_repositories_grows_neither_memory_nor_scrape(tmp_path: Path) -> None:
+    with HistoryStore.open(tmp_path / "history.sqlite", repositories={}) as store:
+        sizes = []
+        for i in range(1000):
+            name = f"repo-{i}"
+            store.configure({name: {"primary", "m1"}})
+            store.observe(online_in(name, "primary", 2), POLICY, at(i))
+            store.observe(online_in(name, "m1", 1), POLICY, at(i))
+            sizes.append(len(generate_latest(Registry(store)).decode()))
+            assert len(store._states) == 1
+        assert max(sizes[10:]) <= sizes[10] + 200  # label values grow from 'repo-10' on
+
+
+class Registry(CollectorRegistry):
+    """A registry serving the history metrics of one store."""
+
+    def __init__(self, store: HistoryStore) -> None:
+        super().__init__()
+
+        class Source:
+            def collect(self) -> Iterable[Metric]:
+                return store.metrics(at(0))
+
+        self.register(Source())  # type: ignore[arg-type]
+
+
+def test_a_wall_clock_step_raises_no_freeze(tmp_path: Path) -> None:
+    policy = Policy(cadence={"timestamp": 600.0})
+    steady = [1000.0]
+    with HistoryStore.open(tmp_path / "h.sqlite", monotonic=lambda: steady[0]) as store:
+        assert store.observe(online("primary", 1), policy, at(0), steady[0]) == []
+        steady[0] += 300
+        assert store.observe(online("primary", 1), policy, at(300), steady[0]) == []
+        # The wall clock steps forward a day; 300 s pass on the steady clock.
+        steady[0] += 300
+        assert store.observe(online("primary", 1), policy, at(86400 + 600), steady[0]) == []
+        assert rollbacks(store) == 0
+        # Truly frozen (steady clock past the period): reported, with the steady age.
+        steady[0] += 301
+        found = store.observe(online("primary", 1), policy, at(86400 + 901), steady[0])
+        assert kinds(found) == ["freeze"]
+        assert found[0].details["age_seconds"] == 901
+        # A new version restarts the age from its first sighting.
+        steady[0] += 10
+        assert kinds(store.observe(online("primary", 2), policy, at(86400 + 911),
+                                   steady[0])) == ["new_version"] * 2
+        steady[0] += 590
+        assert store.observe(online("primary", 2), policy, at(3 * 86400), steady[0]) == []
+
+
+def test_age_of_the_current_version_is_on_the_steady_clock(tmp_path: Path) -> None:
+    steady = [10.0]
+    with HistoryStore.open(tmp_path / "h.sqlite", monotonic=lambda: steady[0]) as store:
+        assert store.age(REPO, "primary", "timestamp") is None
+        store.observe(online("primary", 1), POLICY, at(0), steady[0])
+        steady[0] += 40
+        store.observe(online("primary", 1), POLICY, at(86400), steady[0])  # a wall-clock step
+        steady[0] += 5
+        assert store.age(REPO, "primary", "timestamp") == 45
+        store.observe(online("primary", 2), POLICY, at(86400), steady[0])
+        assert store.age(REPO, "primary", "timestamp") == 0
+
+
+def test_freeze_age_carried_over_a_restart_counts_the_downtime(tmp_path: Path) -> None:
+    policy = Policy(cadence={"timestamp": 600.0})
+    path = tmp_path / "h.sqlite"
+    with HistoryStore.open(path, monotonic=lambda: 50.0) as store:
+        store.observe(online("primary", 1), policy, at(0), 50.0)
+    # Restarted 500 s later (wall clock), a new steady clock: 500 s old at the first sighting.
+    with HistoryStore.open(path, monotonic=lambda: 7.0) as store:
+        assert store.observe(online("primary", 1), policy, at(500), 7.0) == []
+        assert kinds(store.observe(online("primary", 1), policy, at(500), 108.0)) == ["freeze"]
+
+
+def corrupt(*args: object) -> None:
+    raise sqlite3.DatabaseError("database disk image is malformed")
+
+
+def test_retention_failing_after_an_observation_loses_none_of_its_findings(
+    store: HistoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.observe(online("primary", 5), POLICY, at(0))  # retention ran at 0
+    monkeypatch.setattr(history_store, "prune", corrupt)
+    found = store.observe(online("primary", 3), POLICY, at(3601))  # retention is due
+    assert kinds(found) == ["rollback"] * 2
+    assert store.recoveries == 1
+
+
+def test_corruption_found_by_a_reload_is_recovered_and_the_reload_applies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with HistoryStore.open(tmp_path / "h.sqlite", repositories={REPO: {"primary"}}) as store:
+        store.observe(online("primary", 5), POLICY, at(0))
+        monkeypatch.setattr(history_store, "repo_current", corrupt)
+        store.configure({"other": {"primary"}})  # does not raise
+        monkeypatch.undo()
+        assert store.recoveries == 1
+        assert store.observe(online("primary", 1), POLICY, at(10)) == []  # REPO: removed
+        assert store.observe(online_in("other", "primary", 1), POLICY, at(10)) == []
+        assert series_of(store, at(10), "other")
+        assert series_of(store, at(10), REPO) == []
+
+
+def test_corruption_while_running_moves_the_file_aside_and_starts_afresh(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "history.sqlite"
+    with HistoryStore.open(path, repositories={REPO: {"primary"}}) as store:
+        for v in range(1, 400):
+            store.observe(online("primary", v), POLICY, at(v))
+        check = sqlite3.connect(path)
+        check.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        check.close()
+        size = path.stat().st_size
+        with path.open("r+b") as f:  # damage every page but the first two
+            f.seek(2 * 4096)
+            f.write(os.urandom(size - 2 * 4096))
+        with pytest.raises(HistoryCorruptError) as err:
+            store.observed_cadence(REPO, "timestamp")
+        assert "moved" in str(err.value)
+        assert store.recoveries == 1
+        aside = sorted(tmp_path.glob("history.sqlite.corrupt-*"))
+        assert aside and aside[0].stat().st_size == size
+        # A fresh history: the next probe is the baseline (no alarm), then detection works.
+        assert series_of(store, at(500), REPO) == []
+        assert store.observe(online("primary", 5), POLICY, at(500)) == []
+        assert kinds(store.observe(online("primary", 4), POLICY, at(800))) == ["rollback"] * 2
+    with HistoryStore.open(path) as reopened:  # the fresh file is healthy
+        assert reopened.last_change(REPO, "primary", "timestamp") == at(800)
 
 
 # ---------------------------------------------------------------------------------------------

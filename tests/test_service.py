@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tuf.api.metadata import Metadata
 
 from exporter.catalogue import METRICS, Subsystem, sample_names
+from exporter.config import Endpoint, Repository
+from exporter.results import ProbeResult
 from exporter.service import Service
 from exporter.simulator import closed_port
 
@@ -321,3 +327,110 @@ def test_a_finding_is_counted_once_and_shipped_as_one_event(
     again = [e for e in _events(service) if e["kind"] == kind and e["reason"] == reason]
     assert len(again) == len(matching) == 1, "one event"
     assert again[0]["repository"] == "sim" and again[0]["endpoint"] == "primary"
+
+
+def _series_of(service: Service, **labels: str) -> list[str]:
+    text = generate_latest(service.registry).decode()
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    return [line for line in text.splitlines()
+            if not line.startswith("#") and all(w in line for w in wanted)]
+
+
+def test_a_probe_finishing_after_its_removal_records_nothing(sim: Sim, tmp_path: Path) -> None:
+    primary = sim.server.endpoint_urls("primary")
+    other = {"name": "B", "metadata_url": primary[0], "targets_url": primary[1],
+             "trusted_root": str(sim.trusted_root), "interval": "1h"}
+    config = _write_config(sim, tmp_path / "config.yml", interval="1h", extra=[other])
+    svc = Service(config, first_run_within=0.1)
+    entered, release = threading.Event(), threading.Event()
+    probe = svc.prober.probe
+
+    def held(repository: Repository, endpoint: Endpoint, root: bytes | None = None
+             ) -> ProbeResult:
+        if repository.name == "B":  # B's probe is in flight while B is removed
+            entered.set()
+            release.wait(20)
+        return probe(repository, endpoint, root)
+
+    svc.prober.probe = held  # type: ignore[method-assign]
+    svc.start()
+    try:
+        poll(lambda: _both_probed(svc), timeout=20)
+        poll(entered.is_set, timeout=20)
+        document = yaml.safe_load(config.read_text())
+        document["repositories"] = document["repositories"][:1]
+        config.write_text(yaml.safe_dump(document))
+        assert svc.reload()[0]
+        release.set()
+    finally:
+        release.set()
+        svc.stop()  # waits for the probe of B to finish
+    assert _series_of(svc, repository="B") == []
+    assert [e for e in _events(svc) if e["repository"] == "B"] == []
+    assert _series_of(svc, repository="sim", endpoint="primary")
+    assert value(scrape(svc), "tuf_exporter_probes_in_flight") == 0
+
+
+def test_a_history_corrupted_while_running_loses_no_verification_event(
+    sim: Sim, tmp_path: Path
+) -> None:
+    svc = Service(_write_config(sim, tmp_path / "config.yml"), first_run_within=0.1)
+    svc.start()
+    try:
+        poll(lambda: _both_probed(svc), timeout=20)
+        path = svc.history.path
+        check = sqlite3.connect(path)
+        check.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        check.close()
+        size = path.stat().st_size
+        with path.open("r+b") as f:  # damage every page but the first
+            f.seek(4096)
+            f.write(os.urandom(size - 4096))
+        damaged = time.time()
+        poll(lambda: svc.history.recoveries == 1, timeout=20)
+        assert list(path.parent.glob("history.sqlite.corrupt-*"))
+
+        def verified_after() -> list[dict]:
+            return [e for e in _events(svc) if e["kind"] == "verification"
+                    and e["endpoint"] == "primary"
+                    and datetime.fromisoformat(e["time"]).timestamp() > damaged]
+
+        # every probe still ships its verdict: as many events as primary probes since
+        poll(lambda: len(verified_after()) >= 3, timeout=30)
+        probes = sum(value(scrape(svc), "tuf_probes_total", endpoint="primary", result=r) or 0
+                     for r in ("success", "failure"))
+        poll(lambda: len([e for e in _events(svc) if e["kind"] == "verification"
+                          and e["endpoint"] == "primary"]) >= probes, timeout=20)
+        # the fresh history works: the primary's series come back
+        poll(lambda: value(scrape(svc), "tuf_metadata_last_change_timestamp_seconds",
+                           endpoint="primary", role="timestamp"), timeout=20)
+        assert svc.history.recoveries == 1
+    finally:
+        svc.stop()
+
+
+def test_churn_of_renamed_repositories_grows_neither_the_scrape_nor_the_state(
+    sim: Sim, tmp_path: Path
+) -> None:
+    config = _write_config(sim, tmp_path / "config.yml", interval="1h")
+    svc = Service(config, first_run_within=3600)  # probes run by hand below, not scheduled
+    document = yaml.safe_load(config.read_text())
+    sizes = []
+    try:
+        for i in range(100):
+            document["repositories"][0]["name"] = f"repo-{i}"
+            config.write_text(yaml.safe_dump(document))
+            assert svc.reload()[0]
+            repo = svc.config.repositories[0]
+            for endpoint in repo.endpoints:
+                assert svc._probe(repo, endpoint).success
+            sizes.append(len(generate_latest(svc.registry)))
+    finally:
+        svc.stop()
+    assert max(sizes[10:]) <= sizes[10] + 1000  # label values grow from 'repo-10' on
+    # a restart loads the configured repository only, not the 99 others stored
+    restarted = Service(config, first_run_within=3600)
+    try:
+        assert list(restarted.history._states) == ["repo-99"]
+    finally:
+        restarted.stop()

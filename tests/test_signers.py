@@ -507,6 +507,23 @@ def test_cached_key_source_reads_the_probers_verified_cache(sim: Sim, tmp_path: 
     (metadata_dir / "root.json").unlink()
     again = keys("sim", "timestamp")
     assert again is not None and again.version == 2
+    keys.retain(["sim"])
+    assert keys("sim", "timestamp") == again
+    # no signer signs for the repository any more: nothing of it is kept
+    keys.retain([])
+    assert keys("sim", "timestamp") is None
+
+
+def test_a_signer_removed_while_probed_records_nothing(
+    repo: SimulatedRepository, tmp_path: Path
+) -> None:
+    repo.export_private_key("timestamp", tmp_path / "ts.pem")
+    monitor = SignerMonitor([config(f"file2:{tmp_path / 'ts.pem'}")])
+    result = probe_signer(config(f"file2:{tmp_path / 'ts.pem'}"), key_source(repo), NOW)
+    monitor.configure([])  # removed while its probe ran
+    assert monitor.record(result) is False
+    assert monitor.results() == []
+    assert not [m for m in monitor.metrics() for s in m.samples if s.labels.get("signer")]
 
 
 def test_to_event(repo: SimulatedRepository, tmp_path: Path) -> None:
