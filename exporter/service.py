@@ -112,6 +112,11 @@ def finding_event(finding: Finding) -> Event:
     )
 
 
+def _endpoint_keys(config: Config) -> set[tuple[str, str]]:
+    """(repository, endpoint) of every endpoint ``config`` names."""
+    return {(r.name, e.name) for r in config.repositories for e in r.endpoints}
+
+
 class Membership:
     """The configured endpoints, and the gate that probe results are recorded through.
 
@@ -123,9 +128,9 @@ class Membership:
     side; only a reload excludes them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, keys: Iterable[tuple[str, str]] = ()) -> None:
         self._cond = threading.Condition()
-        self._keys: frozenset[tuple[str, str]] = frozenset()
+        self._keys: frozenset[tuple[str, str]] = frozenset(keys)
         self._recording = 0
         self._changing = False
 
@@ -184,7 +189,7 @@ class Service:
         self.history = HistoryStore.for_config(
             config, on_corrupt="rename" if history_on_corrupt == "rename" else "raise"
         )
-        self.members = Membership()
+        self.members = Membership(_endpoint_keys(config))
         self.spool = Spool.from_settings(config.state_dir, config.events)
         self.shipper = Shipper.from_config(config, self.spool)
         self._reload_lock = threading.Lock()
@@ -255,7 +260,7 @@ class Service:
         """Make ``config`` the one in force: everything of a repository, endpoint or signer
         it no longer names (probe, history, cadence and signer series) goes now; the history
         stays on disk for ``history_retention`` (see ``HistoryStore.configure``)."""
-        keys = {(r.name, e.name) for r in config.repositories for e in r.endpoints}
+        keys = _endpoint_keys(config)
         with self.members.changing(keys):
             self.store.expect(keys)
             self.prober.forget(keys)
