@@ -13,14 +13,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
 
 from exporter import sharding
 from exporter.cadence import CadenceTracker, online_roles
+from exporter.catalogue import family
 from exporter.collector import ExporterCollector, ProbeStore
 from exporter.config import Config, ConfigError, Endpoint, Repository, Signer, load_config
 from exporter.events import Event, EventKind
@@ -148,6 +151,8 @@ class Service:
         self.scheduler = Scheduler(
             self._probe, self.store.skipped, config.workers, run_signer=self._probe_signer
         )
+        self.collector.add_source(self.scheduler.metrics)
+        self.collector.add_source(self._thread_metrics)
         self._started = threading.Event()
 
     @property
@@ -165,8 +170,21 @@ class Service:
                                    "repositories": len(self.config.repositories)})
 
     def ready(self) -> bool:
-        """True once probing has started."""
-        return self._started.is_set()
+        """True once probing has started, while every long-running thread runs."""
+        return self._started.is_set() and all(self.threads().values())
+
+    def threads(self) -> dict[str, bool]:
+        """Whether each long-running thread (catalogue.THREADS) runs: False before start
+        and once it died."""
+        return {"scheduler": self.scheduler.running, "shipper": self.shipper.running}
+
+    def _thread_metrics(self) -> Iterator[Metric]:
+        """tuf_exporter_thread_up{thread}, once started (before, nothing has died)."""
+        up = family("tuf_exporter_thread_up")
+        if self._started.is_set():
+            for thread, alive in self.threads().items():
+                up.add_metric([thread], 1 if alive else 0)
+        yield up
 
     def stop(self) -> None:
         """Stop probing (running probes end by their deadlines), then flush events."""

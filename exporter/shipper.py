@@ -35,6 +35,7 @@ import logging
 import os
 import random
 import re
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -49,7 +50,7 @@ from prometheus_client.core import Metric
 from exporter import catalogue
 from exporter.config import Config, OpenSearch
 from exporter.events import canonical_json
-from exporter.spool import Spool, SpooledEvent
+from exporter.spool import Spool, SpooledEvent, SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -599,6 +600,7 @@ class Shipper:
         self._halt = threading.Event()
         self._stop = threading.Event()
         self._deadline = float("inf")
+        self._next_ship = 0.0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._ready = False
@@ -680,46 +682,64 @@ class Shipper:
         event.clear()
 
     def _run(self) -> None:
-        next_ship = time.monotonic() + self.batch_interval
+        """The thread: one :meth:`_step` after another until stopped. Whatever a step raises
+        is logged, counted by cause (``spool`` for the spool's database and files, else
+        ``exception``), waited out with backoff, and the loop goes on: no error of its own
+        work ends the thread (a batch whose acknowledgement failed stays in the spool and is
+        sent again; the sink deduplicates by event id)."""
+        self._next_ship = time.monotonic() + self.batch_interval
         while True:
-            stopping = self._stop.is_set()
-            if stopping and time.monotonic() >= self._deadline:
-                return
             try:
-                if not self._ensure_ready():
-                    continue
-                batch = self.spool.peek(self._current_batch)
-            except Exception as exc:  # noqa: BLE001 - the shipper thread must survive
-                self._fail("spool", f"cannot read the event spool: {exc}")
-                continue
-            if not batch:
-                self._mark_success()
-                self._in_burst = False
-                if stopping:
+                if not self._step():
                     return
-                self._sleep(self.batch_interval)
-                next_ship = time.monotonic() + self.batch_interval
-                continue
-            now = time.monotonic()
-            full = len(batch) >= self._current_batch
-            if not stopping and not full and now < next_ship:
-                # a partial batch waits for the interval, unless it is the tail of a burst
-                # and the producers have gone quiet: then it ships now
-                wait = next_ship - now
-                if self._in_burst:
-                    wait = min(wait, self._last_spooled + self.burst_idle - now)
-                if wait > 0:
-                    self._sleep(wait)
-                    continue
-            delivered = self.ship(batch)
-            next_ship = time.monotonic() + self.batch_interval
-            if not delivered:
-                self._sleep(self.backoff.delay(self._attempt), backoff=True)
-                self._attempt += 1
-            else:
-                self._in_burst = full
-                self._attempt = 0
-                self._wake.set()  # more may be waiting: look again at once
+            except Exception as exc:  # the shipper thread must survive
+                cause = "spool" if isinstance(exc, sqlite3.Error | SpoolError | OSError) else (
+                    "exception")
+                if cause == "exception":
+                    log.error("the event shipper failed; it goes on", exc_info=exc)
+                self._fail(cause, f"the event shipper failed: {type(exc).__name__}: {exc}")
+
+    def _step(self) -> bool:
+        """One look at the spool: ship a batch, or wait for one. False once stopped."""
+        stopping = self._stop.is_set()
+        if stopping and time.monotonic() >= self._deadline:
+            return False
+        try:
+            if not self._ensure_ready():
+                return True
+            batch = self.spool.peek(self._current_batch)
+        except Exception as exc:  # noqa: BLE001 - the shipper thread must survive
+            self._fail("spool", f"cannot read the event spool: {exc}")
+            return True
+        if not batch:
+            self._mark_success()
+            self._in_burst = False
+            if stopping:
+                return False
+            self._sleep(self.batch_interval)
+            self._next_ship = time.monotonic() + self.batch_interval
+            return True
+        now = time.monotonic()
+        full = len(batch) >= self._current_batch
+        if not stopping and not full and now < self._next_ship:
+            # a partial batch waits for the interval, unless it is the tail of a burst
+            # and the producers have gone quiet: then it ships now
+            wait = self._next_ship - now
+            if self._in_burst:
+                wait = min(wait, self._last_spooled + self.burst_idle - now)
+            if wait > 0:
+                self._sleep(wait)
+                return True
+        delivered = self.ship(batch)
+        self._next_ship = time.monotonic() + self.batch_interval
+        if not delivered:
+            self._sleep(self.backoff.delay(self._attempt), backoff=True)
+            self._attempt += 1
+        else:
+            self._in_burst = full
+            self._attempt = 0
+            self._wake.set()  # more may be waiting: look again at once
+        return True
 
     def _ensure_ready(self) -> bool:
         if self._ready:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -321,3 +322,29 @@ def test_a_finding_is_counted_once_and_shipped_as_one_event(
     again = [e for e in _events(service) if e["kind"] == kind and e["reason"] == reason]
     assert len(again) == len(matching) == 1, "one event"
     assert again[0]["repository"] == "sim" and again[0]["endpoint"] == "primary"
+
+
+def test_a_dead_thread_fails_readiness_and_shows_in_thread_up(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    poll(lambda: _both_probed(service), timeout=20)
+    assert service.ready()
+    samples = scrape(service)
+    assert value(samples, "tuf_exporter_thread_up", thread="scheduler") == 1
+    assert value(samples, "tuf_exporter_thread_up", thread="shipper") == 1
+
+    class Fatal(BaseException):
+        """Not an Exception: what the shipper's own guard does not catch."""
+
+    def die() -> bool:
+        raise Fatal
+
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)
+    monkeypatch.setattr(service.shipper, "_step", die)
+    service.shipper._wake.set()
+    service.shipper._halt.set()
+    poll(lambda: not service.shipper.running, timeout=10)
+    assert not service.ready()
+    samples = scrape(service)
+    assert value(samples, "tuf_exporter_thread_up", thread="shipper") == 0
+    assert value(samples, "tuf_exporter_thread_up", thread="scheduler") == 1

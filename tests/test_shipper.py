@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -539,3 +540,80 @@ def test_the_daily_index_of_a_serialised_document() -> None:
         assert sink.index_for_text('{"time": "2023-01-31T10:00:00Z"}') == "p-2023.01.31"
     finally:
         sink.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipper thread survives its own errors
+
+
+class _LockingSink(FileSink):
+    """A file sink during whose first batch another connection takes the spool's write lock
+    (as a full disk, a slow fsync or an operator's sqlite3 session would)."""
+
+    def __init__(self, path: Path, lock: sqlite3.Connection) -> None:
+        super().__init__(path, max_bytes=10**8, backups=1)
+        self.lock = lock
+        self.calls = 0
+
+    def send_serialized(self, documents: Sequence[tuple[str, str]]) -> list[ItemResult]:
+        results = super().send_serialized(documents)
+        self.calls += 1
+        if self.calls == 1:
+            self.lock.execute("BEGIN IMMEDIATE")
+        return results
+
+
+def test_a_failed_acknowledgement_is_counted_and_the_shipper_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite"
+    lock = sqlite3.connect(path, isolation_level=None, timeout=10, check_same_thread=False)
+    with Spool(path, busy_timeout=0.2) as spool:
+        sink = _LockingSink(tmp_path / "events.jsonl", lock)
+        shipper = Shipper(spool, sink, batch_size=5, batch_interval=0.02, backoff=FAST)
+        events = [event(i) for i in range(10)]
+        for e in events[:5]:
+            spool.emit(e)
+        shipper.start()
+        try:
+            wait_until(lambda: shipper.stats()["errors"].get("spool", 0) >= 1)
+            assert shipper.running
+            lock.execute("ROLLBACK")
+            for e in events[5:]:
+                spool.emit(e)
+            wait_until(lambda: spool.backlog == 0 and len(spool) == 0)
+            assert shipper.running
+        finally:
+            shipper.stop(timeout=1.0)
+            lock.close()
+    shipped = [d["event_id"] for d in read_lines(tmp_path / "events.jsonl")]
+    assert sorted(shipped) == sorted(e.event_id for e in events), "each once"
+    assert shipper.stats()["errors"]["spool"] >= 1
+
+
+def test_a_bug_in_a_step_is_counted_and_the_shipper_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Spool(tmp_path / "spool.sqlite") as spool:
+        real_ack = spool.ack
+        calls = []
+
+        def ack(ids: Any) -> int:
+            calls.append(1)
+            if len(calls) == 1:
+                raise KeyError("a bug of ours")
+            return real_ack(ids)
+
+        monkeypatch.setattr(spool, "ack", ack)
+        sink = FileSink(tmp_path / "events.jsonl", max_bytes=10**8, backups=1)
+        shipper = Shipper(spool, sink, batch_size=5, batch_interval=0.02, backoff=FAST)
+        events = [event(i) for i in range(7)]
+        for e in events:
+            spool.emit(e)
+        shipper.start()
+        try:
+            wait_until(lambda: len(spool) == 0)
+            assert shipper.running
+        finally:
+            shipper.stop(timeout=1.0)
+    assert shipper.stats()["errors"] == {"exception": 1}
+    shipped = [d["event_id"] for d in read_lines(tmp_path / "events.jsonl")]
+    assert sorted(shipped) == sorted(e.event_id for e in events)
