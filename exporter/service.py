@@ -27,7 +27,7 @@ from exporter.catalogue import family
 from exporter.collector import ExporterCollector, ProbeStore
 from exporter.config import Config, ConfigError, Endpoint, Repository, Signer, load_config
 from exporter.events import Event, EventKind
-from exporter.history import Finding, FindingKind, HistoryStore
+from exporter.history import HistoryStore
 from exporter.prober import Prober, TrustedRootError, load_trusted_root
 from exporter.results import FailedRole, ProbeResult, Reason
 from exporter.scheduler import Scheduler
@@ -80,37 +80,6 @@ def verification_event(result: ProbeResult) -> Event:
     )
 
 
-_FINDING_KINDS: dict[FindingKind, EventKind] = {
-    FindingKind.ROLLBACK: EventKind.ROLLBACK,
-    FindingKind.FREEZE: EventKind.ROLLBACK,
-    FindingKind.EQUIVOCATION: EventKind.ANOMALY,
-    FindingKind.UNKNOWN_SIGNER: EventKind.ANOMALY,
-    FindingKind.EXPIRY_BEYOND_POLICY: EventKind.ANOMALY,
-    FindingKind.VERSION_JUMP: EventKind.ANOMALY,
-    FindingKind.KEY_ROTATION: EventKind.KEY_ROTATION,
-    FindingKind.NEW_VERSION: EventKind.SIGNING,
-    FindingKind.MIRROR_LAG_STARTED: EventKind.MIRROR_LAG,
-    FindingKind.MIRROR_CAUGHT_UP: EventKind.MIRROR_LAG,
-}
-
-
-def finding_event(finding: Finding) -> Event:
-    """The event recording one history finding; ``reason`` is the finding's kind."""
-    return Event(
-        kind=_FINDING_KINDS[finding.kind],
-        time=finding.time,
-        repository=finding.repository,
-        endpoint=finding.endpoint,
-        role=finding.role,
-        versions=finding.versions,
-        hashes=finding.hashes,
-        keyids=finding.keyids,
-        reason=str(finding.kind),
-        message=finding.message,
-        details={**finding.details, "severity": str(finding.severity)},
-    )
-
-
 class Service:
     """The running exporter, minus its HTTP front (see :mod:`exporter.web`)."""
 
@@ -134,7 +103,7 @@ class Service:
             config, on_corrupt="rename" if history_on_corrupt == "rename" else "raise"
         )
         self.spool = Spool.from_settings(config.state_dir, config.events)
-        self.shipper = Shipper.from_config(config, self.spool)
+        self.shipper = Shipper.from_config(config, self.spool, outbox=self.history)
         self._reload_lock = threading.Lock()
         self._reload_ok = True
         self._reload_time = time.time()
@@ -235,6 +204,9 @@ class Service:
             result = ProbeResult(repo.name, endpoint.name, False, datetime.now(UTC), 0.0,
                                  Reason.OTHER, FailedRole.ROOT, f"{type(exc).__name__}: {exc}")
         self.store.record(result)
+        # the verdict is spooled first; the findings' events commit with the findings (the
+        # history's outbox) and the shipper moves them to the spool: all or none
+        self.spool.emit(verification_event(result))
         try:
             findings = self.history.observe(result, repo.policy)
         except Exception:
@@ -246,8 +218,8 @@ class Service:
         for finding in findings:
             level = logging.WARNING if str(finding.severity) != "info" else logging.INFO
             log.log(level, "finding: %s", finding.message, extra={"finding": finding.to_json()})
-        # the verdict and its findings are spooled together: one durable commit, all or none
-        self.spool.emit_many([verification_event(result), *map(finding_event, findings)])
+        if findings:
+            self.shipper.wake()
         level = logging.INFO if result.success else logging.WARNING
         log.log(level, "probe %s", "succeeded" if result.success else "failed", extra={
             "repository": repo.name, "endpoint": endpoint.name,

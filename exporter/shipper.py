@@ -26,6 +26,20 @@ Retries
     in the spool; the shipper waits with exponential backoff and jitter and tries again. An item
     rejected with a 400 (a mapping error) is moved to the spool's dead-letter table with the
     error and counted as ``dropped{cause="rejected"}``; the rest of the batch keeps flowing.
+
+The outbox
+    Findings' events are committed with the findings, in the history database's outbox
+    (:meth:`exporter.history.HistoryStore.drain_outbox`). Before each look at the spool the
+    shipper moves them into it (``Spool.put_many``); they leave the outbox only once the spool
+    committed them, and the spool keeps an id once, so a crash between the two commits ships
+    them exactly once. A failed move is counted as ``outbox`` and retried after a backoff of
+    its own while the spool keeps shipping.
+
+Survival
+    Nothing the thread's own work raises ends it: an exception (a spool write failing on a
+    full disk or a held lock, a bug) is logged, counted (``spool`` or ``exception``), waited
+    out with backoff, and the loop goes on; events not acknowledged stay spooled and are sent
+    again (the sink deduplicates by id). :attr:`Shipper.running` says whether it still runs.
 """
 
 from __future__ import annotations
@@ -39,7 +53,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -49,7 +63,7 @@ from prometheus_client.core import Metric
 
 from exporter import catalogue
 from exporter.config import Config, OpenSearch
-from exporter.events import canonical_json
+from exporter.events import Event, canonical_json
 from exporter.spool import Spool, SpooledEvent, SpoolError
 
 log = logging.getLogger(__name__)
@@ -97,6 +111,20 @@ class SinkError(Exception):
     def __init__(self, message: str, cause: str) -> None:
         super().__init__(message)
         self.cause = cause
+
+
+class Outbox(Protocol):
+    """Events committed elsewhere (the history's findings) waiting to be moved to the spool:
+    :class:`exporter.history.HistoryStore`."""
+
+    @property
+    def outbox_pending(self) -> int:
+        """How many wait (from memory: cheap to ask on every step)."""
+        ...
+
+    def drain_outbox(self, put: Callable[[list[Event]], object], batch: int = 500) -> int:
+        """Hand them to ``put`` (durable when it returns); delete them once it returned."""
+        ...
 
 
 class Sink(Protocol):
@@ -583,8 +611,13 @@ class Shipper:
         batch_interval: float = DEFAULT_BATCH_INTERVAL,
         backoff: Backoff | None = None,
         burst_idle: float = DEFAULT_BURST_IDLE,
+        outbox: Outbox | None = None,
     ) -> None:
         self.spool = spool
+        #: drained into the spool before each look at it (see :meth:`_drain`)
+        self.outbox = outbox
+        self._outbox_attempt = 0
+        self._outbox_retry_at = 0.0
         self.burst_idle = burst_idle
         #: a full batch went out and the spool has not been drained since: a burst
         self._in_burst = False
@@ -612,7 +645,8 @@ class Shipper:
 
     @classmethod
     def from_config(cls, config: Config, spool: Spool, **kwargs: Any) -> Shipper:
-        """OpenSearch when configured, else the JSON Lines file (``<state_dir>/events.jsonl``)."""
+        """OpenSearch when configured, else the JSON Lines file (``<state_dir>/events.jsonl``);
+        ``kwargs`` go to the constructor (``outbox=`` the history store, ...)."""
         if config.opensearch is not None:
             sink: Sink = OpenSearchSink(config.opensearch)
             kwargs.setdefault("batch_size", config.opensearch.batch_size)
@@ -663,6 +697,11 @@ class Shipper:
         except Exception:  # noqa: BLE001 - a broken spool is simply "not drained"
             return False
 
+    def wake(self) -> None:
+        """Look at the outbox and the spool now (new findings were committed): their events
+        then ship like any other, within ``batch_interval``."""
+        self._wake.set()
+
     def _on_spooled(self) -> None:
         """Spool listener (on the producer's thread, after each commit): wake the shipper only
         when a full batch is waiting, judged from the spool's in-memory count; a smaller
@@ -704,6 +743,7 @@ class Shipper:
         stopping = self._stop.is_set()
         if stopping and time.monotonic() >= self._deadline:
             return False
+        self._drain()
         try:
             if not self._ensure_ready():
                 return True
@@ -740,6 +780,31 @@ class Shipper:
             self._attempt = 0
             self._wake.set()  # more may be waiting: look again at once
         return True
+
+    def _drain(self) -> None:
+        """Move the outbox's events into the spool. A failure (history or spool unwritable) is
+        logged and counted as ``outbox``; the events stay in the outbox and the drain is tried
+        again after a backoff of its own, while the spool keeps shipping meanwhile."""
+        if self.outbox is None or self.outbox.outbox_pending == 0:
+            return
+        if time.monotonic() < self._outbox_retry_at:
+            return
+        try:
+            self.outbox.drain_outbox(self.spool.put_many)
+        except Exception as exc:  # noqa: BLE001 - kept in the outbox, tried again
+            delay = self.backoff.delay(self._outbox_attempt)
+            self._outbox_attempt += 1
+            self._outbox_retry_at = time.monotonic() + delay
+            with self._lock:
+                self._errors["outbox"] += 1
+            log.warning(
+                "cannot move finding events from the history outbox to the spool (%s: %s); "
+                "they stay in the outbox, retrying in %.1f s",
+                type(exc).__name__, exc, delay,
+            )
+            return
+        self._outbox_attempt = 0
+        self._outbox_retry_at = 0.0
 
     def _ensure_ready(self) -> bool:
         if self._ready:

@@ -172,7 +172,8 @@ def test_a_conflict_means_already_there(
         for e in events:
             other.emit(e)
         wait_until(lambda: len(other) == 0)
-        assert shipper.stats()["shipped"] == 5
+        # the count moves just after the acknowledgement that emptied the spool
+        wait_until(lambda: shipper.stats()["shipped"] == 5)
     assert sum(fake.conflicts.values()) == 5
     expect_exactly_once(fake, events)
 
@@ -617,3 +618,47 @@ def test_a_bug_in_a_step_is_counted_and_the_shipper_goes_on(
     assert shipper.stats()["errors"] == {"exception": 1}
     shipped = [d["event_id"] for d in read_lines(tmp_path / "events.jsonl")]
     assert sorted(shipped) == sorted(e.event_id for e in events)
+
+
+def test_finding_events_move_from_the_history_outbox_and_a_failure_waits_in_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from exporter.config import Policy
+    from exporter.history import HistoryStore
+    from exporter.results import ProbeResult, RoleFacts
+
+    def probe(version: int, seconds: float) -> ProbeResult:
+        role = RoleFacts(name="timestamp", version=version, expires=T0 + timedelta(days=1),
+                         size_bytes=10, sha256=f"{version:064x}", signed_by=("k",),
+                         unknown_signers=(), threshold=1)
+        return ProbeResult(repository="r", endpoint="primary", success=True,
+                           started_at=T0 + timedelta(seconds=seconds), duration_seconds=0.1,
+                           roles={"timestamp": role})
+
+    with HistoryStore.open(tmp_path / "h.sqlite") as history, \
+            Spool(tmp_path / "spool.sqlite") as spool:
+        history.observe(probe(1, 0), Policy(), T0)
+        found = history.observe(probe(2, 60), Policy(), T0 + timedelta(seconds=60))
+        assert found
+        real_put_many = spool.put_many
+        failures = [sqlite3.OperationalError("database or disk is full")] * 2
+
+        def put_many(events: Any) -> list[bool]:
+            if failures:
+                raise failures.pop()
+            return real_put_many(events)
+
+        monkeypatch.setattr(spool, "put_many", put_many)
+        spool.emit(event(1))  # already spooled: ships while the outbox cannot drain
+        sink = FileSink(tmp_path / "events.jsonl", max_bytes=10**8, backups=1)
+        shipper = Shipper(spool, sink, batch_size=5, batch_interval=0.02, backoff=FAST,
+                          outbox=history)
+        shipper.start()
+        try:
+            wait_until(lambda: history.outbox_pending == 0 and len(spool) == 0)
+            assert shipper.running
+        finally:
+            shipper.stop(timeout=1.0)
+        assert shipper.stats()["errors"] == {"outbox": 2}
+    shipped = [d["event_id"] for d in read_lines(tmp_path / "events.jsonl")]
+    assert sorted(shipped) == sorted([event(1).event_id, *(f.to_event().event_id for f in found)])
