@@ -905,7 +905,9 @@ class Shipper:
         shipped.add_metric([], stats["shipped"])
         errors = catalogue.family("tuf_exporter_shipper_errors_total")
         # the common causes start at 0, so a first error is an increase Prometheus can see
-        error_counts: dict[str, int] = dict.fromkeys(("connection", "throttled", "server_error"), 0)
+        error_counts: dict[str, int] = dict.fromkeys(
+            ("connection", "throttled", "server_error", "spool", "outbox"), 0
+        )
         error_counts.update(stats["errors"])
         if self.spool.corrupt_recoveries:
             error_counts["spool_corrupt"] = self.spool.corrupt_recoveries
