@@ -165,6 +165,7 @@ class AlertOptions:
     #: Window over which any fault of the exporter itself (tuf_exporter_errors_total) tickets.
     exporter_errors_window: str = "15m"
     config_reload_for: str = "10m"
+    thread_down_for: str = "2m"
     runbook_base_url: str = (
         "https://github.com/tuf-exporter/tuf-exporter/blob/main/docs/runbooks"
     )
@@ -501,6 +502,13 @@ def _symptom_alerts(o: AlertOptions) -> list[dict[str, Any]]:
                "{{ $labels.cause }}) in the last " + o.exporter_errors_window + ": probes they "
                "stopped reached no verdict (reason exporter_error), and the repositories' "
                "last verdicts and alerts are as they were."),
+        _alert(o, "TufExporterThreadDown", f"{m('tuf_exporter_thread_up')} == 0", PAGE,
+               o.thread_down_for,
+               "tuf-exporter thread {{ $labels.thread }} died on {{ $labels.instance }}",
+               "The {{ $labels.thread }} thread of {{ $labels.instance }} is dead (it survives "
+               "its own errors, so this is a bug or the process is out of resources): "
+               "scheduler: nothing is probed and no TUF alert can fire; shipper: events pile "
+               "up in the spool. /-/ready fails; restart the exporter."),
         _alert(o, "TufExporterConfigReloadFailed",
                f"{m('tuf_exporter_config_last_reload_successful')} == 0", TICKET,
                o.config_reload_for,

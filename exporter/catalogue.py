@@ -94,6 +94,17 @@ ANOMALY_KINDS: tuple[str, ...] = (
     "version_jump",
 )
 
+#: The exporter's long-running threads (``thread`` label of tuf_exporter_thread_up).
+THREADS: tuple[str, ...] = ("scheduler", "shipper")
+
+#: Who survived an exception (``thread`` label of tuf_exporter_thread_errors_total): the
+#: scheduler's own loop, and the probe and signer jobs its worker threads run.
+JOB_THREADS: tuple[str, ...] = ("scheduler", "probe_worker", "signer_worker")
+
+#: Why (``cause`` label of tuf_exporter_thread_errors_total), see
+#: :func:`exporter.scheduler.error_cause`.
+THREAD_ERROR_CAUSES: tuple[str, ...] = ("database", "os_error", "memory", "exception")
+
 _RE = ("repository", "endpoint")
 _RER = ("repository", "endpoint", "role")
 
@@ -212,6 +223,12 @@ _SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("tuf_exporter_errors_total", C,
                "Faults of the exporter itself, never of a repository, by cause: disk, "
                "descriptors, memory, history, spool, internal.", ("cause",), _X),
+    MetricSpec("tuf_exporter_thread_up", G,
+               "1 while the exporter's long-running thread runs, 0 once it has died (then "
+               "/-/ready fails too).", ("thread",), _X),
+    MetricSpec("tuf_exporter_thread_errors_total", C,
+               "Exceptions a long-running thread (or a probe or signer job of the scheduler's "
+               "workers) survived, by thread and cause.", ("thread", "cause"), _X),
     MetricSpec("tuf_exporter_probes_skipped_total", C,
                "Scheduled probes skipped because the previous probe of the endpoint still ran.",
                _RE, _X),

@@ -70,6 +70,7 @@ from prometheus_client.metrics_core import Metric
 from exporter import history_store as db
 from exporter.catalogue import ANOMALY_KINDS, TOP_LEVEL_ROLES, family
 from exporter.config import Config, Policy
+from exporter.events import Event, EventKind
 from exporter.history_store import (
     FILENAME,
     CurrentRow,
@@ -150,6 +151,21 @@ _SEVERITY: dict[FindingKind, Severity] = {
 }
 
 
+#: The event kind of each finding kind (the finding's kind becomes the event's ``reason``).
+_EVENT_KINDS: dict[FindingKind, EventKind] = {
+    FindingKind.ROLLBACK: EventKind.ROLLBACK,
+    FindingKind.FREEZE: EventKind.ROLLBACK,
+    FindingKind.EQUIVOCATION: EventKind.ANOMALY,
+    FindingKind.UNKNOWN_SIGNER: EventKind.ANOMALY,
+    FindingKind.EXPIRY_BEYOND_POLICY: EventKind.ANOMALY,
+    FindingKind.VERSION_JUMP: EventKind.ANOMALY,
+    FindingKind.KEY_ROTATION: EventKind.KEY_ROTATION,
+    FindingKind.NEW_VERSION: EventKind.SIGNING,
+    FindingKind.MIRROR_LAG_STARTED: EventKind.MIRROR_LAG,
+    FindingKind.MIRROR_CAUGHT_UP: EventKind.MIRROR_LAG,
+}
+
+
 @dataclass(frozen=True)
 class Finding:
     """One thing the history revealed, self-describing (it becomes an event as is).
@@ -176,6 +192,23 @@ class Finding:
     def severity(self) -> Severity:
         """``critical`` for attacks, ``warning`` for policy breaches, ``info`` otherwise."""
         return _SEVERITY[self.kind]
+
+    def to_event(self) -> Event:
+        """The event recording this finding; ``reason`` is the finding's kind. Its id is
+        derived from the content (time included), so the same finding is the same event."""
+        return Event(
+            kind=_EVENT_KINDS[self.kind],
+            time=self.time,
+            repository=self.repository,
+            endpoint=self.endpoint,
+            role=self.role,
+            versions=self.versions,
+            hashes=self.hashes,
+            keyids=self.keyids,
+            reason=str(self.kind),
+            message=self.message,
+            details={**self.details, "severity": str(self.severity)},
+        )
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready finding, time as RFC 3339 UTC."""
@@ -1069,6 +1102,13 @@ class HistoryStore:
         self._last_prune = float("-inf")
         #: Corruptions found while running and recovered from (see :meth:`_recover`).
         self.recoveries = 0
+        #: One outbox drainer at a time.
+        self._outbox_lock = threading.Lock()
+        #: Guards ``_outbox_pending``: events in the outbox, counted in memory so that a drain
+        #: with nothing to do runs no SQL.
+        self._pending_lock = threading.Lock()
+        with database.transaction() as conn:
+            self._outbox_pending = db.outbox_count(conn)
         if repositories is not None:
             self.configure(repositories)
             return
@@ -1248,7 +1288,12 @@ class HistoryStore:
                         str(finding.kind),
                         json.dumps(finding.to_json(), sort_keys=True),
                     )
+                    event = finding.to_event()
+                    db.insert_outbox(observation.conn, event.event_id, event.to_json())
             self._apply(result.repository, state, observation)
+            if findings:
+                with self._pending_lock:
+                    self._outbox_pending += len(findings)
         for finding in findings:  # the caller logs and ships them; keep a trace here
             log.debug("finding %s", finding.to_json())
         if at.timestamp() - self._last_prune >= PRUNE_EVERY:
@@ -1293,6 +1338,46 @@ class HistoryStore:
     def _flush(conn: sqlite3.Connection, states: Iterable[_RepoState]) -> None:
         """Write the batched last-seen times (clear ``stale`` once committed)."""
         db.touch_last_seen(conn, [s.current[key] for s in states for key in s.stale])
+
+    # --- the outbox: finding events on their way to the spool -------------------------------
+
+    @property
+    def outbox_pending(self) -> int:
+        """Finding events committed with their findings and not yet handed to the spool."""
+        with self._pending_lock:
+            return self._outbox_pending
+
+    def drain_outbox(self, put: Callable[[list[Event]], object], batch: int = 500) -> int:
+        """Hand the outbox's events to ``put`` (the spool's ``put_many``: durable when it
+        returns, raises when it failed), oldest first, ``batch`` at a time; delete each batch
+        from the outbox only after ``put`` returned. Returns how many events were handed on.
+
+        Exactly once: a finding and its event commit in one transaction (``observe``); a
+        crash after ``put`` and before the delete hands the same events (same content, same
+        id) to ``put`` again after the restart, and the spool keeps an id once (also after it
+        was shipped, for ``events.spool_max_age``). Errors of ``put`` or of the database
+        propagate and leave the events in the outbox for the next drain.
+        """
+        handed = 0
+        with self._outbox_lock:
+            while self.outbox_pending > 0:
+                with self._db.reading() as conn:
+                    rows = db.outbox_batch(conn, batch)
+                if not rows:  # the count was off (a duplicate id was ignored): recount
+                    with self._pending_lock, self._db.reading() as conn:
+                        self._outbox_pending = db.outbox_count(conn)
+                    break
+                put([Event.from_document(json.loads(document)) for _seq, document in rows])
+                self._outbox_delivered([seq for seq, _document in rows])
+                handed += len(rows)
+        return handed
+
+    def _outbox_delivered(self, seqs: list[int]) -> None:
+        """Delete outbox rows the spool committed (called with ``_outbox_lock`` held)."""
+        with self._db.transaction() as conn:
+            db.delete_outbox(conn, seqs)
+        with self._pending_lock:
+            self._outbox_pending = max(0, self._outbox_pending - len(seqs))
 
     def prune(self, now: datetime | None = None) -> int:
         """Apply the retention now; return the number of rows deleted.
@@ -1373,6 +1458,8 @@ class HistoryStore:
         self._db = fresh
         self.recoveries += 1
         self._last_prune = float("-inf")
+        with self._pending_lock:  # the outbox of the damaged file is gone with it
+            self._outbox_pending = 0
         configured = self._configured or {}
         with self._view_lock:
             self._states = {repo: _RepoState(endpoints=eps) for repo, eps in configured.items()}

@@ -1,9 +1,11 @@
 """SQLite persistence of the history store: schema, integrity check, corruption recovery, retention.
 
-The database lives at ``<state_dir>/history.sqlite`` in WAL mode (``synchronous=NORMAL``: a
-committed observation survives a crash or ``kill -9`` of the exporter; only a power loss can
-lose the last few commits, never corrupt the file). Every observation is written in one
-``BEGIN IMMEDIATE`` transaction, so a reader never sees half an observation.
+The database lives at ``<state_dir>/history.sqlite`` in WAL mode with ``synchronous=FULL``: a
+committed observation survives a crash or ``kill -9`` of the exporter and a power loss of the
+machine (the findings it counted and their events in the ``outbox`` table go together; the
+event spool is as durable, so an event drained from the outbox into the spool is never lost
+by the outbox's commit being undone). Every observation is written in one ``BEGIN IMMEDIATE``
+transaction, so a reader never sees half an observation.
 
 Detection (what the rows *mean*) lives in :mod:`exporter.history`; this module only knows
 tables, rows and SQL. Times are stored as Unix seconds (REAL).
@@ -15,7 +17,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -80,6 +82,12 @@ CREATE TABLE IF NOT EXISTS findings (
     endpoint TEXT NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS findings_by_time ON findings (repository, time);
+-- The event of each finding, written in the finding's transaction and deleted once the event
+-- spool committed it (HistoryStore.drain_outbox): a counted finding is always shipped.
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
+    document TEXT NOT NULL
+);
 """
 
 
@@ -203,7 +211,9 @@ def _prepare(path: Path) -> sqlite3.Connection:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise HistoryError(f"history store {path}: cannot switch to WAL mode (got {mode})")
-        conn.execute("PRAGMA synchronous = NORMAL")
+        # FULL: a commit (a counted finding and its outbox event) survives power loss too,
+        # as the spool's do; it costs one fsync per observation that changed something.
+        conn.execute("PRAGMA synchronous = FULL")
         conn.executescript(_SCHEMA)
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None:
@@ -579,6 +589,31 @@ def insert_finding(
         "INSERT INTO findings (time, repository, endpoint, kind, body) VALUES (?, ?, ?, ?, ?)",
         (at, repo, endpoint, kind, body),
     )
+
+
+def insert_outbox(conn: sqlite3.Connection, event_id: str, document: str) -> None:
+    """Queue the event ``document`` (canonical JSON) of a finding for the spool; an id
+    already queued is kept once."""
+    conn.execute(
+        "INSERT OR IGNORE INTO outbox (event_id, document) VALUES (?, ?)", (event_id, document)
+    )
+
+
+def outbox_count(conn: sqlite3.Connection) -> int:
+    """Events waiting in the outbox."""
+    return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+
+def outbox_batch(conn: sqlite3.Connection, limit: int) -> list[tuple[int, str]]:
+    """The ``limit`` oldest outbox rows as ``(seq, document)``, oldest first."""
+    rows = conn.execute("SELECT seq, document FROM outbox ORDER BY seq LIMIT ?", (limit,))
+    return [(int(seq), str(document)) for seq, document in rows]
+
+
+def delete_outbox(conn: sqlite3.Connection, seqs: Sequence[int]) -> int:
+    """Delete the outbox rows ``seqs``; returns how many there were."""
+    marks = ",".join("?" * len(seqs))
+    return conn.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", list(seqs)).rowcount  # noqa: S608
 
 
 def recent_findings(

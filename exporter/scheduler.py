@@ -4,15 +4,26 @@ apscheduler does the timing: one interval job per endpoint, ``max_instances=1`` 
 is never probed twice at once (a probe still running when the next is due is skipped and
 counted), ``coalesce`` so a stalled clock does not cause a burst. Jobs run in a bounded thread
 pool; each probe carries its own deadline (the repository's ``timeout``), so one repository that
-never answers holds at most one worker for at most its timeout and never delays the others. A
-probe's exception is logged and recorded as a failed probe; it never reaches the scheduler.
+never answers holds at most one worker for at most its timeout and never delays the others.
+
+Survival: an exception of a probe or signer job is logged and counted in
+``tuf_exporter_thread_errors_total{thread="probe_worker"|"signer_worker", cause}``; it never
+reaches apscheduler, the worker goes on with the next job and the endpoint is probed again at
+its next interval (the interval is the backoff). An exception of the scheduler's own loop
+(apscheduler's job store or a trigger) is logged, counted as ``thread="scheduler"`` and waited
+out with exponential backoff (``LOOP_BACKOFF``) before the loop looks at its jobs again. If the
+scheduler thread dies all the same, :attr:`Scheduler.running` turns False, which the service
+exports as ``tuf_exporter_thread_up{thread="scheduler"} 0`` and answers on ``/-/ready``.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,15 +31,72 @@ from typing import Any
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_STOPPED
 from apscheduler.triggers.interval import IntervalTrigger
+from prometheus_client.core import Metric
 
+from exporter import catalogue
 from exporter.config import Config, Endpoint, Repository, Signer
+from exporter.history_store import HistoryError
+from exporter.spool import SpoolError
 
 log = logging.getLogger(__name__)
 
 ProbeJob = Callable[[Repository, Endpoint], object]
 SignerJob = Callable[[Signer], object]
 SkipHook = Callable[[str, str], None]
+
+
+#: Seconds the scheduler loop waits after its n-th consecutive failure: min(max, first * 2**n).
+LOOP_BACKOFF: tuple[float, float] = (1.0, 60.0)
+
+
+def error_cause(exc: BaseException) -> str:
+    """The ``cause`` label of tuf_exporter_thread_errors_total for ``exc``: ``database`` (SQLite,
+    the spool, the history), ``os_error`` (files, disk, descriptors), ``memory`` or
+    ``exception`` (anything else: a bug of ours)."""
+    if isinstance(exc, sqlite3.Error | SpoolError | HistoryError):
+        return "database"
+    if isinstance(exc, OSError):
+        return "os_error"
+    if isinstance(exc, MemoryError):
+        return "memory"
+    return "exception"
+
+
+class _SurvivingScheduler(BackgroundScheduler):  # type: ignore[misc]
+    """apscheduler's BackgroundScheduler whose main loop survives its own exceptions.
+
+    apscheduler 3's ``BlockingScheduler._main_loop`` (which the background thread runs) lets an
+    exception of ``_process_jobs`` end the thread, and with it every probe. This loop is the
+    same (wait until woken or until the next job is due, then process the due jobs) with the
+    exception logged, reported to ``on_error`` and waited out with backoff.
+    """
+
+    def __init__(self, on_error: Callable[[BaseException], None], **options: Any) -> None:
+        self._on_error = on_error
+        super().__init__(**options)
+
+    def _main_loop(self) -> None:
+        wait_seconds: float | None = threading.TIMEOUT_MAX
+        failures = 0
+        while self.state != STATE_STOPPED:
+            self._event.wait(wait_seconds)
+            self._event.clear()
+            try:
+                wait_seconds = self._process_jobs()
+                failures = 0
+            except Exception as exc:  # the scheduler thread must survive
+                first, maximum = LOOP_BACKOFF
+                wait_seconds = min(maximum, first * 2 ** min(failures, 16))
+                failures += 1
+                log.exception("the scheduler loop failed; trying again in %.0f s", wait_seconds)
+                self._on_error(exc)
+
+    def thread_alive(self) -> bool:
+        """True while the scheduler thread runs."""
+        thread = getattr(self, "_thread", None)
+        return thread is not None and bool(thread.is_alive())
 
 
 def _job_id(repository: str, endpoint: str) -> str:
@@ -56,7 +124,10 @@ class Scheduler:
         self._run = run
         self._run_signer = run_signer
         self._on_skip = on_skip
-        self._scheduler = BackgroundScheduler(
+        self._errors_lock = threading.Lock()
+        self._errors: Counter[tuple[str, str]] = Counter()
+        self._scheduler = _SurvivingScheduler(
+            lambda exc: self._count("scheduler", exc),
             executors={"default": ThreadPoolExecutor(max_workers=workers)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone=UTC,
@@ -67,6 +138,11 @@ class Scheduler:
     def start(self) -> None:
         """Start the scheduler thread."""
         self._scheduler.start()
+
+    @property
+    def running(self) -> bool:
+        """True while the scheduler thread runs (False before start and after it died)."""
+        return self._scheduler.thread_alive()
 
     def stop(self, wait: bool = True) -> None:
         """Stop scheduling; with ``wait``, let running probes finish (they have deadlines)."""
@@ -115,18 +191,39 @@ class Scheduler:
             )
             self._jobs[job_id] = job.names
 
+    def _count(self, thread: str, exc: BaseException) -> None:
+        with self._errors_lock:
+            self._errors[(thread, error_cause(exc))] += 1
+
     def _guarded(self, repo: Repository, endpoint: Endpoint) -> None:
         try:
             self._run(repo, endpoint)
-        except Exception:
+        except Exception as exc:  # the worker survives; probed again next time
             log.exception("probe of %s/%s crashed", repo.name, endpoint.name)
+            self._count("probe_worker", exc)
 
     def _guarded_signer(self, signer: Signer) -> None:
         assert self._run_signer is not None
         try:
             self._run_signer(signer)
-        except Exception:
+        except Exception as exc:  # the worker survives; probed again next time
             log.exception("signer probe %s crashed", signer.name)
+            self._count("signer_worker", exc)
+
+    def errors(self) -> dict[tuple[str, str], int]:
+        """Exceptions survived, by (thread, cause)."""
+        with self._errors_lock:
+            return dict(self._errors)
+
+    def metrics(self) -> Iterator[Metric]:
+        """tuf_exporter_thread_errors_total{thread, cause}: every (thread, cause) pair of the
+        catalogue from 0, so a first error is an increase Prometheus can see."""
+        counts = self.errors()
+        family = catalogue.family("tuf_exporter_thread_errors_total")
+        for thread in catalogue.JOB_THREADS:
+            for cause in catalogue.THREAD_ERROR_CAUSES:
+                family.add_metric([thread, cause], counts.get((thread, cause), 0))
+        yield family
 
     def _skipped(self, event: JobExecutionEvent) -> None:
         names = self._jobs.get(event.job_id)

@@ -20,14 +20,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
 
 from exporter import sharding
 from exporter.cadence import CadenceTracker, online_roles
+from exporter.catalogue import family
 from exporter.classify import exporter_error_result
 from exporter.collector import ExporterCollector, ProbeStore
 from exporter.config import Config, ConfigError, Endpoint, Repository, Signer, load_config
 from exporter.events import Event, EventKind
-from exporter.history import Finding, FindingKind, HistoryStore, configured_endpoints
+from exporter.history import Finding, HistoryStore, configured_endpoints
 from exporter.prober import Prober, TrustedRootError, load_trusted_root
 from exporter.results import ErrorCause, ProbeResult, Reason
 from exporter.scheduler import Scheduler
@@ -78,37 +80,6 @@ def verification_event(result: ProbeResult) -> Event:
                  **({} if result.cause is None else {"cause": str(result.cause)}),
                  "delegations": result.delegations.count,
                  "delegations_failing": result.delegations.failing},
-    )
-
-
-_FINDING_KINDS: dict[FindingKind, EventKind] = {
-    FindingKind.ROLLBACK: EventKind.ROLLBACK,
-    FindingKind.FREEZE: EventKind.ROLLBACK,
-    FindingKind.EQUIVOCATION: EventKind.ANOMALY,
-    FindingKind.UNKNOWN_SIGNER: EventKind.ANOMALY,
-    FindingKind.EXPIRY_BEYOND_POLICY: EventKind.ANOMALY,
-    FindingKind.VERSION_JUMP: EventKind.ANOMALY,
-    FindingKind.KEY_ROTATION: EventKind.KEY_ROTATION,
-    FindingKind.NEW_VERSION: EventKind.SIGNING,
-    FindingKind.MIRROR_LAG_STARTED: EventKind.MIRROR_LAG,
-    FindingKind.MIRROR_CAUGHT_UP: EventKind.MIRROR_LAG,
-}
-
-
-def finding_event(finding: Finding) -> Event:
-    """The event recording one history finding; ``reason`` is the finding's kind."""
-    return Event(
-        kind=_FINDING_KINDS[finding.kind],
-        time=finding.time,
-        repository=finding.repository,
-        endpoint=finding.endpoint,
-        role=finding.role,
-        versions=finding.versions,
-        hashes=finding.hashes,
-        keyids=finding.keyids,
-        reason=str(finding.kind),
-        message=finding.message,
-        details={**finding.details, "severity": str(finding.severity)},
     )
 
 
@@ -191,7 +162,7 @@ class Service:
         )
         self.members = Membership(_endpoint_keys(config))
         self.spool = Spool.from_settings(config.state_dir, config.events)
-        self.shipper = Shipper.from_config(config, self.spool)
+        self.shipper = Shipper.from_config(config, self.spool, outbox=self.history)
         self._reload_lock = threading.Lock()
         self._reload_ok = True
         self._reload_time = time.time()
@@ -208,6 +179,8 @@ class Service:
         self.scheduler = Scheduler(
             self._probe, self.store.skipped, config.workers, run_signer=self._probe_signer
         )
+        self.collector.add_source(self.scheduler.metrics)
+        self.collector.add_source(self._thread_metrics)
         self._started = threading.Event()
 
     @property
@@ -225,8 +198,21 @@ class Service:
                                    "repositories": len(self.config.repositories)})
 
     def ready(self) -> bool:
-        """True once probing has started."""
-        return self._started.is_set()
+        """True once probing has started, while every long-running thread runs."""
+        return self._started.is_set() and all(self.threads().values())
+
+    def threads(self) -> dict[str, bool]:
+        """Whether each long-running thread (catalogue.THREADS) runs: False before start
+        and once it died."""
+        return {"scheduler": self.scheduler.running, "shipper": self.shipper.running}
+
+    def _thread_metrics(self) -> Iterator[Metric]:
+        """tuf_exporter_thread_up{thread}, once started (before, nothing has died)."""
+        up = family("tuf_exporter_thread_up")
+        if self._started.is_set():
+            for thread, alive in self.threads().items():
+                up.add_metric([thread], 1 if alive else 0)
+        yield up
 
     def stop(self) -> None:
         """Stop probing (running probes end by their deadlines), then flush events."""
@@ -290,6 +276,7 @@ class Service:
             log.exception("probe of %s/%s raised", repo.name, endpoint.name)
             result = exporter_error_result(repo.name, endpoint.name, started_at,
                                            time.monotonic() - t0, exc)
+        findings: list[Finding] = []
         with self.members.recording(repo.name, endpoint.name) as configured:
             if not configured:  # removed while it was probed: record nothing
                 self.store.discard()
@@ -297,23 +284,24 @@ class Service:
                          repo.name, endpoint.name)
                 return result
             self.store.record(result)
-            findings: list[Finding] = []
+            # the verdict is spooled first; the findings' events commit with the findings (the
+            # history's outbox) and the shipper moves them to the spool: all or none
+            if not self.spool.emit(verification_event(result)):
+                self.store.exporter_error(ErrorCause.SPOOL)
             if result.reason is not Reason.EXPORTER_ERROR:  # no verdict: nothing to remember
                 try:
                     findings = self.history.observe(result, repo.policy)
                     if endpoint.name == repo.primary.name:
                         self._update_cadence(repo)
-                except Exception:  # the verdict's event is still emitted below
+                except Exception:  # the verdict's event is already spooled
                     log.exception("recording the probe of %s/%s in the history failed",
                                   repo.name, endpoint.name)
                     self.store.exporter_error(ErrorCause.HISTORY)
         for finding in findings:
             level = logging.WARNING if str(finding.severity) != "info" else logging.INFO
             log.log(level, "finding: %s", finding.message, extra={"finding": finding.to_json()})
-        # the verdict and its findings are spooled together: one durable commit, all or none
-        if not self.spool.emit_many([verification_event(result),
-                                     *map(finding_event, findings)]):
-            self.store.exporter_error(ErrorCause.SPOOL)
+        if findings:
+            self.shipper.wake()
         level = logging.INFO if result.success else logging.WARNING
         log.log(level, "probe %s", "succeeded" if result.success else "failed", extra={
             "repository": repo.name, "endpoint": endpoint.name,

@@ -26,6 +26,20 @@ Retries
     in the spool; the shipper waits with exponential backoff and jitter and tries again. An item
     rejected with a 400 (a mapping error) is moved to the spool's dead-letter table with the
     error and counted as ``dropped{cause="rejected"}``; the rest of the batch keeps flowing.
+
+The outbox
+    Findings' events are committed with the findings, in the history database's outbox
+    (:meth:`exporter.history.HistoryStore.drain_outbox`). Before each look at the spool the
+    shipper moves them into it (``Spool.put_many``); they leave the outbox only once the spool
+    committed them, and the spool keeps an id once, so a crash between the two commits ships
+    them exactly once. A failed move is counted as ``outbox`` and retried after a backoff of
+    its own while the spool keeps shipping.
+
+Survival
+    Nothing the thread's own work raises ends it: an exception (a spool write failing on a
+    full disk or a held lock, a bug) is logged, counted (``spool`` or ``exception``), waited
+    out with backoff, and the loop goes on; events not acknowledged stay spooled and are sent
+    again (the sink deduplicates by id). :attr:`Shipper.running` says whether it still runs.
 """
 
 from __future__ import annotations
@@ -35,10 +49,11 @@ import logging
 import os
 import random
 import re
+import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -48,8 +63,8 @@ from prometheus_client.core import Metric
 
 from exporter import catalogue
 from exporter.config import Config, OpenSearch
-from exporter.events import canonical_json
-from exporter.spool import Spool, SpooledEvent
+from exporter.events import Event, canonical_json
+from exporter.spool import Spool, SpooledEvent, SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +111,20 @@ class SinkError(Exception):
     def __init__(self, message: str, cause: str) -> None:
         super().__init__(message)
         self.cause = cause
+
+
+class Outbox(Protocol):
+    """Events committed elsewhere (the history's findings) waiting to be moved to the spool:
+    :class:`exporter.history.HistoryStore`."""
+
+    @property
+    def outbox_pending(self) -> int:
+        """How many wait (from memory: cheap to ask on every step)."""
+        ...
+
+    def drain_outbox(self, put: Callable[[list[Event]], object], batch: int = 500) -> int:
+        """Hand them to ``put`` (durable when it returns); delete them once it returned."""
+        ...
 
 
 class Sink(Protocol):
@@ -594,8 +623,13 @@ class Shipper:
         batch_interval: float = DEFAULT_BATCH_INTERVAL,
         backoff: Backoff | None = None,
         burst_idle: float = DEFAULT_BURST_IDLE,
+        outbox: Outbox | None = None,
     ) -> None:
         self.spool = spool
+        #: drained into the spool before each look at it (see :meth:`_drain`)
+        self.outbox = outbox
+        self._outbox_attempt = 0
+        self._outbox_retry_at = 0.0
         self.burst_idle = burst_idle
         #: a full batch went out and the spool has not been drained since: a burst
         self._in_burst = False
@@ -611,6 +645,7 @@ class Shipper:
         self._halt = threading.Event()
         self._stop = threading.Event()
         self._deadline = float("inf")
+        self._next_ship = 0.0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._ready = False
@@ -622,7 +657,8 @@ class Shipper:
 
     @classmethod
     def from_config(cls, config: Config, spool: Spool, **kwargs: Any) -> Shipper:
-        """OpenSearch when configured, else the JSON Lines file (``<state_dir>/events.jsonl``)."""
+        """OpenSearch when configured, else the JSON Lines file (``<state_dir>/events.jsonl``);
+        ``kwargs`` go to the constructor (``outbox=`` the history store, ...)."""
         if config.opensearch is not None:
             sink: Sink = OpenSearchSink(config.opensearch)
             kwargs.setdefault("batch_size", config.opensearch.batch_size)
@@ -673,6 +709,11 @@ class Shipper:
         except Exception:  # noqa: BLE001 - a broken spool is simply "not drained"
             return False
 
+    def wake(self) -> None:
+        """Look at the outbox and the spool now (new findings were committed): their events
+        then ship like any other, within ``batch_interval``."""
+        self._wake.set()
+
     def _on_spooled(self) -> None:
         """Spool listener (on the producer's thread, after each commit): wake the shipper only
         when a full batch is waiting, judged from the spool's in-memory count; a smaller
@@ -692,46 +733,90 @@ class Shipper:
         event.clear()
 
     def _run(self) -> None:
-        next_ship = time.monotonic() + self.batch_interval
+        """The thread: one :meth:`_step` after another until stopped. Whatever a step raises
+        is logged, counted by cause (``spool`` for the spool's database and files, else
+        ``exception``), waited out with backoff, and the loop goes on: no error of its own
+        work ends the thread (a batch whose acknowledgement failed stays in the spool and is
+        sent again; the sink deduplicates by event id)."""
+        self._next_ship = time.monotonic() + self.batch_interval
         while True:
-            stopping = self._stop.is_set()
-            if stopping and time.monotonic() >= self._deadline:
-                return
             try:
-                if not self._ensure_ready():
-                    continue
-                batch = self.spool.peek(self._current_batch)
-            except Exception as exc:  # noqa: BLE001 - the shipper thread must survive
-                self._fail("spool", f"cannot read the event spool: {exc}")
-                continue
-            if not batch:
-                self._mark_success()
-                self._in_burst = False
-                if stopping:
+                if not self._step():
                     return
-                self._sleep(self.batch_interval)
-                next_ship = time.monotonic() + self.batch_interval
-                continue
-            now = time.monotonic()
-            full = len(batch) >= self._current_batch
-            if not stopping and not full and now < next_ship:
-                # a partial batch waits for the interval, unless it is the tail of a burst
-                # and the producers have gone quiet: then it ships now
-                wait = next_ship - now
-                if self._in_burst:
-                    wait = min(wait, self._last_spooled + self.burst_idle - now)
-                if wait > 0:
-                    self._sleep(wait)
-                    continue
-            delivered = self.ship(batch)
-            next_ship = time.monotonic() + self.batch_interval
-            if not delivered:
-                self._sleep(self.backoff.delay(self._attempt), backoff=True)
-                self._attempt += 1
-            else:
-                self._in_burst = full
-                self._attempt = 0
-                self._wake.set()  # more may be waiting: look again at once
+            except Exception as exc:  # the shipper thread must survive
+                cause = "spool" if isinstance(exc, sqlite3.Error | SpoolError | OSError) else (
+                    "exception")
+                if cause == "exception":
+                    log.error("the event shipper failed; it goes on", exc_info=exc)
+                self._fail(cause, f"the event shipper failed: {type(exc).__name__}: {exc}")
+
+    def _step(self) -> bool:
+        """One look at the spool: ship a batch, or wait for one. False once stopped."""
+        stopping = self._stop.is_set()
+        if stopping and time.monotonic() >= self._deadline:
+            return False
+        self._drain()
+        try:
+            if not self._ensure_ready():
+                return True
+            batch = self.spool.peek(self._current_batch)
+        except Exception as exc:  # noqa: BLE001 - the shipper thread must survive
+            self._fail("spool", f"cannot read the event spool: {exc}")
+            return True
+        if not batch:
+            self._mark_success()
+            self._in_burst = False
+            if stopping:
+                return False
+            self._sleep(self.batch_interval)
+            self._next_ship = time.monotonic() + self.batch_interval
+            return True
+        now = time.monotonic()
+        full = len(batch) >= self._current_batch
+        if not stopping and not full and now < self._next_ship:
+            # a partial batch waits for the interval, unless it is the tail of a burst
+            # and the producers have gone quiet: then it ships now
+            wait = self._next_ship - now
+            if self._in_burst:
+                wait = min(wait, self._last_spooled + self.burst_idle - now)
+            if wait > 0:
+                self._sleep(wait)
+                return True
+        delivered = self.ship(batch)
+        self._next_ship = time.monotonic() + self.batch_interval
+        if not delivered:
+            self._sleep(self.backoff.delay(self._attempt), backoff=True)
+            self._attempt += 1
+        else:
+            self._in_burst = full
+            self._attempt = 0
+            self._wake.set()  # more may be waiting: look again at once
+        return True
+
+    def _drain(self) -> None:
+        """Move the outbox's events into the spool. A failure (history or spool unwritable) is
+        logged and counted as ``outbox``; the events stay in the outbox and the drain is tried
+        again after a backoff of its own, while the spool keeps shipping meanwhile."""
+        if self.outbox is None or self.outbox.outbox_pending == 0:
+            return
+        if time.monotonic() < self._outbox_retry_at:
+            return
+        try:
+            self.outbox.drain_outbox(self.spool.put_many)
+        except Exception as exc:  # noqa: BLE001 - kept in the outbox, tried again
+            delay = self.backoff.delay(self._outbox_attempt)
+            self._outbox_attempt += 1
+            self._outbox_retry_at = time.monotonic() + delay
+            with self._lock:
+                self._errors["outbox"] += 1
+            log.warning(
+                "cannot move finding events from the history outbox to the spool (%s: %s); "
+                "they stay in the outbox, retrying in %.1f s",
+                type(exc).__name__, exc, delay,
+            )
+            return
+        self._outbox_attempt = 0
+        self._outbox_retry_at = 0.0
 
     def _ensure_ready(self) -> bool:
         if self._ready:
@@ -832,7 +917,9 @@ class Shipper:
         shipped.add_metric([], stats["shipped"])
         errors = catalogue.family("tuf_exporter_shipper_errors_total")
         # the common causes start at 0, so a first error is an increase Prometheus can see
-        error_counts: dict[str, int] = dict.fromkeys(("connection", "throttled", "server_error"), 0)
+        error_counts: dict[str, int] = dict.fromkeys(
+            ("connection", "throttled", "server_error", "spool", "outbox"), 0
+        )
         error_counts.update(stats["errors"])
         if self.spool.corrupt_recoveries:
             error_counts["spool_corrupt"] = self.spool.corrupt_recoveries

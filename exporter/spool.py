@@ -398,14 +398,17 @@ class Spool:
 
     # -- producing -----------------------------------------------------------------------------
 
-    def emit(self, event: Event) -> None:
-        """Spool ``event`` durably; never raises (a failure is logged and counted)."""
+    def emit(self, event: Event) -> bool:
+        """Spool ``event`` durably; never raises (a failure is logged and counted). False
+        when it failed."""
         try:
             self.put(event)
         except Exception as exc:  # noqa: BLE001 - emit never raises into the prober
             with self._stats_lock:
                 self._dropped["spool_error"] += 1
             log.error("could not spool %s event %s: %s", event.kind, event.event_id, exc)
+            return False
+        return True
 
     def emit_many(self, events: Iterable[Event]) -> bool:
         """Spool ``events`` durably and atomically, in one transaction (all or none); never

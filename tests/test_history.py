@@ -1229,3 +1229,44 @@ def test_stored_versions_keep_their_value_and_order(version: int) -> None:
     above = conn.execute("SELECT COUNT(*) FROM t WHERE v > ?",
                          (history_store.version_key(version),)).fetchone()[0]
     assert above == sum(1 for v in neighbours if v > version)
+
+
+# The outbox: a finding's event commits with the finding
+
+
+def test_a_findings_event_commits_with_it_and_leaves_the_outbox_only_once_spooled(
+    tmp_path: Path,
+) -> None:
+    from exporter.events import Event
+    from exporter.spool import Spool
+
+    with HistoryStore.open(tmp_path / "h.sqlite") as store, Spool(tmp_path / "s.sqlite") as spool:
+        store.observe(online("primary", 1), POLICY, at(0))
+        found = store.observe(online("primary", 2), POLICY, at(60))
+        assert found and store.outbox_pending == len(found)
+        wanted = {f.to_event().event_id for f in found}
+
+        def broken(events: list[Event]) -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        with pytest.raises(sqlite3.OperationalError):
+            store.drain_outbox(broken)
+        assert store.outbox_pending == len(found), "kept for the next drain"
+        handed: list[list[Event]] = []
+
+        def put_then_crash(events: list[Event]) -> None:  # spooled, then the delete is lost
+            spool.put_many(events)
+            handed.append(events)
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            store.drain_outbox(put_then_crash)
+        assert {e.event_id for e in handed[0]} == wanted
+    with HistoryStore.open(tmp_path / "h.sqlite") as store, Spool(tmp_path / "s.sqlite") as spool:
+        assert store.outbox_pending == len(found), "the outbox count survives a restart"
+        assert store.drain_outbox(spool.put_many) == len(found)
+        assert store.outbox_pending == 0 and store.drain_outbox(spool.put_many) == 0
+        assert {e.event_id for e in spool.peek(100)} == wanted, "spooled once"
+        spool.ack(list(wanted))
+        store.observe(online("primary", 3), POLICY, at(120))
+        assert store.outbox_pending > 0

@@ -434,3 +434,29 @@ def test_churn_of_renamed_repositories_grows_neither_the_scrape_nor_the_state(
         assert list(restarted.history._states) == ["repo-99"]
     finally:
         restarted.stop()
+
+
+def test_a_dead_thread_fails_readiness_and_shows_in_thread_up(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    poll(lambda: _both_probed(service), timeout=20)
+    assert service.ready()
+    samples = scrape(service)
+    assert value(samples, "tuf_exporter_thread_up", thread="scheduler") == 1
+    assert value(samples, "tuf_exporter_thread_up", thread="shipper") == 1
+
+    class Fatal(BaseException):
+        """Not an Exception: what the shipper's own guard does not catch."""
+
+    def die() -> bool:
+        raise Fatal
+
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)
+    monkeypatch.setattr(service.shipper, "_step", die)
+    service.shipper._wake.set()
+    service.shipper._halt.set()
+    poll(lambda: not service.shipper.running, timeout=10)
+    assert not service.ready()
+    samples = scrape(service)
+    assert value(samples, "tuf_exporter_thread_up", thread="shipper") == 0
+    assert value(samples, "tuf_exporter_thread_up", thread="scheduler") == 1

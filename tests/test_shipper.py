@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -190,7 +191,8 @@ def test_a_conflict_means_already_there(
         for e in events:
             other.emit(e)
         wait_until(lambda: len(other) == 0)
-        assert shipper.stats()["shipped"] == 5
+        # the count moves just after the acknowledgement that emptied the spool
+        wait_until(lambda: shipper.stats()["shipped"] == 5)
     assert sum(fake.conflicts.values()) == 5
     expect_exactly_once(fake, events)
 
@@ -558,3 +560,124 @@ def test_the_daily_index_of_a_serialised_document() -> None:
         assert sink.index_for_text('{"time": "2023-01-31T10:00:00Z"}') == "p-2023.01.31"
     finally:
         sink.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipper thread survives its own errors
+
+
+class _LockingSink(FileSink):
+    """A file sink during whose first batch another connection takes the spool's write lock
+    (as a full disk, a slow fsync or an operator's sqlite3 session would)."""
+
+    def __init__(self, path: Path, lock: sqlite3.Connection) -> None:
+        super().__init__(path, max_bytes=10**8, backups=1)
+        self.lock = lock
+        self.calls = 0
+
+    def send_serialized(self, documents: Sequence[tuple[str, str]]) -> list[ItemResult]:
+        results = super().send_serialized(documents)
+        self.calls += 1
+        if self.calls == 1:
+            self.lock.execute("BEGIN IMMEDIATE")
+        return results
+
+
+def test_a_failed_acknowledgement_is_counted_and_the_shipper_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite"
+    lock = sqlite3.connect(path, isolation_level=None, timeout=10, check_same_thread=False)
+    with Spool(path, busy_timeout=0.2) as spool:
+        sink = _LockingSink(tmp_path / "events.jsonl", lock)
+        shipper = Shipper(spool, sink, batch_size=5, batch_interval=0.02, backoff=FAST)
+        events = [event(i) for i in range(10)]
+        for e in events[:5]:
+            spool.emit(e)
+        shipper.start()
+        try:
+            wait_until(lambda: shipper.stats()["errors"].get("spool", 0) >= 1)
+            assert shipper.running
+            lock.execute("ROLLBACK")
+            for e in events[5:]:
+                spool.emit(e)
+            wait_until(lambda: spool.backlog == 0 and len(spool) == 0)
+            assert shipper.running
+        finally:
+            shipper.stop(timeout=1.0)
+            lock.close()
+    shipped = [d["event_id"] for d in read_lines(tmp_path / "events.jsonl")]
+    assert sorted(shipped) == sorted(e.event_id for e in events), "each once"
+    assert shipper.stats()["errors"]["spool"] >= 1
+
+
+def test_a_bug_in_a_step_is_counted_and_the_shipper_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Spool(tmp_path / "spool.sqlite") as spool:
+        real_ack = spool.ack
+        calls = []
+
+        def ack(ids: Any) -> int:
+            calls.append(1)
+            if len(calls) == 1:
+                raise KeyError("a bug of ours")
+            return real_ack(ids)
+
+        monkeypatch.setattr(spool, "ack", ack)
+        sink = FileSink(tmp_path / "events.jsonl", max_bytes=10**8, backups=1)
+        shipper = Shipper(spool, sink, batch_size=5, batch_interval=0.02, backoff=FAST)
+        events = [event(i) for i in range(7)]
+        for e in events:
+            spool.emit(e)
+        shipper.start()
+        try:
+            wait_until(lambda: len(spool) == 0)
+            assert shipper.running
+        finally:
+            shipper.stop(timeout=1.0)
+    assert shipper.stats()["errors"] == {"exception": 1}
+    shipped = [d["event_id"] for d in read_lines(tmp_path / "events.jsonl")]
+    assert sorted(shipped) == sorted(e.event_id for e in events)
+
+
+def test_finding_events_move_from_the_history_outbox_and_a_failure_waits_in_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from exporter.config import Policy
+    from exporter.history import HistoryStore
+    from exporter.results import ProbeResult, RoleFacts
+
+    def probe(version: int, seconds: float) -> ProbeResult:
+        role = RoleFacts(name="timestamp", version=version, expires=T0 + timedelta(days=1),
+                         size_bytes=10, sha256=f"{version:064x}", signed_by=("k",),
+                         unknown_signers=(), threshold=1)
+        return ProbeResult(repository="r", endpoint="primary", success=True,
+                           started_at=T0 + timedelta(seconds=seconds), duration_seconds=0.1,
+                           roles={"timestamp": role})
+
+    with HistoryStore.open(tmp_path / "h.sqlite") as history, \
+            Spool(tmp_path / "spool.sqlite") as spool:
+        history.observe(probe(1, 0), Policy(), T0)
+        found = history.observe(probe(2, 60), Policy(), T0 + timedelta(seconds=60))
+        assert found
+        real_put_many = spool.put_many
+        failures = [sqlite3.OperationalError("database or disk is full")] * 2
+
+        def put_many(events: Any) -> list[bool]:
+            if failures:
+                raise failures.pop()
+            return real_put_many(events)
+
+        monkeypatch.setattr(spool, "put_many", put_many)
+        spool.emit(event(1))  # already spooled: ships while the outbox cannot drain
+        sink = FileSink(tmp_path / "events.jsonl", max_bytes=10**8, backups=1)
+        shipper = Shipper(spool, sink, batch_size=5, batch_interval=0.02, backoff=FAST,
+                          outbox=history)
+        shipper.start()
+        try:
+            wait_until(lambda: history.outbox_pending == 0 and len(spool) == 0)
+            assert shipper.running
+        finally:
+            shipper.stop(timeout=1.0)
+        assert shipper.stats()["errors"] == {"outbox": 2}
+    shipped = [d["event_id"] for d in read_lines(tmp_path / "events.jsonl")]
+    assert sorted(shipped) == sorted([event(1).event_id, *(f.to_event().event_id for f in found)])

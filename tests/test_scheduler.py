@@ -1,0 +1,103 @@
+"""The scheduler's threads survive their own errors; one that dies anyway is visible."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import poll
+
+from exporter import catalogue
+from exporter.config import Config, Endpoint, Repository
+from exporter.scheduler import Scheduler, error_cause
+from exporter.spool import SpoolError
+
+
+def _config(tmp_path: Path, interval: float = 0.2) -> Config:
+    repo = Repository(name="r", trusted_root=tmp_path / "root.json",
+                      primary=Endpoint("primary", "http://127.0.0.1:9/m/", "http://127.0.0.1:9/t/"),
+                      interval=interval)
+    return Config(repositories=(repo,), state_dir=tmp_path, jitter=0)
+
+
+@pytest.fixture
+def calls() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def scheduler(calls: list[str]) -> Iterator[Scheduler]:
+    def run(repo: Repository, endpoint: Endpoint) -> None:
+        calls.append(endpoint.name)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database or disk is full")
+
+    sched = Scheduler(run, lambda *_: None, workers=2)
+    try:
+        yield sched
+    finally:
+        sched.stop(wait=True)
+
+
+def test_a_probe_job_that_raises_is_counted_and_runs_again(
+    scheduler: Scheduler, calls: list[str], tmp_path: Path
+) -> None:
+    scheduler.apply(_config(tmp_path), first_run_within=0.0)
+    scheduler.start()
+    poll(lambda: len(calls) >= 4, timeout=10)
+    assert scheduler.running
+    assert scheduler.errors() == {("probe_worker", "database"): 2}
+    samples = {tuple(s.labels.values()): s.value for f in scheduler.metrics() for s in f.samples}
+    assert samples[("probe_worker", "database")] == 2
+    assert len(samples) == len(catalogue.JOB_THREADS) * len(catalogue.THREAD_ERROR_CAUSES)
+
+
+def test_the_scheduler_loop_survives_its_own_exception(
+    scheduler: Scheduler, calls: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = scheduler._scheduler
+    real = loop._process_jobs
+    failures = threading.Semaphore(1)
+
+    def process_jobs() -> float | None:
+        if failures.acquire(blocking=False):
+            raise RuntimeError("a job store error")
+        return real()
+
+    monkeypatch.setattr(loop, "_process_jobs", process_jobs)
+    monkeypatch.setattr("exporter.scheduler.LOOP_BACKOFF", (0.05, 0.1))
+    scheduler.apply(_config(tmp_path), first_run_within=0.0)
+    scheduler.start()
+    poll(lambda: len(calls) >= 3, timeout=10)
+    assert scheduler.running
+    assert scheduler.errors()[("scheduler", "exception")] == 1
+
+
+def test_running_is_false_before_start_and_once_the_thread_died(
+    scheduler: Scheduler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert not scheduler.running
+
+    class Fatal(BaseException):
+        pass
+
+    def die() -> None:
+        raise Fatal
+
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)
+    monkeypatch.setattr(scheduler._scheduler, "_process_jobs", die)
+    scheduler.start()
+    poll(lambda: not scheduler.running, timeout=10)
+
+
+@pytest.mark.parametrize(("exc", "cause"), [
+    (sqlite3.OperationalError("disk full"), "database"), (SpoolError("closed"), "database"),
+    (OSError(24, "Too many open files"), "os_error"), (MemoryError(), "memory"),
+    (KeyError("x"), "exception"),
+])
+def test_error_causes_are_the_catalogue_ones(exc: BaseException, cause: str) -> None:
+    assert error_cause(exc) == cause
+    assert cause in catalogue.THREAD_ERROR_CAUSES
