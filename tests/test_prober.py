@@ -43,6 +43,7 @@ FAULT_CASES: dict[str, tuple[dict[str, Any], tuple[str, str] | None]] = {
     "unknown-signer": ({}, None),
     "version-jump": ({}, None),
     "expiry-beyond-policy": ({}, None),
+    "padded-delegations": ({"size": 200_000}, None),
     "target-missing": ({}, ("missing", "target")),
 }
 # faults that need a history of probes: tested on their own below

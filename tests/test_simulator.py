@@ -341,7 +341,7 @@ def test_stop_and_restart_on_same_port(server: SimulatorServer, tmp_path: Path) 
 
 
 SUCCEEDING = ["stale-mirror", "equivocation", "unknown-signer", "version-jump",
-              "expiry-beyond-policy"]
+              "expiry-beyond-policy", "padded-delegations"]
 
 
 @pytest.mark.parametrize("fault", SUCCEEDING)
@@ -450,6 +450,7 @@ def test_catalogue_is_complete() -> None:
         "oversized-metadata", "slow-retrieval", "http-500", "malformed-json",
         "deeply-nested-json", "never-answers", "connection-refused", "equivocation",
         "unknown-signer", "version-jump", "expiry-beyond-policy", "target-missing",
+        "padded-delegations",
     }
     assert set(FAULTS) == expected
     for name, info in FAULTS.items():
