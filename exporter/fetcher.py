@@ -81,7 +81,7 @@ def redirect_origin(entry: str) -> tuple[str, int | None]:
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"{entry!r}: the port must be a number from 1 to 65535") from None
+        raise ValueError(f"{entry!r} is not a host or host:port (port 1 to 65535)") from None
     host = (parts.hostname or "").lower()
     if not host or port == 0:
         raise ValueError(f"{entry!r} is not a host or host:port")

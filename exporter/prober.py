@@ -275,11 +275,11 @@ class _Run:
     # -- the probe ----------------------------------------------------------------------------
 
     def run(self) -> ProbeResult:
+        tmp = temporary_directory(self.prober.state_dir)  # also for ngclient's download buffers
         try:
-            trusted = self.trusted_root or load_trusted_root(self.repo.trusted_root)
+            trusted = self.trusted_root or load_trusted_root(self.repo.trusted_root, tmp)
         except TrustedRootError as exc:
             return self._result(False, Reason.INVALID_METADATA, FailedRole.ROOT, str(exc))
-        temporary_directory(self.prober.state_dir)  # for ngclient's download buffers
         state = self.state
         reuse = (
             self.repo.mode is Mode.WARM

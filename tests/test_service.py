@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -321,3 +322,18 @@ def test_a_finding_is_counted_once_and_shipped_as_one_event(
     again = [e for e in _events(service) if e["kind"] == kind and e["reason"] == reason]
     assert len(again) == len(matching) == 1, "one event"
     assert again[0]["repository"] == "sim" and again[0]["endpoint"] == "primary"
+
+
+def test_the_service_keeps_temporary_files_below_state_dir(
+    sim: Sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # $TMPDIR unusable: anything written there (python-tuf's check of the trusted root
+    # included) would fail
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmpdir"))
+    svc = Service(_write_config(sim, tmp_path / "config.yml"), first_run_within=0.1)
+    state_tmp = tmp_path / "state" / "tmp"
+    assert tempfile.gettempdir() == str(state_tmp)  # for every library of the process too
+    assert state_tmp.stat().st_mode & 0o777 == 0o700
+    ok, message = svc.reload()
+    assert ok, message
+    assert list(state_tmp.iterdir()) == []

@@ -370,6 +370,14 @@ def test_succeeding_faults(
         assert len(mirror.signatures) == 2
     elif fault == "version-jump":
         assert mirror.signed.version == primary.signed.version + 100
+    elif fault == "padded-delegations":
+        view = server.view("mirror")
+        padded = view.get(view.filename("delegated")) or b""
+        assert len(padded) == 1_000_000
+        assert Metadata.from_bytes(padded).signed == view.state.signed("delegated").signed
+        updater = make_updater(server, tmp_path / "padded", "mirror")
+        updater.refresh()
+        assert updater.get_targetinfo("delegated/one.txt") is not None  # python-tuf accepts it
     else:
         assert mirror.signed.expires > datetime.now(UTC) + timedelta(days=3000)
 
