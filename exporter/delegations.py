@@ -78,7 +78,8 @@ class SweepResult:
     #: Failing delegation paths: by role name for the first delegator the sweep reached the
     #: role through, ``"<role> (via <delegator>)"`` for each further delegator.
     failures: dict[str, Exception] = field(default_factory=dict)
-    #: True when the tree holds more roles (or delegation paths) than the configured maximum.
+    #: True when the tree holds more roles than the configured maximum (or more further
+    #: delegation paths, see :func:`sweep`).
     truncated: bool = False
     #: Role -> the identity of the cache file that holds the bytes python-tuf accepted (or whose
     #: verdict was reused) in this sweep, and those bytes when the sweep had them in memory
@@ -115,7 +116,8 @@ def sweep(
     Every delegation path is checked: a role delegated by several roles is verified by
     python-tuf under each of its delegators (their keys and threshold), not only under the
     first one the sweep reached it through; a failing path is a failure (see
-    :attr:`SweepResult.failures`). ``max_roles`` bounds the paths checked.
+    :attr:`SweepResult.failures`). ``max_roles`` bounds the roles visited, and separately the
+    further paths checked.
 
     Memory does not grow with the number of roles. Downloads stream to files in
     ``spool_dir`` (below ``state_dir``, on the file system of ``cache_dir``), at most
@@ -187,7 +189,7 @@ class _Sweep:
         _empty(self.spool_dir)
         level = [(child, "targets") for child in _children(trusted["targets"])]
         seen: set[str] = set()
-        paths = 0
+        further_paths = 0
         cached_files = _listing(self.cache_dir)
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="delegation") as pool:
             while level:
@@ -196,14 +198,17 @@ class _Sweep:
                 verified: set[str] = set()
                 order: list[str] = []  # the roles of this level, in the order they were reached
                 for role, parent in level:
-                    if paths >= max_roles:
-                        result.truncated = True
-                        break
-                    paths += 1
                     if role in seen:
+                        if further_paths >= max_roles:
+                            result.truncated = True
+                            continue
+                        further_paths += 1
                         further.append((role, parent))
                         order.append(role)
                         continue
+                    if len(seen) >= max_roles:
+                        result.truncated = True
+                        break
                     seen.add(role)
                     result.visited.append(role)
                     order.append(role)

@@ -275,9 +275,9 @@ class _Run:
     # -- the probe ----------------------------------------------------------------------------
 
     def run(self) -> ProbeResult:
-        tmp = temporary_directory(self.prober.state_dir)  # also for ngclient's download buffers
+        tmp_dir = temporary_directory(self.prober.state_dir)  # also ngclient's download buffers
         try:
-            trusted = self.trusted_root or load_trusted_root(self.repo.trusted_root, tmp)
+            trusted = self.trusted_root or load_trusted_root(self.repo.trusted_root, tmp_dir)
         except TrustedRootError as exc:
             return self._result(False, Reason.INVALID_METADATA, FailedRole.ROOT, str(exc))
         state = self.state
