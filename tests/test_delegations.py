@@ -3,12 +3,13 @@ would be given again (snapshot entry, delegating keys and cached file unchanged,
 
 from __future__ import annotations
 
+import io
 import time
 import tracemalloc
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from conftest import Sim, hash_bins, serve
@@ -17,6 +18,7 @@ from tuf.api.metadata import Targets
 
 from exporter import delegations
 from exporter.config import Limits, Mode
+from exporter.fetcher import Fetcher
 from exporter.prober import Prober
 from exporter.results import ProbeResult
 from exporter.simulator import SimulatedRepository
@@ -310,3 +312,21 @@ def test_a_role_past_the_cap_fails_and_leaves_no_file(tmp_path: Path) -> None:
         assert set(result.delegations.failures) == {"r0", "r1"}
         assert "DownloadLengthMismatchError" in result.delegations.failures["r0"]
         assert list(_spool(sim).iterdir()) == []
+
+
+def test_a_spool_that_cannot_be_written_costs_memory_not_the_verdict(
+    bins: Sim, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    into = Fetcher.download_into
+
+    def disk_full(self: Fetcher, url: str, max_length: int, out: IO[bytes]) -> int:
+        if not isinstance(out, io.BytesIO):
+            out.write(b"{")
+            raise OSError(28, "No space left on device")
+        return into(self, url, max_length, out)
+
+    monkeypatch.setattr(Fetcher, "download_into", disk_full)
+    result = _probe(bins, Prober(bins.state_dir))
+    assert result.success, result.message  # this host's disk is not the repository's fault
+    assert result.delegations.count == BINS and result.delegations.failing == 0
+    assert "holding it in memory" in caplog.text
