@@ -5,8 +5,10 @@ verdict on all of them, so this sweep visits the whole delegation tree level by 
 role it does what ``Updater._load_targets`` does: try the cached copy, otherwise download the
 version the snapshot names, and hand the bytes to python-tuf's trusted metadata set, which
 makes the verdict (signatures against the delegator's keys and threshold, version against
-snapshot, expiry). Downloads of one level run in parallel on the probe's fetcher; verification
-stays sequential, in python-tuf.
+snapshot, expiry). Downloads of one level run in parallel on the probe's fetcher, streamed to
+files and bounded by the bytes waiting for verification; verification stays sequential, in
+python-tuf, one body in memory at a time. A role delegated by several roles is verified under
+each of them.
 
 A warm sweep reuses the verdicts of the last one (:data:`Memo`) for leaf roles whose snapshot
 entry, delegating keys and cached file are all unchanged: those are not even read from disk,

@@ -132,8 +132,10 @@ class Service:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = ProbeStore()
         self.prober = Prober(config.state_dir)
-        # every temporary file of this process below state_dir (ours carry dir= as well)
-        tempfile.tempdir = str(temporary_directory(config.state_dir))
+        # every temporary file of this process below state_dir (ours carry dir= as well),
+        # until stop()
+        self._tempdir = (tempfile.tempdir, str(temporary_directory(config.state_dir)))
+        tempfile.tempdir = self._tempdir[1]
         self.history = HistoryStore.for_config(
             config, on_corrupt="rename" if history_on_corrupt == "rename" else "raise"
         )
@@ -181,6 +183,8 @@ class Service:
         self.shipper.stop(timeout=5.0)
         self.spool.close()
         self.history.close()
+        if tempfile.tempdir == self._tempdir[1]:
+            tempfile.tempdir = self._tempdir[0]
         log.info("stopped")
 
     def reload(self) -> tuple[bool, str]:

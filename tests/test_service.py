@@ -337,3 +337,5 @@ def test_the_service_keeps_temporary_files_below_state_dir(
     ok, message = svc.reload()
     assert ok, message
     assert list(state_tmp.iterdir()) == []
+    svc.stop()
+    assert tempfile.tempdir == str(tmp_path / "no-such-tmpdir")  # as it was before
