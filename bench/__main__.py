@@ -24,7 +24,7 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
 def _cases(long: bool) -> dict[str, Callable[[bool], list[Row]]]:
-    from bench import delegation_sweep, endpoints, events, probe_cost, scrape
+    from bench import delegation_sweep, endpoints, events, probe_cost, scrape, sweep_memory
 
     return {
         "probe": probe_cost.run,
@@ -32,10 +32,11 @@ def _cases(long: bool) -> dict[str, Callable[[bool], list[Row]]]:
         "endpoints": lambda quick: endpoints.run(quick, long=long),
         "scrape": scrape.run,
         "events": events.run,
+        "memory": sweep_memory.run,
     }
 
 
-CASE_NAMES = ("probe", "delegations", "endpoints", "scrape", "events")
+CASE_NAMES = ("probe", "delegations", "endpoints", "scrape", "events", "memory")
 
 
 def machine() -> str:

@@ -31,6 +31,11 @@ class Spec:
     mirrors: int = 0
     #: Put one target in every bin (``bins`` > 0) so a walk can visit each one.
     one_per_bin: bool = False
+    #: Named delegations of top-level targets (``r0``, ``r1``, ...).
+    roles: int = 0
+    #: Serve every delegated role padded to this many bytes (the ``padded-delegations``
+    #: fault: signatures intact, python-tuf accepts them); 0: not padded.
+    padded: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,9 +80,13 @@ class _Child:
             if spec.one_per_bin:
                 bin_targets = _targets_for_bins(repo, names)
                 repo.add_targets({path: path.encode() for path in bin_targets.values()})
+        for i in range(spec.roles):
+            repo.delegate(f"r{i}")
         repo.add_targets({f"files/{i}.txt": f"content {i}\n".encode() for i in range(spec.targets)})
         repo.publish()
         server = SimulatorServer(repo).start()
+        if spec.padded:
+            server.inject("padded-delegations", size=spec.padded)
         for i in range(spec.mirrors):
             server.add_mirror(f"mirror{i:04d}")
         self.repo, self.server = repo, server

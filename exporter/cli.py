@@ -20,7 +20,7 @@ from exporter import __version__, logs
 from exporter.config import Config, ConfigError, load_config, parse_shard
 from exporter.durations import parse_duration
 from exporter.history_store import HistoryError
-from exporter.prober import Prober, TrustedRootError, load_trusted_root
+from exporter.prober import Prober, TrustedRootError, load_trusted_root, temporary_directory
 from exporter.results import ProbeResult, rfc3339
 from exporter.service import Service
 from exporter.simulator import FAULTS
@@ -40,10 +40,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _load(path: Path) -> Config:
+def _load(path: Path, *, in_state_dir: bool = False) -> Config:
+    """The configuration, every trusted root checked by python-tuf (which writes a client
+    directory: below ``state_dir`` when ``in_state_dir``, else in ``$TMPDIR``, removed at once;
+    check-config creates nothing below ``state_dir``)."""
     config = load_config(path)
+    tmp = temporary_directory(config.state_dir) if in_state_dir else None
     for repo in config.repositories:
-        load_trusted_root(repo.trusted_root)
+        load_trusted_root(repo.trusted_root, tmp)
     return config
 
 
@@ -60,7 +64,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     """Probe every (repository, endpoint) once, now, and print the results."""
-    config = _load(args.config)
+    config = _load(args.config, in_state_dir=True)
     repos = config.repositories
     if args.repository:
         repos = tuple(r for r in repos if r.name == args.repository)

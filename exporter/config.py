@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from exporter.durations import parse_duration
+from exporter.fetcher import redirect_origin
 
 T = TypeVar("T")
 
@@ -344,6 +345,14 @@ def _strings(value: Any) -> tuple[str, ...]:
     return tuple(_string(v.value if isinstance(v, _Node) else v) for v in value)
 
 
+def _redirect_hosts(value: Any) -> tuple[str, ...]:
+    """``host`` or ``host:port`` entries, checked as the fetcher reads them."""
+    hosts = _strings(value)
+    for host in hosts:
+        redirect_origin(host)
+    return hosts
+
+
 def _target_path(value: Any) -> str:
     path = _string(value)
     parts = path.split("/")
@@ -454,7 +463,7 @@ def _repository(reader: _Reader, base: Path) -> Repository:
         full_refresh_every=reader.get("full_refresh_every", _int(1), 10),
         verify_delegations=reader.get("verify_delegations", _bool, True),
         delegation_workers=reader.get("delegation_workers", _int(1), 8),
-        allowed_redirect_hosts=reader.get("allowed_redirect_hosts", _strings, _NONE),
+        allowed_redirect_hosts=reader.get("allowed_redirect_hosts", _redirect_hosts, _NONE),
         limits=_limits(reader.child("limits")),
         policy=_policy(reader.child("policy")),
     )

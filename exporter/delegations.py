@@ -5,8 +5,10 @@ verdict on all of them, so this sweep visits the whole delegation tree level by 
 role it does what ``Updater._load_targets`` does: try the cached copy, otherwise download the
 version the snapshot names, and hand the bytes to python-tuf's trusted metadata set, which
 makes the verdict (signatures against the delegator's keys and threshold, version against
-snapshot, expiry). Downloads of one level run in parallel on the probe's fetcher; verification
-stays sequential, in python-tuf.
+snapshot, expiry). Downloads of one level run in parallel on the probe's fetcher, streamed to
+files and bounded by the bytes waiting for verification; verification stays sequential, in
+python-tuf, one body in memory at a time. A role delegated by several roles is verified under
+each of them.
 
 A warm sweep reuses the verdicts of the last one (:data:`Memo`) for leaf roles whose snapshot
 entry, delegating keys and cached file are all unchanged: those are not even read from disk,
@@ -19,10 +21,13 @@ tests.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -59,19 +64,40 @@ class Verdict:
 Memo = dict[str, Verdict]
 
 
+#: Accepted bodies a sweep hands to the inspector in memory (``SweepResult.cached``): each at
+#: most ``KEEP_BODY`` bytes, ``KEEP_BYTES`` in all; the inspector reads any other from the
+#: cache file. Thousands of small hash bins are not read twice; large roles never pile up in
+#: memory.
+KEEP_BODY = 256 << 10
+KEEP_BYTES = 8 << 20
+
+
 @dataclass
 class SweepResult:
     """Every delegated role visited; failures by role name with the exception raised."""
 
     visited: list[str] = field(default_factory=list)
+    #: Failing delegation paths: by role name for the first delegator the sweep reached the
+    #: role through, ``"<role> (via <delegator>)"`` for each further delegator.
     failures: dict[str, Exception] = field(default_factory=dict)
-    #: True when the tree holds more roles than the configured maximum.
+    #: True when the tree holds more roles than the configured maximum (or more further
+    #: delegation paths, see :func:`sweep`).
     truncated: bool = False
     #: Role -> the identity of the cache file that holds the bytes python-tuf accepted (or whose
     #: verdict was reused) in this sweep, and those bytes when the sweep had them in memory
-    #: (read from the file, or written to it by ``persist``; None for a reused verdict). For
-    #: the inspector: it need not stat these files, nor read the ones given with their bytes.
+    #: (read from the file or downloaded, within :data:`KEEP_BODY` and :data:`KEEP_BYTES`;
+    #: else None). For the inspector: it need not stat these files, nor read the ones given
+    #: with their bytes.
     cached: dict[str, tuple[bytes | None, FileIdentity]] = field(default_factory=dict)
+    #: Role -> the downloaded file python-tuf rejected, for the inspector's facts, kept up to
+    #: the sweep's byte budget until :meth:`discard`.
+    rejected: dict[str, Path] = field(default_factory=dict)
+
+    def discard(self) -> None:
+        """Remove the files of :attr:`rejected` (call once the inspector has read them)."""
+        for path in self.rejected.values():
+            path.unlink(missing_ok=True)
+        self.rejected.clear()
 
 
 def sweep(
@@ -80,16 +106,32 @@ def sweep(
     metadata_url: str,
     cache_dir: Path,
     *,
+    spool_dir: Path,
     workers: int,
     max_roles: int,
     default_length: int,
-    persist: Callable[[str, bytes], None],
+    persist: Callable[[str, Path], None],
     memo: Memo | None = None,
 ) -> SweepResult:
     """Load and verify every delegated role below ``targets``; never raises for one role.
 
-    ``persist(role, data)`` stores a freshly verified role in ``cache_dir`` (the client cache,
-    as ``<quoted role>.json``, replacing the file).
+    Every delegation path is checked: a role delegated by several roles is verified by
+    python-tuf under each of its delegators (their keys and threshold), not only under the
+    first one the sweep reached it through; a failing path is a failure (see
+    :attr:`SweepResult.failures`). ``max_roles`` bounds the roles visited, and separately the
+    further paths checked.
+
+    Memory does not grow with the number of roles. Downloads stream to files in
+    ``spool_dir`` (below ``state_dir``, on the file system of ``cache_dir``), at most
+    ``workers`` at a time, and the bytes downloaded but not yet verified are bounded by
+    ``workers x default_length`` (a download reserves the length the snapshot gives, else
+    ``default_length``, until it is done, then counts what it wrote): when the budget is
+    reached, what is spooled is verified and the downloads go on. python-tuf verifies one
+    role at a time, read from its file; a verified file is moved into the cache by
+    ``persist(role, path)`` (``<quoted role>.json`` in ``cache_dir``, replacing the file), and
+    the sweep drops its bytes (unless small, see :data:`KEEP_BODY`). When a spool file cannot
+    be written (a fault of this host), that role is downloaded again into memory, so the
+    verdict stands and only the memory bound is lost while the disk fails.
 
     ``memo`` holds the verdicts of the last sweep of the same endpoint. A leaf role (one that
     delegates nothing) is not read again when, since python-tuf accepted it,
@@ -106,84 +148,284 @@ def sweep(
     sweep of 4,096 hash bins where one changed reads, fetches and verifies that one. A role
     failing any condition is loaded into python-tuf as on a cold sweep. Roles that delegate
     further are always loaded, so their children are verified against keys python-tuf holds.
+    A role's further delegators are checked every sweep, from its cached file.
     """
-    trusted: TrustedMetadataSet = updater._trusted_set  # noqa: SLF001 - see module docstring
-    result = SweepResult()
-    level = [(child, "targets") for child in _children(trusted["targets"])]
-    seen: set[str] = set()
-    verified: list[str] = []
-    keys = KeyFingerprints()
-    cached_files = _listing(cache_dir)
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="delegation") as pool:
-        while level:
-            todo: list[tuple[str, str]] = []
-            verified = []
-            for role, parent in level:
-                if role in seen:
-                    continue
-                if len(seen) >= max_roles:
-                    result.truncated = True
-                    break
-                seen.add(role)
-                result.visited.append(role)
-                if trusted.contains(role, parent):
-                    verified.append(role)
-                    continue
-                entry = cached_files.get(_file_name(role))
-                if entry is None:
-                    todo.append((role, parent))
-                    continue
-                if memo is not None:
-                    reused = _reusable(memo.get(role), trusted, role, parent, entry, keys)
-                    if reused is not None:
-                        result.cached[role] = (None, reused)
+    run = _Sweep(updater, fetcher, metadata_url, cache_dir, spool_dir, workers, default_length,
+                 persist, memo)
+    return run.run(max_roles)
+
+
+class _Sweep:
+    """One sweep (see :func:`sweep`)."""
+
+    def __init__(
+        self,
+        updater: Updater,
+        fetcher: Fetcher,
+        metadata_url: str,
+        cache_dir: Path,
+        spool_dir: Path,
+        workers: int,
+        default_length: int,
+        persist: Callable[[str, Path], None],
+        memo: Memo | None,
+    ) -> None:
+        self.trusted: TrustedMetadataSet = updater._trusted_set  # noqa: SLF001 - see module doc
+        self.fetcher = fetcher
+        self.metadata_url = metadata_url
+        self.cache_dir = cache_dir
+        self.spool_dir = spool_dir
+        self.workers = max(1, workers)
+        self.default_length = default_length
+        self.budget = self.workers * default_length
+        self.persist = persist
+        self.memo = memo
+        self.result = SweepResult()
+        self.keys = KeyFingerprints()
+        self.kept = 0  # bytes handed over in result.cached
+        self.rejected_bytes = 0  # bytes of the files in result.rejected
+        self.spooled = 0  # spool files made so far (their names)
+
+    def run(self, max_roles: int) -> SweepResult:
+        trusted, result, memo = self.trusted, self.result, self.memo
+        _empty(self.spool_dir)
+        level = [(child, "targets") for child in _children(trusted["targets"])]
+        seen: set[str] = set()
+        further_paths = 0
+        cached_files = _listing(self.cache_dir)
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="delegation") as pool:
+            while level:
+                todo: list[tuple[str, str]] = []
+                further: list[tuple[str, str]] = []
+                verified: set[str] = set()
+                order: list[str] = []  # the roles of this level, in the order they were reached
+                for role, parent in level:
+                    if role in seen:
+                        if further_paths >= max_roles:
+                            result.truncated = True
+                            continue
+                        further_paths += 1
+                        further.append((role, parent))
+                        order.append(role)
                         continue
-                cached = _read_cached(cache_dir, role)
-                if cached is not None and _load(trusted, role, parent, cached[0]):
-                    _remember(memo, trusted, role, parent, cached[1], keys)
-                    result.cached[role] = cached
-                    verified.append(role)
-                    continue
-                todo.append((role, parent))
-            downloads = {
-                role: pool.submit(
-                    _download, trusted, fetcher, metadata_url, role, default_length
-                )
-                for role, _ in todo
-            }
-            # Three phases per level, never overlapping: parallel downloads, then python-tuf's
-            # verification on this thread, then the cache writes. Overlapping CPU-bound
-            # verification with busy download threads costs far more in GIL hand-offs than
-            # it saves (measured: 13x slower signature checks).
-            wait(downloads.values())
-            verified_data: list[tuple[str, str, bytes]] = []
-            for role, parent in todo:
-                try:
-                    data = downloads[role].result()
-                    trusted.update_delegated_targets(data, role, parent)
-                    verified.append(role)
-                    verified_data.append((role, parent, data))  # only verified bytes are cached
-                except (exceptions.RepositoryError, exceptions.DownloadError, OSError) as exc:
-                    result.failures[role] = exc
+                    if len(seen) >= max_roles:
+                        result.truncated = True
+                        break
+                    seen.add(role)
+                    result.visited.append(role)
+                    order.append(role)
+                    if trusted.contains(role, parent):
+                        verified.add(role)
+                        continue
+                    entry = cached_files.get(_file_name(role))
+                    if entry is None:
+                        todo.append((role, parent))
+                        continue
                     if memo is not None:
-                        memo.pop(role, None)
-            for role, parent, data in verified_data:
+                        reused = _reusable(memo.get(role), trusted, role, parent, entry, self.keys)
+                        if reused is not None:
+                            result.cached[role] = (None, reused)
+                            continue
+                    cached = _read_cached(self.cache_dir, role)
+                    if cached is not None and _load(trusted, role, parent, cached[0]):
+                        _remember(memo, trusted, role, parent, cached[1], self.keys)
+                        result.cached[role] = (self._keep(cached[0]), cached[1])
+                        verified.add(role)
+                        continue
+                    todo.append((role, parent))
+                verified.update(self._download_and_verify(pool, todo))
+                verified.update(role for role, parent in further if self._further(role, parent))
+                # children in the order of the tree, whichever download finished first
+                level = [
+                    (child, role)
+                    for role in dict.fromkeys(order)
+                    if role in verified
+                    for child in _children(trusted[role])
+                ]
+        if memo is not None:
+            for gone in memo.keys() - seen:  # no longer delegated (or past max_roles)
+                del memo[gone]
+        return result
+
+    # -- downloads of a level, bounded by bytes -------------------------------------------------
+
+    def _download_and_verify(
+        self, pool: ThreadPoolExecutor, todo: list[tuple[str, str]]
+    ) -> list[str]:
+        """Download ``todo`` (at most ``workers`` at a time and ``budget`` bytes spooled) and
+        have python-tuf verify each; the roles it accepted.
+
+        Downloads and verification never overlap: overlapping CPU-bound verification with
+        busy download threads costs far more in GIL hand-offs than it saves (measured: 13x
+        slower signature checks). So downloads run until the budget is reached or the level
+        is done, then what was spooled is verified on this thread, then the next downloads.
+        """
+        verified: list[str] = []
+        pending = deque(todo)
+        running: dict[Future[Path | bytes], tuple[str, str, int]] = {}
+        done: list[tuple[str, str, Future[Path | bytes]]] = []
+        reserved = 0  # lengths reserved by running downloads
+        spooled = 0  # bytes of finished downloads not yet verified
+        while pending or running or done:
+            while pending and len(running) < self.workers:
+                role, parent = pending[0]
                 try:
-                    persist(role, data)
-                except OSError as exc:  # a full disk costs a re-download, not the verdict
-                    log.warning("cannot cache verified delegated metadata: %s", exc)
-                    if memo is not None:
-                        memo.pop(role, None)  # the cache may hold an older file: no reuse
+                    url, length = _location(self.trusted, self.metadata_url, role,
+                                            self.default_length)
+                except exceptions.RepositoryError as exc:
+                    pending.popleft()
+                    self._failed(role, exc)
                     continue
-                identity = _stat(cache_dir, role)
-                _remember(memo, trusted, role, parent, identity, keys)
-                if identity is not None:
-                    result.cached[role] = (data, identity)
-            level = [(child, role) for role in verified for child in _children(trusted[role])]
-    if memo is not None:
-        for gone in memo.keys() - seen:  # no longer delegated (or past max_roles)
-            del memo[gone]
-    return result
+                if (running or done) and spooled + reserved + length > self.budget:
+                    break
+                pending.popleft()
+                self.spooled += 1
+                path = self.spool_dir / f"{self.spooled}.part"
+                future = pool.submit(self._download, url, length, path)
+                running[future] = (role, parent, length)
+                reserved += length
+            if running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    role, parent, length = running.pop(future)
+                    reserved -= length
+                    done.append((role, parent, future))
+                    if future.exception() is None:
+                        got = future.result()
+                        spooled += len(got) if isinstance(got, bytes) else _size(got)
+                continue
+            verified += self._verify(done)
+            done = []
+            spooled = 0
+        return verified
+
+    def _download(self, url: str, length: int, path: Path) -> Path | bytes:
+        """The body of ``url`` in the file ``path``, or in memory if that cannot be written."""
+        try:
+            with open(path, "wb") as out:
+                self.fetcher.download_into(url, length, out)
+        except OSError as exc:  # writing the spool file: this host's disk, not the repository
+            path.unlink(missing_ok=True)
+            log.warning("cannot spool delegated metadata to %s (%s); holding it in memory",
+                        path, exc)
+            buffer = io.BytesIO()
+            self.fetcher.download_into(url, length, buffer)
+            return buffer.getvalue()
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
+
+    def _verify(self, done: list[tuple[str, str, Future[Path | bytes]]]) -> list[str]:
+        """python-tuf's verdict on each finished download, one body in memory at a time."""
+        verified = []
+        for role, parent, future in done:
+            got: Path | bytes | None = None
+            try:
+                got = future.result()
+                data = got if isinstance(got, bytes) else got.read_bytes()
+                self.trusted.update_delegated_targets(data, role, parent)
+            except (exceptions.RepositoryError, exceptions.DownloadError, OSError) as exc:
+                self._failed(role, exc)
+                if isinstance(got, Path):
+                    self._reject(role, got)
+                continue
+            verified.append(role)
+            self._store(role, parent, data, got)
+            del data
+        return verified
+
+    def _store(self, role: str, parent: str, data: bytes, got: Path | bytes) -> None:
+        """Cache a role python-tuf accepted (only verified bytes are cached) and remember it."""
+        memo = self.memo
+        if isinstance(got, bytes):  # the spool could not be written: nor can the cache
+            if memo is not None:
+                memo.pop(role, None)  # the cache may hold an older file: no reuse
+            return
+        try:
+            self.persist(role, got)
+        except OSError as exc:  # a full disk costs a re-download, not the verdict
+            got.unlink(missing_ok=True)
+            log.warning("cannot cache verified delegated metadata: %s", exc)
+            if memo is not None:
+                memo.pop(role, None)  # the cache may hold an older file: no reuse
+            return
+        identity = _stat(self.cache_dir, role)
+        _remember(memo, self.trusted, role, parent, identity, self.keys)
+        if identity is not None:
+            self.result.cached[role] = (self._keep(data), identity)
+
+    def _failed(self, role: str, exc: Exception) -> None:
+        self.result.failures[role] = exc
+        if self.memo is not None:
+            self.memo.pop(role, None)
+
+    def _reject(self, role: str, path: Path) -> None:
+        """Keep a rejected download for the inspector while within the budget, else drop it."""
+        size = _size(path)
+        if self.rejected_bytes + size <= self.budget:
+            self.rejected_bytes += size
+            self.result.rejected[role] = path
+        else:
+            path.unlink(missing_ok=True)
+
+    def _keep(self, data: bytes) -> bytes | None:
+        if len(data) > KEEP_BODY or self.kept + len(data) > KEEP_BYTES:
+            return None
+        self.kept += len(data)
+        return data
+
+    # -- further delegators of a role -----------------------------------------------------------
+
+    def _further(self, role: str, parent: str) -> bool:
+        """python-tuf's verdict on ``role`` under one more delegator, ``parent``.
+
+        The bytes are the ones python-tuf accepted in this sweep (the cache file the sweep
+        loaded, wrote or reused), else (the role failed under its other delegators, or could
+        not be cached) downloaded again. True when this is the first path under which
+        python-tuf accepted the role (its children are then visited from here).
+        """
+        trusted, result = self.trusted, self.result
+        if trusted.contains(role, parent):
+            return False
+        accepted = role in result.cached
+        key = f"{role} (via {parent})"
+        got: Path | bytes | None = None
+        try:
+            if accepted:
+                data = (self.cache_dir / _file_name(role)).read_bytes()
+            else:
+                url, length = _location(trusted, self.metadata_url, role, self.default_length)
+                self.spooled += 1
+                got = self._download(url, length, self.spool_dir / f"{self.spooled}.part")
+                data = got if isinstance(got, bytes) else got.read_bytes()
+            trusted.update_delegated_targets(data, role, parent)
+        except (exceptions.RepositoryError, exceptions.DownloadError, OSError) as exc:
+            result.failures[key] = exc
+            if isinstance(got, Path):
+                got.unlink(missing_ok=True)
+            return False
+        if accepted:
+            return False
+        if got is not None:
+            self._store(role, parent, data, got)
+        return True
+
+
+def _empty(directory: Path) -> None:
+    """Create ``directory``, or remove what a sweep left there (a crash, a kill)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                Path(entry.path).unlink()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _children(targets: object) -> list[str]:
@@ -293,20 +535,15 @@ def _remember(
     memo[role] = Verdict(meta, _fingerprint(keys, trusted, role, parent), loaded.expires, identity)
 
 
-def _download(
-    trusted: TrustedMetadataSet,
-    fetcher: Fetcher,
-    metadata_url: str,
-    role: str,
-    default_length: int,
-) -> bytes:
+def _location(
+    trusted: TrustedMetadataSet, metadata_url: str, role: str, default_length: int
+) -> tuple[str, int]:
+    """The URL of ``role``'s file (as ngclient names it) and the most bytes it may have."""
     meta = trusted.snapshot.meta.get(f"{role}.json")
     if meta is None:
         raise exceptions.RepositoryError(f"Role {role} was delegated but is not part of snapshot")
     length = meta.length or default_length
     name = quote(role, "")
     if trusted.root.consistent_snapshot:
-        url = f"{metadata_url}{meta.version}.{name}.json"
-    else:
-        url = f"{metadata_url}{name}.json"
-    return fetcher.download_bytes(url, length)
+        return f"{metadata_url}{meta.version}.{name}.json", length
+    return f"{metadata_url}{name}.json", length

@@ -10,7 +10,12 @@ This fetcher:
   after every chunk (a server that trickles bytes cannot hold a probe past its deadline);
 * streams with ``read1`` so the length cap that ngclient enforces is checked chunk by chunk and
   nothing is buffered far past it;
-* never follows a redirect to another host unless that host is configured;
+* writes its temporary files (ngclient's download buffer, see :meth:`Fetcher.download_file`) to
+  the directory it is given, below ``state_dir``, never to ``$TMPDIR``;
+* streams a delegated role straight to a file (:meth:`Fetcher.download_into`) without keeping
+  its body, so the delegation sweep holds on disk, not in memory, what it has downloaded;
+* follows a redirect only to the same scheme, host and port, or to a host (and port) listed in
+  ``allowed_redirect_hosts``, and never from https down to http (see :func:`redirect_allowed`);
 * retries only where configured (connection errors and 5xx before any body byte), and counts
   every retry.
 
@@ -33,15 +38,18 @@ configured: a configuration reload keeps the sessions of unchanged endpoints, so
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -55,6 +63,56 @@ from exporter.results import RequestRecord
 _CHUNK = 64 * 1024
 _MAX_REDIRECTS = 5
 _RETRY_STATUSES = frozenset({500, 502, 503, 504})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def redirect_origin(entry: str) -> tuple[str, int | None]:
+    """An ``allowed_redirect_hosts`` entry as (lower-case host, port or None).
+
+    ``host`` allows that host on the default port of the redirect's scheme (80 for http, 443
+    for https); ``host:port`` allows that port only; an IPv6 address is written in brackets
+    (``[2001:db8::1]:8443``). Raises ValueError for anything else (a scheme, a path, a port
+    out of range).
+    """
+    text = entry.strip()
+    if not text or any(c in text for c in "/?#@ ") or "://" in text:
+        raise ValueError(f"{entry!r} is not a host or host:port")
+    parts = urlsplit(f"//{text}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{entry!r} is not a host or host:port (port 1 to 65535)") from None
+    host = (parts.hostname or "").lower()
+    if not host or port == 0:
+        raise ValueError(f"{entry!r} is not a host or host:port")
+    return host, port
+
+
+def redirect_allowed(
+    original: str, target: str, allowed: frozenset[tuple[str, int | None]] = frozenset()
+) -> bool:
+    """Whether a redirect from ``original`` to ``target`` may be followed.
+
+    Allowed: the same scheme, host and port (the origin, RFC 6454); or a host listed in
+    ``allowed`` (entries as :func:`redirect_origin` returns them: a host alone stands for the
+    default port of ``target``'s scheme). Never from https down to http, whatever the list
+    says, and never to a scheme other than http or https.
+    """
+    old, new = urlsplit(original), urlsplit(target)
+    if new.scheme not in _DEFAULT_PORTS or old.scheme not in _DEFAULT_PORTS:
+        return False
+    if old.scheme == "https" and new.scheme != "https":
+        return False
+    try:
+        old_port = old.port or _DEFAULT_PORTS[old.scheme]
+        new_port = new.port or _DEFAULT_PORTS[new.scheme]
+    except ValueError:  # a port that is not a number
+        return False
+    host = (new.hostname or "").lower()
+    if (old.scheme, (old.hostname or "").lower(), old_port) == (new.scheme, host, new_port):
+        return True
+    default = new_port == _DEFAULT_PORTS[new.scheme]
+    return (host, new_port) in allowed or (default and (host, None) in allowed)
 
 
 class DeadlineExceeded(Exception):  # noqa: N818 - it is the cause of a SlowRetrievalError
@@ -131,7 +189,12 @@ class Fetcher(FetcherInterface):
     """Fetches for one probe of one endpoint and keeps a record of every request.
 
     ``classify(url)`` names what a URL fetches (a role name or ``"target"``). Metadata bodies
-    (everything not classified as ``"target"``) are kept, by URL, for the inspector.
+    fetched through ngclient's interface (everything not classified as ``"target"``) are kept,
+    by URL, for the inspector; bodies streamed by :meth:`download_into` are not.
+
+    ``tmp_dir`` is where ngclient's download buffer (a temporary file, see
+    :meth:`download_file`) is created: a directory below ``state_dir``. None: ``tempfile``'s
+    default directory (which the service points below ``state_dir`` at start).
 
     ``on_metadata(role, body)``, when given, is called with every complete metadata body as
     soon as its last byte arrived, before the body is handed to ngclient, that is before
@@ -151,6 +214,7 @@ class Fetcher(FetcherInterface):
         retries: int = 0,
         allowed_redirect_hosts: tuple[str, ...] = (),
         on_metadata: Callable[[str, bytes], None] | None = None,
+        tmp_dir: Path | None = None,
     ) -> None:
         self._session = session
         self._on_metadata = on_metadata
@@ -159,7 +223,8 @@ class Fetcher(FetcherInterface):
         self._read_timeout = read_timeout
         self.deadline = deadline
         self._retries = retries
-        self._allowed_hosts = frozenset(h.lower() for h in allowed_redirect_hosts)
+        self._allowed = frozenset(redirect_origin(h) for h in allowed_redirect_hosts)
+        self._tmp_dir = tmp_dir
         self._lock = threading.Lock()
         self.records: list[RequestRecord] = []
         self.bodies: dict[str, bytes] = {}
@@ -169,6 +234,57 @@ class Fetcher(FetcherInterface):
     # -- FetcherInterface -------------------------------------------------------------------
 
     def _fetch(self, url: str) -> Iterator[bytes]:
+        return self._get(url, keep=True)
+
+    @contextlib.contextmanager
+    def download_file(self, url: str, max_length: int) -> Iterator[IO[bytes]]:
+        """ngclient's ``download_file``, with its temporary file in ``tmp_dir``.
+
+        The same contract as ``FetcherInterface.download_file``: a file holding the body of
+        ``url``, at most ``max_length`` bytes (``DownloadLengthMismatchError`` past it).
+        """
+        with tempfile.TemporaryFile(dir=self._tmp_dir) as temp_file:
+            received = 0
+            for chunk in self.fetch(url):
+                received += len(chunk)
+                if received > max_length:
+                    raise exceptions.DownloadLengthMismatchError(
+                        f"Downloaded {received} bytes exceeding the maximum allowed length"
+                        f" of {max_length}"
+                    )
+                temp_file.write(chunk)
+            temp_file.seek(0)
+            yield temp_file
+
+    def download_into(self, url: str, max_length: int, out: IO[bytes]) -> int:
+        """Stream the body of ``url`` into ``out``; return its length in bytes.
+
+        The body is not kept (not in :attr:`bodies`, and ``on_metadata`` is not called): at
+        most one chunk (64 KiB) of it is held at a time, so a delegated role streamed to a
+        file costs no memory of its size. Raises what ngclient's downloads raise
+        (``DownloadError``; ``DownloadLengthMismatchError`` past ``max_length``;
+        ``SlowRetrievalError``), and whatever ``out.write`` raises (``OSError`` for a file
+        that cannot be written: a fault of this host, never a ``DownloadError``).
+        """
+        received = 0
+        try:
+            chunks = self._get(url, keep=False)
+        except exceptions.DownloadError:
+            raise
+        except Exception as exc:  # as FetcherInterface.fetch does
+            raise exceptions.DownloadError(f"Failed to download {url}") from exc
+        with contextlib.closing(chunks):
+            for chunk in chunks:
+                received += len(chunk)
+                if received > max_length:
+                    raise exceptions.DownloadLengthMismatchError(
+                        f"Downloaded {received} bytes exceeding the maximum allowed length"
+                        f" of {max_length}"
+                    )
+                out.write(chunk)
+        return received
+
+    def _get(self, url: str, *, keep: bool) -> Generator[bytes, None, None]:
         role = self._classify(url)
         self.last_started = role
         started = time.monotonic()
@@ -191,7 +307,7 @@ class Fetcher(FetcherInterface):
             except requests.RequestException as exc:
                 self._record(url, role, None, 0, started, None, repr(exc), attempt)
                 raise self._translate(exc) from exc
-        return self._stream(url, role, response, started, attempt)
+        return self._stream(url, role, response, started, attempt, keep and role != "target")
 
     # -- internals --------------------------------------------------------------------------
 
@@ -213,9 +329,10 @@ class Fetcher(FetcherInterface):
             if response.is_redirect:
                 target = urljoin(current, response.headers.get("Location", ""))
                 response.close()
-                if not self._redirect_allowed(url, target):
+                if not redirect_allowed(current, target, self._allowed):
                     raise exceptions.DownloadHTTPError(
-                        f"refusing redirect from {current} to another host: {target}",
+                        f"refusing redirect from {current} to {target}: another scheme, host"
+                        " or port, not in allowed_redirect_hosts",
                         response.status_code,
                     )
                 current = target
@@ -228,18 +345,16 @@ class Fetcher(FetcherInterface):
             return response
         raise exceptions.DownloadHTTPError(f"too many redirects for {url}", 310)
 
-    def _redirect_allowed(self, original: str, target: str) -> bool:
-        old, new = urlsplit(original), urlsplit(target)
-        if new.scheme not in ("http", "https"):
-            return False
-        same = (old.hostname or "").lower() == (new.hostname or "").lower()
-        return same or (new.hostname or "").lower() in self._allowed_hosts
-
     def _stream(
-        self, url: str, role: str, response: requests.Response, started: float, retries: int
-    ) -> Iterator[bytes]:
+        self,
+        url: str,
+        role: str,
+        response: requests.Response,
+        started: float,
+        retries: int,
+        keep: bool,
+    ) -> Generator[bytes, None, None]:
         received = 0
-        keep = role != "target"
         parts: list[bytes] = []
         error: str | None = None
         server_date = _parse_date(response.headers.get("Date"))

@@ -66,21 +66,35 @@ log = logging.getLogger(__name__)
 _TOP = ("root", "timestamp", "snapshot", "targets")
 
 
+def temporary_directory(state_dir: Path) -> Path:
+    """Where the exporter's temporary files go: ``<state_dir>/tmp``, created (mode 0700).
+
+    Probes put cold caches and ngclient's download buffers there; the service also makes it
+    ``tempfile``'s default directory (``tempfile.tempdir``) for the life of the process, so
+    no temporary file of the exporter or a library it calls lands in ``$TMPDIR``.
+    """
+    path = state_dir / "tmp"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
 class TrustedRootError(ValueError):
     """The configured trusted root cannot be used by python-tuf."""
 
 
-def load_trusted_root(path: Path) -> bytes:
+def load_trusted_root(path: Path, tmp_dir: Path | None = None) -> bytes:
     """Read the trusted root and check that python-tuf accepts it as a starting point.
 
     python-tuf refuses some real roots (sigstore's roots 1 to 3 use fractional-second expiry
-    times, root 4 raw-hex keys): this says so clearly instead of failing mid-probe.
+    times, root 4 raw-hex keys): this says so clearly instead of failing mid-probe. python-tuf
+    writes the root into a client directory: a temporary one in ``tmp_dir`` (None:
+    ``tempfile``'s default, which the service points below ``state_dir``), removed at once.
     """
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise TrustedRootError(f"cannot read trusted root {path}: {exc.strerror or exc}") from None
-    with tempfile.TemporaryDirectory(prefix="tuf-exporter-root-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="tuf-exporter-root-", dir=tmp_dir) as tmp:
         try:
             # The constructor verifies the root against its own keys; it makes no request.
             Updater(tmp, "http://127.0.0.1.invalid/", bootstrap=data)
@@ -123,6 +137,9 @@ class Prober:
 
     def __init__(self, state_dir: Path, inspector: Inspector | None = None) -> None:
         self._cache_root = state_dir / "cache"
+        self.state_dir = state_dir
+        #: Temporary files of probes (cold caches, ngclient's download buffers).
+        self.tmp_dir = state_dir / "tmp"
         self._inspector = inspector or Inspector()
         self._states: dict[tuple[str, str], _EndpointState] = {}
         self._lock = threading.Lock()
@@ -202,6 +219,7 @@ class _Run:
             retries=repository.retries,
             allowed_redirect_hosts=repository.allowed_redirect_hosts,
             on_metadata=self._on_metadata,
+            tmp_dir=prober.tmp_dir,
         )
         self.marks: dict[str, float] = {}
         #: Role -> version, as named by the snapshot fetched in this probe (None: none fetched).
@@ -282,8 +300,9 @@ class _Run:
     # -- the probe ----------------------------------------------------------------------------
 
     def run(self) -> ProbeResult:
+        tmp_dir = temporary_directory(self.prober.state_dir)  # also ngclient's download buffers
         try:
-            trusted = self.trusted_root or load_trusted_root(self.repo.trusted_root)
+            trusted = self.trusted_root or load_trusted_root(self.repo.trusted_root, tmp_dir)
         except TrustedRootError as exc:
             return self._result(False, Reason.INVALID_METADATA, FailedRole.ROOT, str(exc))
         state = self.state
@@ -301,7 +320,7 @@ class _Run:
                 return reused
         state.probes_since_full = 0
         if self.repo.mode is Mode.COLD:
-            with tempfile.TemporaryDirectory(prefix="tuf-exporter-cold-") as tmp:
+            with tempfile.TemporaryDirectory(prefix="cold-", dir=self.prober.tmp_dir) as tmp:
                 return self._full(Path(tmp), trusted)
         return self._full(self.prober.cache_dir(self.repo, self.endpoint), trusted)
 
@@ -339,10 +358,11 @@ class _Run:
                 self.fetcher,
                 self.endpoint.metadata_url,
                 metadata_dir,
+                spool_dir=cache / "incoming",
                 workers=self.repo.delegation_workers,
                 max_roles=self.repo.limits.max_delegations,
                 default_length=self.repo.limits.targets_max_length,
-                persist=lambda role, data: _persist(metadata_dir, role, data),
+                persist=lambda role, path: _persist(metadata_dir, role, path),
                 memo=self.state.delegation_memo if self.repo.mode is Mode.WARM else None,
             )
             if sweep.truncated:
@@ -366,6 +386,8 @@ class _Run:
             failure = _first_target_failure(targets)
         updater = None  # python-tuf's parsed metadata is not needed past this point
         inspected = self._inspect(metadata_dir, sweep)
+        if sweep is not None:
+            sweep.discard()
         summary = _summary(inspected, sweep)
         result = self._result(
             failure is None,
@@ -554,6 +576,9 @@ class _Run:
                     files["root"] = body
                 continue
             files[record.role] = body
+        for name, path in ({} if sweep is None else sweep.rejected).items():
+            with contextlib.suppress(OSError):  # the body python-tuf rejected, for its facts
+                files.setdefault(name, CachedFile(str(path), file_identity(path.stat())))
         if self.repo.mode is Mode.WARM:
             for name, cached in _cache_files(metadata_dir, {} if sweep is None else sweep.cached):
                 if cached.data is not None:
@@ -657,21 +682,14 @@ class _Run:
         )
 
 
-def _persist(metadata_dir: Path, role: str, data: bytes) -> None:
-    """Write a verified delegated role into the client cache atomically, as ngclient does.
+def _persist(metadata_dir: Path, role: str, source: Path) -> None:
+    """Move a verified delegated role, downloaded to ``source``, into the client cache.
 
-    The temporary name is fixed per role (a probe of an endpoint never runs twice at once),
-    which is three times cheaper than ``mkstemp`` for thousands of hash bins.
+    An atomic replace, as ngclient writes its cache; ``source`` is in the sweep's spool
+    directory, on the same file system (a sibling of ``metadata_dir``), so it is a rename:
+    the bytes are not written twice.
     """
-    name = quote(role, "")
-    target = metadata_dir / f"{name}.json"
-    tmp = metadata_dir / f".{name}.json.tmp"
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(target)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
+    source.replace(metadata_dir / f"{quote(role, '')}.json")
 
 
 def _cache_files(

@@ -129,7 +129,8 @@ class DelegationSummary:
     min_expires: datetime | None = None
     #: The tree is larger than ``limits.max_delegations``: roles past it were not verified.
     truncated: bool = False
-    #: Names of failing roles with their reasons, for logs and JSON (never labels).
+    #: Names of failing roles with their reasons, for logs and JSON (never labels); a role that
+    #: fails under a further delegator of it only as ``"<role> (via <delegator>)"``.
     failures: Mapping[str, str] = field(default_factory=dict)
 
 

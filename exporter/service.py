@@ -11,6 +11,7 @@ configuration keeps running.
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -30,7 +31,7 @@ from exporter.collector import ExporterCollector, ProbeStore
 from exporter.config import Config, ConfigError, Endpoint, Repository, Signer, load_config
 from exporter.events import Event, EventKind
 from exporter.history import Finding, HistoryStore, configured_endpoints
-from exporter.prober import Prober, TrustedRootError, load_trusted_root
+from exporter.prober import Prober, TrustedRootError, load_trusted_root, temporary_directory
 from exporter.results import ErrorCause, ProbeResult, Reason
 from exporter.scheduler import Scheduler
 from exporter.shipper import Shipper
@@ -48,17 +49,21 @@ class Loaded:
     trusted_roots: dict[str, bytes]
 
 
-def load(path: Path, shard: tuple[int, int] | None = None) -> Loaded:
+def load(
+    path: Path, shard: tuple[int, int] | None = None, tmp_dir: Path | None = None
+) -> Loaded:
     """Load and validate everything a configuration needs; ConfigError or TrustedRootError.
 
     ``shard`` (INDEX, COUNT), from the command line, overrides the file's ``shard``; the
-    configuration is then reduced to what this shard probes.
+    configuration is then reduced to what this shard probes. python-tuf's check of the trusted
+    roots writes into ``tmp_dir`` (default: the new configuration's ``<state_dir>/tmp``).
     """
     config = load_config(path)
     if shard is not None:
         config = replace(config, shard_index=shard[0], shard_count=shard[1])
     config = sharding.select(config)
-    roots = {repo.name: load_trusted_root(repo.trusted_root) for repo in config.repositories}
+    tmp = tmp_dir or temporary_directory(config.state_dir)
+    roots = {repo.name: load_trusted_root(repo.trusted_root, tmp) for repo in config.repositories}
     return Loaded(config, roots)
 
 
@@ -157,6 +162,10 @@ class Service:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = ProbeStore()
         self.prober = Prober(config.state_dir)
+        # every temporary file of this process below state_dir (ours carry dir= as well),
+        # until stop()
+        self._tempdir = (tempfile.tempdir, str(temporary_directory(config.state_dir)))
+        tempfile.tempdir = self._tempdir[1]
         self.history = HistoryStore.for_config(
             config, on_corrupt="rename" if history_on_corrupt == "rename" else "raise"
         )
@@ -220,13 +229,15 @@ class Service:
         self.shipper.stop(timeout=5.0)
         self.spool.close()
         self.history.close()
+        if tempfile.tempdir == self._tempdir[1]:
+            tempfile.tempdir = self._tempdir[0]
         log.info("stopped")
 
     def reload(self) -> tuple[bool, str]:
         """Load the configuration file again; keep the old one if the new one is bad."""
         with self._reload_lock:
             try:
-                loaded = load(self.config_path, self._shard)
+                loaded = load(self.config_path, self._shard, self.prober.tmp_dir)
             except (ConfigError, TrustedRootError) as exc:
                 self._reload_ok = False
                 log.error("configuration reload refused; the old configuration keeps running",

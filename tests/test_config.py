@@ -96,6 +96,10 @@ opensearch:
         (MINIMAL + "shard: 3/3\n", "shard: expected INDEX/COUNT"),
         (MINIMAL + MINIMAL.replace("repositories:\n", ""), "used twice"),
         ("repositories: [\n", "not valid YAML"),
+        (MINIMAL + "    allowed_redirect_hosts: [https://cdn.example]\n",
+         "repositories[0].allowed_redirect_hosts: 'https://cdn.example' is not a host or"),
+        (MINIMAL + "    allowed_redirect_hosts: ['cdn.example:99999']\n",
+         "repositories[0].allowed_redirect_hosts: 'cdn.example:99999' is not a host or"),
     ],
 )
 def test_errors_name_the_field(tmp_path: Path, text: str, message: str) -> None:

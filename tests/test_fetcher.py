@@ -15,7 +15,7 @@ import requests
 from conftest import Sim
 from tuf.api import exceptions
 
-from exporter.fetcher import Fetcher, new_session
+from exporter.fetcher import Fetcher, new_session, redirect_allowed, redirect_origin
 
 
 def test_on_metadata_sees_each_complete_metadata_body_before_the_caller(sim: Sim) -> None:
@@ -214,3 +214,87 @@ def test_a_ca_bundle_from_the_environment_is_applied(
     session = new_session()
     assert session.verify == expected
     assert session.trust_env is False  # requests itself does not look again, per request
+
+
+# -- redirects: the same scheme, host and port, or what allowed_redirect_hosts lists -------------
+
+
+@pytest.fixture
+def two_ports(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[_Proxy, _Proxy]]:
+    """Two loopback servers; the first redirects /moved.json to /t.json on the second."""
+    for name in _PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    other = _Proxy({"/t.json": (200, {}, b"on the other port")})
+    first = _Proxy({
+        "/moved.json": (302, {"Location": f"{other.url}/t.json"}, b""),
+        "/here.json": (301, {"Location": "/t.json"}, b""),
+        "/t.json": (200, {}, b"on the first port"),
+    })
+    try:
+        yield first, other
+    finally:
+        for server in (first, other):
+            server.shutdown()
+            server.server_close()
+
+
+def test_a_redirect_to_another_port_of_the_same_host_is_refused(
+    two_ports: tuple[_Proxy, _Proxy],
+) -> None:
+    first, other = two_ports
+    for allowed in ((), ("127.0.0.1",)):  # a bare host stands for the default port only
+        with pytest.raises(exceptions.DownloadHTTPError, match="refusing redirect"):
+            _fetcher(allowed_redirect_hosts=allowed).download_bytes(
+                f"{first.url}/moved.json", 1000
+            )
+    assert other.seen == []
+
+
+def test_a_redirect_to_a_listed_host_and_port_is_followed(
+    two_ports: tuple[_Proxy, _Proxy],
+) -> None:
+    first, other = two_ports
+    port = other.server_address[1]
+    fetcher = _fetcher(allowed_redirect_hosts=(f"127.0.0.1:{port}",))
+    assert fetcher.download_bytes(f"{first.url}/moved.json", 1000) == b"on the other port"
+    assert [path for path, _ in other.seen] == ["/t.json"]
+
+
+def test_a_redirect_within_the_same_origin_is_followed(two_ports: tuple[_Proxy, _Proxy]) -> None:
+    first, _ = two_ports
+    assert _fetcher().download_bytes(f"{first.url}/here.json", 1000) == b"on the first port"
+
+
+@pytest.mark.parametrize(
+    ("original", "target", "allowed", "expected"),
+    [
+        ("https://repo.example/a", "https://repo.example/b", [], True),
+        ("https://repo.example/a", "https://repo.example:443/b", [], True),
+        ("https://repo.example/a", "https://REPO.example/b", [], True),
+        ("https://repo.example/a", "https://repo.example:8443/b", [], False),
+        ("https://repo.example/a", "http://repo.example/b", [], False),
+        ("https://repo.example/a", "http://repo.example/b", ["repo.example"], False),
+        ("https://repo.example/a", "http://cdn.example/b", ["cdn.example", "cdn.example:80"],
+         False),
+        ("http://repo.example/a", "https://repo.example/b", [], False),
+        ("http://repo.example/a", "https://repo.example/b", ["repo.example"], True),
+        ("https://repo.example/a", "https://cdn.example/b", ["cdn.example"], True),
+        ("https://repo.example/a", "https://cdn.example:8443/b", ["cdn.example"], False),
+        ("https://repo.example/a", "https://cdn.example:8443/b", ["cdn.example:8443"], True),
+        ("https://repo.example/a", "https://cdn.example/b", ["cdn.example:8443"], False),
+        ("https://repo.example/a", "https://[2001:db8::1]:8443/b", ["[2001:db8::1]:8443"], True),
+        ("https://repo.example/a", "ftp://repo.example/b", ["repo.example"], False),
+        ("https://repo.example/a", "https://repo.example:x/b", [], False),
+    ],
+)
+def test_redirect_policy(original: str, target: str, allowed: list[str], expected: bool) -> None:
+    entries = frozenset(redirect_origin(entry) for entry in allowed)
+    assert redirect_allowed(original, target, entries) is expected
+
+
+@pytest.mark.parametrize("entry", ["https://cdn.example", "cdn.example/path", "cdn.example:0",
+                                   "cdn.example:70000", "cdn.example:x", "", "user@cdn.example"])
+def test_a_malformed_allowed_redirect_host_is_refused(entry: str) -> None:
+    with pytest.raises(ValueError, match="host"):
+        redirect_origin(entry)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Targets
 
 from exporter import cli
+from exporter.config import Mode
 from exporter.prober import Prober
 from exporter.results import ProbeResult
 from exporter.simulator import FAULTS, closed_port
@@ -43,6 +45,7 @@ FAULT_CASES: dict[str, tuple[dict[str, Any], tuple[str, str] | None]] = {
     "unknown-signer": ({}, None),
     "version-jump": ({}, None),
     "expiry-beyond-policy": ({}, None),
+    "padded-delegations": ({"size": 200_000}, None),
     "target-missing": ({}, ("missing", "target")),
 }
 # faults that need a history of probes: tested on their own below
@@ -588,3 +591,21 @@ def test_facts_are_right_after_a_restart(bins: Sim, monkeypatch: pytest.MonkeyPa
     again = _full_probe(bins, restarted)
     assert again.success and reads == []
     _assert_facts_of_latest(bins, again)
+
+
+def test_every_temporary_file_of_a_probe_is_below_state_dir(
+    sim: Sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # $TMPDIR unusable: a cold cache, ngclient's download buffers or the trusted-root check
+    # put anywhere but below state_dir would fail the probe
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmpdir"))
+    prober = Prober(sim.state_dir)
+    config = sim.config(mode=Mode.COLD)
+    cold = prober.probe(config, config.primary)  # no trusted root given: the probe loads it
+    assert cold.success, cold.message
+    assert [t.success for t in cold.targets] == [True] * len(CANARIES)
+    for _ in range(2):  # a full warm probe, then one that reuses its verdict
+        warm = _probe(sim, prober)
+        assert warm.success, warm.message
+    assert warm.reused_verdict and warm.targets
+    assert list((sim.state_dir / "tmp").iterdir()) == []  # and nothing left behind

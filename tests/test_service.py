@@ -6,6 +6,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -460,3 +461,20 @@ def test_a_dead_thread_fails_readiness_and_shows_in_thread_up(
     samples = scrape(service)
     assert value(samples, "tuf_exporter_thread_up", thread="shipper") == 0
     assert value(samples, "tuf_exporter_thread_up", thread="scheduler") == 1
+
+
+def test_the_service_keeps_temporary_files_below_state_dir(
+    sim: Sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # $TMPDIR unusable: anything written there (python-tuf's check of the trusted root
+    # included) would fail
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmpdir"))
+    svc = Service(_write_config(sim, tmp_path / "config.yml"), first_run_within=0.1)
+    state_tmp = tmp_path / "state" / "tmp"
+    assert tempfile.gettempdir() == str(state_tmp)  # for every library of the process too
+    assert state_tmp.stat().st_mode & 0o777 == 0o700
+    ok, message = svc.reload()
+    assert ok, message
+    assert list(state_tmp.iterdir()) == []
+    svc.stop()
+    assert tempfile.tempdir == str(tmp_path / "no-such-tmpdir")  # as it was before

@@ -341,7 +341,7 @@ def test_stop_and_restart_on_same_port(server: SimulatorServer, tmp_path: Path) 
 
 
 SUCCEEDING = ["stale-mirror", "equivocation", "unknown-signer", "version-jump",
-              "expiry-beyond-policy"]
+              "expiry-beyond-policy", "padded-delegations"]
 
 
 @pytest.mark.parametrize("fault", SUCCEEDING)
@@ -370,6 +370,14 @@ def test_succeeding_faults(
         assert len(mirror.signatures) == 2
     elif fault == "version-jump":
         assert mirror.signed.version == primary.signed.version + 100
+    elif fault == "padded-delegations":
+        view = server.view("mirror")
+        padded = view.get(view.filename("delegated")) or b""
+        assert len(padded) == 1_000_000
+        assert Metadata.from_bytes(padded).signed == view.state.signed("delegated").signed
+        updater = make_updater(server, tmp_path / "padded", "mirror")
+        updater.refresh()
+        assert updater.get_targetinfo("delegated/one.txt") is not None  # python-tuf accepts it
     else:
         assert mirror.signed.expires > datetime.now(UTC) + timedelta(days=3000)
 
@@ -450,6 +458,7 @@ def test_catalogue_is_complete() -> None:
         "oversized-metadata", "slow-retrieval", "http-500", "malformed-json",
         "deeply-nested-json", "never-answers", "connection-refused", "equivocation",
         "unknown-signer", "version-jump", "expiry-beyond-policy", "target-missing",
+        "padded-delegations",
     }
     assert set(FAULTS) == expected
     for name, info in FAULTS.items():

@@ -399,6 +399,22 @@ def _apply_equivocation(view: View, fault: ActiveFault) -> None:
     forge(view, fault.role or TIMESTAMP, later, bump=0, chain_bump=0)
 
 
+def _apply_padded_delegations(view: View, fault: ActiveFault) -> None:
+    # A hostile (or broken) mirror: each delegated role's file, signatures intact, padded to
+    # ``size`` bytes with a field outside ``signed``. python-tuf accepts it (the padding is
+    # not signed and is an unrecognized field); without lengths in the snapshot, only the
+    # client's targets_max_length stops it.
+    size = int(fault.params["size"])
+    for role in [fault.role] if fault.role else view.delegated_roles():
+        name = view.filename(role)
+        data = view.get(name)
+        if data is None:
+            continue
+        body = data.rstrip()
+        head = body[:-1] + b', "padding": "'
+        view.put(name, head + b"x" * max(0, size - len(head) - 2) + b'"}')
+
+
 def _apply_expiry_beyond(view: View, fault: ActiveFault) -> None:
     def far(signed: Any) -> None:
         signed.expires = utcnow() + _as_timedelta(fault.params["expires_in"])
@@ -448,6 +464,7 @@ _APPLY: dict[str, Callable[[View, ActiveFault], None]] = {
     "unknown-signer": _forging(TIMESTAMP, signing=EXTRA_UNKNOWN),
     "version-jump": _forging(TIMESTAMP),
     "expiry-beyond-policy": _apply_expiry_beyond,
+    "padded-delegations": _apply_padded_delegations,
     "target-missing": lambda v, f: v.rules.append(
         _rule(f.matcher(_TARGETS_SCOPE), Respond(404, b"not found\n"))
     ),
@@ -532,6 +549,11 @@ FAULTS: Mapping[str, FaultInfo] = MappingProxyType({
               "success", {**_ROLE, "by": 100}, TIMESTAMP),
         _info("expiry-beyond-policy", "timestamp (or role) expires far in the future",
               "success", {**_ROLE, "expires_in": timedelta(days=3650)}, TIMESTAMP),
+        _info("padded-delegations",
+              "every delegated role of top-level targets (or role=) served padded to size "
+              "bytes by an unsigned field, signatures intact",
+              "success (python-tuf accepts the padding); DownloadLengthMismatchError past "
+              "targets_max_length", {**_ROLE, "size": 1_000_000}),
         _info("target-missing", "404 for a target file (path=, default all)",
               "DownloadHTTPError 404 from download_target()", _TARGET),
     ]

@@ -375,6 +375,38 @@ class SimulatedRepository:
             self._add_role(name, delegator)
             return keyids
 
+    def delegate_also(
+        self,
+        name: str,
+        delegator: str,
+        *,
+        keyids: Sequence[str] | None = None,
+        threshold: int | None = None,
+        paths: Sequence[str] | None = None,
+    ) -> None:
+        """Delegate the existing role ``name`` from one more role, ``delegator``.
+
+        By default with the role's own keys and a threshold of all of them (a valid second
+        path); ``keyids`` (any keys of the keyring, e.g. another role's) and ``threshold``
+        make an invalid one. ``paths`` defaults to ``["<name>/*"]``.
+        """
+        with self._lock:
+            if name not in self._delegator:
+                raise KeyError(f"no delegated role {name!r}")
+            parent = self._md[delegator].signed
+            if parent.delegations is None:
+                parent.delegations = Delegations(keys={}, roles={})
+            if parent.delegations.roles is None:
+                raise ValueError(f"{delegator} already delegates to succinct hash bins")
+            ids = list(keyids if keyids is not None else self._signers[name])
+            for keyid in ids:
+                parent.delegations.keys[keyid] = self._keyring[keyid].public_key
+            parent.delegations.roles[name] = DelegatedRole(
+                name, ids, threshold if threshold is not None else len(ids), True,
+                paths=list(paths or [f"{name}/*"]),
+            )
+            self._dirty.add(delegator)
+
     def delegate_hash_bins(
         self,
         count: int,
