@@ -44,6 +44,7 @@ FAULT_CASES: dict[str, tuple[dict[str, Any], tuple[str, str] | None]] = {
     "version-jump": ({}, None),
     "expiry-beyond-policy": ({}, None),
     "target-missing": ({}, ("missing", "target")),
+    "unencodable-metadata": ({}, ("invalid_metadata", "targets")),
 }
 # faults that need a history of probes: tested on their own below
 STATEFUL = {"rollback", "freeze"}
@@ -588,3 +589,78 @@ def test_facts_are_right_after_a_restart(bins: Sim, monkeypatch: pytest.MonkeyPa
     again = _full_probe(bins, restarted)
     assert again.success and reads == []
     _assert_facts_of_latest(bins, again)
+
+
+# ---------------------------------------------------------------------------------------------
+# Root facts as python-tuf judges them
+
+
+@pytest.mark.parametrize("mode", ["warm", "cold"])
+@pytest.mark.parametrize(
+    "rotation",
+    [{"add": 1, "remove": 1}, {"add": 1, "threshold": 2}],
+    ids=["key-replaced", "threshold-raised"],
+)
+def test_a_root_rotation_is_judged_against_both_root_versions(
+    sim: Sim, mode: str, rotation: dict[str, Any]
+) -> None:
+    from exporter.config import Mode
+
+    prober = Prober(sim.state_dir)
+    assert _probe(sim, prober, mode=Mode(mode)).roles["root"].version == 1
+    old = sim.repo.keyids("root")
+    sim.repo.rotate_keys("root", **rotation)
+    sim.repo.publish()
+    result = _probe(sim, prober, mode=Mode(mode))
+    assert result.success, result.message
+    root = result.roles["root"]
+    assert root.version == 2
+    assert root.unknown_signers == ()  # v1's key signs v2 as the spec requires
+    assert root.signed_by == tuple(sorted(sim.repo.keyids("root")))
+    assert root.threshold == rotation.get("threshold", 1)
+    assert root.previous_root_signed_by == tuple(sorted(old))
+    assert root.previous_root_threshold == 1
+    assert root.rejected_root is None
+
+
+def test_a_root_python_tuf_refuses_is_not_shown_as_the_trusted_root(sim: Sim) -> None:
+    prober = Prober(sim.state_dir)
+    sim.repo.rotate_keys("root", add=1, remove=1)
+    sim.repo.publish()
+    assert _probe(sim, prober).roles["root"].version == 2
+    sim.server.inject("unauthorized-key", role="root")  # v3 signed by an unknown key only
+    result = _probe(sim, prober)
+    assert (result.reason, result.role) == ("bad_signature", "root"), result.message
+    root = result.roles["root"]
+    assert root.version == 2 and root.signatures_valid == root.threshold == 1
+    assert root.previous_root_signatures_valid == root.previous_root_threshold == 1
+    rejected = root.rejected_root
+    assert rejected is not None and rejected.version == 3
+    assert rejected.signatures_valid == 0 and rejected.previous_root_signatures_valid == 0
+    assert rejected.unknown_signers == (sim.repo.unknown_signer.public_key.keyid,)
+    assert result.roles["timestamp"].signatures_valid == 1  # still judged by the trusted root
+    assert result.to_json()["roles"]["root"]["rejected_root"]["version"] == 3
+
+
+def test_probe_json_prints_python_tufs_verdict_on_metadata_it_cannot_canonicalize(
+    sim: Sim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.yml"
+    primary = sim.server.endpoint_urls("primary")
+    config.write_text(
+        f"""
+state_dir: {tmp_path / 'state'}
+repositories:
+  - name: sim
+    metadata_url: {primary[0]}
+    targets_url: {primary[1]}
+    trusted_root: {sim.trusted_root}
+    canary_targets: [files/a.txt]
+"""
+    )
+    sim.server.inject("unencodable-metadata")
+    assert cli.main(["probe", "--config", str(config), "--json"]) == 1
+    [endpoint] = json.loads(capsys.readouterr().out)["repositories"][0]["endpoints"]
+    assert (endpoint["reason"], endpoint["role"]) == ("invalid_metadata", "targets")
+    assert endpoint["roles"]["root"]["previous_root_signatures_valid"] is None
+    assert endpoint["roles"]["root"]["rejected_root"] is None
