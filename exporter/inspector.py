@@ -41,6 +41,7 @@ from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import Signature
 from tuf.api.metadata import Delegations, Root, RootVerificationResult, Targets
 
+from exporter.config import Limits
 from exporter.fingerprints import KeyFingerprints
 from exporter.results import RoleFacts, RoleKeys
 
@@ -175,6 +176,7 @@ class Inspector:
         *,
         root_history: Mapping[int, bytes | CachedFile] | None = None,
         fetched_roots: Sequence[bytes] = (),
+        max_delegations: int = Limits.max_delegations,
     ) -> Inspected:
         """Facts for every readable file in ``files`` (role name -> bytes, or a file on disk).
 
@@ -190,6 +192,8 @@ class Inspector:
         downloaded in this probe: one newer than the trusted root is one python-tuf refused,
         reported as the trusted root's ``rejected_root``.
 
+        At most ``max_delegations`` delegated roles are declared and read (a succinct
+        delegation may name 2^32 hash bins; the delegation sweep reports the truncation).
         Never raises on the content of the files: what cannot be read gives no facts.
         """
         roles: dict[str, RoleFacts] = {}
@@ -207,7 +211,7 @@ class Inspector:
                     targets = as_delegator
         declared: list[str] = []
         if isinstance(targets, Targets):
-            self._walk(targets, files, delegated, declared, contexts)
+            self._walk(targets, files, delegated, declared, contexts, max_delegations)
         return Inspected(roles, delegated, tuple(declared))
 
     def _roots(
@@ -316,6 +320,7 @@ class Inspector:
         out: dict[str, RoleFacts],
         declared: list[str],
         contexts: KeyFingerprints,
+        limit: int,
     ) -> None:
         stack: list[tuple[Targets, str]] = [(top, "targets")]
         seen: set[str] = set()
@@ -324,6 +329,8 @@ class Inspector:
             for child in _child_roles(parent.delegations):
                 if child in seen:
                     continue
+                if len(seen) >= limit:
+                    return
                 seen.add(child)
                 declared.append(child)
                 facts, as_delegator = self._role(
@@ -419,12 +426,13 @@ def _trim(cache: OrderedDict[K, V], size: int) -> None:
 
 
 def _child_roles(delegations: Delegations | None) -> Iterable[str]:
+    """The delegated role names, in order; hash bins generated one by one, never listed."""
     if delegations is None:
         return ()
     if delegations.roles is not None:
         return list(delegations.roles)
     if delegations.succinct_roles is not None:
-        return list(delegations.succinct_roles.get_roles())
+        return delegations.succinct_roles.get_roles()
     return ()
 
 

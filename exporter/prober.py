@@ -538,7 +538,10 @@ class _Run:
                 except OSError:
                     continue
         return self.prober._inspector.inspect(  # noqa: SLF001 - same module family
-            files, root_history=_root_history(metadata_dir), fetched_roots=fetched_roots
+            files,
+            root_history=_root_history(metadata_dir),
+            fetched_roots=fetched_roots,
+            max_delegations=self.repo.limits.max_delegations,
         )
 
     def _remember(self, result: ProbeResult) -> None:

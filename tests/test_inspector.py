@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import CryptoSigner
 from tuf.api import exceptions
-from tuf.api.metadata import Metadata, Root, Targets
+from tuf.api.metadata import Delegations, Metadata, Root, SuccinctRoles, Targets
 from tuf.api.serialization import SerializationError
 from tuf.api.serialization.json import CanonicalJSONSerializer
 
@@ -460,3 +461,25 @@ def test_randomly_mutated_metadata_never_raises_and_never_counts_more_than_pytho
             root.verify_delegate(
                 role, CanonicalJSONSerializer().serialize(md.signed), md.signatures
             )
+
+
+def test_a_huge_succinct_delegation_is_walked_only_up_to_the_limit() -> None:
+    """2^32 hash bins is valid metadata (python-tuf's SuccinctRoles allows bit_length 32, and a
+    client only ever computes the one bin it needs); listing them all would never end."""
+    repo = SimulatedRepository()
+    md = Metadata[Targets].from_bytes(repo.latest.metadata("targets"))
+    key = CryptoSigner.generate_ed25519().public_key
+    md.signed.delegations = Delegations(
+        keys={key.keyid: key},
+        succinct_roles=SuccinctRoles([key.keyid], 1, bit_length=32, name_prefix="bin"),
+    )
+    md.signatures.clear()
+    for signer in repo.signers("targets"):
+        md.sign(signer, append=True)
+    files = _files(repo) | {"targets": md.to_bytes()}
+    started = time.monotonic()
+    inspected = Inspector().inspect(files, max_delegations=1000)
+    assert time.monotonic() - started < 5
+    assert len(inspected.declared_delegations) == 1000
+    assert inspected.declared_delegations[0] == "bin-00000000"
+    assert inspected.roles["targets"].signatures_valid == 2
