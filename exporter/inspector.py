@@ -357,8 +357,12 @@ class Inspector:
         known = self._identify(data, read=False)
         if known is None:
             return None, None
+        try:
+            context = contexts.of(delegator, name)
+        except _UNREADABLE:  # the delegator's keyids for the role cannot even be sorted
+            return None, None
         return self._compute(
-            name, known, data, contexts.of(delegator, name),
+            name, known, data, context,
             lambda body, digest: _read_facts(name, body, digest, delegator, delegator_name),
         )
 

@@ -483,3 +483,30 @@ def test_a_huge_succinct_delegation_is_walked_only_up_to_the_limit() -> None:
     assert len(inspected.declared_delegations) == 1000
     assert inspected.declared_delegations[0] == "bin-00000000"
     assert inspected.roles["targets"].signatures_valid == 2
+
+
+@pytest.mark.parametrize(
+    ("role", "path", "value"),
+    [
+        ("targets", ("delegations", "roles", 0, "keyids"), [1, "a"]),
+        ("targets", ("delegations", "roles", 0, "name"), 5),
+        ("root", ("roles", "timestamp", "keyids"), [1, "a"]),
+        ("root", ("roles", "root", "threshold"), 10**100),
+    ],
+)
+def test_hostile_delegations_give_no_facts_for_the_role_concerned(
+    role: str, path: tuple[str | int, ...], value: object
+) -> None:
+    repo = _team_repository()
+    document = json.loads(_files(repo)[role])
+    node = document["signed"]
+    for step in path[:-1]:
+        node = node[step]
+    node[path[-1]] = value
+    data = json.dumps(document).encode()
+    inspected = Inspector().inspect(
+        _files(repo) | {role: data}, root_history={1: _files(repo)["root"]}
+    )
+    for facts in {**inspected.roles, **inspected.delegated}.values():
+        json.dumps(facts.to_json())
+    assert "timestamp" in inspected.roles
