@@ -623,7 +623,9 @@ def test_a_root_rotation_is_judged_against_both_root_versions(
     assert root.rejected_root is None
 
 
-def test_a_root_python_tuf_refuses_is_not_shown_as_the_trusted_root(sim: Sim) -> None:
+def test_a_root_python_tuf_refuses_is_not_shown_as_the_trusted_root(
+    sim: Sim, capsys: pytest.CaptureFixture[str]
+) -> None:
     prober = Prober(sim.state_dir)
     sim.repo.rotate_keys("root", add=1, remove=1)
     sim.repo.publish()
@@ -640,6 +642,9 @@ def test_a_root_python_tuf_refuses_is_not_shown_as_the_trusted_root(sim: Sim) ->
     assert rejected.unknown_signers == (sim.repo.unknown_signer.public_key.keyid,)
     assert result.roles["timestamp"].signatures_valid == 1  # still judged by the trusted root
     assert result.to_json()["roles"]["root"]["rejected_root"]["version"] == 3
+    cli._print_table([result])  # the probe command without --json
+    table = capsys.readouterr().out
+    assert "r2 ts" in table and "(r3 refused)" in table, table
 
 
 def test_probe_json_prints_python_tufs_verdict_on_metadata_it_cannot_canonicalize(
