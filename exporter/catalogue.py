@@ -155,6 +155,16 @@ _SPECS: tuple[MetricSpec, ...] = (
                _RER, _P),
     MetricSpec("tuf_metadata_signature_threshold", G,
                "Signature threshold the delegator sets for the role.", _RER, _P),
+    MetricSpec("tuf_root_previous_signatures_valid", G,
+               "Signatures on the trusted root that verify with the root keys of the previous "
+               "root version (python-tuf requires its threshold too); absent for a first root.",
+               _RE, _P),
+    MetricSpec("tuf_root_previous_signature_threshold", G,
+               "Root threshold of the previous root version, which the trusted root must meet "
+               "as well; absent for a first root.", _RE, _P),
+    MetricSpec("tuf_root_rejected_version", G,
+               "Version of the newer root python-tuf refused in the last probe; absent when "
+               "none was refused.", _RE, _P),
     MetricSpec("tuf_delegated_roles", G, "Delegated targets roles seen on the endpoint.", _RE, _P),
     MetricSpec("tuf_delegated_roles_failing", G,
                "Delegated targets roles that failed verification in the last probe.", _RE, _P),

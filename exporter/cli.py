@@ -96,6 +96,9 @@ def _print_table(results: Sequence[ProbeResult]) -> None:
     rows = [("REPOSITORY", "ENDPOINT", "RESULT", "ROLE", "SECONDS", "VERSIONS", "EARLIEST EXPIRY")]
     for r in results:
         versions = " ".join(f"{_SHORT[name]}{facts.version}" for name, facts in r.roles.items())
+        refused = r.roles["root"].rejected_root if "root" in r.roles else None
+        if refused is not None:  # the root python-tuf refused is not the trusted one
+            versions += f" (r{refused.version} refused)"
         expiries = [f.expires for f in r.roles.values()]
         rows.append((
             r.repository,

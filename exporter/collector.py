@@ -16,12 +16,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.catalogue import EXPORTER_ERROR, TOP_LEVEL_ROLES, family
-from exporter.results import ErrorCause, ProbeResult, Reason
+from exporter.results import ErrorCause, ProbeResult, Reason, RoleFacts
 
 MetricSource = Callable[[], Iterable[Metric]]
 
@@ -216,7 +216,8 @@ def _probe_families(latest: list[ProbeResult], now: float) -> Iterator[Metric]:
         "tuf_probe_phase_network_duration_seconds", "tuf_metadata_expiry_timestamp_seconds",
         "tuf_metadata_expiry_margin_seconds", "tuf_metadata_version", "tuf_metadata_size_bytes",
         "tuf_metadata_signatures_valid", "tuf_metadata_signature_threshold",
-        "tuf_delegated_roles", "tuf_delegated_roles_failing",
+        "tuf_root_previous_signatures_valid", "tuf_root_previous_signature_threshold",
+        "tuf_root_rejected_version", "tuf_delegated_roles", "tuf_delegated_roles_failing",
         "tuf_delegated_roles_min_expiry_timestamp_seconds", "tuf_delegation_sweep_truncated",
         "tuf_target_download_duration_seconds", "tuf_exporter_last_probe_timestamp_seconds",
     )
@@ -242,6 +243,9 @@ def _probe_families(latest: list[ProbeResult], now: float) -> Iterator[Metric]:
             fam["tuf_metadata_size_bytes"].add_metric(labels, facts.size_bytes)
             fam["tuf_metadata_signatures_valid"].add_metric(labels, facts.signatures_valid)
             fam["tuf_metadata_signature_threshold"].add_metric(labels, facts.threshold)
+        root = r.roles.get("root")
+        if root is not None:
+            _root_families(fam, base, root)
         fam["tuf_delegated_roles"].add_metric(base, r.delegations.count)
         fam["tuf_delegated_roles_failing"].add_metric(base, r.delegations.failing)
         fam["tuf_delegation_sweep_truncated"].add_metric(base, 1 if r.delegations.truncated else 0)
@@ -252,6 +256,18 @@ def _probe_families(latest: list[ProbeResult], now: float) -> Iterator[Metric]:
         fam["tuf_target_download_duration_seconds"].add_metric(base, r.target_download_seconds)
         fam["tuf_exporter_last_probe_timestamp_seconds"].add_metric(base, r.finished_at)
     yield from fam.values()
+
+
+def _root_families(
+    fam: dict[str, GaugeMetricFamily | CounterMetricFamily], base: list[str], root: RoleFacts
+) -> None:
+    """The trusted root's count against the previous root version, and a refused root."""
+    valid, threshold = root.previous_root_signatures_valid, root.previous_root_threshold
+    if valid is not None and threshold is not None:
+        fam["tuf_root_previous_signatures_valid"].add_metric(base, valid)
+        fam["tuf_root_previous_signature_threshold"].add_metric(base, threshold)
+    if root.rejected_root is not None:
+        fam["tuf_root_rejected_version"].add_metric(base, root.rejected_root.version)
 
 
 def _counter_families(

@@ -807,18 +807,31 @@ class _Observation:
         )
 
     def _unknown_signer(self, facts: RoleFacts) -> None:
+        """A signature by a key the delegator does not authorize for the role; for root, by a
+        key neither the root nor its previous version authorizes (the inspector's
+        ``unknown_signers``): a rotation's signatures by the previous root's keys never count.
+        """
         if not self._once(f"unknown_signer|{facts.name}|{facts.version}"):
             return
         self._count(_ANOMALIES, self.endpoint, "unknown_signer")
+        details: dict[str, object] = {
+            "signed_by": list(facts.signed_by), "delegator": facts.delegator
+        }
+        if facts.previous_root_signed_by is not None:
+            details["previous_root_signed_by"] = list(facts.previous_root_signed_by)
+        whose = (
+            "not authorized for the role" if facts.name != "root"
+            else "neither this root nor the previous version authorizes for root"
+        )
         self._report(
             FindingKind.UNKNOWN_SIGNER,
             facts.name,
             f"{facts.name} version {facts.version} on {self.endpoint} carries signatures by "
-            f"keys not authorized for the role: {', '.join(facts.unknown_signers)}",
+            f"keys {whose}: {', '.join(facts.unknown_signers)}",
             versions={"current": facts.version},
             hashes={"current": facts.sha256},
             keyids=facts.unknown_signers,
-            details={"signed_by": list(facts.signed_by), "delegator": facts.delegator},
+            details=details,
         )
 
     def _expiry(self, facts: RoleFacts, known: _Known | None, here: float | None) -> None:

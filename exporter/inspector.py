@@ -30,16 +30,18 @@ import json
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
+from securesystemslib import exceptions as sslib_exceptions
 from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import Signature
-from tuf.api.metadata import Delegations, Root, Targets
+from tuf.api.metadata import Delegations, Root, RootVerificationResult, Targets
 
+from exporter.config import Limits
 from exporter.fingerprints import KeyFingerprints
 from exporter.results import RoleFacts, RoleKeys
 
@@ -52,6 +54,25 @@ _GC_PAUSE_BYTES = 1 << 20
 
 K = TypeVar("K")
 V = TypeVar("V")
+
+#: What reading and checking hostile metadata can raise: from the JSON parser (malformed text,
+#: numbers past the int digit limit, deep nesting), python-tuf's ``from_dict`` (wrong types,
+#: missing fields), securesystemslib (unencodable canonical JSON, keys it cannot use) and the
+#: encoders. Any of them means "no facts for that role", never an exception out of the
+#: inspector: the verdict is python-tuf's, and it has its own reason for refusing the file.
+_UNREADABLE: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    IndexError,
+    RecursionError,
+    OverflowError,
+    sslib_exceptions.Error,
+)
+
+#: The root facts given no previous root version (the context part of their cache key).
+_NO_PREVIOUS = "-"
 
 
 @dataclass(frozen=True)
@@ -101,6 +122,23 @@ def _read_file(path: str) -> tuple[bytes, FileIdentity] | None:
         return None
 
 
+def _version(body: bytes) -> int | None:
+    """The ``signed.version`` of a metadata file read as plain JSON, None when it has none."""
+    try:
+        version = json.loads(body)["signed"]["version"]
+    except _UNREADABLE:
+        return None
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
+
+
+class _NotCanonicalError(ValueError):
+    """A JSON number canonical JSON cannot encode (a float, NaN or an infinity)."""
+
+
+def _no_float(text: str) -> Any:
+    raise _NotCanonicalError(text)
+
+
 @dataclass(frozen=True)
 class _Doc:
     """One metadata file, read as JSON: what the facts need, nothing of its targets list."""
@@ -114,6 +152,10 @@ class _Doc:
     signed: dict[str, Any] | None  #: kept only until the facts are computed
     #: The file as a delegator (Root, or Targets with only its delegations), when it delegates.
     delegator: Root | Targets | None
+    #: False when the signed part holds a number canonical JSON cannot encode (a float, NaN,
+    #: an infinity): python-tuf cannot build the payload its signatures are over, so no
+    #: signature on it can verify (the C encoder would write ``0.5`` and might verify).
+    canonical: bool
 
 
 class Inspector:
@@ -128,22 +170,38 @@ class Inspector:
         #: LRU, room for the cache files of several endpoints of ``max_entries`` roles).
         self._files: OrderedDict[str, tuple[FileIdentity, str]] = OrderedDict()
 
-    def inspect(self, files: Mapping[str, bytes | CachedFile]) -> Inspected:
+    def inspect(
+        self,
+        files: Mapping[str, bytes | CachedFile],
+        *,
+        root_history: Mapping[int, bytes | CachedFile] | None = None,
+        fetched_roots: Sequence[bytes] = (),
+        max_delegations: int = Limits.max_delegations,
+    ) -> Inspected:
         """Facts for every readable file in ``files`` (role name -> bytes, or a file on disk).
 
-        ``files`` holds the newest root as ``root``, the other top-level roles by name, and
-        delegated targets roles by their role names. Signatures are checked against the keys
-        of the delegating role as found in ``files``. A :class:`CachedFile` is opened only
-        when the facts of its content under its delegator's keys are not known.
+        ``files`` holds the root python-tuf trusts as ``root``, the other top-level roles by
+        name, and delegated targets roles by their role names. Signatures are checked against
+        the keys of the delegating role as found in ``files``. A :class:`CachedFile` is opened
+        only when the facts of its content under its delegator's keys are not known.
+
+        ``root_history`` (root version -> file, as python-tuf's client cache keeps them) gives
+        the previous root version, against whose root keys and threshold the trusted root's
+        signatures are counted too (python-tuf's rule: a new root is signed by a threshold of
+        the previous root's keys and of its own). ``fetched_roots`` are the root files
+        downloaded in this probe: one newer than the trusted root is one python-tuf refused,
+        reported as the trusted root's ``rejected_root``.
+
+        At most ``max_delegations`` delegated roles are declared and read (a succinct
+        delegation may name 2^32 hash bins; the delegation sweep reports the truncation).
+        Never raises on the content of the files: what cannot be read gives no facts.
         """
         roles: dict[str, RoleFacts] = {}
         delegated: dict[str, RoleFacts] = {}
         contexts = KeyFingerprints()
-        root_facts, root = self._role("root", files.get("root"), None, "root", contexts)
-        if root_facts is not None and isinstance(root, Root):
+        root_facts, root = self._roots(files.get("root"), root_history or {}, fetched_roots)
+        if root_facts is not None and root is not None:
             roles["root"] = root_facts
-        else:
-            root = None
         targets: Root | Targets | None = None
         for name in ("timestamp", "snapshot", "targets"):
             facts, as_delegator = self._role(name, files.get(name), root, "root", contexts)
@@ -153,8 +211,107 @@ class Inspector:
                     targets = as_delegator
         declared: list[str] = []
         if isinstance(targets, Targets):
-            self._walk(targets, files, delegated, declared, contexts)
+            self._walk(targets, files, delegated, declared, contexts, max_delegations)
         return Inspected(roles, delegated, tuple(declared))
+
+    def _roots(
+        self,
+        data: bytes | CachedFile | None,
+        history: Mapping[int, bytes | CachedFile],
+        fetched: Sequence[bytes],
+    ) -> tuple[RoleFacts | None, Root | None]:
+        """The facts of the trusted root (with its previous version's counts and the newer
+        root python-tuf refused, if any) and the trusted root as a delegator."""
+        trusted = self._identify(data, read=False)
+        version = None if trusted is None else self._root_version(trusted, data)
+        if trusted is None or version is None:
+            return None, None
+        previous: tuple[str, Root] | None = None
+        source = history.get(version - 1)
+        earlier = self._identify(source, read=False)
+        if earlier is not None:
+            _, as_root = self._root(earlier, source, None)
+            if isinstance(as_root, Root) and as_root.version == version - 1:
+                previous = (earlier[0], as_root)
+        facts, root = self._root(trusted, data, previous)
+        if facts is None or not isinstance(root, Root):
+            return None, None
+        newer = sorted(
+            ((v, body) for body in fetched if (v := _version(body)) is not None and v > version),
+            key=lambda item: item[0],
+        )
+        if newer:  # python-tuf walks the versions up and stops at the first it refuses
+            body = newer[0][1]
+            refused, _ = self._root(
+                (hashlib.sha256(body).hexdigest(), body), body, (facts.sha256, root)
+            )
+            if refused is not None:
+                facts = replace(facts, rejected_root=refused)
+        return facts, root
+
+    def _root_version(
+        self, known: tuple[str, bytes | None], source: bytes | CachedFile | None
+    ) -> int | None:
+        """The version of a root file: from its parsed form when known, else read."""
+        digest, body = known
+        with self._lock:
+            parsed = self._delegators.get(digest)
+        if isinstance(parsed, Root):
+            return parsed.version
+        if body is None:
+            again = self._identify(source, read=True)
+            body = None if again is None else again[1]
+        return None if body is None else _version(body)
+
+    def _root(
+        self,
+        known: tuple[str, bytes | None],
+        source: bytes | CachedFile | None,
+        previous: tuple[str, Root] | None,
+    ) -> tuple[RoleFacts | None, Root | Targets | None]:
+        """The facts of one root file, counted against ``previous`` (digest, Root) as well.
+
+        ``known`` is the file's digest and, when read already, its bytes; ``source`` is where
+        to read them otherwise.
+        """
+        context = "previous:" + (_NO_PREVIOUS if previous is None else previous[0])
+        before = None if previous is None else previous[1]
+        return self._compute(
+            "root", known, source, context,
+            lambda body, digest: _read_facts("root", body, digest, None, "root", before),
+        )
+
+    def _identify(
+        self, data: bytes | CachedFile | None, *, read: bool
+    ) -> tuple[str, bytes | None] | None:
+        """Content hash of ``data`` and its bytes; None when it cannot be read.
+
+        A :class:`CachedFile` whose identity was read before is not opened unless ``read``:
+        its remembered hash comes back with no bytes.
+        """
+        if data is None:
+            return None
+        if not isinstance(data, CachedFile):
+            return hashlib.sha256(data).hexdigest(), data
+        if not read:
+            with self._lock:
+                seen = self._files.get(data.path)
+                if seen is not None and seen[0] == data.identity:
+                    self._files.move_to_end(data.path)
+                    return seen[1], None
+        if data.data is not None:
+            body, identity = data.data, data.identity
+        else:
+            loaded = _read_file(data.path)
+            if loaded is None:
+                return None
+            body, identity = loaded
+        digest = hashlib.sha256(body).hexdigest()
+        with self._lock:
+            self._files[data.path] = (identity, digest)
+            self._files.move_to_end(data.path)
+            _trim(self._files, 4 * self._max)
+        return digest, body
 
     def _walk(
         self,
@@ -163,6 +320,7 @@ class Inspector:
         out: dict[str, RoleFacts],
         declared: list[str],
         contexts: KeyFingerprints,
+        limit: int,
     ) -> None:
         stack: list[tuple[Targets, str]] = [(top, "targets")]
         seen: set[str] = set()
@@ -171,6 +329,8 @@ class Inspector:
             for child in _child_roles(parent.delegations):
                 if child in seen:
                     continue
+                if len(seen) >= limit:
+                    return
                 seen.add(child)
                 declared.append(child)
                 facts, as_delegator = self._role(
@@ -190,38 +350,46 @@ class Inspector:
         delegator_name: str,
         contexts: KeyFingerprints,
     ) -> tuple[RoleFacts | None, Root | Targets | None]:
-        """The facts of one file and the file as a delegator (None when it delegates nothing)."""
-        if data is None:
+        """The facts of one file and the file as a delegator (None when it delegates nothing).
+
+        Not for root (see :meth:`_roots`).
+        """
+        known = self._identify(data, read=False)
+        if known is None:
             return None, None
-        context = contexts.of(delegator, name) if name != "root" else "self"
-        if isinstance(data, CachedFile):
-            with self._lock:
-                seen = self._files.get(data.path)
-                if seen is not None and seen[0] == data.identity:
-                    hit = self._known(name, seen[1], context)
-                    if hit is not None:
-                        self._files.move_to_end(data.path)
-                        return hit
-            if data.data is not None:
-                body, identity = data.data, data.identity
-            else:
-                read = _read_file(data.path)
-                if read is None:
-                    return None, None
-                body, identity = read
-            digest = hashlib.sha256(body).hexdigest()
-            with self._lock:
-                self._files[data.path] = (identity, digest)
-                self._files.move_to_end(data.path)
-                _trim(self._files, 4 * self._max)
-        else:
-            body = data
-            digest = hashlib.sha256(body).hexdigest()
+        try:
+            context = contexts.of(delegator, name)
+        except _UNREADABLE:  # the delegator's keyids for the role cannot even be sorted
+            return None, None
+        return self._compute(
+            name, known, data, context,
+            lambda body, digest: _read_facts(name, body, digest, delegator, delegator_name),
+        )
+
+    def _compute(
+        self,
+        name: str,
+        known: tuple[str, bytes | None],
+        source: bytes | CachedFile | None,
+        context: str,
+        read: Callable[[bytes, str], tuple[RoleFacts | None, Root | Targets | None]],
+    ) -> tuple[RoleFacts | None, Root | Targets | None]:
+        """The cached facts of content ``known`` (digest, bytes if read) under ``context``, or
+        ``read(bytes, digest)``'s, remembered; the bytes are read from ``source`` only then."""
+        digest, body = known
         hit = self._cached(name, digest, context)
         if hit is not None:
             return hit
+        if body is None:
+            again = self._identify(source, read=True)
+            if again is None or again[1] is None:
+                return None, None
+            digest, body = again[0], again[1]
+            hit = self._cached(name, digest, context)
+            if hit is not None:
+                return hit
         with _gc_paused(len(body)):
-            facts, read_as = _read_facts(name, body, digest, delegator, delegator_name)
+            facts, read_as = read(body, digest)
         if facts is None:
             return None, None
         with self._lock:
@@ -262,19 +430,25 @@ def _trim(cache: OrderedDict[K, V], size: int) -> None:
 
 
 def _child_roles(delegations: Delegations | None) -> Iterable[str]:
+    """The delegated role names, in order; hash bins generated one by one, never listed."""
     if delegations is None:
         return ()
     if delegations.roles is not None:
         return list(delegations.roles)
     if delegations.succinct_roles is not None:
-        return list(delegations.succinct_roles.get_roles())
+        return delegations.succinct_roles.get_roles()
     return ()
 
 
 def _read(data: bytes, digest: str) -> _Doc | None:
     """Read a metadata file as JSON; None when it is not readable metadata."""
+    canonical = True
     try:
-        document = json.loads(data)
+        try:
+            document = json.loads(data, parse_float=_no_float, parse_constant=_no_float)
+        except _NotCanonicalError:  # rare: read it again, floats and all, and count no signature
+            canonical = False
+            document = json.loads(data)
         signed = document["signed"]
         kind = signed["_type"]
         version = signed["version"]
@@ -293,9 +467,11 @@ def _read(data: bytes, digest: str) -> _Doc | None:
                 targets={},
                 delegations=Delegations.from_dict(copy.deepcopy(signed["delegations"])),
             )
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+    except _UNREADABLE:
         return None
-    return _Doc(digest, len(data), kind, version, expires, signatures, signed, delegator)
+    return _Doc(
+        digest, len(data), kind, version, expires, signatures, signed, delegator, canonical
+    )
 
 
 @contextmanager
@@ -319,23 +495,45 @@ def _gc_paused(size: int) -> Iterator[None]:
 
 
 def _read_facts(
-    name: str, data: bytes, digest: str, delegator: Root | Targets | None, delegator_name: str
+    name: str,
+    data: bytes,
+    digest: str,
+    delegator: Root | Targets | None,
+    delegator_name: str,
+    previous: Root | None = None,
 ) -> tuple[RoleFacts | None, Root | Targets | None]:
-    """Facts of one file and the file as a delegator; nothing else of the parse survives."""
+    """Facts of one file and the file as a delegator; nothing else of the parse survives.
+
+    For root, ``delegator`` is ignored (a root is its own delegator) and ``previous`` is the
+    previous root version, if known. (None, None) when the file cannot be read or checked.
+    """
     doc = _read(data, digest)
     if doc is None or not _is_type(doc.type, name):
         return None, None
-    facts = _facts(name, doc, doc.delegator if name == "root" else delegator, delegator_name)
+    try:
+        if name == "root":
+            if not isinstance(doc.delegator, Root):
+                return None, None
+            facts = _root_facts(doc, doc.delegator, previous)
+        else:
+            facts = _facts(name, doc, delegator, delegator_name)
+    except _UNREADABLE:
+        return None, None
     return facts, doc.delegator
 
 
-def _payloads(signed: dict[str, Any]) -> Iterable[bytes]:
+def _payloads(signed: dict[str, Any] | None, *, canonical: bool = True) -> Iterable[bytes]:
     """The signed payload: the fast C encoder first, then canonical JSON proper.
 
     The ASCII-only encoding is a third faster; it is used only when it holds no ``\\u``
     escape, that is when it is byte-identical to the UTF-8 encoding. A parsed JSON document
     has no reference cycles, so the encoder's cycle check (a quarter of its time) is skipped.
+    Nothing for a document canonical JSON cannot encode: python-tuf verifies no signature on
+    it (``canonical`` False: its canonical serializer refuses floats, securesystemslib's
+    "I cannot encode").
     """
+    if signed is None or not canonical:
+        return
     ascii_only = json.dumps(
         signed, sort_keys=True, separators=(",", ":"), check_circular=False
     ).encode()
@@ -352,6 +550,7 @@ def _payloads(signed: dict[str, Any]) -> Iterable[bytes]:
 def _facts(
     name: str, doc: _Doc, delegator: Root | Targets | None, delegator_name: str
 ) -> RoleFacts:
+    """Facts of a role other than root, its signatures counted against ``delegator``."""
     signed_by: tuple[str, ...] = ()
     unknown: tuple[str, ...] = tuple(sorted(doc.signatures))
     threshold = 0
@@ -365,17 +564,11 @@ def _facts(
             unknown = tuple(sorted(k for k in doc.signatures if k not in authorized))
             threshold = role.threshold
             present = {k for k in doc.signatures if k in authorized}
-            for payload in _payloads(doc.signed):
+            for payload in _payloads(doc.signed, canonical=doc.canonical):
                 result = delegator.get_verification_result(name, payload, doc.signatures)
                 signed_by = tuple(sorted(result.signed))
                 if set(result.signed) == present:
                     break  # every present authorized signature verified: nothing to retry
-    role_keys = None
-    if isinstance(doc.delegator, Root) and name == "root":
-        role_keys = {
-            role_name: RoleKeys(tuple(sorted(role.keyids)), role.threshold)
-            for role_name, role in doc.delegator.roles.items()
-        }
     return RoleFacts(
         name=name,
         version=doc.version,
@@ -385,6 +578,59 @@ def _facts(
         signed_by=signed_by,
         unknown_signers=unknown,
         threshold=threshold,
-        role_keys=role_keys,
         delegator=delegator_name,
+    )
+
+
+def _root_facts(doc: _Doc, root: Root, previous: Root | None) -> RoleFacts:
+    """Facts of a root version, counted as python-tuf counts them: against its own root keys
+    and threshold and against those of the previous version (``previous``, when known).
+
+    The counts come from python-tuf's ``Root.get_root_verification_result`` (TUF specification
+    5.3.4: a new root is signed by a threshold of the previous root's keys and of its own); a
+    signature by a key either version authorizes for root is never an unknown signer.
+    Raises what python-tuf and securesystemslib raise on hostile keys (see ``_UNREADABLE``).
+    """
+    authorized = set(root.roles[Root.type].keyids)
+    if previous is not None:
+        authorized |= set(previous.roles[Root.type].keyids)
+    present = {k for k in doc.signatures if k in authorized}
+    own: tuple[str, ...] = ()
+    earlier: tuple[str, ...] = ()
+    for payload in _payloads(doc.signed, canonical=doc.canonical):
+        result = _root_verification(root, previous, payload, doc.signatures)
+        own = tuple(sorted(result.second.signed))
+        earlier = tuple(sorted(result.first.signed))
+        if set(result.signed) == present:
+            break  # every present authorized signature verified: nothing to retry
+    return RoleFacts(
+        name=Root.type,
+        version=doc.version,
+        expires=doc.expires,
+        size_bytes=doc.size,
+        sha256=doc.sha256,
+        signed_by=own,
+        unknown_signers=tuple(sorted(k for k in doc.signatures if k not in authorized)),
+        threshold=root.roles[Root.type].threshold,
+        role_keys={
+            role_name: RoleKeys(tuple(sorted(role.keyids)), role.threshold)
+            for role_name, role in root.roles.items()
+        },
+        previous_root_signed_by=None if previous is None else earlier,
+        previous_root_threshold=None if previous is None else previous.roles[Root.type].threshold,
+    )
+
+
+def _root_verification(
+    root: Root, previous: Root | None, payload: bytes, signatures: dict[str, Signature]
+) -> RootVerificationResult:
+    """python-tuf's two-sided count; ``first`` is the previous version's (``root``'s own when
+    there is none), ``second`` the root's own."""
+    if previous is None or root.version == previous.version + 1:
+        return root.get_root_verification_result(previous, payload, signatures)
+    # A refused root that does not even carry the next version number: python-tuf refuses it
+    # for that, before counting; both counts are still shown.
+    return RootVerificationResult(
+        previous.get_verification_result(Root.type, payload, signatures),
+        root.get_verification_result(Root.type, payload, signatures),
     )

@@ -36,7 +36,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import requests
 from tuf.api import exceptions
-from tuf.api.metadata import Metadata, Root, TargetFile
+from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
 from exporter import delegations
@@ -562,18 +562,19 @@ class _Run:
         sweep loaded or wrote for the file of that identity, and the inspector opens only the
         files whose content it does not know: a warm probe does not re-read thousands of
         unchanged hash bins. A cold cache is read as before (its paths are never seen again).
+
+        Root is always the cache's ``root.json``, the root python-tuf trusts after the refresh;
+        the roots fetched in this probe go to the inspector apart (a newer one is one python-tuf
+        refused), and so do the earlier root versions python-tuf keeps (``root_history``).
         """
         files: dict[str, bytes | CachedFile] = {}
-        newest_root = -1
+        fetched_roots: list[bytes] = []
         for record in self.fetcher.records:
             body = self.fetcher.bodies.get(record.url)
             if body is None or record.role == "target":
                 continue
             if record.role == "root":
-                version = _root_version(record.url)
-                if version is not None and version > newest_root and _parses(body):
-                    newest_root = version
-                    files["root"] = body
+                fetched_roots.append(body)
                 continue
             files[record.role] = body
         for name, path in ({} if sweep is None else sweep.rejected).items():
@@ -596,7 +597,12 @@ class _Run:
                     if host_fault(exc) is not None:
                         raise  # facts we cannot read for our own fault: no verdict shown
                     continue
-        return self.prober._inspector.inspect(files)  # noqa: SLF001 - same module family
+        return self.prober._inspector.inspect(  # noqa: SLF001 - same module family
+            files,
+            root_history=_root_history(metadata_dir),
+            fetched_roots=fetched_roots,
+            max_delegations=self.repo.limits.max_delegations,
+        )
 
     def _remember(self, result: ProbeResult) -> None:
         state = self.state
@@ -799,14 +805,23 @@ def _first_target_failure(
     return None
 
 
-def _root_version(url: str) -> int | None:
-    head = urlsplit(url).path.rsplit("/", 1)[-1].split(".", 1)[0]
-    return int(head) if head.isdigit() else None
+def _root_history(metadata_dir: Path) -> dict[int, CachedFile]:
+    """Root version -> file of every root python-tuf accepted into this cache.
 
-
-def _parses(body: bytes) -> bool:
+    python-tuf's ngclient keeps each root it accepts (and the bootstrap root) as
+    ``root_history/<version>.root.json``; ``root.json`` links to the trusted one.
+    """
+    found: dict[int, CachedFile] = {}
     try:
-        Metadata[Root].from_bytes(body)
-    except Exception:  # noqa: BLE001 - only whether it parses matters here
-        return False
-    return True
+        with os.scandir(metadata_dir / "root_history") as entries:
+            for entry in entries:
+                head, _, rest = entry.name.partition(".")
+                if rest != "root.json" or not head.isdigit():
+                    continue
+                try:
+                    found[int(head)] = CachedFile(entry.path, file_identity(entry.stat()))
+                except OSError:
+                    continue
+    except OSError:
+        return {}
+    return found

@@ -87,18 +87,36 @@ class RoleFacts:
     sha256: str
     #: Keyids whose signatures verify with keys the delegator authorizes for this role.
     signed_by: tuple[str, ...]
-    #: Keyids of signatures by keys the delegator does not authorize for this role.
+    #: Keyids of signatures by keys the delegator does not authorize for this role (for root:
+    #: by keys neither the root itself nor the previous root version authorizes for root).
     unknown_signers: tuple[str, ...]
     threshold: int
     #: For root only: keys and threshold of every top-level role.
     role_keys: Mapping[str, RoleKeys] | None = None
     #: The role that delegates to this one ("root" for top-level roles).
     delegator: str = "root"
+    #: For root only, the second half of python-tuf's rule (``Root.get_root_verification_result``,
+    #: TUF specification 5.3.4): keyids whose signatures verify with the root keys of the previous
+    #: root version. None when no previous version is known (version 1, the bootstrap root).
+    #: ``signed_by`` and ``threshold`` are always the root's own keys and threshold.
+    previous_root_signed_by: tuple[str, ...] | None = None
+    #: For root only: the root threshold of the previous root version (None as above).
+    previous_root_threshold: int | None = None
+    #: For the trusted root only: the facts of the newer root python-tuf refused in this probe
+    #: (its ``previous_root_*`` are counted against the trusted root), None when there was none.
+    rejected_root: RoleFacts | None = None
 
     @property
     def signatures_valid(self) -> int:
         """Number of valid signatures by authorized keys."""
         return len(self.signed_by)
+
+    @property
+    def previous_root_signatures_valid(self) -> int | None:
+        """For root: valid signatures by root keys of the previous root version (None: unknown)."""
+        if self.previous_root_signed_by is None:
+            return None
+        return len(self.previous_root_signed_by)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready facts, times as RFC 3339 UTC."""
@@ -112,6 +130,15 @@ class RoleFacts:
             "signed_by": list(self.signed_by),
             "unknown_signers": list(self.unknown_signers),
         }
+        if self.name == "root":
+            out["previous_root_signatures_valid"] = self.previous_root_signatures_valid
+            out["previous_root_threshold"] = self.previous_root_threshold
+            out["previous_root_signed_by"] = (
+                None if self.previous_root_signed_by is None else list(self.previous_root_signed_by)
+            )
+            out["rejected_root"] = (
+                None if self.rejected_root is None else self.rejected_root.to_json()
+            )
         if self.role_keys is not None:
             out["role_keys"] = {
                 role: {"keyids": list(keys.keyids), "threshold": keys.threshold}

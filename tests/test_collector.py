@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.collector import ExporterCollector, ProbeStore
-from exporter.results import DelegationSummary, ProbeResult
+from exporter.results import DelegationSummary, ProbeResult, RoleFacts
 
 
 def _samples(store: ProbeStore) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -31,3 +32,27 @@ def test_a_truncated_delegation_sweep_is_exported_per_endpoint() -> None:
     assert samples[(key, (("endpoint", "primary"), ("repository", "big")))] == 1
     assert samples[(key, (("endpoint", "mirror"), ("repository", "big")))] == 0
     assert samples[("tuf_delegated_roles", (("endpoint", "primary"), ("repository", "big")))] == 4
+
+
+def test_root_facts_against_the_previous_root_and_a_refused_root_are_exported() -> None:
+    now = datetime.now(UTC)
+
+    def root(version: int, **more: Any) -> RoleFacts:
+        return RoleFacts("root", version, now, 1, "0" * 64, ("a",), (), 1, **more)
+
+    refused = root(4, previous_root_signed_by=(), previous_root_threshold=1)
+    store = ProbeStore()
+    store.record(ProbeResult("r", "primary", False, now, 1.0, roles={"root": root(
+        3, previous_root_signed_by=("a", "b"), previous_root_threshold=2, rejected_root=refused
+    )}))
+    store.record(ProbeResult("r", "mirror", True, now, 1.0, roles={"root": root(1)}))
+    samples = _samples(store)
+    primary = (("endpoint", "primary"), ("repository", "r"))
+    mirror = (("endpoint", "mirror"), ("repository", "r"))
+    assert samples[("tuf_root_previous_signatures_valid", primary)] == 2
+    assert samples[("tuf_root_previous_signature_threshold", primary)] == 2
+    assert samples[("tuf_root_rejected_version", primary)] == 4
+    assert samples[("tuf_metadata_version", (*primary, ("role", "root")))] == 3
+    for name in ("tuf_root_previous_signatures_valid", "tuf_root_previous_signature_threshold",
+                 "tuf_root_rejected_version"):
+        assert (name, mirror) not in samples  # a first root: nothing to compare with

@@ -1270,3 +1270,42 @@ def test_a_findings_event_commits_with_it_and_leaves_the_outbox_only_once_spoole
         spool.ack(list(wanted))
         store.observe(online("primary", 3), POLICY, at(120))
         assert store.outbox_pending > 0
+
+
+@pytest.mark.parametrize(
+    "rotation",
+    [{"add": 1, "remove": 1}, {"add": 1, "threshold": 2}, {"add": 2, "remove": 1, "threshold": 2}],
+    ids=["key-replaced", "threshold-raised", "keys-and-threshold"],
+)
+def test_a_root_rotation_is_no_unknown_signer_but_a_key_neither_root_knows_is(
+    sim: Sim, tmp_path: Path, rotation: dict[str, int]
+) -> None:
+    """Root v2 carries the signature of v1's key, as python-tuf requires: a key rotation, no
+    anomaly (no TufPossibleKeyCompromise page). Root v3 also signed by a key neither v2 nor v3
+    authorizes: one unknown_signer anomaly."""
+    prober = Prober(sim.state_dir)
+    config = sim.config()
+    with HistoryStore.open(tmp_path / "h.sqlite") as store:
+        assert store.observe(prober.probe(config, config.primary), POLICY, at(0)) == []
+        sim.repo.rotate_keys("root", **rotation)
+        sim.repo.publish()
+        result = prober.probe(config, config.primary)
+        assert result.success and result.roles["root"].version == 2, result.message
+        found = store.observe(result, POLICY, at(300))
+        assert FindingKind.UNKNOWN_SIGNER not in [f.kind for f in found]
+        assert (FindingKind.KEY_ROTATION, "root") in [(f.kind, f.role) for f in found]
+        assert anomalies_of(store, "unknown_signer") == 0
+        sim.repo.rotate_keys("timestamp", add=1, remove=1)  # any change makes a root v3
+        sim.repo.publish(extra_signers=["root"])
+        result = prober.probe(config, config.primary)
+        assert result.success and result.roles["root"].version == 3, result.message
+        found = store.observe(result, POLICY, at(600))
+        [unknown] = [f for f in found if f.kind is FindingKind.UNKNOWN_SIGNER]
+        assert unknown.role == "root"
+        assert unknown.keyids == (sim.repo.unknown_signer.public_key.keyid,)
+        assert unknown.details["previous_root_signed_by"] == sorted(sim.repo.keyids("root"))
+        assert anomalies_of(store, "unknown_signer") == 1
+
+
+def anomalies_of(store: HistoryStore, kind: str) -> float:
+    return samples(store, at(0)).get(("tuf_anomalies_total", ("sim", "primary", kind)), 0.0)

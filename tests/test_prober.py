@@ -47,6 +47,7 @@ FAULT_CASES: dict[str, tuple[dict[str, Any], tuple[str, str] | None]] = {
     "expiry-beyond-policy": ({}, None),
     "padded-delegations": ({"size": 200_000}, None),
     "target-missing": ({}, ("missing", "target")),
+    "unencodable-metadata": ({}, ("invalid_metadata", "targets")),
 }
 # faults that need a history of probes: tested on their own below
 STATEFUL = {"rollback", "freeze"}
@@ -609,3 +610,83 @@ def test_every_temporary_file_of_a_probe_is_below_state_dir(
         assert warm.success, warm.message
     assert warm.reused_verdict and warm.targets
     assert list((sim.state_dir / "tmp").iterdir()) == []  # and nothing left behind
+
+
+# ---------------------------------------------------------------------------------------------
+# Root facts as python-tuf judges them
+
+
+@pytest.mark.parametrize("mode", ["warm", "cold"])
+@pytest.mark.parametrize(
+    "rotation",
+    [{"add": 1, "remove": 1}, {"add": 1, "threshold": 2}],
+    ids=["key-replaced", "threshold-raised"],
+)
+def test_a_root_rotation_is_judged_against_both_root_versions(
+    sim: Sim, mode: str, rotation: dict[str, Any]
+) -> None:
+    from exporter.config import Mode
+
+    prober = Prober(sim.state_dir)
+    assert _probe(sim, prober, mode=Mode(mode)).roles["root"].version == 1
+    old = sim.repo.keyids("root")
+    sim.repo.rotate_keys("root", **rotation)
+    sim.repo.publish()
+    result = _probe(sim, prober, mode=Mode(mode))
+    assert result.success, result.message
+    root = result.roles["root"]
+    assert root.version == 2
+    assert root.unknown_signers == ()  # v1's key signs v2 as the spec requires
+    assert root.signed_by == tuple(sorted(sim.repo.keyids("root")))
+    assert root.threshold == rotation.get("threshold", 1)
+    assert root.previous_root_signed_by == tuple(sorted(old))
+    assert root.previous_root_threshold == 1
+    assert root.rejected_root is None
+
+
+def test_a_root_python_tuf_refuses_is_not_shown_as_the_trusted_root(
+    sim: Sim, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prober = Prober(sim.state_dir)
+    sim.repo.rotate_keys("root", add=1, remove=1)
+    sim.repo.publish()
+    assert _probe(sim, prober).roles["root"].version == 2
+    sim.server.inject("unauthorized-key", role="root")  # v3 signed by an unknown key only
+    result = _probe(sim, prober)
+    assert (result.reason, result.role) == ("bad_signature", "root"), result.message
+    root = result.roles["root"]
+    assert root.version == 2 and root.signatures_valid == root.threshold == 1
+    assert root.previous_root_signatures_valid == root.previous_root_threshold == 1
+    rejected = root.rejected_root
+    assert rejected is not None and rejected.version == 3
+    assert rejected.signatures_valid == 0 and rejected.previous_root_signatures_valid == 0
+    assert rejected.unknown_signers == (sim.repo.unknown_signer.public_key.keyid,)
+    assert result.roles["timestamp"].signatures_valid == 1  # still judged by the trusted root
+    assert result.to_json()["roles"]["root"]["rejected_root"]["version"] == 3
+    cli._print_table([result])  # the probe command without --json
+    table = capsys.readouterr().out
+    assert "r2 ts" in table and "(r3 refused)" in table, table
+
+
+def test_probe_json_prints_python_tufs_verdict_on_metadata_it_cannot_canonicalize(
+    sim: Sim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.yml"
+    primary = sim.server.endpoint_urls("primary")
+    config.write_text(
+        f"""
+state_dir: {tmp_path / 'state'}
+repositories:
+  - name: sim
+    metadata_url: {primary[0]}
+    targets_url: {primary[1]}
+    trusted_root: {sim.trusted_root}
+    canary_targets: [files/a.txt]
+"""
+    )
+    sim.server.inject("unencodable-metadata")
+    assert cli.main(["probe", "--config", str(config), "--json"]) == 1
+    [endpoint] = json.loads(capsys.readouterr().out)["repositories"][0]["endpoints"]
+    assert (endpoint["reason"], endpoint["role"]) == ("invalid_metadata", "targets")
+    assert endpoint["roles"]["root"]["previous_root_signatures_valid"] is None
+    assert endpoint["roles"]["root"]["rejected_root"] is None

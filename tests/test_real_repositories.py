@@ -140,6 +140,13 @@ def test_valid_under_a_fixed_clock(server: str, tmp_path: Path, folder: str) -> 
         assert seen["expires"] == expires, role
         assert seen["threshold"] == facts.thresholds[role], role
         assert facts.thresholds[role] <= seen["signatures_valid"] <= signatures, role
+    # root as python-tuf judged it: every real rotation is signed by the previous root's keys
+    # (those signatures are never unknown signers) and nothing newer was refused
+    root = endpoint["roles"]["root"]
+    assert root["unknown_signers"] == [], root
+    assert root["rejected_root"] is None
+    if root["version"] > int(REPOSITORIES[folder][0].split(".")[0]):
+        assert root["previous_root_signatures_valid"] >= root["previous_root_threshold"] >= 1
     delegated = {r for r in facts.roles if r not in ("root", "timestamp", "snapshot", "targets")}
     assert set(endpoint["delegations"]["roles"]) == delegated
     assert endpoint["delegations"]["failing"] == 0

@@ -14,7 +14,7 @@ import pytest
 from securesystemslib.signer import Signer
 from tuf.api import exceptions as exc
 from tuf.api.metadata import Metadata
-from tuf.api.serialization import DeserializationError
+from tuf.api.serialization import DeserializationError, SerializationError
 from tuf.ngclient import Updater
 from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
@@ -259,6 +259,8 @@ FAILING: list[tuple[str, dict[str, Any], str, type[Exception], str | None]] = [
      DeserializationError, None),
     ("never-answers", {}, "refresh", exc.SlowRetrievalError, None),
     ("connection-refused", {}, "refresh", exc.DownloadError, None),
+    ("unencodable-metadata", {}, "refresh", SerializationError, None),
+    ("unencodable-metadata", {"role": "snapshot"}, "refresh", SerializationError, None),
 ]
 
 
@@ -459,6 +461,7 @@ def test_catalogue_is_complete() -> None:
         "deeply-nested-json", "never-answers", "connection-refused", "equivocation",
         "unknown-signer", "version-jump", "expiry-beyond-policy", "target-missing",
         "padded-delegations",
+        "unencodable-metadata",
     }
     assert set(FAULTS) == expected
     for name, info in FAULTS.items():

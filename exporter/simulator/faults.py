@@ -13,6 +13,7 @@ outcome a bare python-tuf ngclient ``Updater`` sees.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, Targets, Timestamp
+from tuf.api.serialization.json import JSONSerializer
 
 from exporter.simulator.repository import (
     ROOT,
@@ -178,6 +180,7 @@ def forge(
     signing: str = VALID,
     chain_bump: int = 1,
     padding: str | None = None,
+    loose: bool = False,
 ) -> bytes:
     """Re-sign ``role`` in ``view`` (optionally mutated, version + ``bump``).
 
@@ -186,6 +189,8 @@ def forge(
     (``below-threshold``) or all plus the unknown key (``extra-unknown``).
     Snapshot and timestamp are re-signed validly (version + ``chain_bump``)
     so that the forged file is what a client will fetch. Returns the bytes.
+    ``loose``: sign what the plain JSON encoder writes, not canonical JSON (for content
+    canonical JSON cannot encode, as a careless signing tool would).
     """
     md = view.load(role)
     if mutate is not None:
@@ -199,7 +204,7 @@ def forge(
         chosen = chosen[: threshold - 1]
     elif signing == EXTRA_UNKNOWN:
         chosen.append(view.repo.unknown_signer)
-    data = sign_metadata(md, chosen, padding=padding)
+    data = _sign_loosely(md, chosen) if loose else sign_metadata(md, chosen, padding=padding)
     version = md.signed.version
     if role == TIMESTAMP:
         view.put(metadata_file(TIMESTAMP), data)
@@ -224,6 +229,29 @@ def forge(
 
     forge(view, SNAPSHOT, point_snapshot, bump=chain_bump, chain_bump=chain_bump)
     return data
+
+
+def _loose_canonical(value: Any) -> str:
+    """Canonical JSON (OLPC: sorted keys, no spaces, only ``\\`` and ``"`` escaped in
+    strings) that lets floats through, as a careless signing tool writes it."""
+    if isinstance(value, dict):
+        items = (f"{_loose_canonical(k)}:{_loose_canonical(v)}" for k, v in sorted(value.items()))
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_loose_canonical(v) for v in value) + "]"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return json.dumps(value)
+
+
+def _sign_loosely(md: Metadata[Any], signers: list[Signer]) -> bytes:
+    """Sign :func:`_loose_canonical` of ``md.signed`` (floats and all); return the file."""
+    payload = _loose_canonical(md.signed.to_dict()).encode()
+    md.signatures.clear()
+    for signer in signers:
+        signature = signer.sign(payload)
+        md.signatures[signature.keyid] = signature
+    return JSONSerializer(compact=True).serialize(md)
 
 
 def _metafile(old: MetaFile, version: int, data: bytes) -> MetaFile:
@@ -422,6 +450,13 @@ def _apply_expiry_beyond(view: View, fault: ActiveFault) -> None:
     forge(view, fault.role or TIMESTAMP, far)
 
 
+def _apply_unencodable(view: View, fault: ActiveFault) -> None:
+    def with_float(signed: Any) -> None:
+        signed.unrecognized_fields["x-simulator-custom"] = {"score": 0.5, "notes": "a\nb"}
+
+    forge(view, fault.role or TARGETS, with_float, loose=True)
+
+
 _ALL = "all"
 _TARGETS_SCOPE = "targets"
 
@@ -468,6 +503,7 @@ _APPLY: dict[str, Callable[[View, ActiveFault], None]] = {
     "target-missing": lambda v, f: v.rules.append(
         _rule(f.matcher(_TARGETS_SCOPE), Respond(404, b"not found\n"))
     ),
+    "unencodable-metadata": _apply_unencodable,
 }
 
 _TRANSPORT = {"role": None, "path": None, "file": None}
@@ -556,6 +592,10 @@ FAULTS: Mapping[str, FaultInfo] = MappingProxyType({
               "targets_max_length", {**_ROLE, "size": 1_000_000}),
         _info("target-missing", "404 for a target file (path=, default all)",
               "DownloadHTTPError 404 from download_target()", _TARGET),
+        _info("unencodable-metadata",
+              "targets (or role) version + 1 with a float in its signed data, signed over "
+              "plain JSON (canonical JSON cannot encode it; notary #1411's custom JSON blob)",
+              "SerializationError from verify_delegate (a RepositoryError)", _ROLE, TARGETS),
     ]
 })
 
