@@ -277,8 +277,11 @@ def oncall() -> Dashboard:
             thresholds=steps(("red", None), ("orange", 0),
                              ("yellow", o.expiry_page_seconds[role]),
                              ("green", o.expiry_ticket_seconds[role])),
-            description=f"Page under {o.expiry_page_seconds[role]:.0f}s, ticket under "
-                        f"{o.expiry_ticket_seconds[role]:.0f}s."))
+            description=f"Page under {o.expiry_page_lifetime_ratio:g} and ticket under "
+                        f"{o.expiry_ticket_lifetime_ratio:g} of the role's normal lifetime "
+                        "(tuf_metadata_normal_lifetime_seconds), but at most "
+                        f"{o.expiry_page_seconds[role]:.0f}s and "
+                        f"{o.expiry_ticket_seconds[role]:.0f}s (the colours)."))
     panels += [
         row("Mirrors"),
         ts("Mirror lag (time)", targets((sel("tuf_mirror_lag_seconds"),
@@ -370,7 +373,9 @@ def debug() -> Dashboard:
            targets((f"{sel('tuf_metadata_expiry_timestamp_seconds')} - time()",
                     "expires in {{endpoint}} {{role}}"),
                    (f"time() - {sel('tuf_metadata_last_change_timestamp_seconds')}",
-                    "unchanged for {{endpoint}} {{role}}")), unit="s", w=12),
+                    "unchanged for {{endpoint}} {{role}}"),
+                   (sel("tuf_metadata_normal_lifetime_seconds", REPO),
+                    "normal lifetime {{repository}} {{role}}")), unit="s", w=12),
         row("Delegations and failures"),
         ts("Delegated roles (seen / failing / sweep truncated at max_delegations: 1)",
            targets((sel("tuf_delegated_roles"), "seen {{endpoint}}"),
