@@ -175,6 +175,21 @@ def test_options_reject_unknown_keys_and_bad_values(tmp_path: Path) -> None:
         AlertOptions.from_mapping({"mirror_lag_for": "soon"})
 
 
+def test_expiry_options_are_checked_and_read_from_yaml() -> None:
+    options = AlertOptions.from_mapping({"expiry_ticket_lifetime_ratio": "0.3",
+                                         "expiry_page_min_seconds": "10m"})
+    assert options.expiry_ticket_lifetime_ratio == 0.3
+    assert options.expiry_page_min_seconds == 600
+    rules = alerts.render(options)[alerts.ALERT_RULES_FILE]
+    assert "clamp(0.3 * max by (repository, role) (tuf_metadata_normal_lifetime_seconds" in rules
+    with pytest.raises(ValueError, match="expiry_ticket_lifetime_ratio"):
+        AlertOptions.from_mapping({"expiry_ticket_lifetime_ratio": 0})
+    with pytest.raises(ValueError, match="must not exceed"):
+        AlertOptions.from_mapping({"expiry_page_lifetime_ratio": 0.5})
+    with pytest.raises(ValueError, match=r"expiry_page_min_seconds .* \(not for timestamp\)"):
+        AlertOptions.from_mapping({"expiry_page_min_seconds": "2h"})
+
+
 @pytest.mark.parametrize(("ticket", "page"), [("expiry_ticket_for", "expiry_page_for"),
                                               ("endpoint_failure_for", "mass_failure_for")])
 def test_options_reject_a_ticket_that_could_beat_its_inhibiting_page(ticket: str,
