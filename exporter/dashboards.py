@@ -282,6 +282,22 @@ def oncall() -> Dashboard:
                         "(tuf_metadata_normal_lifetime_seconds), but at most "
                         f"{o.expiry_page_seconds[role]:.0f}s and "
                         f"{o.expiry_ticket_seconds[role]:.0f}s (the colours)."))
+    margin = sel("tuf_metadata_expiry_margin_seconds")
+    lifetime = sel("tuf_metadata_normal_lifetime_seconds", REPO)
+    panels.append(ts(
+        "Expiry margin as a share of the role's normal lifetime",
+        targets((f"{margin}\n/ on (repository, role) group_left ()\n"
+                 f"max by (repository, role) ({lifetime})",
+                 "{{repository}}/{{endpoint}} {{role}}")),
+        unit="percentunit", w=24,
+        thresholds=steps(("red", None), ("orange", 0),
+                         ("yellow", o.expiry_page_lifetime_ratio),
+                         ("green", o.expiry_ticket_lifetime_ratio)),
+        description="What the expiry alerts compare: a role re-signed as usual stays green "
+                    "whatever its lifetime. The ticket fires under "
+                    f"{o.expiry_ticket_lifetime_ratio:g} (yellow), the page under "
+                    f"{o.expiry_page_lifetime_ratio:g} (orange), within the per-role limits "
+                    "of the panels above."))
     panels += [
         row("Mirrors"),
         ts("Mirror lag (time)", targets((sel("tuf_mirror_lag_seconds"),

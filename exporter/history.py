@@ -388,6 +388,8 @@ class _RepoState:
     #: top-level role -> (expiry, repository-wide first sighting) of its newest
     #: ``LEARN_WINDOW`` versions, by version
     lives: dict[str, dict[int, tuple[float, float]]] = field(default_factory=dict)
+    #: top-level role -> :func:`normal_lifetime` of ``lives`` (absent: none known)
+    lifetimes: dict[str, float] = field(default_factory=dict)
 
     def add_life(self, role: str, version: int, expires: float, first_seen: float) -> None:
         """A version of ``role`` new to the repository (keeps the newest ``LEARN_WINDOW``)."""
@@ -395,10 +397,11 @@ class _RepoState:
         lives[version] = (expires, first_seen)
         for old in sorted(lives)[:-LEARN_WINDOW]:
             del lives[old]
-
-    def normal_lifetime(self, role: str) -> float | None:
-        """:func:`normal_lifetime` of the role's newest versions."""
-        return normal_lifetime(self.lives.get(role, {}).values())
+        lifetime = normal_lifetime(lives.values())
+        if lifetime is None:
+            self.lifetimes.pop(role, None)
+        else:
+            self.lifetimes[role] = lifetime
 
     def put(self, row: CurrentRow, written: bool) -> None:
         """Take ``row`` as the endpoint's current row (``written``: its last_seen is stored)."""
@@ -1284,7 +1287,7 @@ class HistoryStore:
                     dict(s.moments),
                     dict(s.counters),
                     None if s.latest_root is None else s.latest_root.version,
-                    {role: s.normal_lifetime(role) for role in s.lives},
+                    dict(s.lifetimes),
                 )
                 for repo, s in self._states.items()
             )
@@ -1319,6 +1322,5 @@ class HistoryStore:
             if root_version is not None:
                 root.add_metric([repo], float(root_version))
             for role, seconds in sorted(lifetimes.items()):
-                if seconds is not None:
-                    lifetime.add_metric([repo, role], seconds)
+                lifetime.add_metric([repo, role], seconds)
         yield from (lag_v, lag_s, changed, rollbacks, anomalies, rotations, root, lifetime)
