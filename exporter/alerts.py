@@ -133,11 +133,20 @@ class AlertOptions:
     #: Evaluation interval of the SLI recording rules (the burn-rate alerts read them).
     recording_interval: str = "1m"
     burn_alerts: tuple[BurnAlert, ...] = field(default_factory=_default_burn_alerts)
-    #: Expiry margin thresholds per top-level role, in seconds.
+    #: Expiry warnings are relative to each role's normal lifetime as signed
+    #: (``tuf_metadata_normal_lifetime_seconds``, see :func:`expiry_threshold_expr`): the
+    #: ticket (page) fires once the margin left is under this share of it ...
+    expiry_ticket_lifetime_ratio: float = 0.25
+    expiry_page_lifetime_ratio: float = 0.1
+    #: ... but never earlier than these margins per top-level role, in seconds (the
+    #: thresholds, too, while the normal lifetime is not known yet) ...
     expiry_ticket_seconds: Mapping[str, float] = field(default_factory=lambda: _role_seconds(
-        root=30 * 86400, timestamp=6 * 3600, snapshot=7 * 86400, targets=7 * 86400))
+        root=21 * 86400, timestamp=6 * 3600, snapshot=7 * 86400, targets=7 * 86400))
     expiry_page_seconds: Mapping[str, float] = field(default_factory=lambda: _role_seconds(
         root=7 * 86400, timestamp=3600, snapshot=86400, targets=86400))
+    #: ... and never later than these margins, whatever the lifetime (seconds).
+    expiry_ticket_min_seconds: float = 1800
+    expiry_page_min_seconds: float = 900
     expiry_ticket_for: str = "10m"
     expiry_page_for: str = "5m"
     expired_for: str = "1m"
@@ -202,6 +211,19 @@ class AlertOptions:
             if unknown or missing:
                 raise ValueError(f"{roles_name}: need exactly the roles "
                                  f"{', '.join(catalogue.TOP_LEVEL_ROLES)}")
+        for kind in ("ticket", "page"):
+            ratio = getattr(self, f"expiry_{kind}_lifetime_ratio")
+            if not 0 < ratio <= 1:
+                raise ValueError(f"expiry_{kind}_lifetime_ratio must be in (0, 1], got {ratio!r}")
+            floor = getattr(self, f"expiry_{kind}_min_seconds")
+            caps = getattr(self, f"expiry_{kind}_seconds")
+            low = sorted(role for role in caps if caps[role] < floor)
+            if floor < 0 or low:
+                raise ValueError(f"expiry_{kind}_min_seconds ({floor:g}) must be >= 0 and at "
+                                 f"most every expiry_{kind}_seconds (not for {', '.join(low)})")
+        if self.expiry_page_lifetime_ratio > self.expiry_ticket_lifetime_ratio:
+            raise ValueError("expiry_page_lifetime_ratio must not exceed "
+                             "expiry_ticket_lifetime_ratio: the ticket comes first")
         for alert in self.burn_alerts:
             if alert.severity not in (PAGE, TICKET):
                 raise ValueError(f"{alert.name}: severity must be page or ticket")
@@ -239,7 +261,8 @@ class AlertOptions:
                 values[key] = merged
             elif key.endswith("_seconds"):
                 values[key] = parse_duration(value)
-            elif key in ("slo_target", "mass_failure_ratio", "spool_backlog_min"):
+            elif key in ("slo_target", "mass_failure_ratio", "spool_backlog_min",
+                         "expiry_ticket_lifetime_ratio", "expiry_page_lifetime_ratio"):
                 values[key] = float(value)
             else:
                 values[key] = str(value)
@@ -379,10 +402,32 @@ def _slo_alerts(o: AlertOptions) -> list[dict[str, Any]]:
     return out
 
 
-def _expiry_expr(thresholds: Mapping[str, float]) -> str:
+def expiry_threshold_expr(role: str, ratio: float, floor: float, cap: float) -> str:
+    """PromQL for the expiry warning threshold of ``role``, in seconds, per repository.
+
+    ``ratio`` of the role's normal lifetime as signed (``tuf_metadata_normal_lifetime_seconds``,
+    learned by the history store), clamped to [``floor``, ``cap``]. Relative, so a 1-day
+    timestamp, a 7-day snapshot and a 1-year root all stay quiet between two healthy
+    signings; clamped, so a long-lived role is never warned about months ahead (``cap``) and a
+    very short-lived one still leaves time to act (``floor``).
+    """
+    lifetime = f'{m("tuf_metadata_normal_lifetime_seconds")}{{role="{role}"}}'
+    return (f"clamp({_num(ratio)} * max by (repository, role) ({lifetime}), "
+            f"{_num(floor)}, {_num(cap)})")
+
+
+def _expiry_expr(ratio: float, floor: float, caps: Mapping[str, float]) -> str:
     margin = m("tuf_metadata_expiry_margin_seconds")
-    parts = [f'({margin}{{role="{role}"}} > 0) < {_num(thresholds[role])}'
-             for role in catalogue.TOP_LEVEL_ROLES]
+    lifetime = m("tuf_metadata_normal_lifetime_seconds")
+    parts = []
+    for role in catalogue.TOP_LEVEL_ROLES:
+        expiring = f'({margin}{{role="{role}"}} > 0)'
+        threshold = expiry_threshold_expr(role, ratio, floor, caps[role])
+        parts.append(
+            f"(\n  {expiring}\n  < on (repository, role) group_left ()\n  {threshold}\n)")
+        # normal lifetime not known (yet): the longest warning
+        parts.append(f"(\n  {expiring} < {_num(caps[role])}\n"
+                     f'  unless on (repository, role)\n  {lifetime}{{role="{role}"}}\n)')
     return "\nor\n".join(parts)
 
 
@@ -392,11 +437,15 @@ def _symptom_alerts(o: AlertOptions) -> list[dict[str, Any]]:
     kinds = "|".join(COMPROMISE_KINDS)
     job = f'up{{job="{o.exporter_job}"}}'
     return [
-        _alert(o, "TufMetadataExpiringSoon", _expiry_expr(o.expiry_ticket_seconds), TICKET,
+        _alert(o, "TufMetadataExpiringSoon",
+               _expiry_expr(o.expiry_ticket_lifetime_ratio, o.expiry_ticket_min_seconds,
+                            o.expiry_ticket_seconds), TICKET,
                o.expiry_ticket_for, f"{where} expires soon",
                f"{where} expires in {{{{ $value | humanizeDuration }}}}; re-sign it before "
                "clients refuse it."),
-        _alert(o, "TufMetadataExpiringCritical", _expiry_expr(o.expiry_page_seconds), PAGE,
+        _alert(o, "TufMetadataExpiringCritical",
+               _expiry_expr(o.expiry_page_lifetime_ratio, o.expiry_page_min_seconds,
+                            o.expiry_page_seconds), PAGE,
                o.expiry_page_for, f"{where} is about to expire",
                f"{where} expires in {{{{ $value | humanizeDuration }}}}; once expired every "
                "client refuses to update from this repository."),

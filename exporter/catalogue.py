@@ -187,6 +187,10 @@ _SPECS: tuple[MetricSpec, ...] = (
     MetricSpec("tuf_metadata_last_change_timestamp_seconds", G,
                "When a new version of the role was first seen on the endpoint, in Unix seconds.",
                _RER, _H),
+    MetricSpec("tuf_metadata_normal_lifetime_seconds", G,
+               "Usual lifetime of the role's metadata as signed: the upper median, over its newest "
+               "versions, of expiry minus when the repository first served the version. The "
+               "expiry alerts warn relative to it.", ("repository", "role"), _H),
     MetricSpec("tuf_rollbacks_detected_total", C,
                "Times the endpoint served a lower version than already seen for the role, or froze "
                "the role past its expected re-signing cadence.", _RER, _H),

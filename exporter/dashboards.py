@@ -277,8 +277,27 @@ def oncall() -> Dashboard:
             thresholds=steps(("red", None), ("orange", 0),
                              ("yellow", o.expiry_page_seconds[role]),
                              ("green", o.expiry_ticket_seconds[role])),
-            description=f"Page under {o.expiry_page_seconds[role]:.0f}s, ticket under "
-                        f"{o.expiry_ticket_seconds[role]:.0f}s."))
+            description=f"Page under {o.expiry_page_lifetime_ratio:g} and ticket under "
+                        f"{o.expiry_ticket_lifetime_ratio:g} of the role's normal lifetime "
+                        "(tuf_metadata_normal_lifetime_seconds), but at most "
+                        f"{o.expiry_page_seconds[role]:.0f}s and "
+                        f"{o.expiry_ticket_seconds[role]:.0f}s (the colours)."))
+    margin = sel("tuf_metadata_expiry_margin_seconds")
+    lifetime = sel("tuf_metadata_normal_lifetime_seconds", REPO)
+    panels.append(ts(
+        "Expiry margin as a share of the role's normal lifetime",
+        targets((f"{margin}\n/ on (repository, role) group_left ()\n"
+                 f"max by (repository, role) ({lifetime})",
+                 "{{repository}}/{{endpoint}} {{role}}")),
+        unit="percentunit", w=24,
+        thresholds=steps(("red", None), ("orange", 0),
+                         ("yellow", o.expiry_page_lifetime_ratio),
+                         ("green", o.expiry_ticket_lifetime_ratio)),
+        description="What the expiry alerts compare: a role re-signed as usual stays green "
+                    "whatever its lifetime. The ticket fires under "
+                    f"{o.expiry_ticket_lifetime_ratio:g} (yellow), the page under "
+                    f"{o.expiry_page_lifetime_ratio:g} (orange), within the per-role limits "
+                    "of the panels above."))
     panels += [
         row("Mirrors"),
         ts("Mirror lag (time)", targets((sel("tuf_mirror_lag_seconds"),
@@ -383,7 +402,9 @@ def debug() -> Dashboard:
            targets((f"{sel('tuf_metadata_expiry_timestamp_seconds')} - time()",
                     "expires in {{endpoint}} {{role}}"),
                    (f"time() - {sel('tuf_metadata_last_change_timestamp_seconds')}",
-                    "unchanged for {{endpoint}} {{role}}")), unit="s", w=12),
+                    "unchanged for {{endpoint}} {{role}}"),
+                   (sel("tuf_metadata_normal_lifetime_seconds", REPO),
+                    "normal lifetime {{repository}} {{role}}")), unit="s", w=12),
         row("Delegations and failures"),
         ts("Delegated roles (seen / failing / sweep truncated at max_delegations: 1)",
            targets((sel("tuf_delegated_roles"), "seen {{endpoint}}"),

@@ -36,6 +36,15 @@ reports nothing):
 * ``mirror_lag_started`` / ``mirror_caught_up``: judged when a mirror is observed: it serves a
   lower timestamp or snapshot version than the primary's current one / it no longer does.
 
+The **lifetime as signed** of a version is its expiry minus when the repository's endpoints
+first served it (:func:`lifetime_as_signed`; TUF metadata carries no signing time, and a
+version is first seen within one probe interval of its publication, except the very first
+version seen, whose lifetime is underestimated by the time it was already out). The **normal
+lifetime** of a top-level role (``tuf_metadata_normal_lifetime_seconds``) is the upper median
+of the lifetimes as signed of its newest ``LEARN_WINDOW`` versions (:func:`normal_lifetime`): a
+single version signed shorter or longer than usual does not move it, a lasting change does
+after about ``LEARN_WINDOW / 2`` versions. The expiry alerts warn relative to it.
+
 Failed probes are recorded too, but only the roles the endpoint was seen serving (see
 ``_served_roles``): facts the client read from its own cache after a failed download are not
 observations of the endpoint. Metadata without a threshold of valid signatures is recorded
@@ -264,6 +273,23 @@ def _learned_cadence(times: list[float]) -> float | None:
     return median[0]
 
 
+def lifetime_as_signed(expires: float, first_seen: float) -> float:
+    """Seconds a version was signed to last: ``expires`` minus its repository-wide first
+    sighting (both Unix seconds). The one definition used by ``expiry_beyond_policy`` and by
+    the normal lifetime."""
+    return expires - first_seen
+
+
+def normal_lifetime(versions: Iterable[tuple[float, float]]) -> float | None:
+    """The usual lifetime as signed, in seconds, of (expiry, first seen) pairs of versions.
+
+    The upper median of the positive lifetimes (a version already expired when first seen,
+    such as a forged one, says nothing about the usual life); None without any.
+    """
+    lifetimes = [x for x in (lifetime_as_signed(e, f) for e, f in versions) if x > 0]
+    return statistics.median_high(lifetimes) if lifetimes else None
+
+
 def _role_order(name: str) -> tuple[int, str]:
     """Root first (its keys judge the rest), then the other top-level roles, then any other."""
     if name in TOP_LEVEL_ROLES:
@@ -420,6 +446,23 @@ class _RepoState:
     endpoints: frozenset[str] | None = None
     #: (endpoint, role) -> :class:`_Anchor` of the version it serves now (ages within a run)
     anchors: dict[tuple[str, str], _Anchor] = field(default_factory=dict)
+    #: top-level role -> (expiry, repository-wide first sighting) of its newest
+    #: ``LEARN_WINDOW`` versions, by version
+    lives: dict[str, dict[int, tuple[float, float]]] = field(default_factory=dict)
+    #: top-level role -> :func:`normal_lifetime` of ``lives`` (absent: none known)
+    lifetimes: dict[str, float] = field(default_factory=dict)
+
+    def add_life(self, role: str, version: int, expires: float, first_seen: float) -> None:
+        """A version of ``role`` new to the repository (keeps the newest ``LEARN_WINDOW``)."""
+        lives = self.lives.setdefault(role, {})
+        lives[version] = (expires, first_seen)
+        for old in sorted(lives)[:-LEARN_WINDOW]:
+            del lives[old]
+        lifetime = normal_lifetime(lives.values())
+        if lifetime is None:
+            self.lifetimes.pop(role, None)
+        else:
+            self.lifetimes[role] = lifetime
 
     def put(self, row: CurrentRow, written: bool) -> None:
         """Take ``row`` as the endpoint's current row (``written``: its last_seen is stored)."""
@@ -512,6 +555,9 @@ def _load_state(
         if c.metric == _ROTATIONS or wanted(c.endpoint):
             state.counters[(c.metric, c.endpoint, c.label)] = c.value
     state.moments = state.all_moments(conn, repo)
+    for role in sorted({role for _, role in state.current} & set(TOP_LEVEL_ROLES)):
+        for version, expires, first_seen in db.expiries(conn, repo, role, LEARN_WINDOW):
+            state.add_life(role, version, expires, first_seen)
     return state
 
 
@@ -559,6 +605,8 @@ class _Observation:
         #: (role, version) -> (hash served, first-seen time of the version on the endpoint)
         self.seen: dict[tuple[str, int], tuple[str, float]] = {}
         self.cadences: dict[tuple[str, str], tuple[int, str, float | None]] = {}
+        #: role -> (version, expiry, first seen) of a version new to the repository
+        self.lives: dict[str, tuple[int, float, float]] = {}
         #: moments computed, and the lag roles whose moments they replace (primary moved)
         self.moments: dict[tuple[str, int], float] = {}
         self.moment_roles: set[str] = set()
@@ -675,6 +723,9 @@ class _Observation:
         here = self._record(facts, prev, same, _max_version(prev, version if signed else None))
         if here is not None and role == "timestamp" and not self.policy.cadence.get(role):
             self._learned_here(role)  # now, in the open transaction: repeats then need no SQL
+        if here is not None and known is not None and not known.hashes \
+                and role in TOP_LEVEL_ROLES:
+            self.lives[role] = (version, facts.expires.timestamp(), here)
         self._expiry(facts, known, here)
         age = self._age(self.rows[role][0])
         if prev is not None and prev.version == version:
@@ -844,7 +895,7 @@ class _Observation:
             known = self._known(facts.name, facts.version)
         times = [x for x in (known.first_seen, here) if x is not None]
         first = (min(times) if times else None) or self.t
-        lifetime = facts.expires.timestamp() - first
+        lifetime = lifetime_as_signed(facts.expires.timestamp(), first)
         if lifetime <= limit or not self._once(
             f"expiry_beyond_policy|{facts.name}|{facts.version}"
         ):
@@ -1337,6 +1388,8 @@ class HistoryStore:
                 }
             state.moments.update(obs.moments)
             state.anchors.update(obs.anchors)
+            for role, (version, expires, first_seen) in obs.lives.items():
+                state.add_life(role, version, expires, first_seen)
             self._states.setdefault(repo, state)
         for seen, (sha, first) in obs.seen.items():  # caches read by observations only
             known = state.known.get(seen)
@@ -1561,6 +1614,7 @@ class HistoryStore:
                     dict(s.moments),
                     dict(s.counters),
                     None if s.latest_root is None else s.latest_root.version,
+                    dict(s.lifetimes),
                 )
                 for repo, s in self._states.items()
             )
@@ -1571,8 +1625,9 @@ class HistoryStore:
         anomalies = family(_ANOMALIES)
         rotations = family(_ROTATIONS)
         root = family("tuf_root_version")
+        lifetime = family("tuf_metadata_normal_lifetime_seconds")
         by_metric = {_ROLLBACKS: rollbacks, _ANOMALIES: anomalies}
-        for repo, current, moments, counters, root_version in views:
+        for repo, current, moments, counters, root_version, lifetimes in views:
             mirrors = sorted({endpoint for endpoint, _ in current} - {PRIMARY})
             for (endpoint, role), row in sorted(current.items()):
                 changed.add_metric([repo, endpoint, role], row.since)
@@ -1593,4 +1648,6 @@ class HistoryStore:
                     by_metric[metric].add_metric([repo, endpoint, label], value)
             if root_version is not None:
                 root.add_metric([repo], float(root_version))
-        yield from (lag_v, lag_s, changed, rollbacks, anomalies, rotations, root)
+            for role, seconds in sorted(lifetimes.items()):
+                lifetime.add_metric([repo, role], seconds)
+        yield from (lag_v, lag_s, changed, rollbacks, anomalies, rotations, root, lifetime)

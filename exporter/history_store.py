@@ -524,6 +524,20 @@ def change_times(
     return sorted(float(r[1]) for r in rows)
 
 
+def expiries(
+    conn: sqlite3.Connection, repo: str, role: str, limit: int
+) -> list[tuple[int, float, float]]:
+    """(version, expiry, repository-wide first-seen time) of the newest ``limit`` versions of
+    ``role``, newest first; a version served with several contents (equivocation) counts with
+    its earliest expiry."""
+    rows = conn.execute(
+        "SELECT version, MIN(expires), MIN(first_seen) FROM versions INDEXED BY versions_by_role "
+        "WHERE repository = ? AND role = ? GROUP BY version ORDER BY version DESC LIMIT ?",
+        (repo, role, limit),
+    ).fetchall()
+    return [(version_of(r[0]), float(r[1]), float(r[2])) for r in rows]
+
+
 # ---------------------------------------------------------------------------------------------
 # Flags, counters, lag, findings
 

@@ -14,7 +14,10 @@ from exporter.config import Endpoint, Mode, Repository
 from exporter.simulator import SimulatedRepository, SimulatorServer
 from exporter.spool import Spool
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+# ../shared from the project's root; from a git worktree (/work/wt/<name>) one level further up.
+SHARED = next((parent / "shared" for parent in Path(__file__).resolve().parents[1:]
+               if (parent / "shared" / "fixtures").is_dir()),
+              Path(__file__).resolve().parents[2] / "shared")
 REAL = SHARED / "fixtures" / "real"
 
 CANARIES = ("files/a.txt", "team/b.txt")

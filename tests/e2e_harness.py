@@ -38,6 +38,7 @@ import yaml
 
 from exporter.alerts import PAGE, AlertOptions, BurnAlert, BurnWindow, build_alerts
 from exporter.simulator import SimulatedRepository, SimulatorServer
+from exporter.simulator.repository import Expiry
 
 T = TypeVar("T")
 
@@ -313,8 +314,9 @@ class SimRepo:
         }
 
 
-def make_sim_repo(name: str, mirrors: int, tmp: Path) -> SimRepo:
-    repo = SimulatedRepository()
+def make_sim_repo(name: str, mirrors: int, tmp: Path,
+                  expiry: Mapping[str, Expiry] | None = None) -> SimRepo:
+    repo = SimulatedRepository(expiry=expiry)
     repo.add_target(CANARY, b"hello from a\n")
     repo.delegate("team", ["team/*"])
     repo.add_target(DELEGATED_CANARY, b"hello from b\n", role="team")
@@ -399,11 +401,12 @@ def e2e_alert_options(recorder: WebhookRecorder) -> AlertOptions:
             BurnAlert("TufErrorBudgetBurnFast", PAGE, (BurnWindow(14.4, "30s", "10s"),), "1s"),
             *(a for a in AlertOptions().burn_alerts if a.severity != PAGE),
         ),
-        expiry_ticket_seconds={"root": 30 * 86400, "timestamp": 3 * 3600,
-                               "snapshot": 86400, "targets": 7 * 86400},
-        # A timestamp re-signed to expire in 10 min is within 30 min of expiry: a page.
-        expiry_page_seconds={"root": 7 * 86400, "timestamp": 1800,
-                             "snapshot": 3600, "targets": 86400},
+        # The production expiry thresholds and ratios: the simulator's 1-day timestamp and
+        # 7-day snapshot stay quiet, a timestamp re-signed to expire in 10 min (within the page
+        # cap of a 1-day role, 1 h) pages. Lower floors only, for a timestamp signed for
+        # minutes whose re-signing stops (ticket at 25 %, page at 10 % of its life left).
+        expiry_ticket_min_seconds=5,
+        expiry_page_min_seconds=2,
         # Longer than expiry_page_for, as in production (10m vs 5m): a timestamp re-signed
         # straight into the page zone starts both alerts pending at the same evaluation; the
         # page must reach Alertmanager first, or the ticket goes out before the inhibition
@@ -505,8 +508,10 @@ def e2e_stack(
     repositories: Mapping[str, int],
     signer: tuple[str, str] | None = None,
     startup_timeout: float = 60.0,
+    expiries: Mapping[str, Mapping[str, Expiry]] | None = None,
 ) -> Iterator[Stack]:
-    """Start everything; ``repositories`` maps a name to its number of mirrors.
+    """Start everything; ``repositories`` maps a name to its number of mirrors, ``expiries``
+    a name to the lifetimes its roles are signed for (default: the simulator's).
 
     ``signer`` is ``(repository, role)``: a ``signers:`` entry probing a file key exported
     from that role of that repository.
@@ -520,7 +525,7 @@ def e2e_stack(
         stack.callback(recorder.stop)
         repos: dict[str, SimRepo] = {}
         for name, mirrors in repositories.items():
-            repos[name] = make_sim_repo(name, mirrors, tmp)
+            repos[name] = make_sim_repo(name, mirrors, tmp, (expiries or {}).get(name))
             stack.callback(repos[name].server.stop)
 
         # ---- the exporter

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import yaml
 
 from exporter import alerts, catalogue
 from exporter.alerts import AlertOptions
+from exporter.durations import parse_duration
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS_DIR = ROOT / "alerts"
@@ -173,6 +175,21 @@ def test_options_reject_unknown_keys_and_bad_values(tmp_path: Path) -> None:
         AlertOptions.from_mapping({"mirror_lag_for": "soon"})
 
 
+def test_expiry_options_are_checked_and_read_from_yaml() -> None:
+    options = AlertOptions.from_mapping({"expiry_ticket_lifetime_ratio": "0.3",
+                                         "expiry_page_min_seconds": "10m"})
+    assert options.expiry_ticket_lifetime_ratio == 0.3
+    assert options.expiry_page_min_seconds == 600
+    rules = alerts.render(options)[alerts.ALERT_RULES_FILE]
+    assert "clamp(0.3 * max by (repository, role) (tuf_metadata_normal_lifetime_seconds" in rules
+    with pytest.raises(ValueError, match="expiry_ticket_lifetime_ratio"):
+        AlertOptions.from_mapping({"expiry_ticket_lifetime_ratio": 0})
+    with pytest.raises(ValueError, match="must not exceed"):
+        AlertOptions.from_mapping({"expiry_page_lifetime_ratio": 0.5})
+    with pytest.raises(ValueError, match=r"expiry_page_min_seconds .* \(not for timestamp\)"):
+        AlertOptions.from_mapping({"expiry_page_min_seconds": "2h"})
+
+
 @pytest.mark.parametrize(("ticket", "page"), [("expiry_ticket_for", "expiry_page_for"),
                                               ("endpoint_failure_for", "mass_failure_for")])
 def test_options_reject_a_ticket_that_could_beat_its_inhibiting_page(ticket: str,
@@ -295,3 +312,216 @@ def test_dashboard_windows_are_recorded_whatever_the_burn_windows() -> None:
     assert [g["interval"] for g in groups] == ["15s"]
     with pytest.raises(ValueError, match="recording_interval"):
         AlertOptions(recording_interval="often")
+
+
+# --- expiry relative to each role's normal lifetime: real repositories ------------------------
+
+DAY = 86400.0
+HOUR = 3600.0
+#: tuf-on-ci's online-sign workflow runs every few hours: an online role is re-signed at the
+#: latest this long after its signing period began.
+ONLINE_SLACK = 6 * HOUR
+#: An offline role (root, targets) is re-signed by people: a signing event opened when the
+#: signing period begins collects its signatures within a week.
+OFFLINE_SLACK = 7 * DAY
+
+
+@dataclass(frozen=True)
+class ExpiryShape:
+    """How one role of one repository lives: signed for ``lifetime`` seconds, re-signed when
+    ``lowest`` seconds are left (the lowest margin of the healthy repository)."""
+
+    repository: str  #: folder under ../shared/fixtures/real, or "simulator"
+    role: str
+    lifetime: float
+    lowest: float
+    #: tuf-on-ci's (expiry period, signing period) in days, as the fixture's metadata says
+    tuf_on_ci: tuple[int, int] | None = None
+
+
+def _tuf_on_ci(repository: str, role: str, expiry_days: int, signing_days: int) -> ExpiryShape:
+    slack = ONLINE_SLACK if role in ("timestamp", "snapshot") else OFFLINE_SLACK
+    return ExpiryShape(repository, role, expiry_days * DAY, signing_days * DAY - slack,
+                       (expiry_days, signing_days))
+
+
+#: Every top-level role of the six real repositories (../shared/fixtures/real/*/FACTS.txt and
+#: the x-tuf-on-ci-expiry-period / -signing-period their metadata carries), and the simulator's
+#: defaults (the demo re-signs timestamp and snapshot every few seconds).
+EXPIRY_SHAPES: tuple[ExpiryShape, ...] = (
+    *(_tuf_on_ci(repo, role, e, s)
+      for repo in ("sigstore-2026-08-21", "sigstore-2025-05-19")
+      for role, e, s in (("root", 197, 46), ("timestamp", 7, 6), ("snapshot", 3650, 365),
+                         ("targets", 3650, 31))),
+    *(_tuf_on_ci("sigstore-staging-2026-08-21", role, e, s)
+      for role, e, s in (("root", 182, 35), ("timestamp", 7, 6), ("snapshot", 3650, 365),
+                         ("targets", 3650, 365))),
+    *(_tuf_on_ci("docker-tuf-2024-12-03", role, e, s)
+      for role, e, s in (("root", 365, 60), ("timestamp", 2, 1), ("snapshot", 365, 60),
+                         ("targets", 365, 60))),
+    *(_tuf_on_ci("jku-tuf-demo-2026-08-21", role, e, s)
+      for role, e, s in (("root", 364, 60), ("timestamp", 2, 1), ("snapshot", 365, 60),
+                         ("targets", 365, 60))),
+    # Legacy sigstore (before tuf-on-ci): a weekly job re-signs snapshot (21 days) and
+    # timestamp (7 days) together: its 68 N.snapshot.json files expire 7 days apart, timestamp
+    # v144 expires one second after snapshot v119 minus 14 days. Its timestamp is re-signed
+    # when it expires (see LEGACY_TIMESTAMP); when root v8 and targets v8 were signed is not
+    # recorded (v7 expired 2023-10-04): the tuf-on-ci roots above cover six-month roots.
+    ExpiryShape("sigstore-legacy-2023-12-26", "snapshot", 21 * DAY, 14 * DAY),
+    *(ExpiryShape("simulator", role, lifetime, lifetime - HOUR)
+      for role, lifetime in (("root", 365 * DAY), ("timestamp", DAY), ("snapshot", 7 * DAY),
+                             ("targets", 90 * DAY))),
+)
+
+
+#: Legacy sigstore's timestamp: signed for 7 days by the weekly job that re-signs it, so it
+#: is re-signed when it expires (v144 was signed at 16:06:35 and published with the commit at
+#: 16:34:17: the live timestamp was expired for about half an hour every week).
+LEGACY_TIMESTAMP = ExpiryShape("sigstore-legacy-2023-12-26", "timestamp", 7 * DAY, 0.0)
+
+
+def test_a_timestamp_re_signed_only_when_it_expires_is_warned_about() -> None:
+    """No rule can tell that schedule from a stopped signer before expiry: the warnings that
+    come in time for the one come every week for the other, and say what is true."""
+    o = AlertOptions()
+    assert _threshold(LEGACY_TIMESTAMP, "ticket", o) == 6 * HOUR
+    assert _threshold(LEGACY_TIMESTAMP, "page", o) == HOUR
+    assert _threshold(LEGACY_TIMESTAMP, "page", o) > LEGACY_TIMESTAMP.lowest
+
+
+def _threshold(shape: ExpiryShape, kind: str, o: AlertOptions) -> float:
+    """What ``alerts.expiry_threshold_expr`` computes, for the expectations."""
+    ratio = getattr(o, f"expiry_{kind}_lifetime_ratio")
+    floor = getattr(o, f"expiry_{kind}_min_seconds")
+    cap = getattr(o, f"expiry_{kind}_seconds")[shape.role]
+    return float(min(max(ratio * shape.lifetime, floor), cap))
+
+
+def _humanize_duration(seconds: float) -> str:
+    """Prometheus' humanizeDuration for whole seconds >= 60 (what the annotations show)."""
+    s = int(seconds)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}d {hours}h {minutes}m {s}s"
+    if hours:
+        return f"{hours}h {minutes}m {s}s"
+    return f"{minutes}m {s}s"
+
+
+def _expiry_alert(name: str, shape: ExpiryShape, margin: float) -> dict[str, Any]:
+    where = f"{shape.role} metadata of {shape.repository} on primary"
+    after = {"TufMetadataExpiringSoon": "re-sign it before clients refuse it.",
+             "TufMetadataExpiringCritical": "once expired every client refuses to update from "
+                                            "this repository."}[name]
+    summary = {"TufMetadataExpiringSoon": f"{where} expires soon",
+               "TufMetadataExpiringCritical": f"{where} is about to expire"}[name]
+    return {
+        "exp_labels": {"severity": "ticket" if name == "TufMetadataExpiringSoon" else "page",
+                       "repository": shape.repository, "endpoint": "primary",
+                       "role": shape.role},
+        "exp_annotations": {
+            "summary": summary,
+            "description": f"{where} expires in {_humanize_duration(margin)}; {after}",
+            "runbook_url": f"{AlertOptions().runbook_base_url}/{alerts.kebab(name)}.md",
+        },
+    }
+
+
+def _countdown_group(shape: ExpiryShape, start: float, minutes: int) -> dict[str, Any]:
+    """The margin of ``shape`` from ``start`` down one minute per minute, its lifetime known."""
+    labels = f'repository="{shape.repository}", endpoint="primary", role="{shape.role}"'
+    return {"interval": "1m", "input_series": [
+        {"series": f"tuf_metadata_expiry_margin_seconds{{{labels}}}",
+         "values": f"{alerts._num(start)}-60x{minutes}"},
+        {"series": f'tuf_metadata_normal_lifetime_seconds{{repository="{shape.repository}", '
+                   f'role="{shape.role}"}}',
+         "values": f"{alerts._num(shape.lifetime)}x{minutes}"},
+    ], "alert_rule_test": []}
+
+
+def _expiry_shape_tests(shape: ExpiryShape, o: AlertOptions) -> list[dict[str, Any]]:
+    soon, critical = "TufMetadataExpiringSoon", "TufMetadataExpiringCritical"
+    ticket, page = _threshold(shape, "ticket", o), _threshold(shape, "page", o)
+    ticket_for = parse_duration(o.expiry_ticket_for) / 60
+    page_for = parse_duration(o.expiry_page_for) / 60
+    # Healthy: the margin at its lowest (down to the moment of re-signing), for 40 minutes,
+    # longer than every "for": quiet. Every other moment of the cycle has a larger margin.
+    healthy = _countdown_group(shape, shape.lowest + 2400, 40)
+    healthy["alert_rule_test"] = [{"eval_time": "40m", "alertname": name, "exp_alerts": []}
+                                  for name in (soon, critical)]
+    # Re-signing stopped: the margin crosses the ticket threshold at t=10m (strictly under it
+    # from 11m); the ticket fires once its "for" has passed, well before expiry.
+    fires = 11 + ticket_for
+    stopped = _countdown_group(shape, ticket + 600, 40)
+    stopped["alert_rule_test"] = [
+        {"eval_time": f"{fires - 1:g}m", "alertname": soon, "exp_alerts": []},
+        {"eval_time": f"{fires:g}m", "alertname": soon,
+         "exp_alerts": [_expiry_alert(soon, shape, ticket + 600 - 60 * fires)]},
+    ]
+    # ... and later the page, the same way around the page threshold.
+    fires = 11 + page_for
+    later = _countdown_group(shape, page + 600, 40)
+    later["alert_rule_test"] = [
+        {"eval_time": f"{fires - 1:g}m", "alertname": critical, "exp_alerts": []},
+        {"eval_time": f"{fires:g}m", "alertname": critical,
+         "exp_alerts": [_expiry_alert(critical, shape, page + 600 - 60 * fires)]},
+    ]
+    return [healthy, stopped, later]
+
+
+def test_expiry_shapes_warn_late_enough_to_be_quiet_and_early_enough_to_act() -> None:
+    o = AlertOptions()
+    for shape in EXPIRY_SHAPES:
+        ticket, page = _threshold(shape, "ticket", o), _threshold(shape, "page", o)
+        name = f"{shape.repository}/{shape.role}"
+        assert ticket < shape.lowest, f"{name}: ticket at {ticket:g}s on a healthy repository"
+        assert page < ticket, name
+        # in time: the ticket leaves at least a quarter of the role's life (or the full cap)
+        # and the page at least the page floor, before expiry
+        assert ticket >= min(shape.lifetime / 4, o.expiry_ticket_seconds[shape.role]), name
+        assert page >= o.expiry_page_min_seconds, name
+
+
+def test_expiry_shapes_match_the_real_repositories() -> None:
+    """The tuf-on-ci periods of the table are those of the fixtures' metadata."""
+    from conftest import REAL
+    if not REAL.is_dir():
+        pytest.skip(f"real repositories not available: {REAL} is absent")
+    for shape in EXPIRY_SHAPES:
+        if shape.tuf_on_ci is None:
+            continue
+        folder = REAL / shape.repository
+        roots = sorted(folder.glob("*.root.json"), key=lambda p: int(p.name.split(".")[0]))
+        root = yaml.safe_load(roots[-1].read_text())["signed"]
+        if shape.role in ("timestamp", "snapshot"):
+            fields = root["roles"][shape.role]
+        elif shape.role == "root":
+            fields = root
+        else:
+            files = sorted(folder.glob("*.targets.json"), key=lambda p: int(p.name.split(".")[0]))
+            fields = yaml.safe_load(files[-1].read_text())["signed"]
+        assert (fields["x-tuf-on-ci-expiry-period"], fields["x-tuf-on-ci-signing-period"]) == \
+            shape.tuf_on_ci, f"{shape.repository}/{shape.role}"
+
+
+@needs_promtool
+def test_promtool_expiry_of_the_real_repositories(tmp_path: Path) -> None:
+    """Healthy: no expiry alert at the lowest margin of each role's cycle; re-signing stopped:
+    ticket, then page, before expiry (run against the committed rules)."""
+    o = AlertOptions()
+    doc = {
+        "rule_files": [str(ALERTS_DIR / alerts.RECORDING_RULES_FILE),
+                       str(ALERTS_DIR / alerts.ALERT_RULES_FILE)],
+        "evaluation_interval": "1m",
+        "group_eval_order": ["tuf-exporter-sli", "tuf-exporter-slo", "tuf-exporter-symptoms"],
+        "tests": [group for shape in EXPIRY_SHAPES for group in _expiry_shape_tests(shape, o)]
+        # re-signed only when it expires: only the "stopped" half holds
+        + _expiry_shape_tests(LEGACY_TIMESTAMP, o)[1:],
+    }
+    path = tmp_path / "expiry-real.test.yml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    result = subprocess.run([PROMTOOL, "test", "rules", str(path)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]

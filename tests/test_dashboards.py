@@ -82,6 +82,12 @@ def test_oncall_expiry_panels_draw_alert_thresholds() -> None:
         assert options.expiry_page_seconds[role] in values
         assert options.expiry_ticket_seconds[role] in values
         assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] != "off"
+    share = next(p for p in board["panels"]
+                 if p["title"] == "Expiry margin as a share of the role's normal lifetime")
+    values = [s["value"] for s in share["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+    assert options.expiry_page_lifetime_ratio in values
+    assert options.expiry_ticket_lifetime_ratio in values
+    assert "tuf_metadata_normal_lifetime_seconds" in share["targets"][0]["expr"]
 
 
 @pytest.mark.parametrize("name", [b.file for b in dashboards.BOARDS])

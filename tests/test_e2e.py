@@ -10,9 +10,11 @@ at the end of the module). See ``tests/e2e_harness.py``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -31,6 +33,7 @@ from e2e_harness import (
 
 from exporter.alerts import kebab, promql_metric_names
 from exporter.dashboards import build_dashboards
+from exporter.durations import parse_duration
 
 _MISSING = [name for name, found in (
     ("prometheus", find_binary("prometheus")),
@@ -44,9 +47,12 @@ pytestmark = [
 ]
 
 #: scenario repository -> number of mirrors
-REPOSITORIES = {"expiry": 1, "lag": 1, "mass": 2, "burn": 2, "equivocation": 1, "signer": 1,
-                "recovery": 1, "dashboards": 1}
+REPOSITORIES = {"healthy": 1, "resign": 0, "expiry": 1, "lag": 1, "mass": 2, "burn": 2,
+                "equivocation": 1, "signer": 1, "recovery": 1, "dashboards": 1}
 SIGNER = ("signer", "timestamp")
+#: "resign" signs its timestamp for minutes: its re-signing stops within one test.
+RESIGN_LIFETIME = 150.0
+EXPIRIES = {"resign": {"timestamp": timedelta(seconds=RESIGN_LIFETIME)}}
 
 #: From an injected fault to the receiver: probe (1 s) + scrape (1 s) + rule evaluation (1 s)
 #: + ``for:`` + group_wait (1 s); generous for 2 loaded cores.
@@ -60,7 +66,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory,
     started: list[Stack] = []
     stopping = 0.0
     try:
-        with e2e_stack(tmp, REPOSITORIES, signer=SIGNER) as s:
+        with e2e_stack(tmp, REPOSITORIES, signer=SIGNER, expiries=EXPIRIES) as s:
             started.append(s)
             yield s
             stopping = time.monotonic()
@@ -105,13 +111,99 @@ def _assert_runbook(stack: Stack, alert: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# 0. healthy repositories, re-signed as usual -> no alert at all (runs first, before any fault)
+# --------------------------------------------------------------------------------------------
+
+
+def test_healthy_repositories_raise_no_alert(e2e: Stack) -> None:
+    # Every repository has been probed ok; "healthy" keeps being re-signed (timestamp 1 day,
+    # snapshot 7 days, targets 90 days, root 1 year: the simulator's lifetimes). Watch for
+    # longer than every shortened "for:"; the production-long ones (slow burn, spool, ...)
+    # would show as pending in ALERTS, which is asserted empty too.
+    o = e2e.options
+    fors = [parse_duration(getattr(o, f.name)) for f in dataclasses.fields(o)
+            if f.name.endswith("_for")] + [parse_duration(a.for_) for a in o.burn_alerts]
+    window = max(f for f in fors if f <= 60) + 15
+    sim = e2e.repos["healthy"]
+    stop = threading.Event()
+
+    def resign() -> None:
+        while not stop.wait(2):
+            sim.repo.publish()
+            e2e.repos["resign"].repo.resign("timestamp")  # its timestamp lives minutes
+
+    publisher = threading.Thread(target=resign, name="healthy-publisher", daemon=True)
+    t0 = time.monotonic()
+    publisher.start()
+    try:
+        deadline = t0 + window
+        poll(lambda: time.monotonic() >= deadline or None, window + 5,
+             f"{window:g}s of healthy operation", interval=1.0)
+    finally:
+        stop.set()
+        publisher.join(timeout=10)
+    seen = e2e.prometheus.query(f"max_over_time(ALERTS[{int(window)}s])")
+    assert not seen, "alerts pending or firing on healthy repositories: " + ", ".join(sorted({
+        f"{a['metric'].get('alertname')}{{{a['metric'].get('repository', '')}/"
+        f"{a['metric'].get('endpoint', '')}/{a['metric'].get('role', '')}}}" for a in seen}))
+    assert not e2e.recorder.matching(t0), "notifications sent for healthy repositories"
+    assert not e2e.alertmanager.alerts(), "Alertmanager holds alerts"
+    lifetime = e2e.prometheus.value(
+        'tuf_metadata_normal_lifetime_seconds{repository="healthy", role="snapshot"}')
+    assert lifetime is not None and 6 * 86400 < lifetime <= 7 * 86400
+    e2e.record("healthy", f"re-signed every 2 s for {window:g}s -> no alert at all",
+               time.monotonic() - t0)
+
+
+def test_re_signing_stopped_tickets_then_pages_before_expiry(e2e: Stack) -> None:
+    sim = e2e.repos["resign"]
+    # Re-signed every 2 s (as in the healthy test): quiet, its normal lifetime learned.
+    stop = threading.Event()
+
+    def resign() -> None:
+        while not stop.wait(2):
+            sim.repo.resign("timestamp")
+
+    publisher = threading.Thread(target=resign, name="resign-publisher", daemon=True)
+    publisher.start()
+    try:
+        poll(lambda: e2e.prometheus.query(
+            'tuf_metadata_normal_lifetime_seconds{repository="resign", role="timestamp"} < '
+            f"{RESIGN_LIFETIME:g}"), NOTIFY_TIMEOUT, "the normal lifetime of resign's timestamp")
+        assert not e2e.prometheus.alerts(repository="resign")
+    finally:
+        stop.set()
+        publisher.join(timeout=10)
+    # The signer stops: the last timestamp expires RESIGN_LIFETIME s after it was signed.
+    t0 = time.monotonic()
+    expires = sim.repo.latest.signed("timestamp").signed.expires.timestamp()
+    expiry = t0 + expires - time.time()
+    ticket, _ = e2e.recorder.wait_for(t0, expiry - t0 + 5, receiver="ticket",
+                                      alertname="TufMetadataExpiringSoon", repository="resign",
+                                      role="timestamp")
+    page, alert = e2e.recorder.wait_for(t0, expiry - t0 + 5, receiver="page",
+                                        alertname="TufMetadataExpiringCritical",
+                                        repository="resign", role="timestamp")
+    e2e.record("resign", f"{RESIGN_LIFETIME:g}s timestamp no longer re-signed -> ticket, "
+               "seconds before expiry", expiry - ticket.received)
+    e2e.record("resign", "... -> page, seconds before expiry", expiry - page.received)
+    assert ticket.received < page.received < expiry
+    _assert_runbook(e2e, alert)
+    # back to a 1-day timestamp: quiet again (its normal lifetime is still minutes)
+    sim.repo.set_expiry("timestamp", None)
+    sim.repo.resign("timestamp")
+    e2e.recorder.wait_for(page.received, NOTIFY_TIMEOUT, status="resolved", receiver="page",
+                          alertname="TufMetadataExpiringCritical", repository="resign")
+
+
+# --------------------------------------------------------------------------------------------
 # 1. timestamp about to expire -> page
 # --------------------------------------------------------------------------------------------
 
 
 def test_timestamp_about_to_expire_pages(e2e: Stack) -> None:
     sim = e2e.repos["expiry"]
-    # The page threshold for timestamp is 30 min (e2e_alert_options); re-sign for 10 min.
+    # The page threshold of a 1-day timestamp is 1 h; re-sign it for 10 min.
     assert e2e.options.expiry_page_seconds["timestamp"] > 600
     t0 = time.monotonic()
     sim.repo.set_expiry("timestamp", timedelta(minutes=10))

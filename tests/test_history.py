@@ -211,6 +211,38 @@ def rollbacks(store: HistoryStore, endpoint: str = "primary", role: str = "times
     return samples(store, at(0))[("tuf_rollbacks_detected_total", (REPO, endpoint, role))]
 
 
+def test_normal_lifetime_is_the_usual_life_as_signed(tmp_path: Path) -> None:
+    """expires - first seen (on any endpoint) of the role's versions, their upper median: a
+    version signed short once does not move it, a restart keeps it, mirrors share it."""
+    path = tmp_path / "history.sqlite"
+    key = ("tuf_metadata_normal_lifetime_seconds", (REPO, "timestamp"))
+    with HistoryStore.open(path) as store:
+        assert key not in samples(store, at(0))
+        # a 1-day timestamp re-signed every hour, first seen at its publication
+        for v in range(1, 5):
+            t = 3600 * v
+            store.observe(online("primary", v, expires=at(t + 86400)), POLICY, at(t))
+            assert samples(store, at(t))[key] == 86400
+        # the mirror shows version 4 later: the repository's first sighting counts
+        store.observe(online("m1", 4, expires=at(4 * 3600 + 86400)), POLICY, at(5 * 3600))
+        got = samples(store, at(5 * 3600))
+        assert got[key] == 86400
+        assert got[("tuf_metadata_normal_lifetime_seconds", (REPO, "snapshot"))] > 0
+        # one version signed for ten minutes: still a 1-day role (and so, close to expiry)
+        store.observe(online("primary", 5, expires=at(5 * 3600 + 600)), POLICY, at(5 * 3600))
+        assert samples(store, at(5 * 3600))[key] == 86400
+        # a forged, already expired version says nothing about the usual life
+        store.observe(online("primary", 6, expires=at(0)), POLICY, at(6 * 3600))
+        assert samples(store, at(6 * 3600))[key] == 86400
+    with HistoryStore.open(path) as again:
+        assert samples(again, at(7 * 3600))[key] == 86400
+        # a lasting change (now 2 hours) takes over once it is most of the recent versions
+        for v in range(7, 30):
+            t = 3600 * v
+            again.observe(online("primary", v, expires=at(t + 7200)), POLICY, at(t))
+        assert samples(again, at(30 * 3600))[key] == 7200
+
+
 def test_rollback_counted_once(store: HistoryStore) -> None:
     for v in range(1, 6):
         store.observe(online("primary", v), POLICY, at(v * 300))
