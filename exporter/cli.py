@@ -189,7 +189,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         def banner(url: str) -> None:
             print(
-                f"tuf-exporter demo\n  metrics:     {url}metrics\n"
+                f"tuf-exporter demo\n  status:      {url}\n  metrics:     {url}metrics\n"
                 f"  repository:  {metadata_url}\n  config:      {config}\n"
                 f"  fault:       {fault}\nPress Ctrl-C to stop.",
                 flush=True,
