@@ -18,7 +18,7 @@ from exporter import alerts
 from exporter.alerts import AlertOptions
 from exporter.catalogue import family
 from exporter.collector import RECENT_FAILURES, RECENT_PROBES, ProbeStore
-from exporter.config import Config, Endpoint, Repository
+from exporter.config import Config, Endpoint, Repository, Signer
 from exporter.results import (
     ErrorCause,
     FailedRole,
@@ -27,6 +27,7 @@ from exporter.results import (
     RequestRecord,
     RoleFacts,
 )
+from exporter.signers import SignerReason, SignerResult
 from exporter.status_page import StatusPage, reason_alert
 from exporter.web import ExporterServer
 
@@ -212,6 +213,32 @@ def test_a_fault_of_this_host_is_a_probe_but_not_a_failure_of_the_endpoint() -> 
     html = page.endpoint("repository=repo&endpoint=mirror").html
     assert "exporter_error (descriptors: a fault of this host, no verdict)" in html
     assert "Last failures of this endpoint (0)" in html
+
+
+def test_signers_failing_first_with_their_runbooks() -> None:
+    def signer(name: str) -> Signer:
+        return Signer(name, f"file:{name}.key", "repo", "timestamp")
+
+    config = Config(repositories=_config().repositories,
+                    signers=(signer("a-ok"), signer("b-down"), signer("c-stranger"),
+                             signer("d-new")))
+    results = [
+        SignerResult("a-ok", "repo", "timestamp", NOW, up=True, authorized=True),
+        SignerResult("b-down", "repo", "timestamp", NOW - timedelta(minutes=5), up=False,
+                     authorized=None, reason=SignerReason.KEY_UNAVAILABLE,
+                     message="<pkcs11> token not present"),
+        SignerResult("c-stranger", "repo", "timestamp", NOW, up=True, authorized=False),
+    ]
+    page = StatusPage(ProbeStore(), lambda: config, signer_results=lambda: results,
+                      clock=lambda: NOW.timestamp())
+    rows = _rows(page.overview().html, "signers")
+    assert [state for state, _ in rows] == ["failing", "failing", "pending", "ok"]
+    down, stranger, new, ok = (cells for _, cells in rows)
+    assert "b-down" in down and "key_unavailable" in down and "tuf-signer-down.md" in down
+    assert "5m 0s ago" in down and "&lt;pkcs11&gt; token not present" in down
+    assert "c-stranger" in stranger and "tuf-signer-key-unauthorized.md" in stranger
+    assert "d-new" in new and "never" in new
+    assert "a-ok" in ok and "runbook" not in ok
 
 
 @pytest.fixture
