@@ -34,8 +34,23 @@ TICKET = "ticket"
 #: Anomaly kinds that suggest a compromised or misused signing key.
 COMPROMISE_KINDS: tuple[str, ...] = ("equivocation", "unknown_signer")
 
-#: Prometheus' own metric for scrape health; not exported by us, so not in the catalogue.
-BUILTIN_METRICS: frozenset[str] = frozenset({"up"})
+#: Metrics outside the catalogue that rules and dashboards may use: Prometheus' own ``up``, and
+#: the standard families of prometheus_client's process, platform and GC collectors, which
+#: the service registers next to its own (see :class:`exporter.service.Service`).
+BUILTIN_METRICS: frozenset[str] = frozenset({
+    "up",
+    "process_open_fds", "process_max_fds", "process_resident_memory_bytes",
+    "process_virtual_memory_bytes", "process_cpu_seconds_total", "process_start_time_seconds",
+    "python_info", "python_gc_objects_collected_total", "python_gc_objects_uncollectable_total",
+    "python_gc_collections_total",
+})
+
+
+def builtin(name: str) -> str:
+    """Return ``name`` after checking it is one of :data:`BUILTIN_METRICS` (KeyError otherwise)."""
+    if name not in BUILTIN_METRICS:
+        raise KeyError(f"{name} is neither a catalogue metric nor a known builtin metric")
+    return name
 
 _DURATION = re.compile(r"(?:\d+(?:ms|s|m|h|d|w|y))+")
 
@@ -175,6 +190,10 @@ class AlertOptions:
     exporter_errors_window: str = "15m"
     config_reload_for: str = "10m"
     thread_down_for: str = "2m"
+    #: Share of the exporter's open-file limit in use (process_open_fds / process_max_fds)
+    #: that tickets, and for how long.
+    descriptors_ratio: float = 0.8
+    descriptors_for: str = "10m"
     runbook_base_url: str = (
         "https://github.com/tuf-exporter/tuf-exporter/blob/main/docs/runbooks"
     )
@@ -191,6 +210,8 @@ class AlertOptions:
             raise ValueError(f"slo_target must be between 0 and 1, got {self.slo_target!r}")
         if not 0 < self.mass_failure_ratio <= 1:
             raise ValueError("mass_failure_ratio must be in (0, 1]")
+        if not 0 < self.descriptors_ratio < 1:
+            raise ValueError("descriptors_ratio must be between 0 and 1")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name.endswith(("_for", "_window", "_interval", "group_wait")):
@@ -262,7 +283,8 @@ class AlertOptions:
             elif key.endswith("_seconds"):
                 values[key] = parse_duration(value)
             elif key in ("slo_target", "mass_failure_ratio", "spool_backlog_min",
-                         "expiry_ticket_lifetime_ratio", "expiry_page_lifetime_ratio"):
+                         "expiry_ticket_lifetime_ratio", "expiry_page_lifetime_ratio",
+                         "descriptors_ratio"):
                 values[key] = float(value)
             else:
                 values[key] = str(value)
@@ -558,6 +580,15 @@ def _symptom_alerts(o: AlertOptions) -> list[dict[str, Any]]:
                "its own errors, so this is a bug or the process is out of resources): "
                "scheduler: nothing is probed and no TUF alert can fire; shipper: events pile "
                "up in the spool. /-/ready fails; restart the exporter."),
+        _alert(o, "TufExporterDescriptorsNearLimit",
+               f'{builtin("process_open_fds")}{{job="{o.exporter_job}"}}\n/\n'
+               f'{builtin("process_max_fds")}{{job="{o.exporter_job}"}}\n'
+               f"> {_num(o.descriptors_ratio)}",
+               TICKET, o.descriptors_for,
+               "tuf-exporter {{ $labels.instance }} is running out of file descriptors",
+               "{{ $labels.instance }} has {{ $value | humanizePercentage }} of its open-file "
+               f"limit in use (for {o.descriptors_for}): once none is left, probes stop with "
+               "reason exporter_error (cause descriptors) and no repository is watched."),
         _alert(o, "TufExporterConfigReloadFailed",
                f"{m('tuf_exporter_config_last_reload_successful')} == 0", TICKET,
                o.config_reload_for,

@@ -16,7 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from exporter import __version__, logs
+from exporter.alerts import AlertOptions
 from exporter.config import Config, ConfigError, load_config, parse_shard
 from exporter.durations import parse_duration
 from exporter.history_store import HistoryError
@@ -127,7 +130,7 @@ def _serve(service: Service, args: argparse.Namespace, banner: Callable[[str], N
     try:
         server = ExporterServer(
             args.listen_address, service.registry, ready=service.ready, reload=service.reload,
-            web_config_file=args.web_config_file,
+            web_config_file=args.web_config_file, status_page=service.status_page,
         )
     except WebConfigError as exc:
         raise ConfigError(str(exc)) from None
@@ -165,7 +168,8 @@ def _serve(service: Service, args: argparse.Namespace, banner: Callable[[str], N
 def cmd_serve(args: argparse.Namespace) -> int:
     """Probe on schedule and serve /metrics until stopped."""
     logs.setup(args.log_level)
-    service = Service(args.config, history_on_corrupt=args.history_on_corrupt, shard=args.shard)
+    service = Service(args.config, history_on_corrupt=args.history_on_corrupt, shard=args.shard,
+                      alert_options=_alert_options(args))
     return _serve(service, args, lambda url: log.info("listening", extra={"url": url}))
 
 
@@ -183,7 +187,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ))
     config = demo.start()
     try:
-        service = Service(config, first_run_within=0.5)
+        service = Service(config, first_run_within=0.5, alert_options=_alert_options(args))
         metadata_url, _ = demo.server.endpoint_urls("primary")
 
         fault = "none"
@@ -192,7 +196,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         def banner(url: str) -> None:
             print(
-                f"tuf-exporter demo\n  metrics:     {url}metrics\n"
+                f"tuf-exporter demo\n  status:      {url}\n  metrics:     {url}metrics\n"
                 f"  repository:  {metadata_url}\n  config:      {config}\n"
                 f"  fault:       {fault}\nPress Ctrl-C to stop.",
                 flush=True,
@@ -214,7 +218,7 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
 
 def cmd_alerts(args: argparse.Namespace) -> int:
     """Write the generated Prometheus rules and the Alertmanager example."""
-    from exporter.alerts import AlertOptions, build_alerts
+    from exporter.alerts import build_alerts
 
     options = AlertOptions.from_yaml(args.config) if args.config else None
     for path in build_alerts(args.out, options):
@@ -229,11 +233,25 @@ def _shard_flag(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _alert_options(args: argparse.Namespace) -> AlertOptions | None:
+    """The ``--alerts.config`` options (runbook URL, thresholds) for the status page."""
+    path: Path | None = args.alert_options
+    if path is None:
+        return None
+    try:
+        return AlertOptions.from_yaml(path)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"alert options {path}: {exc}") from None
+
+
 def _web_flags(parser: argparse.ArgumentParser, default_listen: str) -> None:
     parser.add_argument("--web.listen-address", dest="listen_address", default=default_listen,
                         help=f"address to serve /metrics on (default {default_listen})")
     parser.add_argument("--web.config.file", dest="web_config_file", type=Path,
                         help="TLS and basic auth, in the Prometheus exporter-toolkit format")
+    parser.add_argument("--alerts.config", dest="alert_options", type=Path, metavar="FILE",
+                        help="alert options (YAML, as for `alerts build --config`): the status "
+                             "page's runbook links and thresholds follow them")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -25,6 +25,12 @@ from exporter.results import ErrorCause, ProbeResult, Reason, RoleFacts
 
 MetricSource = Callable[[], Iterable[Metric]]
 
+#: Probes kept per endpoint for the status page (newest first), whatever their outcome.
+RECENT_PROBES = 10
+#: Failed verdicts kept per endpoint, apart from the recent probes, so that an endpoint's rare
+#: failure stays visible however often it (or any other endpoint) probes since.
+RECENT_FAILURES = 10
+
 
 def _code_class(status: int | None) -> str:
     return "error" if status is None else f"{status // 100}xx"
@@ -36,12 +42,32 @@ class _Key:
     endpoint: str
 
 
+@dataclass(frozen=True)
+class EndpointLog:
+    """What the store remembers of one endpoint, for the status page.
+
+    ``latest`` is the verdict in force (what ``/metrics`` shows; a probe stopped by a fault of
+    this host leaves it as it was), None before the first verdict. ``recent`` holds the last
+    :data:`RECENT_PROBES` probes of the endpoint, ``failures`` its last
+    :data:`RECENT_FAILURES` failed verdicts (``exporter_error`` excluded: those are faults of
+    this host, not of the endpoint), both newest first and as each probe saw them, delegated
+    role facts left out. Both are bounded per endpoint.
+    """
+
+    latest: ProbeResult | None
+    recent: tuple[ProbeResult, ...]
+    failures: tuple[ProbeResult, ...]
+
+
 class ProbeStore:
-    """The latest result of every endpoint and the cumulative probe counters (thread safe)."""
+    """The latest result of every endpoint, its recent probes and failures, and the
+    cumulative probe counters (thread safe)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._latest: dict[_Key, ProbeResult] = {}
+        self._recent: dict[_Key, deque[ProbeResult]] = {}
+        self._recent_failures: dict[_Key, deque[ProbeResult]] = {}
         self._probes: Counter[tuple[str, str, str]] = Counter()
         self._failures: Counter[tuple[str, str, str, str]] = Counter()
         self._http: Counter[tuple[str, str, str]] = Counter()
@@ -65,8 +91,9 @@ class ProbeStore:
             for counter in (self._probes, self._failures, self._http, self._retries,
                             self._skipped):
                 _drop(counter, wanted)
-            for stale in [k for k in self._latest if (k.repository, k.endpoint) not in wanted]:
-                del self._latest[stale]
+            for kept in (self._latest, self._recent, self._recent_failures):
+                for stale in [k for k in kept if (k.repository, k.endpoint) not in wanted]:
+                    del kept[stale]
 
     def started(self) -> None:
         """A probe began."""
@@ -89,8 +116,11 @@ class ProbeStore:
         repository changes because of the host.
         """
         repo, endpoint = result.repository, result.endpoint
+        key = _Key(repo, endpoint)
+        seen = replace(result, delegated={})  # as this probe saw it; bounded in size
         with self._lock:
             self._in_flight = max(0, self._in_flight - 1)
+            self._recent.setdefault(key, deque(maxlen=RECENT_PROBES)).appendleft(seen)
             if result.reason is Reason.EXPORTER_ERROR:
                 self._probes[(repo, endpoint, EXPORTER_ERROR)] += 1
                 role = str(result.role or "root")
@@ -110,6 +140,8 @@ class ProbeStore:
                 reason = str(result.reason or "other")
                 role = str(result.role or "root")
                 self._failures[(repo, endpoint, reason, role)] += 1
+                self._recent_failures.setdefault(
+                    key, deque(maxlen=RECENT_FAILURES)).appendleft(seen)
             for request in result.requests:
                 self._http[(repo, endpoint, _code_class(request.status))] += 1
                 self._retries[(repo, endpoint)] += request.retries
@@ -128,6 +160,16 @@ class ProbeStore:
         """The latest result of every endpoint."""
         with self._lock:
             return list(self._latest.values())
+
+    def endpoint_log(self, repository: str, endpoint: str) -> EndpointLog:
+        """The verdict in force, recent probes and recent failures of one endpoint."""
+        key = _Key(repository, endpoint)
+        with self._lock:
+            return EndpointLog(
+                latest=self._latest.get(key),
+                recent=tuple(self._recent.get(key, ())),
+                failures=tuple(self._recent_failures.get(key, ())),
+            )
 
     def snapshot(self) -> tuple[
         list[ProbeResult],

@@ -38,6 +38,7 @@ from exporter.alerts import (
     BUILTIN_METRICS,
     DASHBOARD_WINDOWS,
     AlertOptions,
+    builtin,
     error_budget_record_name,
     m,
     promql_metric_names,
@@ -77,6 +78,11 @@ def sel(name: str, matchers: str = SEL, extra: str = "") -> str:
     if extra:
         parts.append(extra)
     return f"{m(name)}{{{', '.join(parts)}}}" if parts else m(name)
+
+
+def proc(name: str) -> str:
+    """``name{job="tuf-exporter"}``: a process/Python metric of the exporter's own job."""
+    return f'{builtin(name)}{{job="{_OPTIONS.exporter_job}"}}'
 
 
 def t(expr: str, legend: str = "", ref: str = "A", instant: bool = False,
@@ -428,6 +434,24 @@ def debug() -> Dashboard:
                     "anomaly {{endpoint}} {{kind}}"),
                    (f"increase({sel('tuf_rollbacks_detected_total')}[$__rate_interval])",
                     "rollback {{endpoint}} {{role}}")), w=12, draw="bars"),
+        row("Exporter process"),
+        ts("Resident memory", targets((proc("process_resident_memory_bytes"), "{{instance}}")),
+           unit="bytes", w=6, description="Steady growth between restarts is a leak."),
+        ts("CPU", targets((f"rate({proc('process_cpu_seconds_total')}[$__rate_interval])",
+                           "{{instance}}")), unit="percentunit", w=6,
+           description="CPU seconds per second (1 = one core busy)."),
+        ts("Open file descriptors / limit",
+           targets((f"{proc('process_open_fds')} / {proc('process_max_fds')}",
+                    "{{instance}}")), unit="percentunit", w=6,
+           thresholds=steps(("green", None), ("red", _OPTIONS.descriptors_ratio)),
+           description="TufExporterDescriptorsNearLimit tickets above the red line; at 100% "
+                       "probes stop with exporter_error (cause descriptors)."),
+        ts("Garbage collections and uptime",
+           targets((f"sum by (instance, generation) (rate("
+                    f"{proc('python_gc_collections_total')}[$__rate_interval]))",
+                    "{{instance}} gen {{generation}} /s"),
+                   (f"time() - {proc('process_start_time_seconds')}",
+                    "{{instance}} uptime s")), w=6),
     ]
     annotations = [
         {"datasource": DS, "enable": True, "hide": False, "iconColor": "purple",
@@ -440,7 +464,8 @@ def debug() -> Dashboard:
          "expr": f"changes({sel('tuf_root_version', REPO)}[5m]) > 0"},
     ]
     return dashboard(DEBUG, "Per-endpoint detail: phase latencies, versions, signatures, sizes, "
-                            "delegations, failures, key rotations.", panels, annotations)
+                            "delegations, failures, key rotations; the exporter process.",
+                     panels, annotations)
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,10 +20,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import Metric
 
 from exporter import sharding
+from exporter.alerts import AlertOptions
 from exporter.cadence import CadenceTracker, online_roles
 from exporter.catalogue import family
 from exporter.classify import exporter_error_result
@@ -37,6 +38,7 @@ from exporter.scheduler import Scheduler
 from exporter.shipper import Shipper
 from exporter.signers import CachedKeySource, SignerMonitor
 from exporter.spool import Spool
+from exporter.status_page import StatusPage
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +146,13 @@ class Membership:
 
 
 class Service:
-    """The running exporter, minus its HTTP front (see :mod:`exporter.web`)."""
+    """The running exporter, minus its HTTP front (see :mod:`exporter.web`).
+
+    ``registry`` holds the exporter's families plus prometheus_client's process (``process_*``:
+    memory, CPU, open and max descriptors, start time), platform (``python_info``) and
+    garbage-collector (``python_gc_*``) collectors; ``status_page`` renders ``/`` from the same
+    in-memory state, with the runbook URL and thresholds of ``alert_options``.
+    """
 
     def __init__(
         self,
@@ -153,6 +161,7 @@ class Service:
         first_run_within: float = 5.0,
         history_on_corrupt: str = "raise",
         shard: tuple[int, int] | None = None,
+        alert_options: AlertOptions | None = None,
     ) -> None:
         self.config_path = config_path
         self._first_run_within = first_run_within
@@ -185,6 +194,13 @@ class Service:
         self.collector.add_source(self.shipper.metrics)
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self.collector)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.status_page = StatusPage(
+            self.store, lambda: self.config, history_metrics=self.history.metrics,
+            signer_results=self.signers.results, options=alert_options,
+        )
         self.scheduler = Scheduler(
             self._probe, self.store.skipped, config.workers, run_signer=self._probe_signer
         )

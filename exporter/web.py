@@ -11,7 +11,9 @@ It behaves like the web server of the Go exporters built on the Prometheus expor
   the ``ready()`` callable returns True, else 503.
 * ``POST``/``PUT /-/reload`` calls ``reload()`` -> ``(ok, message)``: 200, or 500 with the
   message; other methods get 405.
-* ``GET /`` is a small HTML landing page; any other path is 404.
+* ``GET /`` is the status page and ``GET /endpoint?repository=R&endpoint=E`` one endpoint's
+  page (see :mod:`exporter.status_page`) when a status page is given; else ``/`` is a small
+  landing page. Any other path is 404.
 
 TLS, client certificates, basic auth (bcrypt), extra response headers and rate limiting come
 from a ``--web.config.file`` in the exporter-toolkit format, see
@@ -60,7 +62,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 import bcrypt
@@ -70,6 +72,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from exporter import __version__
 from exporter.durations import parse_duration
+
+if TYPE_CHECKING:
+    from exporter.status_page import Page, StatusPage
 
 __all__ = [
     "REALM",
@@ -657,6 +662,11 @@ def _method_not_allowed(allowed: tuple[str, ...]) -> _Response:
     return _text(405, "Method Not Allowed\n", ("Allow", ", ".join(allowed)))
 
 
+def _html(page: Page) -> _Response:
+    return _Response(page.status, page.html.encode("utf-8"), "text/html; charset=utf-8",
+                     (("Cache-Control", "no-store"),))
+
+
 def _landing_page() -> _Response:
     links = (("metrics", "Metrics"), ("-/healthy", "Health"), ("-/ready", "Readiness"))
     items = "\n".join(f'      <li><a href="{href}">{html.escape(label)}</a></li>'
@@ -688,8 +698,9 @@ class ExporterServer:
 
     ``listen_address`` is ``host:port``, ``:port`` or ``[v6]:port`` (port 0: a free port,
     see :attr:`address`). ``registry`` is rendered on every ``/metrics``; ``ready`` and
-    ``reload`` back ``/-/ready`` and ``/-/reload``. The web config file (TLS, basic auth,
-    headers) is loaded here, so a bad one raises :class:`WebConfigError` at construction.
+    ``reload`` back ``/-/ready`` and ``/-/reload``; ``status_page`` (optional) serves ``/`` and
+    ``/endpoint``. The web config file (TLS, basic auth, headers) is loaded here, so a bad one
+    raises :class:`WebConfigError` at construction.
     """
 
     def __init__(
@@ -700,8 +711,10 @@ class ExporterServer:
         ready: Callable[[], bool],
         reload: Callable[[], tuple[bool, str]],
         web_config_file: Path | None = None,
+        status_page: StatusPage | None = None,
     ) -> None:
         self.listen_address = listen_address
+        self.status_page = status_page
         self._host, self._port = parse_listen_address(listen_address)
         self.registry = registry
         self.ready = ready
@@ -722,6 +735,8 @@ class ExporterServer:
             "/-/ready": (_READ_ONLY, self._ready),
             "/-/reload": (_RELOAD_METHODS, self._reload),
         }
+        if status_page is not None:
+            self._routes["/endpoint"] = (_READ_ONLY, self._endpoint)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -876,7 +891,14 @@ class ExporterServer:
         return _text(500, message or "reload failed")
 
     def _root(self, headers: Mapping[str, str], query: str) -> _Response:
-        return _landing_page()
+        if self.status_page is None:
+            return _landing_page()
+        return _html(self.status_page.overview(query))
+
+    def _endpoint(self, headers: Mapping[str, str], query: str) -> _Response:
+        if self.status_page is None:
+            return _NOT_FOUND
+        return _html(self.status_page.endpoint(query))
 
 
 def _limiter(config: WebConfig) -> _TokenBucket | None:

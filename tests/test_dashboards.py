@@ -114,3 +114,17 @@ def test_cli_dashboards_build(tmp_path: Path) -> None:
 
     assert cli.main(["dashboards", "build", "--out", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(b.file for b in dashboards.BOARDS)
+
+
+def test_debug_board_has_a_row_for_the_exporter_process() -> None:
+    board = _boards()["tuf-debug.json"]
+    titles = [p["title"] for p in board["panels"]]
+    assert "Exporter process" in titles
+    after = board["panels"][titles.index("Exporter process") + 1:]
+    used: set[str] = set()
+    for panel in after:
+        for target in panel.get("targets", []):
+            assert 'job="tuf-exporter"' in target["expr"], target["expr"]
+            used |= alerts.promql_metric_names(target["expr"])
+    assert {"process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds",
+            "process_max_fds", "python_gc_collections_total"} <= used

@@ -136,6 +136,19 @@ def test_a_fault_shows_on_the_next_scrape(service: Service, sim: Sim) -> None:
 
     poll(failing, timeout=20)
     assert value(scrape(service), "tuf_probe_success", endpoint="primary") == 1
+    page = service.status_page.overview().html
+    assert page.index("endpoint=mirror1") < page.index("endpoint=primary")  # failing first
+    assert "expired" in page and "tuf-metadata-expired.md" in page
+
+
+def test_the_exporters_own_health_is_served(service: Service) -> None:
+    """process_*, python_info and python_gc_* as every Python exporter serves them."""
+    samples = scrape(service)
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total",
+                 "process_open_fds", "process_max_fds", "process_start_time_seconds"):
+        assert (value(samples, name) or 0) > 0, name
+    assert value(samples, "python_info") == 1
+    assert value(samples, "python_gc_collections_total", generation="0") is not None
 
 
 def test_a_repository_that_never_answers_delays_nothing(sim: Sim, tmp_path: Path) -> None:
@@ -153,6 +166,10 @@ def test_a_repository_that_never_answers_delays_nothing(sim: Sim, tmp_path: Path
             before = value(scrape(svc), "tuf_probes_total", repository="sim", endpoint="primary",
                            result="success") or 0
             assert time.monotonic() - started < 0.1
+            started = time.monotonic()
+            page = svc.status_page.overview()
+            assert time.monotonic() - started < 0.1, "the status page waits for no probe"
+            assert page.status == 200 and "repository=hung&amp;endpoint=primary" in page.html
             poll(lambda: (value(scrape(svc), "tuf_probes_total", repository="sim",
                                 endpoint="primary", result="success") or 0) >= before + 2,
                  timeout=10)

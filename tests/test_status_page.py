@@ -1,0 +1,271 @@
+"""The status page (``/`` and ``/endpoint``): what it shows, in what order, escaped, bounded."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import bcrypt
+import pytest
+import requests
+import yaml
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+
+from exporter import alerts
+from exporter.alerts import AlertOptions
+from exporter.catalogue import family
+from exporter.collector import RECENT_FAILURES, RECENT_PROBES, ProbeStore
+from exporter.config import Config, Endpoint, Repository, Signer
+from exporter.results import (
+    ErrorCause,
+    FailedRole,
+    ProbeResult,
+    Reason,
+    RequestRecord,
+    RoleFacts,
+)
+from exporter.signers import SignerReason, SignerResult
+from exporter.status_page import StatusPage, reason_alert
+from exporter.web import ExporterServer
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNBOOKS = ROOT / "docs" / "runbooks"
+NOW = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def _config(*mirrors: str, name: str = "repo") -> Config:
+    def endpoint(n: str) -> Endpoint:
+        return Endpoint(n, f"https://{n}.example/metadata/", f"https://{n}.example/targets/")
+
+    repo = Repository(name=name, trusted_root=Path("root.json"), primary=endpoint("primary"),
+                      mirrors=tuple(endpoint(m) for m in mirrors))
+    return Config(repositories=(repo,))
+
+
+def _facts(role: str, version: int, expires_in: timedelta) -> RoleFacts:
+    return RoleFacts(role, version, NOW + expires_in, 100, "0" * 64, ("k",), (), 1)
+
+
+HEALTHY = {
+    "root": _facts("root", 3, timedelta(days=300)),
+    "timestamp": _facts("timestamp", 42, timedelta(days=1)),
+    "snapshot": _facts("snapshot", 41, timedelta(days=30)),
+    "targets": _facts("targets", 7, timedelta(days=90)),
+}
+
+
+def _ok(endpoint: str, at: datetime = NOW, repository: str = "repo") -> ProbeResult:
+    request = RequestRecord(f"https://{endpoint}.example/metadata/timestamp.json", "timestamp",
+                            200, 469, 0.0, 0.012)
+    return ProbeResult(repository, endpoint, True, at, 0.5, roles=HEALTHY, requests=(request,))
+
+
+def _failed(endpoint: str, at: datetime = NOW, message: str = "signature threshold not met",
+            reason: Reason = Reason.BAD_SIGNATURE, url: str | None = None) -> ProbeResult:
+    request = RequestRecord(url or f"https://{endpoint}.example/metadata/timestamp.json",
+                            "timestamp", 200, 469, 0.0, 0.034)
+    return ProbeResult("repo", endpoint, False, at, 0.7, reason=reason,
+                       role=FailedRole.TIMESTAMP, message=message, requests=(request,))
+
+
+def _page(store: ProbeStore, config: Config, *, now: datetime = NOW,
+          history: Iterable[Metric] = (), options: AlertOptions | None = None) -> StatusPage:
+    return StatusPage(store, lambda: config, history_metrics=lambda: list(history),
+                      options=options, clock=lambda: now.timestamp())
+
+
+def _rows(html: str, table: str = "endpoints") -> list[str]:
+    body = html.split(f'id="{table}"', 1)[1].split("</table>", 1)[0]
+    return re.findall(r"<tr class=\"(\w+)\">(.*?)</tr>", body, re.S)
+
+
+def test_failing_rows_come_first_with_reason_role_and_runbook() -> None:
+    store = ProbeStore()
+    store.record(_ok("primary"))
+    store.record(_ok("a-mirror"))
+    store.record(_failed("z-mirror"))
+    options = AlertOptions(runbook_base_url="https://runbooks.example/tuf/")
+    page = _page(store, _config("a-mirror", "z-mirror", "never-probed"), options=options)
+    result = page.overview()
+    assert result.status == 200
+    rows = _rows(result.html)
+    assert [state for state, _ in rows] == ["failing", "pending", "ok", "ok"]
+    failing = rows[0][1]
+    assert "z-mirror" in failing and "bad_signature" in failing and "timestamp" in failing
+    assert ('href="https://runbooks.example/tuf/tuf-endpoint-verification-failing.md"'
+            in failing)
+    assert "signature threshold not met" in failing
+    assert "endpoint?repository=repo&amp;endpoint=z-mirror" in failing
+    assert "never-probed" in rows[1][1] and "never" in rows[1][1]
+    ok = rows[2][1]  # the primary before mirrors among equals
+    assert "primary" in ok and "timestamp&nbsp;42" in ok
+    assert "0s ago<br><small>2027-03-01 12:00:00Z" in ok
+    assert "timestamp: 2027-03-02 12:00Z" in ok and "in 1d 0h" in ok
+    assert "4 endpoints: 1 failing, 0 warning, 1 not probed yet, 2 ok" in result.html
+
+
+def test_every_failure_reason_links_an_existing_runbook() -> None:
+    names = set(alerts.alert_names())
+    for reason in (*Reason, None):
+        alert = reason_alert(reason)
+        assert alert in names, reason
+        assert (RUNBOOKS / f"{alerts.kebab(alert)}.md").is_file(), reason
+    page = _page(ProbeStore(), _config())
+    assert page.runbook_url("TufMetadataExpired") == next(
+        r["annotations"]["runbook_url"]
+        for g in alerts.alert_rules(page.options)["groups"] for r in g["rules"]
+        if r["alert"] == "TufMetadataExpired")
+
+
+def test_warnings_follow_the_alert_thresholds_and_sort_after_failures() -> None:
+    store = ProbeStore()
+    soon = dict(HEALTHY, timestamp=_facts("timestamp", 42, timedelta(hours=2)))
+    store.record(ProbeResult("repo", "primary", True, NOW, 0.5, roles=soon))
+    store.record(_ok("lagging"))
+    store.record(_ok("current"))
+    lag = family("tuf_mirror_lag_seconds")
+    lag.add_metric(["repo", "lagging"], 7200.0)
+    lag.add_metric(["repo", "current"], 0.0)
+    versions = family("tuf_mirror_lag_versions")
+    versions.add_metric(["repo", "lagging", "timestamp"], 3.0)
+    versions.add_metric(["repo", "lagging", "snapshot"], 2.0)
+    page = _page(store, _config("lagging", "current"), history=[lag, versions])
+    rows = _rows(page.overview().html)
+    assert [state for state, _ in rows] == ["warning", "warning", "ok"]
+    primary, lagging, current = (cells for _, cells in rows)
+    assert "timestamp expires in 2h 0m" in primary
+    assert "tuf-metadata-expiring-soon.md" in primary  # 2h: under the 6h ticket, over the 1h page
+    assert "3 versions, behind for 2h 0m" in lagging and "tuf-mirror-lagging.md" in lagging
+    assert "current" in current and "runbook" not in current
+
+
+def test_remote_text_is_escaped() -> None:
+    store = ProbeStore()
+    evil = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+    store.record(_failed("mirror", message=evil, url='https://m.example/"><b>bold</b>.json'))
+    page = _page(store, _config("mirror"))
+    for result in (page.overview(), page.endpoint("repository=repo&endpoint=mirror")):
+        assert "<script>" not in result.html and "<img" not in result.html
+        assert "<b>bold" not in result.html
+        assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in result.html
+
+
+def test_endpoint_page_shows_request_log_and_failures_with_times() -> None:
+    store = ProbeStore()
+    store.record(_failed("mirror", NOW - timedelta(minutes=30), message="first failure"))
+    store.record(_ok("mirror", NOW - timedelta(minutes=1)))
+    page = _page(store, _config("mirror"))
+    result = page.endpoint("repository=repo&endpoint=mirror")
+    assert result.status == 200
+    assert "Earlier probes (1)" in result.html
+    last = result.html.partition("Earlier probes (1)")[0]
+    assert "Last probe" in last
+    assert "https://mirror.example/metadata/timestamp.json" in last
+    assert "<td data-label=\"Status\">200</td>" in last and "469" in last
+    failures = result.html.split("Last failures of this endpoint (1)", 1)[1]
+    assert "2027-03-01 11:30:00Z (30m 0s ago): bad_signature, role timestamp" in failures
+    assert "first failure" in failures
+
+
+def test_endpoint_page_errors() -> None:
+    page = _page(ProbeStore(), _config("mirror"))
+    assert page.endpoint("repository=repo").status == 400
+    missing = page.endpoint("repository=repo&endpoint=%3Cnope%3E")
+    assert missing.status == 404 and "&#x27;&lt;nope&gt;&#x27;" in missing.html
+    never = page.endpoint("repository=repo&endpoint=mirror")
+    assert never.status == 200 and "not been probed yet" in never.html
+
+
+def test_failures_are_kept_per_endpoint_and_bounded() -> None:
+    """A constantly failing endpoint cannot push out another endpoint's rare failure."""
+    store = ProbeStore()
+    store.record(_failed("rare", NOW - timedelta(hours=5), message="the rare one"))
+    for i in range(5 * RECENT_FAILURES):
+        at = NOW - timedelta(hours=4) + timedelta(seconds=i)
+        store.record(_failed("flaky", at))
+        store.record(_ok("rare", at))
+    rare = store.endpoint_log("repo", "rare")
+    assert len(rare.recent) == RECENT_PROBES and all(p.success for p in rare.recent)
+    assert [p.message for p in rare.failures] == ["the rare one"]
+    flaky = store.endpoint_log("repo", "flaky")
+    assert len(flaky.failures) == RECENT_FAILURES
+    assert flaky.failures[0].started_at > flaky.failures[-1].started_at  # newest first
+    html = _page(store, _config("rare", "flaky")).endpoint("repository=repo&endpoint=rare").html
+    assert "the rare one" in html and "2027-03-01 07:00:00Z" in html
+    store.expect([("repo", "flaky")])
+    assert store.endpoint_log("repo", "rare").recent == ()
+
+
+def test_a_fault_of_this_host_is_a_probe_but_not_a_failure_of_the_endpoint() -> None:
+    store = ProbeStore()
+    store.record(_ok("mirror", NOW - timedelta(minutes=2)))
+    store.record(ProbeResult("repo", "mirror", False, NOW, 0.1, reason=Reason.EXPORTER_ERROR,
+                             message="[Errno 24] Too many open files",
+                             cause=ErrorCause.DESCRIPTORS))
+    log = store.endpoint_log("repo", "mirror")
+    assert log.latest is not None and log.latest.success
+    assert len(log.recent) == 2 and log.failures == ()
+    page = _page(store, _config("mirror"))
+    assert [state for state, _ in _rows(page.overview().html)] == ["pending", "ok"]
+    html = page.endpoint("repository=repo&endpoint=mirror").html
+    assert "exporter_error (descriptors: a fault of this host, no verdict)" in html
+    assert "Last failures of this endpoint (0)" in html
+
+
+def test_signers_failing_first_with_their_runbooks() -> None:
+    def signer(name: str) -> Signer:
+        return Signer(name, f"file:{name}.key", "repo", "timestamp")
+
+    config = Config(repositories=_config().repositories,
+                    signers=(signer("a-ok"), signer("b-down"), signer("c-stranger"),
+                             signer("d-new")))
+    results = [
+        SignerResult("a-ok", "repo", "timestamp", NOW, up=True, authorized=True),
+        SignerResult("b-down", "repo", "timestamp", NOW - timedelta(minutes=5), up=False,
+                     authorized=None, reason=SignerReason.KEY_UNAVAILABLE,
+                     message="<pkcs11> token not present"),
+        SignerResult("c-stranger", "repo", "timestamp", NOW, up=True, authorized=False),
+    ]
+    page = StatusPage(ProbeStore(), lambda: config, signer_results=lambda: results,
+                      clock=lambda: NOW.timestamp())
+    rows = _rows(page.overview().html, "signers")
+    assert [state for state, _ in rows] == ["failing", "failing", "pending", "ok"]
+    down, stranger, new, ok = (cells for _, cells in rows)
+    assert "b-down" in down and "key_unavailable" in down and "tuf-signer-down.md" in down
+    assert "5m 0s ago" in down and "&lt;pkcs11&gt; token not present" in down
+    assert "c-stranger" in stranger and "tuf-signer-key-unauthorized.md" in stranger
+    assert "d-new" in new and "never" in new
+    assert "a-ok" in ok and "runbook" not in ok
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[str]:
+    store = ProbeStore()
+    store.record(_failed("mirror"))
+    web = tmp_path / "web.yml"
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    web.write_text(yaml.safe_dump({"basic_auth_users": {"sre": hashed}}))
+    server = ExporterServer("127.0.0.1:0", CollectorRegistry(), ready=lambda: True,
+                            reload=lambda: (True, ""), web_config_file=web,
+                            status_page=_page(store, _config("mirror")))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def test_served_at_root_and_endpoint_with_the_same_auth_as_metrics(served: str) -> None:
+    for path in ("", "endpoint?repository=repo&endpoint=mirror", "metrics"):
+        assert requests.get(served + path, timeout=5).status_code == 401, path
+    page = requests.get(served, auth=("sre", "s3cret"), timeout=5)
+    assert page.status_code == 200
+    assert page.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert page.headers["Cache-Control"] == "no-store"
+    assert 'name="viewport"' in page.text and "<script" not in page.text
+    detail = requests.get(served + "endpoint?repository=repo&endpoint=mirror",
+                          auth=("sre", "s3cret"), timeout=5)
+    assert detail.status_code == 200 and "bad_signature" in detail.text
