@@ -30,6 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
 from pathlib import Path
 from urllib.parse import quote
 
@@ -189,7 +190,7 @@ class _Sweep:
     def run(self, max_roles: int) -> SweepResult:
         trusted, result, memo = self.trusted, self.result, self.memo
         _empty(self.spool_dir)
-        level = [(child, "targets") for child in _children(trusted["targets"])]
+        level = [(child, "targets") for child in _children(trusted["targets"], max_roles + 1)]
         seen: set[str] = set()
         further_paths = 0
         cached_files = _listing(self.cache_dir)
@@ -240,7 +241,7 @@ class _Sweep:
                     (child, role)
                     for role in dict.fromkeys(order)
                     if role in verified
-                    for child in _children(trusted[role])
+                    for child in _children(trusted[role], max_roles + 1)
                 ]
         if memo is not None:
             for gone in memo.keys() - seen:  # no longer delegated (or past max_roles)
@@ -428,16 +429,21 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _children(targets: object) -> list[str]:
+def _children(targets: object, limit: int) -> list[str]:
+    """The first ``limit`` roles ``targets`` delegates to, in order.
+
+    Bounded because succinct hash bins are generated: a delegation may declare 2**32 bins,
+    and listing them all would never end (the sweep visits at most ``max_roles`` anyway).
+    """
     if not isinstance(targets, Targets):
         return []
     delegations: Delegations | None = targets.delegations
     if delegations is None:
         return []
     if delegations.roles is not None:
-        return list(delegations.roles)
+        return list(islice(delegations.roles, limit))
     if delegations.succinct_roles is not None:
-        return list(delegations.succinct_roles.get_roles())
+        return list(islice(delegations.succinct_roles.get_roles(), limit))
     return []
 
 
@@ -529,7 +535,7 @@ def _remember(
         return
     loaded = trusted[role]
     meta = trusted.snapshot.meta.get(f"{role}.json")
-    if identity is None or not isinstance(loaded, Targets) or meta is None or _children(loaded):
+    if identity is None or not isinstance(loaded, Targets) or meta is None or _children(loaded, 1):
         memo.pop(role, None)  # only leaves are ever reused
         return
     memo[role] = Verdict(meta, _fingerprint(keys, trusted, role, parent), loaded.expires, identity)

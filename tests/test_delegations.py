@@ -14,7 +14,7 @@ from typing import IO, Any
 import pytest
 from conftest import Sim, hash_bins, serve
 from securesystemslib.signer import CryptoSigner
-from tuf.api.metadata import Targets
+from tuf.api.metadata import SuccinctRoles, Targets
 
 from exporter import delegations
 from exporter.config import Limits, Mode
@@ -330,3 +330,29 @@ def test_a_spool_that_cannot_be_written_costs_memory_not_the_verdict(
     assert result.success, result.message  # this host's disk is not the repository's fault
     assert result.delegations.count == BINS and result.delegations.failing == 0
     assert "holding it in memory" in caplog.text
+
+
+def test_a_delegation_declaring_2_to_the_32_hash_bins_is_swept_within_the_limit(
+    tmp_path: Path,
+) -> None:
+    # A hostile (or mistaken) targets role may declare 2**32 succinct bins: the sweep must
+    # visit at most max_delegations of them and say it truncated, not list them all.
+    repo = SimulatedRepository()
+    repo.delegate_hash_bins(2, succinct=True)
+    served = serve(repo, tmp_path)
+    sim = next(served)
+    try:
+        with repo._lock:
+            delegations_ = repo._md["targets"].signed.delegations
+            two = delegations_.succinct_roles
+            delegations_.succinct_roles = SuccinctRoles(two.keyids, two.threshold, 32,
+                                                        two.name_prefix)
+        repo.resign("targets")
+        started = time.monotonic()
+        result = _probe(sim, Prober(sim.state_dir), limits=Limits(max_delegations=4))
+        assert time.monotonic() - started < 30
+        assert result.delegations.count == 4
+        assert result.delegations.truncated
+        assert not result.success  # the four bins it visited do not exist
+    finally:
+        served.close()
