@@ -474,6 +474,8 @@ MAY_BE_ABSENT = {
                                          "until a first drop (causes are not pre-initialised)",
     "tuf_exporter_shipper_errors_total": "no shipper error; the counter has no series until "
                                          "a first error (causes are not pre-initialised)",
+    "tuf_root_rejected_version": "no newer root was refused; the gauge has a series only "
+                                 "while python-tuf refuses one",
 }
 
 
