@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CANARIES, Sim, hash_bins, poll
+from conftest import CANARIES, Clock, Sim, hash_bins, poll
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Targets
 
@@ -221,6 +221,25 @@ def test_a_reload_that_changes_the_canaries_is_judged_on_the_new_ones(sim: Sim) 
     assert (unlisted.reason, unlisted.role) == ("target_not_found", "target")
     back = [_probe(sim, prober) for _ in range(2)]
     assert [(r.success, r.reused_verdict) for r in back] == [(True, False), (True, True)]
+
+
+@pytest.mark.parametrize("role", ["targets", "team"])
+def test_a_role_expiring_under_an_unchanged_timestamp_is_worded_as_python_tuf_words_it(
+    clock: Clock, sim: Sim, role: str
+) -> None:
+    sim.repo.set_expiry(role, timedelta(hours=1))
+    sim.repo.publish()
+    reusing, full = Prober(sim.state_dir / "reusing"), Prober(sim.state_dir / "full")
+    assert [_probe(sim, reusing).reused_verdict for _ in range(2)] == [False, True]
+    assert _probe(sim, full, full_refresh_every=1).success  # the same client cache history
+    clock.advance(2 * 3600)  # timestamp and snapshot still valid, ``role`` expired
+    result = _probe(sim, reusing)
+    expected = _probe(sim, full, full_refresh_every=1)
+    assert (expected.reason, expected.role) == (
+        "expired", "targets" if role == "targets" else "delegated")
+    assert (result.success, result.reason, result.role, result.message) == (
+        False, expected.reason, expected.role, expected.message)
+    assert result.delegations == expected.delegations
 
 
 def test_full_refresh_at_least_every_n_probes(sim: Sim) -> None:
