@@ -12,10 +12,12 @@ only to reject it on its version. The prober knows which version its cache holds
 snapshot go by (the fetcher's ``on_metadata`` hook), so it removes a cached targets file that
 the snapshot shows to be stale before ngclient reads it (see ``_Run._on_metadata``).
 
-The steady state is cheap: when the timestamp fetched is byte-identical to the last verified one
-and there is no new root, python-tuf would reach the same verdict except for expiry, so the last
-verdict and facts are reused, every role's expiry is checked against now and the canaries are
-still downloaded. A full refresh happens at least every ``full_refresh_every`` probes.
+The steady state is cheap: when the timestamp fetched is byte-identical to the last verified one,
+there is no new root, the verdict-relevant configuration is unchanged and no role read last time
+has expired, python-tuf would load exactly what it accepted last time, so the last verdict and
+facts are reused; the canaries of the current configuration are still downloaded by ngclient, and
+the result is built as a full refresh's (see ``_Run._try_reuse``). Anything else is a full
+refresh, which happens at least every ``full_refresh_every`` probes.
 """
 
 from __future__ import annotations
