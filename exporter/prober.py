@@ -498,14 +498,19 @@ class _Run:
             return None
         if data != state.last_timestamp:
             return None
-        cache = self.prober.cache_dir(self.repo, self.endpoint)
-        try:
-            # the root python-tuf trusts after the last refresh, as a returning client loads it
-            updater = self._updater(cache / "metadata", None)
-        except Exception:  # noqa: BLE001 - python-tuf says why in the full refresh
-            return None
-        self.marks["refreshed"] = self.marks["swept"] = time.monotonic()
-        targets = self._canaries(updater, cache / "download", state.last_targetinfo)
+        targets: list[TargetResult] = []
+        if state.last_targetinfo:
+            cache = self.prober.cache_dir(self.repo, self.endpoint)
+            try:
+                # the root python-tuf trusts after the last refresh, loaded as a returning
+                # client loads it: all download_target needs
+                updater = self._updater(cache / "metadata", None)
+            except Exception:  # noqa: BLE001 - python-tuf says why in the full refresh
+                return None
+            self.marks["refreshed"] = self.marks["swept"] = time.monotonic()
+            targets = self._canaries(updater, cache / "download", state.last_targetinfo)
+        else:
+            self.marks["refreshed"] = self.marks["swept"] = time.monotonic()
         self.marks["downloaded"] = time.monotonic()
         return self._verdict(
             None, targets, last.roles, last.delegated, last.delegations, reused=True
