@@ -105,7 +105,7 @@ class _EndpointState:
     last_timestamp: bytes | None = None
     #: What the configuration said that decides a verdict, at the last full refresh
     #: (:func:`_verdict_config`); a reused verdict needs the same.
-    last_config: object = None
+    last_config: Repository | None = None
     #: Canary path -> the target info python-tuf returned for it in the last full refresh, in
     #: the order of ``canary_targets`` (only canaries it found within the length limit).
     last_targetinfo: dict[str, TargetFile] = field(default_factory=dict)
@@ -759,7 +759,7 @@ def _any_expired(last: ProbeResult, now: datetime) -> bool:
     )
 
 
-def _verdict_config(repository: Repository, endpoint: Endpoint) -> object:
+def _verdict_config(repository: Repository, endpoint: Endpoint) -> Repository:
     """What of the configuration of ``endpoint`` can change python-tuf's verdict or the facts.
 
     Everything but the schedule (``interval``, ``full_refresh_every``), the history policy
@@ -767,10 +767,8 @@ def _verdict_config(repository: Repository, endpoint: Endpoint) -> object:
     delegation verification, timeouts, redirects, the trusted root's path) makes the next
     probe a full refresh.
     """
-    return (
-        replace(repository, interval=0.0, full_refresh_every=1, policy=Policy(), mirrors=(),
-                primary=endpoint),
-    )
+    return replace(repository, interval=0.0, full_refresh_every=1, policy=Policy(), mirrors=(),
+                   primary=endpoint)
 
 
 def _first_target_failure(
