@@ -186,6 +186,8 @@ class _Sweep:
         self.kept = 0  # bytes handed over in result.cached
         self.rejected_bytes = 0  # bytes of the files in result.rejected
         self.spooled = 0  # spool files made so far (their names)
+        #: roles and further paths (``failures`` keys) in the order the sweep reached them
+        self.reached: list[str] = []
 
     def run(self, max_roles: int) -> SweepResult:
         trusted, result, memo = self.trusted, self.result, self.memo
@@ -206,6 +208,7 @@ class _Sweep:
                             result.truncated = True
                             continue
                         further_paths += 1
+                        self.reached.append(f"{role} (via {parent})")
                         further.append((role, parent))
                         order.append(role)
                         continue
@@ -214,6 +217,7 @@ class _Sweep:
                         break
                     seen.add(role)
                     result.visited.append(role)
+                    self.reached.append(role)
                     order.append(role)
                     if trusted.contains(role, parent):
                         verified.add(role)
@@ -246,6 +250,7 @@ class _Sweep:
         if memo is not None:
             for gone in memo.keys() - seen:  # no longer delegated (or past max_roles)
                 del memo[gone]
+        result.failures = _in_tree_order(result.failures, self.reached)
         return result
 
     # -- downloads of a level, bounded by bytes -------------------------------------------------
@@ -445,6 +450,14 @@ def _children(targets: object, limit: int) -> list[str]:
     if delegations.succinct_roles is not None:
         return list(islice(delegations.succinct_roles.get_roles(), limit))
     return []
+
+
+def _in_tree_order(failures: dict[str, Exception], reached: list[str]) -> dict[str, Exception]:
+    """``failures`` in the order the sweep reached their roles (level by level, each level in
+    the order of the tree), not the order downloads and cache reads happened to finish: the
+    first failure, which the probe reports, must not depend on what the cache held."""
+    rank = {key: i for i, key in enumerate(reached)}
+    return dict(sorted(failures.items(), key=lambda item: rank.get(item[0], len(rank))))
 
 
 def _file_name(role: str) -> str:

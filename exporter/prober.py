@@ -12,10 +12,12 @@ only to reject it on its version. The prober knows which version its cache holds
 snapshot go by (the fetcher's ``on_metadata`` hook), so it removes a cached targets file that
 the snapshot shows to be stale before ngclient reads it (see ``_Run._on_metadata``).
 
-The steady state is cheap: when the timestamp fetched is byte-identical to the last verified one
-and there is no new root, python-tuf would reach the same verdict except for expiry, so the last
-verdict and facts are reused, every role's expiry is checked against now and the canaries are
-still downloaded. A full refresh happens at least every ``full_refresh_every`` probes.
+The steady state is cheap: when the timestamp fetched is byte-identical to the last verified one,
+there is no new root, the verdict-relevant configuration is unchanged and no role read last time
+has expired, python-tuf would load exactly what it accepted last time, so the last verdict and
+facts are reused; the canaries of the current configuration are still downloaded by ngclient, and
+the result is built as a full refresh's (see ``_Run._try_reuse``). Anything else is a full
+refresh, which happens at least every ``full_refresh_every`` probes.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
@@ -48,7 +50,7 @@ from exporter.classify import (
     role_from_message,
     role_of,
 )
-from exporter.config import Endpoint, Mode, Repository, safe_name
+from exporter.config import Endpoint, Mode, Policy, Repository, safe_name
 from exporter.fetcher import Fetcher, new_session
 from exporter.inspector import CachedFile, Inspected, Inspector, file_identity
 from exporter.results import (
@@ -124,6 +126,11 @@ class _EndpointState:
     lock: threading.Lock = field(default_factory=threading.Lock)
     last: ProbeResult | None = None
     last_timestamp: bytes | None = None
+    #: What the configuration said that decides a verdict, at the last full refresh
+    #: (:func:`_verdict_config`); a reused verdict needs the same.
+    last_config: Repository | None = None
+    #: Canary path -> the target info python-tuf returned for it in the last full refresh, in
+    #: the order of ``canary_targets`` (only canaries it found within the length limit).
     last_targetinfo: dict[str, TargetFile] = field(default_factory=dict)
     delegation_memo: delegations.Memo = field(default_factory=dict)
     #: Role -> its file in the client cache, as python-tuf last accepted it (warm mode; only
@@ -312,6 +319,7 @@ class _Run:
             and state.last.success
             and state.last_timestamp is not None
             and state.probes_since_full + 1 < self.repo.full_refresh_every
+            and state.last_config == _verdict_config(self.repo, self.endpoint)
         )
         if reuse:
             reused = self._try_reuse()
@@ -379,31 +387,24 @@ class _Run:
                 reason, _, message = self._classified(error)
                 failure = (reason, FailedRole.DELEGATED, f"delegated role {name!r}: {message}")
         self.marks["swept"] = time.monotonic()
+        self.state.last_targetinfo = {}
         if updater is not None and (failure is None or failure[1] is FailedRole.DELEGATED):
             targets = self._canaries(updater, download_dir)
         self.marks["downloaded"] = time.monotonic()
-        if failure is None:
-            failure = _first_target_failure(targets)
         updater = None  # python-tuf's parsed metadata is not needed past this point
         inspected = self._inspect(metadata_dir, sweep)
         if sweep is not None:
             sweep.discard()
-        summary = _summary(inspected, sweep)
-        result = self._result(
-            failure is None,
-            None if failure is None else failure[0],
-            None if failure is None else failure[1],
-            None if failure is None else failure[2],
-            inspected=inspected,
-            summary=summary,
-            targets=targets,
+        result = self._verdict(
+            failure, targets, inspected.roles, inspected.delegated, _summary(inspected, sweep)
         )
         self._remember(result)
         return result
 
-    def _updater(self, metadata_dir: Path, trusted_root: bytes) -> Updater:
+    def _updater(self, metadata_dir: Path, trusted_root: bytes | None) -> Updater:
+        """An updater on the client cache; ``trusted_root`` None: the cached root or nothing."""
         bootstrap: bytes | None = trusted_root
-        if (metadata_dir / "root.json").exists():
+        if trusted_root is None or (metadata_dir / "root.json").exists():
             bootstrap = None  # a returning client starts from the root it trusts already
         kwargs = {
             "metadata_dir": str(metadata_dir),
@@ -415,7 +416,7 @@ class _Run:
         try:
             return Updater(**kwargs, bootstrap=bootstrap)  # type: ignore[arg-type]
         except (OSError, exceptions.RepositoryError) as exc:
-            if bootstrap is not None or host_fault(exc) is not None:
+            if bootstrap is not None or trusted_root is None or host_fault(exc) is not None:
                 raise  # a full disk or no descriptor says nothing about the cache
             log.warning(
                 "client cache of %s/%s is unusable (%s); starting again from the trusted root",
@@ -425,13 +426,25 @@ class _Run:
             metadata_dir.mkdir(parents=True, exist_ok=True)
             return Updater(**kwargs, bootstrap=trusted_root)  # type: ignore[arg-type]
 
-    def _canaries(self, updater: Updater, download_dir: Path) -> list[TargetResult]:
+    def _canaries(
+        self,
+        updater: Updater,
+        download_dir: Path,
+        known: Mapping[str, TargetFile] | None = None,
+    ) -> list[TargetResult]:
+        """Look up and download every canary of the configuration; one result each, in order.
+
+        The target info is python-tuf's ``get_targetinfo`` of a refreshed updater (remembered
+        in ``last_targetinfo``), or for a reused verdict ``known``: what ``get_targetinfo``
+        returned for the same path under the same metadata. Either way the download and its
+        verification are ngclient's ``download_target`` (:meth:`_download`).
+        """
         results = []
-        self.state.last_targetinfo = {}
+        lookup = updater.get_targetinfo if known is None else known.get
         for path in self.repo.canary_targets:
             start = time.monotonic()
             try:
-                info = updater.get_targetinfo(path)
+                info = lookup(path)
                 if info is None:
                     results.append(
                         TargetResult(path, False, Reason.TARGET_NOT_FOUND,
@@ -446,7 +459,8 @@ class _Run:
                         f"{path}: {info.length} bytes, more than target_max_length ({limit})",
                         length=info.length, duration_seconds=time.monotonic() - start))
                     continue
-                self.state.last_targetinfo[path] = info
+                if known is None:
+                    self.state.last_targetinfo[path] = info
                 results.append(self._download(updater, info, download_dir, start))
             except Exception as exc:  # noqa: BLE001 - classified below
                 reason, role, message = self._classified(exc)
@@ -460,23 +474,20 @@ class _Run:
         return results
 
     def _download(
-        self, updater: Updater | None, info: TargetFile, download_dir: Path, start: float
+        self, updater: Updater, info: TargetFile, download_dir: Path, start: float
     ) -> TargetResult:
-        """Download one canary and verify it with python-tuf.
+        """Download one canary and verify it with python-tuf's ``Updater.download_target``.
 
-        With an updater, ngclient downloads into a private temporary file (never a path derived
-        from the target's name) that is removed at once; without one (a reused verdict), the
-        bytes are streamed and checked against the ``TargetFile`` python-tuf verified last.
+        ngclient builds the URL (hash-prefixed only when the trusted root says
+        ``consistent_snapshot``), downloads into a private temporary file (never a path
+        derived from the target's name), checks length and hashes; the file is removed at once.
         """
         name: str | None = None
         try:
-            if updater is not None:
-                download_dir.mkdir(parents=True, exist_ok=True)
-                fd, name = tempfile.mkstemp(dir=download_dir, prefix="canary-")
-                os.close(fd)
-                updater.download_target(info, filepath=name)
-            else:
-                _download_verified(self.fetcher, self.endpoint.targets_url, info)
+            download_dir.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=download_dir, prefix="canary-")
+            os.close(fd)
+            updater.download_target(info, filepath=name)
             return TargetResult(info.path, True, length=info.length,
                                 duration_seconds=time.monotonic() - start)
         except Exception as exc:  # noqa: BLE001 - classified
@@ -501,10 +512,25 @@ class _Run:
     # -- reuse of the last verdict --------------------------------------------------------------
 
     def _try_reuse(self) -> ProbeResult | None:
-        last = self.state.last
+        """The last verdict, if python-tuf would reach it again now; None: refresh fully.
+
+        With the timestamp served byte-identical to the one last verified, no new root, the
+        same configuration (:func:`_verdict_config`) and a client cache only this prober
+        writes, a full refresh would load exactly the metadata the last one accepted, and the
+        facts read from it are the same. What could still differ is left to python-tuf: when
+        any role the last probe read has expired by now (python-tuf's own words and roles
+        for that case come from a full refresh) or the cached root cannot be loaded, this
+        returns None. The canaries of the current configuration are looked up in what the last
+        refresh found for them and downloaded by ngclient as in a full refresh
+        (:meth:`_canaries`), and the result is built by the same :meth:`_verdict`.
+        """
+        state = self.state
+        last = state.last
         assert last is not None
         root = last.roles.get("root")
-        if root is None:
+        if root is None or tuple(state.last_targetinfo) != self.repo.canary_targets:
+            return None
+        if _any_expired(last, datetime.now(UTC)):
             return None
         self.marks["refresh"] = time.monotonic()
         try:
@@ -525,28 +551,24 @@ class _Run:
             )
         except exceptions.DownloadError:
             return None
-        if data != self.state.last_timestamp:
+        if data != state.last_timestamp:
             return None
-        self.marks["refreshed"] = self.marks["swept"] = time.monotonic()
-        targets = [
-            self._download(None, info, self.prober.cache_dir(self.repo, self.endpoint) / "download",
-                           time.monotonic())
-            for info in self.state.last_targetinfo.values()
-        ]
+        targets: list[TargetResult] = []
+        if state.last_targetinfo:
+            cache = self.prober.cache_dir(self.repo, self.endpoint)
+            try:
+                # the root python-tuf trusts after the last refresh, loaded as a returning
+                # client loads it: all download_target needs
+                updater = self._updater(cache / "metadata", None)
+            except Exception:  # noqa: BLE001 - python-tuf says why in the full refresh
+                return None
+            self.marks["refreshed"] = self.marks["swept"] = time.monotonic()
+            targets = self._canaries(updater, cache / "download", state.last_targetinfo)
+        else:
+            self.marks["refreshed"] = self.marks["swept"] = time.monotonic()
         self.marks["downloaded"] = time.monotonic()
-        failure: tuple[Reason, FailedRole | None, str] | None = _expired(last, self.started_at)
-        if failure is None:
-            failure = _first_target_failure(targets)
-        return self._result(
-            failure is None,
-            None if failure is None else failure[0],
-            None if failure is None else failure[1],
-            None if failure is None else failure[2],
-            roles=last.roles,
-            delegated=last.delegated,
-            summary=last.delegations,
-            targets=targets,
-            reused=True,
+        return self._verdict(
+            None, targets, last.roles, last.delegated, last.delegations, reused=True
         )
 
     # -- facts and results ----------------------------------------------------------------------
@@ -607,6 +629,7 @@ class _Run:
     def _remember(self, result: ProbeResult) -> None:
         state = self.state
         state.last = result
+        state.last_config = _verdict_config(self.repo, self.endpoint)
         body = None
         for record in reversed(self.fetcher.records):
             if record.role == "timestamp" and record.url in self.fetcher.bodies:
@@ -651,6 +674,35 @@ class _Run:
             phases.append(PhaseTiming(phase, end - begin, min(network, end - begin)))
         return tuple(phases)
 
+    def _verdict(
+        self,
+        failure: tuple[Reason, FailedRole | None, str] | None,
+        targets: list[TargetResult],
+        roles: Mapping[str, RoleFacts],
+        delegated: Mapping[str, RoleFacts],
+        summary: DelegationSummary,
+        *,
+        reused: bool = False,
+    ) -> ProbeResult:
+        """The result of a full refresh or a reused verdict: one way to build both.
+
+        ``failure`` is python-tuf's (refresh or delegation sweep); without one, the first
+        failing canary decides.
+        """
+        if failure is None:
+            failure = _first_target_failure(targets)
+        return self._result(
+            failure is None,
+            None if failure is None else failure[0],
+            None if failure is None else failure[1],
+            None if failure is None else failure[2],
+            roles=roles,
+            delegated=delegated,
+            summary=summary,
+            targets=targets,
+            reused=reused,
+        )
+
     def _result(
         self,
         success: bool,
@@ -658,15 +710,12 @@ class _Run:
         role: FailedRole | None,
         message: str | None,
         *,
-        inspected: Inspected | None = None,
         roles: Mapping[str, RoleFacts] | None = None,
         delegated: Mapping[str, RoleFacts] | None = None,
         summary: DelegationSummary | None = None,
         targets: list[TargetResult] | None = None,
         reused: bool = False,
     ) -> ProbeResult:
-        if inspected is not None:
-            roles, delegated = inspected.roles, inspected.delegated
         dates = [r.server_date for r in self.fetcher.records if r.server_date is not None]
         return ProbeResult(
             repository=self.repo.name,
@@ -752,15 +801,6 @@ def _meta_versions(body: bytes) -> dict[str, int] | None:
         return None
 
 
-def _download_verified(fetcher: Fetcher, targets_url: str, info: TargetFile) -> None:
-    """Download a target as ngclient would (hash-prefixed name) and verify it."""
-    dirname, sep, basename = info.path.rpartition("/")
-    digest = next(iter(info.hashes.values()))
-    url = f"{targets_url}{dirname}{sep}{digest}.{basename}"
-    with fetcher.download_file(url, info.length) as handle:
-        info.verify_length_and_hashes(handle)
-
-
 def _summary(inspected: Inspected, sweep: delegations.SweepResult | None) -> DelegationSummary:
     expiries = [facts.expires for facts in inspected.delegated.values()]
     failures = {} if sweep is None else {n: describe(exc) for n, exc in sweep.failures.items()}
@@ -774,18 +814,24 @@ def _summary(inspected: Inspected, sweep: delegations.SweepResult | None) -> Del
     )
 
 
-def _expired(last: ProbeResult, now: datetime) -> tuple[Reason, FailedRole, str] | None:
-    """python-tuf's expiry checks, re-applied to a reused verdict."""
-    for name in ("root", "timestamp", "snapshot", "targets"):
-        facts = last.roles.get(name)
-        if facts is not None and facts.expires <= now:
-            label = "Final root.json" if name == "root" else f"{name}.json"
-            return Reason.EXPIRED, FailedRole(name), f"ExpiredMetadataError: {label} is expired"
-    for name, facts in sorted(last.delegated.items()):
-        if facts.expires <= now:
-            return (Reason.EXPIRED, FailedRole.DELEGATED,
-                    f"ExpiredMetadataError: New {name} is expired")
-    return None
+def _any_expired(last: ProbeResult, now: datetime) -> bool:
+    """Whether any role the last probe read has expired at ``now`` (python-tuf's test:
+    ``Metadata.is_expired``, expired once the reference time reaches ``expires``)."""
+    return any(
+        facts.expires <= now for facts in (*last.roles.values(), *last.delegated.values())
+    )
+
+
+def _verdict_config(repository: Repository, endpoint: Endpoint) -> Repository:
+    """What of the configuration of ``endpoint`` can change python-tuf's verdict or the facts.
+
+    Everything but the schedule (``interval``, ``full_refresh_every``), the history policy
+    and the other endpoints: a reload that changes anything else (canaries, limits, mode,
+    delegation verification, timeouts, redirects, the trusted root's path) makes the next
+    probe a full refresh.
+    """
+    return replace(repository, interval=0.0, full_refresh_every=1, policy=Policy(), mirrors=(),
+                   primary=endpoint)
 
 
 def _first_target_failure(

@@ -219,7 +219,8 @@ class ProbeResult:
     phases: tuple[PhaseTiming, ...] = ()
     requests: tuple[RequestRecord, ...] = ()
     #: True when the timestamp was byte-identical to the last verified one and the previous
-    #: verdict was reused (expiry re-checked against now, canaries downloaded again).
+    #: verdict was reused (nothing expired since, same configuration; the canaries of the
+    #: current configuration downloaded again). Everything else equals a full refresh's.
     reused_verdict: bool = False
     #: Newest ``Date`` header the endpoint sent, for clock-skew checks.
     server_date: datetime | None = None

@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -111,3 +113,43 @@ def poll(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s (last value {value!r})")
         time.sleep(interval)
+
+
+class Clock:
+    """A wall clock for python-tuf, the prober and the simulator that moves only when told.
+
+    python-tuf takes its reference time from ``datetime.now`` when an updater is built
+    (``TrustedMetadataSet.reference_time``); the prober stamps and checks expiry with
+    ``datetime.now``; the simulator signs expiry relative to its ``utcnow``. All of them read
+    this clock while the ``clock`` fixture is active, so a test makes metadata expire by
+    :meth:`advance` instead of waiting, and two probes between advances see the same instant.
+    """
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC).replace(microsecond=0)
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """Freeze the wall clock of python-tuf, the prober and the simulator (see :class:`Clock`)."""
+    from tuf.ngclient._internal import trusted_metadata_set
+
+    from exporter import prober
+    from exporter.simulator import faults, repository
+
+    virtual = Clock()
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> datetime:  # type: ignore[override]
+            return virtual.now if tz is None else virtual.now.astimezone(tz)
+
+    monkeypatch.setattr(trusted_metadata_set, "datetime",
+                        SimpleNamespace(datetime=Frozen, timezone=timezone))
+    monkeypatch.setattr(prober, "datetime", Frozen)
+    monkeypatch.setattr(repository, "utcnow", lambda: virtual.now)
+    monkeypatch.setattr(faults, "utcnow", lambda: virtual.now)
+    return virtual

@@ -190,7 +190,7 @@ def test_cache_facts_unreadable_for_want_of_descriptors_are_ours(sim: Sim) -> No
 class _BrokenInspector(Inspector):
     """An inspector with a bug: fact gathering is our code, so its crash is ours."""
 
-    def inspect(self, files: object) -> Inspected:  # type: ignore[override]
+    def inspect(self, files: object, **facts: object) -> Inspected:  # type: ignore[override]
         raise KeyError("a bug of ours")
 
 

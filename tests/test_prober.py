@@ -6,12 +6,12 @@ import json
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CANARIES, Sim, hash_bins, poll
+from conftest import CANARIES, Clock, Sim, hash_bins, poll
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Targets
 
@@ -189,6 +189,61 @@ def test_reused_verdict_still_checks_the_canaries(sim: Sim) -> None:
     result = _probe(sim, prober)
     assert result.reused_verdict
     assert (result.reason, result.role) == ("length_or_hash_mismatch", "target")
+
+
+def test_reused_verdicts_fetch_canaries_where_python_tuf_does_without_consistent_snapshot(
+    sim: Sim,
+) -> None:
+    sim.repo.set_consistent_snapshot(False)  # targets at their plain path only
+    sim.repo.publish()
+    prober = Prober(sim.state_dir)
+    results = [_probe(sim, prober) for _ in range(3)]
+    assert [(r.success, r.reused_verdict) for r in results] == [
+        (True, False), (True, True), (True, True)], [r.message for r in results]
+    fetched = {name for name, count in sim.server.requests().items() if count}
+    assert "targets/files/a.txt" in fetched
+    assert not [name for name in fetched if name.startswith("targets/") and name.count(".") > 1]
+
+
+def test_a_reload_that_changes_the_canaries_is_judged_on_the_new_ones(sim: Sim) -> None:
+    sim.repo.add_target("files/c.txt", b"new canary\n")
+    sim.repo.publish()
+    sim.server.inject("target-hash-mismatch", path="files/c.txt")
+    prober = Prober(sim.state_dir)
+    assert _probe(sim, prober).success
+    corrupt = _probe(sim, prober, canary_targets=("files/a.txt", "files/c.txt"))
+    unlisted = _probe(sim, prober, canary_targets=("files/a.txt", "files/nope.txt"))
+    fresh = Prober(sim.state_dir / "fresh")
+    for result, canaries in ((corrupt, ("files/a.txt", "files/c.txt")),
+                             (unlisted, ("files/a.txt", "files/nope.txt"))):
+        expected = _probe(sim, fresh, canary_targets=canaries)
+        assert not result.success
+        assert [t.path for t in result.targets] == list(canaries)
+        assert (result.reason, result.role, result.message) == (
+            expected.reason, expected.role, expected.message)
+    assert (corrupt.reason, corrupt.role) == ("length_or_hash_mismatch", "target")
+    assert (unlisted.reason, unlisted.role) == ("target_not_found", "target")
+    back = [_probe(sim, prober) for _ in range(2)]
+    assert [(r.success, r.reused_verdict) for r in back] == [(True, False), (True, True)]
+
+
+@pytest.mark.parametrize("role", ["targets", "team"])
+def test_a_role_expiring_under_an_unchanged_timestamp_is_worded_as_python_tuf_words_it(
+    clock: Clock, sim: Sim, role: str
+) -> None:
+    sim.repo.set_expiry(role, timedelta(hours=1))
+    sim.repo.publish()
+    reusing, full = Prober(sim.state_dir / "reusing"), Prober(sim.state_dir / "full")
+    assert [_probe(sim, reusing).reused_verdict for _ in range(2)] == [False, True]
+    assert _probe(sim, full, full_refresh_every=1).success  # the same client cache history
+    clock.advance(2 * 3600)  # timestamp and snapshot still valid, ``role`` expired
+    result = _probe(sim, reusing)
+    expected = _probe(sim, full, full_refresh_every=1)
+    assert (expected.reason, expected.role) == (
+        "expired", "targets" if role == "targets" else "delegated")
+    assert (result.success, result.reason, result.role, result.message) == (
+        False, expected.reason, expected.role, expected.message)
+    assert result.delegations == expected.delegations
 
 
 def test_full_refresh_at_least_every_n_probes(sim: Sim) -> None:

@@ -526,3 +526,27 @@ def test_concurrent_publish_while_serving(
 def test_trusted_root_file(repo: SimulatedRepository, tmp_path: Path) -> None:
     path = repo.write_trusted_root(tmp_path / "root.json")
     assert json.loads(path.read_bytes())["signed"]["version"] == 1
+
+
+def test_consistent_snapshot_off_serves_plain_names_and_back(
+    repo: SimulatedRepository, server: SimulatorServer, tmp_path: Path
+) -> None:
+    repo.set_consistent_snapshot(False)
+    state = repo.publish()
+    assert not state.consistent_snapshot and repo.target_filename("file.txt") == "targets/file.txt"
+    assert state.filename("snapshot") == "metadata/snapshot.json" in state
+    assert "metadata/delegated.json" in state and "targets/delegated/one.txt" in state
+    # no versioned non-root metadata and no hash-prefixed target is served any more
+    assert not [n for n in state if n.startswith("targets/") and n.count(".") > 1]
+    assert [n for n in state if n.endswith("snapshot.json")] == ["metadata/snapshot.json"]
+    assert full_update(make_updater(server, tmp_path / "a")) == b"hello world"
+    assert full_update(make_updater(server, tmp_path / "a", warm=True),
+                       "delegated/one.txt") == b"one"
+    server.inject("expired-snapshot")  # forged files take the plain names too
+    with pytest.raises(exc.ExpiredMetadataError):
+        make_updater(server, tmp_path / "a", warm=True).refresh()
+    server.clear()
+    repo.set_consistent_snapshot(True)
+    state = repo.publish()
+    assert state.consistent_snapshot and "metadata/snapshot.json" not in state
+    assert full_update(make_updater(server, tmp_path / "a", warm=True)) == b"hello world"

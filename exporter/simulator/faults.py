@@ -33,6 +33,7 @@ from exporter.simulator.repository import (
     TOP_LEVEL_ROLES,
     RepositoryState,
     metadata_file,
+    served_metadata_file,
     sign_metadata,
     utcnow,
 )
@@ -128,11 +129,12 @@ class View:
             while self.get(metadata_file(ROOT, version + 1)) is not None:
                 version += 1
             return metadata_file(ROOT, version)
+        consistent = self.state.consistent_snapshot
         if role == SNAPSHOT:
             ts: Timestamp = self.load(TIMESTAMP).signed
-            return metadata_file(SNAPSHOT, ts.snapshot_meta.version)
+            return served_metadata_file(SNAPSHOT, ts.snapshot_meta.version, consistent)
         snapshot: Snapshot = self.load(SNAPSHOT).signed
-        return metadata_file(role, snapshot.meta[f"{role}.json"].version)
+        return served_metadata_file(role, snapshot.meta[f"{role}.json"].version, consistent)
 
     def load(self, role: str) -> Metadata[Any]:
         """Parse the metadata of ``role`` this view leads to."""
@@ -206,10 +208,7 @@ def forge(
         chosen.append(view.repo.unknown_signer)
     data = _sign_loosely(md, chosen) if loose else sign_metadata(md, chosen, padding=padding)
     version = md.signed.version
-    if role == TIMESTAMP:
-        view.put(metadata_file(TIMESTAMP), data)
-    else:
-        view.put(metadata_file(role, version), data)
+    view.put(served_metadata_file(role, version, view.state.consistent_snapshot), data)
     if role != ROOT:  # a skipped root version would stop clients walking the root chain
         view.repo.reserve_version(role, version)
 

@@ -5,9 +5,15 @@ source of truth and turns them into immutable :class:`RepositoryState` objects
 on :meth:`SimulatedRepository.publish`. A state maps every file a client could
 fetch (``metadata/N.root.json``, ``metadata/timestamp.json``,
 ``metadata/N.snapshot.json``, ``metadata/N.<role>.json`` and
-``targets/<dir>/<sha256>.<name>``) to its bytes. Consistent snapshots are
-always on. Files are cumulative: old versions stay fetchable, like on a real
-consistent-snapshot repository.
+``targets/<dir>/<sha256>.<name>``) to its bytes. Files are cumulative: old
+versions stay fetchable, like on a real consistent-snapshot repository.
+
+With ``consistent_snapshot`` off (``SimulatedRepository(consistent_snapshot=False)``
+or :meth:`SimulatedRepository.set_consistent_snapshot`, which publishes a new root
+saying so) a state serves what such a repository serves: ``metadata/N.root.json``,
+``metadata/timestamp.json``, unversioned ``metadata/<role>.json`` of the current
+versions and targets at their plain path ``targets/<dir>/<name>``; no versioned
+non-root metadata and no hash-prefixed targets.
 """
 
 from __future__ import annotations
@@ -75,8 +81,19 @@ def metadata_file(role: str, version: int | None = None) -> str:
     return f"metadata/{version}.{role}.json"
 
 
-def target_file(path: str, sha256: str) -> str:
+def served_metadata_file(role: str, version: int, consistent_snapshot: bool) -> str:
+    """Return the state key under which ``version`` of ``role`` is served, as ngclient asks
+    for it: root always versioned, timestamp never, the others versioned only with
+    ``consistent_snapshot``."""
+    if role == TIMESTAMP or (role != ROOT and not consistent_snapshot):
+        return metadata_file(role)
+    return metadata_file(role, version)
+
+
+def target_file(path: str, sha256: str, consistent_snapshot: bool = True) -> str:
     """Return the state key of a target as ``Updater.download_target`` asks for it."""
+    if not consistent_snapshot:
+        return f"targets/{path}"
     dirname, sep, basename = path.rpartition("/")
     return f"targets/{dirname}{sep}{sha256}.{basename}"
 
@@ -106,7 +123,7 @@ def sign_metadata(
 class RepositoryState(Mapping[str, bytes]):
     """An immutable, published view of the repository: file name -> bytes."""
 
-    __slots__ = ("_files", "published_at", "serial", "versions")
+    __slots__ = ("_files", "consistent_snapshot", "published_at", "serial", "versions")
 
     def __init__(
         self,
@@ -114,12 +131,14 @@ class RepositoryState(Mapping[str, bytes]):
         files: Mapping[str, bytes],
         versions: Mapping[str, int],
         published_at: datetime,
+        consistent_snapshot: bool = True,
     ) -> None:
         """Create a state; ``serial`` is its index in the publish history."""
         self.serial = serial
         self._files = files
         self.versions = versions
         self.published_at = published_at
+        self.consistent_snapshot = consistent_snapshot
 
     def __getitem__(self, key: str) -> bytes:
         """Return the bytes of file ``key`` (e.g. ``metadata/timestamp.json``)."""
@@ -140,9 +159,7 @@ class RepositoryState(Mapping[str, bytes]):
 
     def filename(self, role: str) -> str:
         """Return the file name of the current version of ``role``."""
-        if role == TIMESTAMP:
-            return metadata_file(TIMESTAMP)
-        return metadata_file(role, self.versions[role])
+        return served_metadata_file(role, self.versions[role], self.consistent_snapshot)
 
     def metadata(self, role: str) -> bytes:
         """Return the bytes of the current version of ``role``."""
@@ -179,6 +196,7 @@ class SimulatedRepository:
         expiry: Mapping[str, Expiry] | None = None,
         timestamp_hashes: bool = True,
         snapshot_hashes: bool = False,
+        consistent_snapshot: bool = True,
     ) -> None:
         """Create the four top-level roles and publish state 0 (all version 1).
 
@@ -190,6 +208,7 @@ class SimulatedRepository:
                 or fixed expiry date (datetime); defaults in ``DEFAULT_EXPIRY``.
             timestamp_hashes: timestamp's snapshot MetaFile has length + sha256.
             snapshot_hashes: snapshot's MetaFiles have length + sha256.
+            consistent_snapshot: what root says (see the module docstring for the files).
         """
         self._lock = threading.RLock()
         self.timestamp_hashes = timestamp_hashes
@@ -213,7 +232,7 @@ class SimulatedRepository:
         now = utcnow()
         thr = dict(DEFAULT_THRESHOLDS)
         thr.update(thresholds or {})
-        root = Root(expires=now, consistent_snapshot=True)
+        root = Root(expires=now, consistent_snapshot=consistent_snapshot)
         for role in TOP_LEVEL_ROLES:
             root.roles[role].threshold = thr[role]
             for _ in range((key_counts or {}).get(role, thr[role])):
@@ -307,11 +326,18 @@ class SimulatedRepository:
         with self._lock:
             return self._route(path, None)
 
+    @property
+    def consistent_snapshot(self) -> bool:
+        """What root says in the working model (published or not)."""
+        with self._lock:
+            root: Root = self._md[ROOT].signed
+            return bool(root.consistent_snapshot)
+
     def target_filename(self, path: str, role: str | None = None) -> str:
         """Return the state key (``targets/...``) under which target ``path`` is served."""
         with self._lock:
             tf = self._md[self._route(path, role)].signed.targets[path]
-            return target_file(path, tf.hashes["sha256"])
+            return target_file(path, tf.hashes["sha256"], self.consistent_snapshot)
 
     # --------------------------------------------------------------- mutation
 
@@ -508,6 +534,15 @@ class SimulatedRepository:
             self._dirty.update({role, self.delegator_of(role)})
             return [s.public_key.keyid for s in new]
 
+    def set_consistent_snapshot(self, value: bool) -> None:
+        """Set root's ``consistent_snapshot``; the next publish writes a new root version
+        and serves files as that root says (see the module docstring)."""
+        with self._lock:
+            root: Root = self._md[ROOT].signed
+            if root.consistent_snapshot != value:
+                root.consistent_snapshot = value
+                self._dirty.add(ROOT)
+
     def set_expiry(self, role: str, value: Expiry | None) -> None:
         """Set ``role``'s expiry: a timedelta is re-applied relative to each
         signing (negative = already expired), a datetime is fixed; ``None``
@@ -605,6 +640,29 @@ class SimulatedRepository:
             self._pending_files[metadata_file(role, md.signed.version)] = data
         return data
 
+    def _plain_files(
+        self, files: Mapping[str, bytes], versions: Mapping[str, int]
+    ) -> dict[str, bytes]:
+        """What a repository without consistent snapshots serves: every root version, the
+        timestamp, the current version of every other role unversioned, and the targets
+        the current roles list at their plain paths."""
+        plain = {
+            name: data for name, data in files.items()
+            if not name.startswith("targets/")
+            and not ((m := _VERSIONED.match(name)) and m.group(2) != ROOT)
+        }
+        for role, version in versions.items():
+            if role in (ROOT, TIMESTAMP):
+                continue
+            plain[metadata_file(role)] = files[metadata_file(role, version)]
+            if role != SNAPSHOT:
+                targets: Targets = self._md[role].signed
+                for path, tf in targets.targets.items():
+                    data = files.get(target_file(path, tf.hashes.get("sha256", "")))
+                    if data is not None:
+                        plain[target_file(path, "", False)] = data
+        return plain
+
     def _publish(self, *, force: bool, extra: set[str]) -> RepositoryState:
         with self._lock:
             now = utcnow()
@@ -642,8 +700,11 @@ class SimulatedRepository:
             self._pending_files.clear()
             self._files = files
             versions = {role: md.signed.version for role, md in self._md.items()}
+            consistent = self.consistent_snapshot
+            served = files if consistent else self._plain_files(files, versions)
             state = RepositoryState(
-                len(self._states), MappingProxyType(files), MappingProxyType(versions), now
+                len(self._states), MappingProxyType(served), MappingProxyType(versions), now,
+                consistent,
             )
             self._states.append(state)
             return state
@@ -659,6 +720,7 @@ __all__ = [
     "RepositoryState",
     "SimulatedRepository",
     "metadata_file",
+    "served_metadata_file",
     "sign_metadata",
     "target_file",
     "utcnow",
