@@ -115,8 +115,9 @@ DEFAULT_LISTEN = ":9929"
 
 def _serve(service: Service, args: argparse.Namespace, banner: Callable[[str], None]) -> int:
     """Run ``service`` behind the HTTP server until SIGTERM or SIGINT; SIGHUP reloads."""
-    from exporter.web import ExporterServer, WebConfigError
+    from exporter.web import ExporterServer, WebConfigError, raise_open_files_limit
 
+    raise_open_files_limit()  # before the server sizes its connection cap from it
     try:
         server = ExporterServer(
             args.listen_address, service.registry, ready=service.ready, reload=service.reload,
