@@ -43,6 +43,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import gzip
 import hashlib
 import hmac
@@ -103,9 +104,10 @@ _NOFILE_SHARE: Final = 4  # connections may take 1/4 of the open-files limit; th
 _WORKERS: Final = 8  # threads answering routes
 _REQUEST_TIMEOUT: Final = 10.0  # seconds to read a request (head and body) and write the answer
 _IDLE_TIMEOUT: Final = 120.0  # seconds a keep-alive connection may stay silent
-_MAX_HEAD: Final = 16 * 1024  # bytes of request line and headers (431 beyond)
+_MAX_HEAD: Final = 16 * 1024  # bytes of an incomplete request head (431 beyond; h11 checks it
+# after each read, so a complete head can be up to one read longer)
 _MAX_BODY: Final = 64 * 1024  # bytes of request body we are willing to read and discard
-_READ_SIZE: Final = 64 * 1024  # bytes asked of a socket at a time
+_READ_SIZE: Final = 8 * 1024  # bytes asked of a socket at a time
 _LISTEN_BACKLOG: Final = 128
 _ACCEPT_RETRY: Final = 0.1  # seconds to wait after accept() failed (e.g. out of descriptors)
 _TLS_SHUTDOWN_TIMEOUT: Final = 2.0  # seconds to wait for the client's TLS close_notify
@@ -767,9 +769,10 @@ class ExporterServer:
     What is bounded (see :class:`_Loop` for how):
 
     * ``max_connections`` open connections (default :func:`connection_limit`); at the cap,
-      a new connection closes the one that has waited longest on its client (reading a
-      request, or writing a response the client does not read), so idle and slow clients
-      cannot lock out a scrape; when every connection is being answered, accepting pauses.
+      a new connection closes, among those waiting on their client (TLS handshake, reading
+      a request, idle keep-alive, a response the client does not read, a bcrypt check),
+      the one whose current request or idle wait began first; so idle and slow clients
+      cannot lock out a scrape. When every connection is being answered, accepting pauses.
     * ``request_timeout`` seconds (default 10) for a request's head and body from its first
       byte, and for the first request from the accept, TLS handshake included: an absolute
       deadline that trickling bytes cannot extend. The same bound holds for writing a
@@ -777,7 +780,8 @@ class ExporterServer:
     * ``workers`` threads (default 8) answer routes; bcrypt checks run on one more thread,
       one at a time. Basic auth, the rate limit and routing are decided on the request head:
       no body is read before, and a refused request's body is never read.
-    * Request heads up to 16 KiB, bodies up to 64 KiB (431/413 beyond; bodies are dropped).
+    * Request heads up to 24 KiB (h11 refuses an incomplete head over 16 KiB, checked after
+      each 8 KiB read) and bodies up to 64 KiB: 431 and 413 beyond. Bodies are dropped.
     """
 
     def __init__(
@@ -981,6 +985,8 @@ class _Client:
         self.address = str(address[0]) if isinstance(address, tuple) else str(address)
         self.task: asyncio.Task[None] | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.since = 0.0  # loop time its current request (or the wait for it) began
+        self.graceful = False  # whether it ended cleanly (close, not abort)
 
 
 class _ClosedError(Exception):
@@ -992,7 +998,7 @@ class _Loop:
 
     h11 parses and frames HTTP/1.1; this layer adds what no embeddable library gave us
     together (see the commit that introduced it): an accept loop that holds at most
-    ``max_connections`` connections and evicts the one waiting longest on its client,
+    ``max_connections`` connections and evicts the oldest one waiting on its client,
     absolute deadlines for reading a request, auth before any body, one write per response.
     """
 
@@ -1008,9 +1014,9 @@ class _Loop:
         self.workers = ThreadPoolExecutor(owner.workers, thread_name_prefix="web-worker")
         self.auth_worker = ThreadPoolExecutor(1, thread_name_prefix="web-auth")
         self.clients: set[_Client] = set()
-        # clients waiting on the network (reading a request, writing a response), oldest first
-        self.waiting: OrderedDict[_Client, None] = OrderedDict()
-        self.slot_free = asyncio.Event()
+        # clients waiting on the network (reading a request, writing a response): evictable
+        self.waiting: set[_Client] = set()
+        self.room = asyncio.Event()  # set when a connection closed or became evictable
         self.stopping = asyncio.Event()
         self.evicted = 0
         self._evictions_logged_at = -_EVICTION_LOG_INTERVAL
@@ -1066,21 +1072,26 @@ class _Loop:
                 await asyncio.sleep(_ACCEPT_RETRY)
                 continue
             client = _Client(sock, address)
+            client.since = self.loop.time()
             try:
                 while len(self.clients) >= self.max_connections and not self._evict():
-                    self.slot_free.clear()
-                    await self.slot_free.wait()
+                    self.room.clear()
+                    await self.room.wait()
             except BaseException:
                 sock.close()
                 raise
             self.clients.add(client)
+            self.waiting.add(client)  # for its TLS handshake or first request
             client.task = self.loop.create_task(self._serve(client))
+            client.task.add_done_callback(functools.partial(self._finished, client))
 
     def _evict(self) -> bool:
-        """Close the connection that has waited longest on its client; False if none is."""
+        """Close the connection waiting on its client whose current request (or the wait
+        for it) began longest ago; False if no connection is waiting on its client."""
         if not self.waiting:
             return False
-        client, _ = self.waiting.popitem(last=False)
+        client = min(self.waiting, key=lambda waiting: waiting.since)
+        self.waiting.discard(client)
         self.clients.discard(client)
         if client.task is not None:
             client.task.cancel()
@@ -1088,30 +1099,30 @@ class _Loop:
         now = time.monotonic()
         if now - self._evictions_logged_at >= _EVICTION_LOG_INTERVAL:
             self._evictions_logged_at = now
-            logger.warning("connection limit reached: closing the connections that wait "
-                           "longest on their clients",
+            logger.warning("connection limit reached: closing the oldest connections "
+                           "waiting on their clients",
                            extra={"max_connections": self.max_connections,
                                   "evicted_total": self.evicted})
         return True
 
     def _release(self, client: _Client) -> None:
-        self.waiting.pop(client, None)
+        self.waiting.discard(client)
         self.clients.discard(client)
-        self.slot_free.set()
+        self.room.set()
 
     @contextlib.contextmanager
     def _on_client(self, client: _Client) -> Iterator[None]:
         """Mark ``client`` as waiting on the network, so evictable, for the block."""
-        self.waiting[client] = None
-        self.waiting.move_to_end(client)
+        self.waiting.add(client)
+        self.room.set()
         try:
             yield
         finally:
-            self.waiting.pop(client, None)
+            self.waiting.discard(client)
 
     async def _serve(self, client: _Client) -> None:
-        accepted = self.loop.time()
-        graceful = False
+        """Serve ``client`` until it closes, fails or times out; :meth:`_finished` closes it."""
+        accepted = client.since
         try:
             with self._on_client(client):
                 reader = await self._open(client, accepted + self.owner.request_timeout)
@@ -1123,22 +1134,25 @@ class _Loop:
                 if not await self._exchange(client, conn, reader, started):
                     break
                 conn.start_next_cycle()
-                started = None
-            graceful = True
+                started, client.since = None, self.loop.time()
+            client.graceful = True
         except (_ClosedError, TimeoutError, OSError, h11.ProtocolError, ssl.SSLError) as exc:
             logger.debug("connection closed", extra={"client": client.address,
                                                       "reason": f"{type(exc).__name__}: {exc}"})
         except Exception:  # one connection's failure is logged, never fatal
             logger.error("serving a connection failed", exc_info=True,
                          extra={"client": client.address})
-        finally:
-            self._release(client)
-            if client.writer is None:
-                client.sock.close()
-            elif graceful:
-                client.writer.close()
-            else:
-                client.writer.transport.abort()
+
+    def _finished(self, client: _Client, task: asyncio.Task[None]) -> None:
+        """Free ``client``'s slot and close its socket, however its task ended (it may have
+        been cancelled before it ever ran)."""
+        self._release(client)
+        if client.writer is None:
+            client.sock.close()
+        elif client.graceful:
+            client.writer.close()
+        else:
+            client.writer.transport.abort()
 
     async def _open(self, client: _Client, deadline: float) -> asyncio.StreamReader | None:
         """Wrap the socket in a stream, after the TLS handshake if TLS is on; None when the

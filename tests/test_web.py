@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import gzip
 import http.client
@@ -81,6 +82,7 @@ def make_server() -> Iterator[ServerFactory]:
         listen: str = "127.0.0.1:0",
         ready: Callable[[], bool] | None = None,
         reload: Callable[[], tuple[bool, str]] | None = None,
+        **options: Any,
     ) -> ExporterServer:
         state = state or State()
         server = ExporterServer(
@@ -89,6 +91,7 @@ def make_server() -> Iterator[ServerFactory]:
             ready=ready or state.is_ready,
             reload=reload or state.reload,
             web_config_file=web_config_file,
+            **options,
         )
         server.start()
         started.append(server)
@@ -498,6 +501,124 @@ def test_a_slow_handler_does_not_block_others(make_server: ServerFactory) -> Non
         release.set()
         worker.join(10)
     assert results == [200]
+
+
+def test_keepalive_responses_do_not_wait_for_a_delayed_ack(server: ExporterServer) -> None:
+    # headers and body in two writes make each response wait ~40 ms for the client's
+    # delayed ACK (Nagle); one write per response does not
+    host, port = server.address
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        conn.request("GET", "/-/healthy")
+        conn.getresponse().read()
+        started = time.monotonic()
+        for _ in range(25):
+            conn.request("GET", "/-/healthy")
+            resp = conn.getresponse()
+            assert resp.read() == b"Healthy"
+        elapsed = time.monotonic() - started
+    finally:
+        conn.close()
+    assert elapsed < 0.5, f"25 keep-alive requests took {elapsed:.2f} s"
+
+
+def _closed_by_server(sock: socket.socket, deadline: float, trickle: bytes = b"") -> float | None:
+    """Send ``trickle`` every 0.1 s until the server closes ``sock`` or ``deadline`` (monotonic)
+    passes; the monotonic time it closed, or None."""
+    sock.settimeout(0.1)
+    while time.monotonic() < deadline:
+        try:
+            if trickle:
+                sock.sendall(trickle)
+            if sock.recv(4096) == b"":
+                return time.monotonic()
+        except TimeoutError:
+            continue
+        except OSError:  # reset: closed
+            return time.monotonic()
+    return None
+
+
+def test_a_trickled_request_head_is_cut_at_its_deadline(make_server: ServerFactory) -> None:
+    server = make_server(request_timeout=1.0)
+    with socket.create_connection(server.address, timeout=5) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        closed = _closed_by_server(sock, started + 5, trickle=b"X")  # a byte every 0.1 s
+        assert closed is not None, "a trickle kept the connection open"
+        assert closed - started < 2.0
+    # a keep-alive connection's next request gets its own deadline from its first byte
+    with socket.create_connection(server.address, timeout=5) as sock:
+        sock.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+        started = time.monotonic()
+        sock.sendall(b"GET /")
+        closed = _closed_by_server(sock, started + 5, trickle=b"m")
+        assert closed is not None
+        assert closed - started < 2.0
+
+
+def test_a_silent_tls_client_is_cut_at_the_request_deadline(
+        make_server: ServerFactory, pki: PKI) -> None:
+    server = make_server(web_config_file=write_config(pki, TLS_CONFIG), request_timeout=1.0)
+    with socket.create_connection(server.address, timeout=5) as sock:
+        started = time.monotonic()
+        closed = _closed_by_server(sock, started + 5)
+        assert closed is not None
+        assert closed - started < 2.0
+
+
+def test_at_the_connection_cap_the_longest_waiting_client_is_closed(
+        make_server: ServerFactory) -> None:
+    server = make_server(max_connections=4)
+    silent = [socket.create_connection(server.address, timeout=5) for _ in range(4)]
+    try:
+        started = time.monotonic()  # the scrape takes the place of the oldest silent client
+        assert requests.get(server.url + "metrics", timeout=5).status_code == 200
+        assert time.monotonic() - started < 1.0
+        assert _closed_by_server(silent[0], time.monotonic() + 5) is not None
+        for sock in silent[1:]:
+            assert _closed_by_server(sock, time.monotonic() + 0.2) is None  # still open
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+def test_basic_auth_is_checked_before_the_body_is_read(
+        make_server: ServerFactory, tmp_path: Path) -> None:
+    state = State()
+    server = make_server(state=state, web_config_file=auth_config(tmp_path))
+    with socket.create_connection(server.address, timeout=5) as sock:
+        # a body is announced and never sent: the answer cannot wait for it
+        sock.sendall(b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n")
+        sock.settimeout(3)
+        answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 401 ")
+        assert b"connection: close" in answer.lower()  # the unread body ends the connection
+    assert state.reloads == 0
+    token = base64.b64encode(f"prometheus:{PASSWORD}".encode()).decode()
+    resp = requests.post(server.url + "-/reload", data=b"x" * 1000, timeout=5,
+                         headers={"Authorization": f"Basic {token}"})
+    assert resp.status_code == 200
+    assert state.reloads == 1
+
+
+def test_bodies_over_64_kib_are_refused(server: ExporterServer) -> None:
+    resp = requests.post(server.url + "-/reload", data=b"x" * (64 * 1024 + 1), timeout=5)
+    assert resp.status_code == 413
+    chunks = iter([b"x" * 40_000, b"x" * 40_000])  # chunked: no Content-Length up front
+    resp = requests.post(server.url + "-/reload", data=chunks, timeout=5)
+    assert resp.status_code == 413
+
+
+def test_oversized_and_malformed_heads_are_refused(server: ExporterServer) -> None:
+    with socket.create_connection(server.address, timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 431 ")
+    with socket.create_connection(server.address, timeout=5) as sock:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 400 ")
+    assert requests.get(server.url + "-/healthy", timeout=5).status_code == 200
 
 
 def test_requests_logged_at_debug_only(server: ExporterServer,
