@@ -111,7 +111,7 @@ _READ_SIZE: Final = 8 * 1024  # bytes asked of a socket at a time
 _LISTEN_BACKLOG: Final = 128
 _ACCEPT_RETRY: Final = 0.1  # seconds to wait after accept() failed (e.g. out of descriptors)
 _TLS_SHUTDOWN_TIMEOUT: Final = 2.0  # seconds to wait for the client's TLS close_notify
-_EVICTION_LOG_INTERVAL: Final = 60.0  # seconds between warnings that the cap was reached
+_WARN_INTERVAL: Final = 60.0  # seconds between warnings of one kind (cap reached, accept failed)
 _AUTH_CACHE_SIZE: Final = 256  # successful (user, password) verifications remembered
 _BCRYPT_MAX_PASSWORD: Final = 72  # bcrypt only uses the first 72 bytes (as Go and htpasswd)
 _STOP_TIMEOUT: Final = 5.0
@@ -1014,12 +1014,15 @@ class _Loop:
         self.workers = ThreadPoolExecutor(owner.workers, thread_name_prefix="web-worker")
         self.auth_worker = ThreadPoolExecutor(1, thread_name_prefix="web-auth")
         self.clients: set[_Client] = set()
+        self.closing: set[_Client] = set()  # released, possibly still in a TLS shutdown
         # clients waiting on the network (reading a request, writing a response): evictable
         self.waiting: set[_Client] = set()
-        self.room = asyncio.Event()  # set when a connection closed or became evictable
+        self.accepting = False  # whether the listener is watched for new connections
+        self.backoff_until = 0.0  # loop time before which accept() is not retried
         self.stopping = asyncio.Event()
         self.evicted = 0
-        self._evictions_logged_at = -_EVICTION_LOG_INTERVAL
+        self.accept_failures = 0
+        self._warned_at: dict[str, float] = {}
         self.thread = threading.Thread(target=self._run, name=f"web-{port}", daemon=True)
 
     def start(self) -> None:
@@ -1050,40 +1053,66 @@ class _Loop:
             self.loop.close()
 
     async def _main(self) -> None:
-        accept = asyncio.create_task(self._accept())
+        self._resume()
         await self.stopping.wait()
-        accept.cancel()
+        self._pause()
         self.listener.close()
         tasks = [client.task for client in self.clients if client.task is not None]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(accept, *tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for client in self.closing:  # connections still saying goodbye
+            if client.writer is not None and client.sock.fileno() != -1:
+                client.writer.transport.abort()
         for _ in range(3):  # let aborted transports close their sockets
             await asyncio.sleep(0)
+        for client in self.closing:
+            client.sock.close()
 
     # ---------------------------------------------------------------- connections
 
-    async def _accept(self) -> None:
-        while True:
+    def _on_acceptable(self) -> None:
+        """Accept the connections waiting in the listen queue (the listener is readable),
+        making room first at the cap; pause accepting when no room can be made."""
+        for attempt in range(_LISTEN_BACKLOG):
+            if len(self.clients) >= self.max_connections:
+                if attempt:  # none may be waiting; if one is, the listener calls again
+                    return
+                if not self._evict():  # one is waiting: readability says so
+                    self._pause()  # until a connection closes or waits on its client
+                    return
             try:
-                sock, address = await self.loop.sock_accept(self.listener)
-            except OSError as exc:  # out of descriptors, or the client left: try again soon
-                logger.warning("accepting a connection failed", extra={"error": str(exc)})
-                await asyncio.sleep(_ACCEPT_RETRY)
-                continue
+                sock, address = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors, or the client left: retry soon
+                self.accept_failures += 1
+                if self._warn_now("accept"):
+                    logger.warning("accepting a connection failed", extra={
+                        "error": str(exc), "failures_total": self.accept_failures})
+                self._pause()
+                self.backoff_until = self.loop.time() + _ACCEPT_RETRY
+                self.loop.call_later(_ACCEPT_RETRY, self._resume)
+                return
+            sock.setblocking(False)
             client = _Client(sock, address)
             client.since = self.loop.time()
-            try:
-                while len(self.clients) >= self.max_connections and not self._evict():
-                    self.room.clear()
-                    await self.room.wait()
-            except BaseException:
-                sock.close()
-                raise
             self.clients.add(client)
             self.waiting.add(client)  # for its TLS handshake or first request
             client.task = self.loop.create_task(self._serve(client))
             client.task.add_done_callback(functools.partial(self._finished, client))
+
+    def _pause(self) -> None:
+        if self.accepting:
+            self.loop.remove_reader(self.listener)
+            self.accepting = False
+
+    def _resume(self) -> None:
+        """Watch the listener again, unless stopping or backing off after a failed accept."""
+        if (not self.accepting and not self.stopping.is_set()
+                and self.loop.time() >= self.backoff_until):
+            self.loop.add_reader(self.listener, self._on_acceptable)
+            self.accepting = True
 
     def _evict(self) -> bool:
         """Close the connection waiting on its client whose current request (or the wait
@@ -1096,25 +1125,31 @@ class _Loop:
         if client.task is not None:
             client.task.cancel()
         self.evicted += 1
-        now = time.monotonic()
-        if now - self._evictions_logged_at >= _EVICTION_LOG_INTERVAL:
-            self._evictions_logged_at = now
+        if self._warn_now("evict"):
             logger.warning("connection limit reached: closing the oldest connections "
                            "waiting on their clients",
                            extra={"max_connections": self.max_connections,
                                   "evicted_total": self.evicted})
         return True
 
+    def _warn_now(self, what: str) -> bool:
+        """Whether a warning about ``what`` is due (at most one a minute for each)."""
+        now = time.monotonic()
+        if now - self._warned_at.get(what, -_WARN_INTERVAL) < _WARN_INTERVAL:
+            return False
+        self._warned_at[what] = now
+        return True
+
     def _release(self, client: _Client) -> None:
         self.waiting.discard(client)
         self.clients.discard(client)
-        self.room.set()
+        self._resume()
 
     @contextlib.contextmanager
     def _on_client(self, client: _Client) -> Iterator[None]:
         """Mark ``client`` as waiting on the network, so evictable, for the block."""
         self.waiting.add(client)
-        self.room.set()
+        self._resume()
         try:
             yield
         finally:
@@ -1153,6 +1188,9 @@ class _Loop:
             client.writer.close()
         else:
             client.writer.transport.abort()
+        self.closing = {old for old in self.closing if old.sock.fileno() != -1}
+        if client.sock.fileno() != -1:
+            self.closing.add(client)
 
     async def _open(self, client: _Client, deadline: float) -> asyncio.StreamReader | None:
         """Wrap the socket in a stream, after the TLS handshake if TLS is on; None when the
