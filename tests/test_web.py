@@ -8,6 +8,7 @@ import gzip
 import http.client
 import ipaddress
 import logging
+import resource
 import socket
 import ssl
 import threading
@@ -31,7 +32,15 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from exporter.web import ExporterServer, WebConfigError, load_web_config, parse_listen_address
+from exporter import web
+from exporter.web import (
+    ExporterServer,
+    WebConfigError,
+    connection_limit,
+    load_web_config,
+    parse_listen_address,
+    raise_open_files_limit,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -619,6 +628,43 @@ def test_oversized_and_malformed_heads_are_refused(server: ExporterServer) -> No
         sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
         assert sock.recv(4096).startswith(b"HTTP/1.1 400 ")
     assert requests.get(server.url + "-/healthy", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize(("soft", "expected"), [
+    (256, 64), (1024, 256), (20_000, 512), (16, 8), (resource.RLIM_INFINITY, 512)])
+def test_connections_take_a_quarter_of_the_open_files_limit(
+        monkeypatch: pytest.MonkeyPatch, soft: int, expected: int) -> None:
+    monkeypatch.setattr(web.resource, "getrlimit", lambda _: (soft, resource.RLIM_INFINITY))
+    assert connection_limit() == expected
+
+
+def test_serving_raises_the_open_files_soft_limit_to_the_hard_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    limits = {"value": (1024, 4096)}
+    monkeypatch.setattr(web.resource, "getrlimit", lambda _: limits["value"])
+
+    def setrlimit(_: int, value: tuple[int, int]) -> None:
+        limits["value"] = value
+
+    monkeypatch.setattr(web.resource, "setrlimit", setrlimit)
+    assert raise_open_files_limit() == 4096
+    assert limits["value"] == (4096, 4096)
+    assert raise_open_files_limit() == 4096  # already there
+
+    def refuse(_: int, value: tuple[int, int]) -> None:
+        raise ValueError("not allowed")
+
+    limits["value"] = (512, 1024)
+    monkeypatch.setattr(web.resource, "setrlimit", refuse)
+    assert raise_open_files_limit() == 512  # what stays in force
+
+
+@pytest.mark.parametrize("options", [
+    {"max_connections": 0}, {"workers": 0}, {"request_timeout": 0}, {"idle_timeout": -1}])
+def test_bounds_must_be_positive(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        ExporterServer("127.0.0.1:0", make_registry(), ready=lambda: True,
+                       reload=lambda: (True, ""), **options)
 
 
 def test_requests_logged_at_debug_only(server: ExporterServer,
