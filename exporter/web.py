@@ -1314,7 +1314,7 @@ class _Loop:
         if declared > _MAX_BODY:
             return _TOO_LARGE
         if conn.they_are_waiting_for_100_continue:
-            continue_ = h11.InformationalResponse(status_code=100, headers=[])
+            continue_ = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
             self._send_bytes(client, conn.send(continue_))
         size = 0
         while True:
