@@ -1273,7 +1273,8 @@ class _Loop:
                 if event is h11.PAUSED:
                     raise _ClosedError("pipelined request after an unfinished one")
                 assert not isinstance(event, type)
-                return event, started
+                # a pipelined request was already read: its deadline starts now
+                return event, self.loop.time() if started is None else started
             deadline = idle_until if started is None else started + self.owner.request_timeout
             with self._on_client(client):
                 async with asyncio.timeout_at(deadline):

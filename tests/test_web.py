@@ -8,6 +8,7 @@ import gzip
 import http.client
 import ipaddress
 import logging
+import re
 import resource
 import socket
 import ssl
@@ -484,6 +485,23 @@ def test_keepalive_connection_serves_many_requests(server: ExporterServer) -> No
             resp.read()
     finally:
         conn.close()
+
+
+def test_pipelined_requests_are_answered_in_order(server: ExporterServer) -> None:
+    with socket.create_connection(server.address, timeout=5) as sock:
+        sock.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /-/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        received = b""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", received)
+    assert statuses == [b"200", b"404", b"200"]
+    assert received.endswith(b"Ready")
 
 
 def test_a_slow_handler_does_not_block_others(make_server: ServerFactory) -> None:
