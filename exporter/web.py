@@ -1267,6 +1267,8 @@ class _Loop:
         """The next h11 event, reading as needed: by ``started + request_timeout`` once the
         request has begun, else within the idle timeout. Raises TimeoutError past it."""
         idle_until = self.loop.time() + self.owner.idle_timeout
+        if started is None and conn.trailing_data[0]:  # part of a pipelined request is here
+            started = self.loop.time()
         while True:
             event = conn.next_event()
             if event is not h11.NEED_DATA:

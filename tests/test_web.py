@@ -585,6 +585,17 @@ def test_a_trickled_request_head_is_cut_at_its_deadline(make_server: ServerFacto
         assert closed - started < 2.0
 
 
+def test_a_pipelined_partial_request_gets_the_request_deadline_not_the_idle_one(
+        make_server: ServerFactory) -> None:
+    server = make_server(request_timeout=1.0, idle_timeout=30.0)
+    with socket.create_connection(server.address, timeout=5) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\nGET /met")
+        closed = _closed_by_server(sock, started + 5)
+        assert closed is not None
+        assert closed - started < 2.0
+
+
 def test_a_silent_tls_client_is_cut_at_the_request_deadline(
         make_server: ServerFactory, pki: PKI) -> None:
     server = make_server(web_config_file=write_config(pki, TLS_CONFIG), request_timeout=1.0)
