@@ -782,6 +782,9 @@ class ExporterServer:
       no body is read before, and a refused request's body is never read.
     * Request heads up to 24 KiB (h11 refuses an incomplete head over 16 KiB, checked after
       each 8 KiB read) and bodies up to 64 KiB: 431 and 413 beyond. Bodies are dropped.
+
+    Each response leaves in one write. ValueError for ``max_connections`` or ``workers``
+    below 1 or a timeout that is not positive.
     """
 
     def __init__(
