@@ -125,8 +125,9 @@ DEFAULT_LISTEN = ":9929"
 
 def _serve(service: Service, args: argparse.Namespace, banner: Callable[[str], None]) -> int:
     """Run ``service`` behind the HTTP server until SIGTERM or SIGINT; SIGHUP reloads."""
-    from exporter.web import ExporterServer, WebConfigError
+    from exporter.web import ExporterServer, WebConfigError, raise_open_files_limit
 
+    raise_open_files_limit()  # before the server sizes its connection cap from it
     try:
         server = ExporterServer(
             args.listen_address, service.registry, ready=service.ready, reload=service.reload,
@@ -170,7 +171,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logs.setup(args.log_level)
     service = Service(args.config, history_on_corrupt=args.history_on_corrupt, shard=args.shard,
                       alert_options=_alert_options(args))
-    return _serve(service, args, lambda url: log.info("listening", extra={"url": url}))
+    return _serve(service, args, lambda url: None)  # the web server logs where it listens
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -32,15 +32,20 @@ Differences from exporter-toolkit, all reported at load time:
   (for instance on SIGHUP or from the ``reload()`` callable). A reload cannot turn TLS on or
   off, which needs a restart.
 
-Each connection is served by its own daemon thread; the TLS handshake also happens in that
-thread, so a client that never finishes its handshake blocks nobody else.
+The server is an asyncio event loop in one thread with h11 (the HTTP/1.1 state machine of
+uvicorn, hypercorn and httpcore) parsing requests and framing responses; routes run on a
+few worker threads. Connections, workers, request size and the time to read a request are
+bounded (see :class:`ExporterServer`), so slow or idle clients cannot take the descriptors
+and threads that probes need; each response goes out in a single write.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import gzip
 import hashlib
 import hmac
@@ -49,23 +54,26 @@ import ipaddress
 import logging
 import os
 import re
+import resource
 import secrets
 import socket
-import socketserver
 import ssl
 import tempfile
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from email.utils import formatdate
+from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 import bcrypt
+import h11
 import yaml
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -83,8 +91,10 @@ __all__ = [
     "TLSServerConfig",
     "WebConfig",
     "WebConfigError",
+    "connection_limit",
     "load_web_config",
     "parse_listen_address",
+    "raise_open_files_limit",
 ]
 
 logger = logging.getLogger(__name__)
@@ -92,10 +102,21 @@ logger = logging.getLogger(__name__)
 REALM: Final = "tuf-exporter"
 """The basic-auth realm announced in ``WWW-Authenticate``."""
 
-_POLL_INTERVAL: Final = 0.05  # seconds between checks for shutdown in serve_forever
-_HANDSHAKE_TIMEOUT: Final = 10.0  # seconds a client has to finish its TLS handshake
+_SERVER: Final = f"tuf-exporter/{__version__}"  # the Server header
+_MAX_CONNECTIONS: Final = 512  # the most connections held open, whatever the open-files limit
+_MIN_CONNECTIONS: Final = 8  # the fewest, however low the open-files limit
+_NOFILE_SHARE: Final = 4  # connections may take 1/4 of the open-files limit; the rest is probes'
+_WORKERS: Final = 8  # threads answering routes
+_REQUEST_TIMEOUT: Final = 10.0  # seconds to read a request (head and body) and write the answer
 _IDLE_TIMEOUT: Final = 120.0  # seconds a keep-alive connection may stay silent
+_MAX_HEAD: Final = 16 * 1024  # bytes of an incomplete request head (431 beyond; h11 checks it
+# after each read, so a complete head can be up to one read longer)
 _MAX_BODY: Final = 64 * 1024  # bytes of request body we are willing to read and discard
+_READ_SIZE: Final = 8 * 1024  # bytes asked of a socket at a time
+_LISTEN_BACKLOG: Final = 128
+_ACCEPT_RETRY: Final = 0.1  # seconds to wait after accept() failed (e.g. out of descriptors)
+_TLS_SHUTDOWN_TIMEOUT: Final = 2.0  # seconds to wait for the client's TLS close_notify
+_WARN_INTERVAL: Final = 60.0  # seconds between warnings of one kind (cap reached, accept failed)
 _AUTH_CACHE_SIZE: Final = 256  # successful (user, password) verifications remembered
 _BCRYPT_MAX_PASSWORD: Final = 72  # bcrypt only uses the first 72 bytes (as Go and htpasswd)
 _STOP_TIMEOUT: Final = 5.0
@@ -511,7 +532,9 @@ class _BasicAuth:
     key, so neither passwords nor anything usable offline is kept. An unknown user is
     checked against a configured hash anyway, so timing does not tell which users exist.
     Like exporter-toolkit, one bcrypt check runs at a time, so a flood of bad passwords
-    costs at most one core; cached scrapes never wait for it.
+    costs at most one core; the server answers cached credentials without a thread
+    (:meth:`cached`) and runs :meth:`verify` on its single auth thread, so cached scrapes
+    never wait for it.
     """
 
     def __init__(self) -> None:
@@ -520,20 +543,26 @@ class _BasicAuth:
         self._lock = threading.Lock()
         self._bcrypt_lock = threading.Lock()
 
-    def check(self, users: Mapping[str, str], header: str | None) -> bool:
-        """Whether the ``Authorization`` header carries a valid user and password."""
-        credentials = _parse_basic(header)
-        if credentials is None or not users:
+    def cached(self, users: Mapping[str, str], header: str | None) -> bool | None:
+        """True for remembered credentials, False for a missing or malformed header (or no
+        users), None when only a bcrypt check (:meth:`verify`) can tell; microseconds."""
+        checked = self._credentials(users, header)
+        if checked is None:
             return False
-        user, password = credentials
-        hashed = users.get(user)
-        known = hashed is not None
-        reference = hashed if hashed is not None else next(iter(users.values()))
-        digest = self._digest(user, reference, password)
+        _, _, known, digest = checked
         with self._lock:
             if known and digest in self._cache:
                 self._cache.move_to_end(digest)
                 return True
+        return None
+
+    def verify(self, users: Mapping[str, str], header: str | None) -> bool:
+        """Whether the ``Authorization`` header carries a valid user and password: a bcrypt
+        check (one at a time, milliseconds to seconds by the hash's cost); remembered if valid."""
+        checked = self._credentials(users, header)
+        if checked is None:
+            return False
+        password, reference, known, digest = checked
         with self._bcrypt_lock:
             ok = _bcrypt_matches(password, reference) and known
         if ok:
@@ -542,6 +571,18 @@ class _BasicAuth:
                 while len(self._cache) > _AUTH_CACHE_SIZE:
                     self._cache.popitem(last=False)
         return ok
+
+    def _credentials(self, users: Mapping[str, str],
+                     header: str | None) -> tuple[bytes, str, bool, bytes] | None:
+        """(password, hash to check it against, user known, cache digest); None if no users
+        or no usable ``Basic`` credentials."""
+        credentials = _parse_basic(header)
+        if credentials is None or not users:
+            return None
+        user, password = credentials
+        hashed = users.get(user)
+        reference = hashed if hashed is not None else next(iter(users.values()))
+        return password, reference, hashed is not None, self._digest(user, reference, password)
 
     def _digest(self, user: str, hashed: str, password: bytes) -> bytes:
         mac = hmac.new(self._key, digestmod=hashlib.sha256)
@@ -651,6 +692,7 @@ def _text(status: int, message: str, *headers: tuple[str, str]) -> _Response:
 _NOT_FOUND: Final = _text(404, "404 page not found\n")
 _UNAUTHORIZED: Final = _text(401, "Unauthorized\n", ("WWW-Authenticate", f'Basic realm="{REALM}"'))
 _TOO_MANY: Final = _text(429, "Too Many Requests\n")
+_TOO_LARGE: Final = _text(413, "Request Entity Too Large\n")
 _READ_ONLY: Final = ("GET", "HEAD")
 _RELOAD_METHODS: Final = ("POST", "PUT")
 
@@ -693,14 +735,67 @@ def _landing_page() -> _Response:
 # --------------------------------------------------------------------------- server
 
 
+def raise_open_files_limit() -> int:
+    """Raise this process's soft ``RLIMIT_NOFILE`` to its hard limit; return the soft limit
+    now in force (descriptors). Never raises: a limit that cannot be changed stays."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return 0
+    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft >= hard:
+        return soft
+    target = hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError) as exc:
+        logger.warning("cannot raise the open-files limit",
+                       extra={"soft": soft, "hard": hard, "error": str(exc)})
+        return soft
+    return target
+
+
+def connection_limit() -> int:
+    """The default cap on open connections: a quarter of the soft open-files limit, at
+    least 8 and at most 512. The other three quarters are reserved for probes, the history,
+    the spool and the shipper, so clients of the web port can never take their descriptors."""
+    try:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (OSError, ValueError):
+        return _MAX_CONNECTIONS
+    if soft == resource.RLIM_INFINITY:
+        return _MAX_CONNECTIONS
+    return max(_MIN_CONNECTIONS, min(_MAX_CONNECTIONS, soft // _NOFILE_SHARE))
+
+
 class ExporterServer:
-    """The exporter's threaded HTTP(S) server.
+    """The exporter's HTTP(S) server: an asyncio event loop in one thread, HTTP/1.1 parsed by
+    h11, routes answered by a small pool of worker threads.
 
     ``listen_address`` is ``host:port``, ``:port`` or ``[v6]:port`` (port 0: a free port,
     see :attr:`address`). ``registry`` is rendered on every ``/metrics``; ``ready`` and
     ``reload`` back ``/-/ready`` and ``/-/reload``; ``status_page`` (optional) serves ``/`` and
     ``/endpoint``. The web config file (TLS, basic auth, headers) is loaded here, so a bad one
     raises :class:`WebConfigError` at construction.
+
+    What is bounded (see :class:`_Loop` for how):
+
+    * ``max_connections`` open connections (default :func:`connection_limit`); at the cap,
+      a new connection closes, among those waiting on their client (TLS handshake, reading
+      a request, idle keep-alive, a response the client does not read, a bcrypt check),
+      the one whose current request or idle wait began first; so idle and slow clients
+      cannot lock out a scrape. When every connection is being answered, accepting pauses.
+    * ``request_timeout`` seconds (default 10) for a request's head and body from its first
+      byte, and for the first request from the accept, TLS handshake included: an absolute
+      deadline that trickling bytes cannot extend. The same bound holds for writing a
+      response. A keep-alive connection may stay silent ``idle_timeout`` s (default 120).
+    * ``workers`` threads (default 8) answer routes; bcrypt checks run on one more thread,
+      one at a time. Basic auth, the rate limit and routing are decided on the request head:
+      no body is read before, and a refused request's body is never read.
+    * Request heads up to 24 KiB (h11 refuses an incomplete head over 16 KiB, checked after
+      each 8 KiB read) and bodies up to 64 KiB: 431 and 413 beyond. Bodies are dropped.
+
+    Each response leaves in one write. ValueError for ``max_connections`` or ``workers``
+    below 1 or a timeout that is not positive.
     """
 
     def __init__(
@@ -712,6 +807,10 @@ class ExporterServer:
         reload: Callable[[], tuple[bool, str]],
         web_config_file: Path | None = None,
         status_page: StatusPage | None = None,
+        max_connections: int | None = None,
+        workers: int = _WORKERS,
+        request_timeout: float = _REQUEST_TIMEOUT,
+        idle_timeout: float = _IDLE_TIMEOUT,
     ) -> None:
         self.listen_address = listen_address
         self.status_page = status_page
@@ -722,12 +821,22 @@ class ExporterServer:
         self.web_config_file = web_config_file
         self.web_config = (load_web_config(web_config_file) if web_config_file is not None
                            else WebConfig())
-        self._limiter = _limiter(self.web_config)
-        self._auth = _BasicAuth()
+        if max_connections is not None and max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        if request_timeout <= 0 or idle_timeout <= 0:
+            raise ValueError("request_timeout and idle_timeout must be positive")
+        self.max_connections = max_connections
+        self.workers = workers
+        self.request_timeout = request_timeout
+        self.idle_timeout = idle_timeout
+        self.limiter = _limiter(self.web_config)
+        self.auth = _BasicAuth()
         self._reload_lock = threading.Lock()
         self._state_lock = threading.Lock()
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._loop: _Loop | None = None
+        # path -> (methods, handler); a new page is one more entry here
         self._routes: dict[str, tuple[tuple[str, ...], _Route]] = {
             "/": (_READ_ONLY, self._root),
             "/metrics": (_READ_ONLY, self._metrics),
@@ -743,32 +852,32 @@ class ExporterServer:
     def start(self) -> None:
         """Bind the listen address and serve in background threads; OSError if it cannot."""
         with self._state_lock:
-            if self._httpd is not None:
+            if self._loop is not None:
                 raise RuntimeError("server already started")
             family, host, dual = _bind_target(self._host, self._port)
-            httpd = _HTTPServer(family, (host, self._port), self, dual_stack=dual)
-            thread = threading.Thread(target=httpd.serve_forever, args=(_POLL_INTERVAL,),
-                                      name=f"web-{httpd.server_address[1]}", daemon=True)
-            thread.start()
-            self._httpd, self._thread = httpd, thread
-        logger.info("listening", extra={"address": self.url, "tls": self.web_config.tls_enabled,
-                                         "basic_auth": bool(self.web_config.basic_auth_users)})
+            listener = socket.create_server((host, self._port), family=family,
+                                            backlog=_LISTEN_BACKLOG, dualstack_ipv6=dual)
+            limit = self.max_connections or connection_limit()
+            loop = _Loop(self, listener, dual_stack=dual, max_connections=limit)
+            loop.start()
+            self._loop = loop
+        host, port = self.address
+        bound = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        # the address as bound (0.0.0.0 or :: means every interface), and a URL for this host
+        logger.info("listening", extra={"address": bound, "url": self.url,
+                                         "tls": self.web_config.tls_enabled,
+                                         "basic_auth": bool(self.web_config.basic_auth_users),
+                                         "max_connections": limit})
 
     def stop(self, timeout: float = _STOP_TIMEOUT) -> None:
         """Stop accepting, close open connections and join the server's threads."""
         with self._state_lock:
-            httpd, thread = self._httpd, self._thread
-            self._httpd = self._thread = None
-        if httpd is None or thread is None:
+            loop, self._loop = self._loop, None
+        if loop is None:
             return
-        deadline = time.monotonic() + timeout
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(max(0.0, deadline - time.monotonic()))
-        stuck = httpd.close_connections(deadline)
+        stuck = loop.stop(time.monotonic() + timeout)
         if stuck:
-            logger.warning("request handlers still busy after stop",
-                           extra={"threads": stuck})
+            logger.warning("request handlers still busy after stop", extra={"threads": stuck})
 
     def __enter__(self) -> ExporterServer:
         self.start()
@@ -781,16 +890,15 @@ class ExporterServer:
     @property
     def running(self) -> bool:
         """Whether the server is started."""
-        return self._httpd is not None
+        return self._loop is not None
 
     @property
     def address(self) -> tuple[str, int]:
         """The bound (host, port); the port is the real one when 0 was asked for."""
-        httpd = self._httpd
-        if httpd is None:
+        loop = self._loop
+        if loop is None:
             raise RuntimeError("server not started")
-        host, port = httpd.server_address[:2]
-        return str(host), int(port)
+        return loop.address
 
     @property
     def url(self) -> str:
@@ -806,8 +914,8 @@ class ExporterServer:
         return f"{scheme}://{host}:{port}/"
 
     def _dual_stack_v4(self) -> bool:
-        httpd = self._httpd
-        return httpd is not None and httpd.dual_stack
+        loop = self._loop
+        return loop is not None and loop.dual_stack
 
     # ---------------------------------------------------------------- web config
 
@@ -823,24 +931,17 @@ class ExporterServer:
         if config.tls_enabled != self.web_config.tls_enabled:
             raise WebConfigError(self.web_config_file, "tls_server_config",
                                  "turning TLS on or off needs a restart")
-        limiter = self._limiter
+        limiter = self.limiter
         if config.rate_limit != self.web_config.rate_limit:
             limiter = _limiter(config)
-        self._limiter, self.web_config = limiter, config
+        self.limiter, self.web_config = limiter, config
         logger.info("web config reloaded", extra={"file": str(self.web_config_file)})
         return config
 
     # ---------------------------------------------------------------- routing
 
-    def respond(self, method: str, target: str, headers: Mapping[str, str]) -> _Response:
-        """Answer one request (auth, rate limit and routing); never raises."""
-        config = self.web_config
-        limiter = self._limiter
-        if limiter is not None and not limiter.allow():
-            return _TOO_MANY
-        if config.basic_auth_users and not self._auth.check(
-                config.basic_auth_users, headers.get("Authorization")):
-            return _UNAUTHORIZED
+    def route(self, method: str, target: str) -> tuple[_Route, str] | _Response:
+        """(handler, query string) for a request, or the 404/405 answer; never raises."""
         parts = urlsplit(target)
         route = self._routes.get(parts.path)
         if route is None:
@@ -848,7 +949,7 @@ class ExporterServer:
         allowed, handler = route
         if method not in allowed:
             return _method_not_allowed(allowed)
-        return handler(headers, parts.query)
+        return handler, parts.query
 
     def _metrics(self, headers: Mapping[str, str], query: str) -> _Response:
         encoder, content_type = choose_encoder(headers.get("Accept", ""))
@@ -905,176 +1006,421 @@ def _limiter(config: WebConfig) -> _TokenBucket | None:
     return _TokenBucket(config.rate_limit) if config.rate_limit is not None else None
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    """Threading server that does TLS handshakes in the connection's own thread and tracks
-    its threads and sockets so that :meth:`ExporterServer.stop` is prompt."""
+class _Client:
+    """One accepted connection and the task serving it."""
 
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    request_queue_size = 128
+    def __init__(self, sock: socket.socket, address: Any) -> None:
+        self.sock = sock
+        self.address = str(address[0]) if isinstance(address, tuple) else str(address)
+        self.task: asyncio.Task[None] | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.since = 0.0  # loop time its current request (or the wait for it) began
+        self.graceful = False  # whether it ended cleanly (close, not abort)
 
-    def __init__(self, family: socket.AddressFamily, address: tuple[str, int],
-                 owner: ExporterServer, *, dual_stack: bool) -> None:
-        self.address_family = family
+
+class _ClosedError(Exception):
+    """The connection is to be closed without (another) response."""
+
+
+class _Loop:
+    """The event loop thread behind :class:`ExporterServer`.
+
+    h11 parses and frames HTTP/1.1; this layer adds what no embeddable library gave us
+    together (see the commit that introduced it): an accept loop that holds at most
+    ``max_connections`` connections and evicts the oldest one waiting on its client,
+    absolute deadlines for reading a request, auth before any body, one write per response.
+    """
+
+    def __init__(self, owner: ExporterServer, listener: socket.socket, *, dual_stack: bool,
+                 max_connections: int) -> None:
         self.owner = owner
+        self.listener = listener
         self.dual_stack = dual_stack
-        self._track_lock = threading.Lock()
-        self._connections: dict[threading.Thread, socket.socket] = {}
-        super().__init__(address, _Handler)
+        self.max_connections = max_connections
+        host, port = listener.getsockname()[:2]
+        self.address = (str(host), int(port))
+        self.loop = asyncio.new_event_loop()
+        self.workers = ThreadPoolExecutor(owner.workers, thread_name_prefix="web-worker")
+        self.auth_worker = ThreadPoolExecutor(1, thread_name_prefix="web-auth")
+        self.clients: set[_Client] = set()
+        self.closing: set[_Client] = set()  # released, possibly still in a TLS shutdown
+        # clients waiting on the network (reading a request, writing a response): evictable
+        self.waiting: set[_Client] = set()
+        self.accepting = False  # whether the listener is watched for new connections
+        self.backoff_until = 0.0  # loop time before which accept() is not retried
+        self.stopping = asyncio.Event()
+        self.evicted = 0
+        self.accept_failures = 0
+        self._warned_at: dict[str, float] = {}
+        self.thread = threading.Thread(target=self._run, name=f"web-{port}", daemon=True)
 
-    def server_bind(self) -> None:
-        """Bind without the reverse DNS lookup HTTPServer does; dual-stack for ``:port``."""
-        if self.dual_stack:
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
+    def start(self) -> None:
+        self.listener.setblocking(False)
+        self.thread.start()
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Serve the connection in a new daemon thread (tracked for stop)."""
-        thread = threading.Thread(target=self._serve_connection, args=(request, client_address),
-                                  name=f"web-conn-{client_address[1]}", daemon=True)
-        with self._track_lock:
-            self._connections[thread] = request
-        thread.start()
-
-    def _serve_connection(self, sock: socket.socket, client_address: Any) -> None:
-        me = threading.current_thread()
-        try:
-            conn = self._secure(sock, client_address)
-            if conn is not None:
-                with self._track_lock:
-                    self._connections[me] = conn
-                self.finish_request(conn, client_address)
-        except Exception:  # noqa: BLE001 - one connection's failure is logged, never fatal
-            self.handle_error(sock, client_address)
-        finally:
-            with self._track_lock:
-                current = self._connections.pop(me, sock)
-            self.shutdown_request(current)
-
-    def _secure(self, sock: socket.socket, client_address: Any) -> socket.socket | None:
-        """Do the TLS handshake (if TLS is on); None when the client fails it."""
-        context = self.owner.web_config.ssl_context
-        if context is None:
-            return sock
-        sock.settimeout(_HANDSHAKE_TIMEOUT)
-        try:
-            conn = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-            with self._track_lock:
-                self._connections[threading.current_thread()] = conn
-            conn.do_handshake()
-        except (ssl.SSLError, OSError) as exc:
-            logger.debug("TLS handshake failed",
-                         extra={"client": str(client_address[0]), "error": str(exc)})
-            return None
-        tls = self.owner.web_config.tls
-        if tls is not None and not _san_allowed(conn.getpeercert(), tls.client_allowed_sans):
-            logger.debug("client certificate SAN not allowed",
-                         extra={"client": str(client_address[0])})
-            return None
-        return conn
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Log a connection's failure at debug level (clients go away all the time)."""
-        logger.debug("error serving connection", exc_info=True,
-                     extra={"client": str(client_address[0])})
-
-    def close_connections(self, deadline: float) -> int:
-        """Shut down open connections and join their threads; return how many are stuck."""
-        with self._track_lock:
-            connections = dict(self._connections)
-        for conn in connections.values():
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(conn, socket.SHUT_RDWR)
+    def stop(self, deadline: float) -> int:
+        """Close the listener and every connection, join the threads; return how many worker
+        threads are still busy at ``deadline`` (monotonic)."""
+        with contextlib.suppress(RuntimeError):  # the loop has already ended
+            self.loop.call_soon_threadsafe(self.stopping.set)
+        self.thread.join(max(0.0, deadline - time.monotonic()))
         stuck = 0
-        for thread in connections:
-            thread.join(max(0.0, deadline - time.monotonic()))
-            stuck += thread.is_alive()
+        for pool in (self.workers, self.auth_worker):
+            pool.shutdown(wait=False, cancel_futures=True)
+            joiner = threading.Thread(target=pool.shutdown, name="stop-web-pool", daemon=True)
+            joiner.start()
+            joiner.join(max(0.0, deadline - time.monotonic()))
+            stuck += joiner.is_alive()
         return stuck
 
-
-class _Handler(BaseHTTPRequestHandler):
-    """Reads one request at a time on a (keep-alive) connection and writes the response."""
-
-    server: _HTTPServer
-    protocol_version = "HTTP/1.1"
-    server_version = f"tuf-exporter/{__version__}"
-    sys_version = ""
-    timeout = _IDLE_TIMEOUT
-    def _dispatch(self) -> None:
-        """Answer the request just parsed, whatever its method."""
-        started = time.monotonic()
-        if not self._drain_body():
-            return
-        owner = self.server.owner
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
         try:
-            response = owner.respond(self.command, self.path, _HeaderView(self.headers))
-        except Exception:  # answer 500 rather than drop the connection
-            logger.error("request failed", exc_info=True)
-            response = _text(500, "Internal Server Error\n")
-        self._write(response, owner.web_config.headers)
-        logger.debug("request", extra={
-            "method": self.command, "path": urlsplit(self.path).path, "status": response.status,
-            "bytes": len(response.body), "client": self.client_address[0],
-            "duration_seconds": round(time.monotonic() - started, 6),
-        })
+            self.loop.run_until_complete(self._main())
+        finally:
+            self.listener.close()
+            self.loop.close()
 
-    def _drain_body(self) -> bool:
-        """Read and drop a request body so the connection can be reused; False if refused."""
-        if self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-            return True
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            self.send_error(400, "Bad Content-Length")
+    async def _main(self) -> None:
+        self._resume()
+        await self.stopping.wait()
+        self._pause()
+        self.listener.close()
+        tasks = [client.task for client in self.clients if client.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for client in self.closing:  # connections still saying goodbye
+            if client.writer is not None and client.sock.fileno() != -1:
+                client.writer.transport.abort()
+        for _ in range(3):  # let aborted transports close their sockets
+            await asyncio.sleep(0)
+        for client in self.closing:
+            client.sock.close()
+
+    # ---------------------------------------------------------------- connections
+
+    def _on_acceptable(self) -> None:
+        """Accept the connections waiting in the listen queue (the listener is readable),
+        making room first at the cap; pause accepting when no room can be made."""
+        for attempt in range(_LISTEN_BACKLOG):
+            if len(self.clients) >= self.max_connections:
+                if attempt:  # none may be waiting; if one is, the listener calls again
+                    return
+                if not self._evict():  # one is waiting: readability says so
+                    self._pause()  # until a connection closes or waits on its client
+                    return
+            try:
+                sock, address = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors, or the client left: retry soon
+                self.accept_failures += 1
+                if self._warn_now("accept"):
+                    logger.warning("accepting a connection failed", extra={
+                        "error": str(exc), "failures_total": self.accept_failures})
+                self._pause()
+                self.backoff_until = self.loop.time() + _ACCEPT_RETRY
+                self.loop.call_later(_ACCEPT_RETRY, self._resume)
+                return
+            sock.setblocking(False)
+            client = _Client(sock, address)
+            client.since = self.loop.time()
+            self.clients.add(client)
+            self.waiting.add(client)  # for its TLS handshake or first request
+            client.task = self.loop.create_task(self._serve(client))
+            client.task.add_done_callback(functools.partial(self._finished, client))
+
+    def _pause(self) -> None:
+        if self.accepting:
+            self.loop.remove_reader(self.listener)
+            self.accepting = False
+
+    def _resume(self) -> None:
+        """Watch the listener again, unless stopping or backing off after a failed accept."""
+        if (not self.accepting and not self.stopping.is_set()
+                and self.loop.time() >= self.backoff_until):
+            self.loop.add_reader(self.listener, self._on_acceptable)
+            self.accepting = True
+
+    def _evict(self) -> bool:
+        """Close the connection waiting on its client whose current request (or the wait
+        for it) began longest ago; False if no connection is waiting on its client."""
+        if not self.waiting:
             return False
-        if length > _MAX_BODY:
-            self.close_connection = True
-            self.send_error(413)
-            return False
-        if length > 0:
-            self.rfile.read(length)
+        client = min(self.waiting, key=lambda waiting: waiting.since)
+        self.waiting.discard(client)
+        self.clients.discard(client)
+        if client.task is not None:
+            client.task.cancel()
+        self.evicted += 1
+        if self._warn_now("evict"):
+            logger.warning("connection limit reached: closing the oldest connections "
+                           "waiting on their clients",
+                           extra={"max_connections": self.max_connections,
+                                  "evicted_total": self.evicted})
         return True
 
-    def _write(self, response: _Response, extra_headers: Mapping[str, str]) -> None:
-        self.send_response(response.status)
-        for name, value in extra_headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Type", response.content_type)
-        self.send_header("Content-Length", str(len(response.body)))
-        for name, value in response.headers:
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(response.body)
+    def _warn_now(self, what: str) -> bool:
+        """Whether a warning about ``what`` is due (at most one a minute for each)."""
+        now = time.monotonic()
+        if now - self._warned_at.get(what, -_WARN_INTERVAL) < _WARN_INTERVAL:
+            return False
+        self._warned_at[what] = now
+        return True
 
-    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _dispatch  # noqa: N815
+    def _release(self, client: _Client) -> None:
+        self.waiting.discard(client)
+        self.clients.discard(client)
+        self._resume()
 
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        """Requests are logged by :meth:`_dispatch`, at debug level."""
+    @contextlib.contextmanager
+    def _on_client(self, client: _Client) -> Iterator[None]:
+        """Mark ``client`` as waiting on the network, so evictable, for the block."""
+        self.waiting.add(client)
+        self._resume()
+        try:
+            yield
+        finally:
+            self.waiting.discard(client)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """Protocol errors (bad request lines, timeouts) at debug level."""
-        logger.debug("http: " + format, *args, extra={"client": self.client_address[0]})
+    async def _serve(self, client: _Client) -> None:
+        """Serve ``client`` until it closes, fails or times out; :meth:`_finished` closes it."""
+        accepted = client.since
+        try:
+            with self._on_client(client):
+                reader = await self._open(client, accepted + self.owner.request_timeout)
+            if reader is None:
+                return
+            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
+            started: float | None = accepted  # the first request's deadline runs from accept
+            while True:
+                if not await self._exchange(client, conn, reader, started):
+                    break
+                conn.start_next_cycle()
+                started, client.since = None, self.loop.time()
+            client.graceful = True
+        except (_ClosedError, TimeoutError, OSError, h11.ProtocolError, ssl.SSLError) as exc:
+            logger.debug("connection closed", extra={"client": client.address,
+                                                      "reason": f"{type(exc).__name__}: {exc}"})
+        except Exception:  # one connection's failure is logged, never fatal
+            logger.error("serving a connection failed", exc_info=True,
+                         extra={"client": client.address})
+
+    def _finished(self, client: _Client, task: asyncio.Task[None]) -> None:
+        """Free ``client``'s slot and close its socket, however its task ended (it may have
+        been cancelled before it ever ran)."""
+        self._release(client)
+        if client.writer is None:
+            client.sock.close()
+        elif client.graceful:
+            client.writer.close()
+        else:
+            client.writer.transport.abort()
+        self.closing = {old for old in self.closing if old.sock.fileno() != -1}
+        if client.sock.fileno() != -1:
+            self.closing.add(client)
+
+    async def _open(self, client: _Client, deadline: float) -> asyncio.StreamReader | None:
+        """Wrap the socket in a stream, after the TLS handshake if TLS is on; None when the
+        client fails the handshake or its certificate's SANs."""
+        reader = asyncio.StreamReader(limit=_READ_SIZE, loop=self.loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=self.loop)
+        config = self.owner.web_config
+        context = config.ssl_context
+        async with asyncio.timeout_at(deadline):
+            if context is None:
+                transport, _ = await self.loop.connect_accepted_socket(
+                    lambda: protocol, client.sock)
+            else:
+                transport, _ = await self.loop.connect_accepted_socket(
+                    lambda: protocol, client.sock, ssl=context,
+                    ssl_handshake_timeout=max(0.001, deadline - self.loop.time()),
+                    ssl_shutdown_timeout=_TLS_SHUTDOWN_TIMEOUT)
+        transport.set_write_buffer_limits(high=0)  # drain() waits until all is sent
+        client.writer = asyncio.StreamWriter(transport, protocol, reader, self.loop)
+        if context is not None and config.tls is not None and not _san_allowed(
+                transport.get_extra_info("peercert"), config.tls.client_allowed_sans):
+            logger.debug("client certificate SAN not allowed", extra={"client": client.address})
+            return None
+        return reader
+
+    async def _exchange(self, client: _Client, conn: h11.Connection,
+                        reader: asyncio.StreamReader, started: float | None) -> bool:
+        """Read one request and answer it; whether the connection may serve another.
+
+        ``started`` is when the request's deadline began (None: at its first byte)."""
+        try:
+            event, started = await self._next_event(client, conn, reader, started)
+        except h11.RemoteProtocolError as exc:
+            if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+                raise
+            status = exc.error_status_hint
+            self._send(client, conn, "GET", _text(status, f"{HTTPStatus(status).phrase}\n"),
+                       close=True)
+            await self._flush(client, self.loop.time() + self.owner.request_timeout)
+            return False
+        if isinstance(event, h11.ConnectionClosed):
+            return False
+        if not isinstance(event, h11.Request):
+            raise _ClosedError(f"unexpected {type(event).__name__}")
+        assert started is not None
+        request_started = time.monotonic()
+        method = event.method.decode("ascii", "replace")
+        target = event.target.decode("latin-1")
+        headers = _Headers(event.headers)
+        answer = await self._admit(client, method, target, headers)
+        if isinstance(answer, _Response):  # refused on the head: the body is never read
+            response = answer
+            close = not _complete(conn)
+        else:
+            handler, query = answer
+            refused = await self._drain_body(client, conn, reader, headers, started)
+            if refused is not None:
+                response, close = refused, True
+            else:
+                response = await self._call(handler, headers, query)
+                close = False
+        self._send(client, conn, method, response, close=close)
+        await self._flush(client, self.loop.time() + self.owner.request_timeout)
+        logger.debug("request", extra={
+            "method": method, "path": urlsplit(target).path, "status": response.status,
+            "bytes": len(response.body), "client": client.address,
+            "duration_seconds": round(time.monotonic() - request_started, 6),
+        })
+        return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+
+    async def _next_event(self, client: _Client, conn: h11.Connection,
+                          reader: asyncio.StreamReader,
+                          started: float | None) -> tuple[h11.Event, float | None]:
+        """The next h11 event, reading as needed: by ``started + request_timeout`` once the
+        request has begun, else within the idle timeout. Raises TimeoutError past it."""
+        idle_until = self.loop.time() + self.owner.idle_timeout
+        if started is None and conn.trailing_data[0]:  # part of a pipelined request is here
+            started = self.loop.time()
+        while True:
+            event = conn.next_event()
+            if event is not h11.NEED_DATA:
+                if event is h11.PAUSED:
+                    raise _ClosedError("pipelined request after an unfinished one")
+                assert not isinstance(event, type)
+                # a pipelined request was already read: its deadline starts now
+                return event, self.loop.time() if started is None else started
+            deadline = idle_until if started is None else started + self.owner.request_timeout
+            with self._on_client(client):
+                async with asyncio.timeout_at(deadline):
+                    data = await reader.read(_READ_SIZE)
+            if started is None and data:
+                started = self.loop.time()
+            conn.receive_data(data)
+
+    async def _admit(self, client: _Client, method: str, target: str,
+                     headers: Mapping[str, str]) -> tuple[_Route, str] | _Response:
+        """Rate limit, basic auth and routing, decided on the request head alone. A client
+        waiting for a bcrypt check can be evicted: a flood of wrong passwords must not hold
+        every connection slot."""
+        owner = self.owner
+        limiter, users = owner.limiter, owner.web_config.basic_auth_users
+        if limiter is not None and not limiter.allow():
+            return _TOO_MANY
+        if users:
+            header = headers.get("Authorization")
+            ok = owner.auth.cached(users, header)
+            if ok is None:
+                with self._on_client(client):
+                    ok = await self.loop.run_in_executor(self.auth_worker, owner.auth.verify,
+                                                         users, header)
+            if not ok:
+                return _UNAUTHORIZED
+        return owner.route(method, target)
+
+    async def _drain_body(self, client: _Client, conn: h11.Connection,
+                          reader: asyncio.StreamReader, headers: Mapping[str, str],
+                          started: float) -> _Response | None:
+        """Read and drop the request body within the request's deadline (``started`` +
+        request timeout); the 413 answer if it is too big."""
+        try:
+            declared = int(headers.get("Content-Length") or 0)
+        except ValueError:
+            declared = 0  # h11 has already refused a bad Content-Length
+        if declared > _MAX_BODY:
+            return _TOO_LARGE
+        if conn.they_are_waiting_for_100_continue:
+            continue_ = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+            self._send_bytes(client, conn.send(continue_))
+        size = 0
+        while True:
+            event, _ = await self._next_event(client, conn, reader, started)
+            if isinstance(event, h11.EndOfMessage):
+                return None
+            if not isinstance(event, h11.Data):
+                raise _ClosedError(f"unexpected {type(event).__name__} in a request body")
+            size += len(event.data)
+            if size > _MAX_BODY:
+                return _TOO_LARGE
+
+    async def _call(self, handler: _Route, headers: Mapping[str, str], query: str) -> _Response:
+        """Run a route on a worker thread; a route that raises is a 500."""
+        try:
+            return await self.loop.run_in_executor(self.workers, handler, headers, query)
+        except Exception:  # answer 500 rather than drop the connection
+            logger.error("request failed", exc_info=True)
+            return _text(500, "Internal Server Error\n")
+
+    def _send(self, client: _Client, conn: h11.Connection, method: str, response: _Response,
+              *, close: bool) -> None:
+        """Frame ``response`` with h11 and hand it to the transport in one write."""
+        headers = [("Server", _SERVER), ("Date", formatdate(usegmt=True))]
+        headers += self.owner.web_config.headers.items()
+        headers += [("Content-Type", response.content_type),
+                    ("Content-Length", str(len(response.body))), *response.headers]
+        if close:
+            headers.append(("Connection", "close"))
+        status = HTTPStatus(response.status)
+        parts = [conn.send(h11.Response(status_code=response.status, headers=headers,
+                                        reason=status.phrase.encode("ascii")))]
+        if method != "HEAD" and response.body:
+            parts.append(conn.send(h11.Data(data=response.body)))
+        parts.append(conn.send(h11.EndOfMessage()))
+        self._send_bytes(client, b"".join(part for part in parts if part))
+
+    def _send_bytes(self, client: _Client, data: bytes | None) -> None:
+        if data and client.writer is not None:
+            client.writer.write(data)
+
+    async def _flush(self, client: _Client, deadline: float) -> None:
+        """Wait until the response has gone to the kernel, by ``deadline``; a client that does
+        not read it can be evicted meanwhile."""
+        writer = client.writer
+        if writer is None or not writer.transport.get_write_buffer_size():
+            return
+        with self._on_client(client):
+            async with asyncio.timeout_at(deadline):
+                await writer.drain()
 
 
-class _HeaderView(Mapping[str, str]):
-    """Case-insensitive read-only view of the request headers (first value wins)."""
+def _complete(conn: h11.Connection) -> bool:
+    """Whether the request just read has no body left to read (it had none)."""
+    try:
+        event = conn.next_event()
+    except h11.RemoteProtocolError:
+        return False
+    return isinstance(event, h11.EndOfMessage)
 
-    def __init__(self, message: Any) -> None:
-        self._message = message
+
+class _Headers(Mapping[str, str]):
+    """Case-insensitive read-only view of request headers (the first value of a name wins)."""
+
+    def __init__(self, headers: Any) -> None:
+        self._values: dict[str, str] = {}
+        for name, value in headers:
+            self._values.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
 
     def __getitem__(self, key: str) -> str:
-        value = self._message.get(key)
-        if value is None:
-            raise KeyError(key)
-        return str(value)
+        return self._values[key.lower()]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._message.keys())
+        return iter(self._values)
 
     def __len__(self) -> int:
-        return len(self._message.keys())
+        return len(self._values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -31,14 +32,21 @@ def free_port() -> int:
 class Exporter:
     """A ``tuf-exporter`` subprocess; always stopped by the fixture that made it."""
 
-    def __init__(self, *args: str, port: int | None = None) -> None:
+    def __init__(self, *args: str, port: int | None = None,
+                 open_files: int | None = None) -> None:
+        """``open_files``: the process's RLIMIT_NOFILE (soft and hard); None inherits ours."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(os.devnull, "wb")  # noqa: SIM115 - closed in stop()
+
+        def limit() -> None:
+            if open_files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "exporter.cli", *args,
              "--web.listen-address", f"127.0.0.1:{self.port}"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=limit,
         )
 
     def stop(self) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import gzip
 import http.client
 import ipaddress
 import logging
+import re
+import resource
 import socket
 import ssl
 import threading
@@ -30,7 +33,15 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from exporter.web import ExporterServer, WebConfigError, load_web_config, parse_listen_address
+from exporter import web
+from exporter.web import (
+    ExporterServer,
+    WebConfigError,
+    connection_limit,
+    load_web_config,
+    parse_listen_address,
+    raise_open_files_limit,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -81,6 +92,7 @@ def make_server() -> Iterator[ServerFactory]:
         listen: str = "127.0.0.1:0",
         ready: Callable[[], bool] | None = None,
         reload: Callable[[], tuple[bool, str]] | None = None,
+        **options: Any,
     ) -> ExporterServer:
         state = state or State()
         server = ExporterServer(
@@ -89,6 +101,7 @@ def make_server() -> Iterator[ServerFactory]:
             ready=ready or state.is_ready,
             reload=reload or state.reload,
             web_config_file=web_config_file,
+            **options,
         )
         server.start()
         started.append(server)
@@ -474,6 +487,23 @@ def test_keepalive_connection_serves_many_requests(server: ExporterServer) -> No
         conn.close()
 
 
+def test_pipelined_requests_are_answered_in_order(server: ExporterServer) -> None:
+    with socket.create_connection(server.address, timeout=5) as sock:
+        sock.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /-/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        received = b""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", received)
+    assert statuses == [b"200", b"404", b"200"]
+    assert received.endswith(b"Ready")
+
+
 def test_a_slow_handler_does_not_block_others(make_server: ServerFactory) -> None:
     release = threading.Event()
     entered = threading.Event()
@@ -498,6 +528,172 @@ def test_a_slow_handler_does_not_block_others(make_server: ServerFactory) -> Non
         release.set()
         worker.join(10)
     assert results == [200]
+
+
+def test_keepalive_responses_do_not_wait_for_a_delayed_ack(server: ExporterServer) -> None:
+    # headers and body in two writes make each response wait ~40 ms for the client's
+    # delayed ACK (Nagle); one write per response does not
+    host, port = server.address
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        conn.request("GET", "/-/healthy")
+        conn.getresponse().read()
+        started = time.monotonic()
+        for _ in range(25):
+            conn.request("GET", "/-/healthy")
+            resp = conn.getresponse()
+            assert resp.read() == b"Healthy"
+        elapsed = time.monotonic() - started
+    finally:
+        conn.close()
+    assert elapsed < 0.5, f"25 keep-alive requests took {elapsed:.2f} s"
+
+
+def _closed_by_server(sock: socket.socket, deadline: float, trickle: bytes = b"") -> float | None:
+    """Send ``trickle`` every 0.1 s until the server closes ``sock`` or ``deadline`` (monotonic)
+    passes; the monotonic time it closed, or None."""
+    sock.settimeout(0.1)
+    while time.monotonic() < deadline:
+        try:
+            if trickle:
+                sock.sendall(trickle)
+            if sock.recv(4096) == b"":
+                return time.monotonic()
+        except TimeoutError:
+            continue
+        except OSError:  # reset: closed
+            return time.monotonic()
+    return None
+
+
+def test_a_trickled_request_head_is_cut_at_its_deadline(make_server: ServerFactory) -> None:
+    server = make_server(request_timeout=1.0)
+    with socket.create_connection(server.address, timeout=5) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        closed = _closed_by_server(sock, started + 5, trickle=b"X")  # a byte every 0.1 s
+        assert closed is not None, "a trickle kept the connection open"
+        assert closed - started < 2.0
+    # a keep-alive connection's next request gets its own deadline from its first byte
+    with socket.create_connection(server.address, timeout=5) as sock:
+        sock.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+        started = time.monotonic()
+        sock.sendall(b"GET /")
+        closed = _closed_by_server(sock, started + 5, trickle=b"m")
+        assert closed is not None
+        assert closed - started < 2.0
+
+
+def test_a_pipelined_partial_request_gets_the_request_deadline_not_the_idle_one(
+        make_server: ServerFactory) -> None:
+    server = make_server(request_timeout=1.0, idle_timeout=30.0)
+    with socket.create_connection(server.address, timeout=5) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\nGET /met")
+        closed = _closed_by_server(sock, started + 5)
+        assert closed is not None
+        assert closed - started < 2.0
+
+
+def test_a_silent_tls_client_is_cut_at_the_request_deadline(
+        make_server: ServerFactory, pki: PKI) -> None:
+    server = make_server(web_config_file=write_config(pki, TLS_CONFIG), request_timeout=1.0)
+    with socket.create_connection(server.address, timeout=5) as sock:
+        started = time.monotonic()
+        closed = _closed_by_server(sock, started + 5)
+        assert closed is not None
+        assert closed - started < 2.0
+
+
+def test_at_the_connection_cap_the_longest_waiting_client_is_closed(
+        make_server: ServerFactory) -> None:
+    server = make_server(max_connections=4)
+    silent = [socket.create_connection(server.address, timeout=5) for _ in range(4)]
+    try:
+        started = time.monotonic()  # the scrape takes the place of the oldest silent client
+        assert requests.get(server.url + "metrics", timeout=5).status_code == 200
+        assert time.monotonic() - started < 1.0
+        assert _closed_by_server(silent[0], time.monotonic() + 5) is not None
+        for sock in silent[1:]:
+            assert _closed_by_server(sock, time.monotonic() + 0.2) is None  # still open
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+def test_basic_auth_is_checked_before_the_body_is_read(
+        make_server: ServerFactory, tmp_path: Path) -> None:
+    state = State()
+    server = make_server(state=state, web_config_file=auth_config(tmp_path))
+    with socket.create_connection(server.address, timeout=5) as sock:
+        # a body is announced and never sent: the answer cannot wait for it
+        sock.sendall(b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n")
+        sock.settimeout(3)
+        answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 401 ")
+        assert b"connection: close" in answer.lower()  # the unread body ends the connection
+    assert state.reloads == 0
+    token = base64.b64encode(f"prometheus:{PASSWORD}".encode()).decode()
+    resp = requests.post(server.url + "-/reload", data=b"x" * 1000, timeout=5,
+                         headers={"Authorization": f"Basic {token}"})
+    assert resp.status_code == 200
+    assert state.reloads == 1
+
+
+def test_bodies_over_64_kib_are_refused(server: ExporterServer) -> None:
+    resp = requests.post(server.url + "-/reload", data=b"x" * (64 * 1024 + 1), timeout=5)
+    assert resp.status_code == 413
+    chunks = iter([b"x" * 40_000, b"x" * 40_000])  # chunked: no Content-Length up front
+    resp = requests.post(server.url + "-/reload", data=chunks, timeout=5)
+    assert resp.status_code == 413
+
+
+def test_oversized_and_malformed_heads_are_refused(server: ExporterServer) -> None:
+    with socket.create_connection(server.address, timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 431 ")
+    with socket.create_connection(server.address, timeout=5) as sock:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 400 ")
+    assert requests.get(server.url + "-/healthy", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize(("soft", "expected"), [
+    (256, 64), (1024, 256), (20_000, 512), (16, 8), (resource.RLIM_INFINITY, 512)])
+def test_connections_take_a_quarter_of_the_open_files_limit(
+        monkeypatch: pytest.MonkeyPatch, soft: int, expected: int) -> None:
+    monkeypatch.setattr(web.resource, "getrlimit", lambda _: (soft, resource.RLIM_INFINITY))
+    assert connection_limit() == expected
+
+
+def test_serving_raises_the_open_files_soft_limit_to_the_hard_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    limits = {"value": (1024, 4096)}
+    monkeypatch.setattr(web.resource, "getrlimit", lambda _: limits["value"])
+
+    def setrlimit(_: int, value: tuple[int, int]) -> None:
+        limits["value"] = value
+
+    monkeypatch.setattr(web.resource, "setrlimit", setrlimit)
+    assert raise_open_files_limit() == 4096
+    assert limits["value"] == (4096, 4096)
+    assert raise_open_files_limit() == 4096  # already there
+
+    def refuse(_: int, value: tuple[int, int]) -> None:
+        raise ValueError("not allowed")
+
+    limits["value"] = (512, 1024)
+    monkeypatch.setattr(web.resource, "setrlimit", refuse)
+    assert raise_open_files_limit() == 512  # what stays in force
+
+
+@pytest.mark.parametrize("options", [
+    {"max_connections": 0}, {"workers": 0}, {"request_timeout": 0}, {"idle_timeout": -1}])
+def test_bounds_must_be_positive(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        ExporterServer("127.0.0.1:0", make_registry(), ready=lambda: True,
+                       reload=lambda: (True, ""), **options)
 
 
 def test_requests_logged_at_debug_only(server: ExporterServer,
@@ -810,3 +1006,16 @@ def test_relative_paths_are_relative_to_the_config_file(
     assert config.tls is not None
     assert config.tls.cert_file == pki.dir / "server.pem"
     assert config.tls_enabled
+
+
+def test_the_listening_log_line_names_the_bound_address_and_a_local_url(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # on every interface, the log says so (0.0.0.0), with a URL that works from this host
+    with caplog.at_level(logging.INFO, logger="exporter.web"), ExporterServer(
+        "0.0.0.0:0", make_registry(), ready=lambda: True, reload=lambda: (True, "")
+    ) as server:
+        port = server.address[1]
+        (record,) = [r for r in caplog.records if r.getMessage() == "listening"]
+        assert record.address == f"0.0.0.0:{port}"  # type: ignore[attr-defined]
+        assert record.url == f"http://127.0.0.1:{port}/"  # type: ignore[attr-defined]
