@@ -2,8 +2,12 @@
 generated PrometheusRule and the configuration reference agree with the code they deploy.
 
 No container engine or cluster is needed: files are parsed and cross-checked against the CLI
-parser, the web server's routes, the configuration model and the generated rule files;
-``promtool`` and ``kubectl kustomize`` are used when installed.
+parser, the web server's routes, the configuration model and the generated rule files. The
+compose file is validated against the Compose Specification's JSON schema (shipped by
+check-jsonschema), the rendered Kubernetes manifests against the Kubernetes schemas (shipped by
+kubernetes-validate) and the Prometheus Operator's fields they set; all offline. ``promtool``
+is used when installed; the kustomizations are rendered by ``kubectl kustomize`` when installed,
+else by a renderer here that a test holds to kubectl's output.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ast
 import fnmatch
+import hashlib
 import importlib.util
 import itertools
 import json
@@ -26,6 +31,8 @@ from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import Any
 
+import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -451,6 +458,42 @@ def test_compose_opensearch_is_a_single_node_without_security_for_local_use() ->
     assert dashboards["DISABLE_SECURITY_DASHBOARDS_PLUGIN"] == "true"
 
 
+def _compose_spec_errors(path: Path) -> str:
+    """What check-jsonschema reports for ``path`` against the Compose Specification's JSON
+    schema it ships (``vendor.compose-spec``, read offline); empty when the file is valid."""
+    done = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+         str(path)],
+        capture_output=True, text=True, check=False, timeout=120,
+    )
+    return "" if done.returncode == 0 else (done.stdout + done.stderr).strip() or "failed"
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    assert _compose_spec_errors(COMPOSE / "compose.yaml") == ""
+
+
+@pytest.mark.parametrize(
+    ("service", "key", "value", "reported"),
+    [
+        ("exporter", "read_olny", True, "'read_olny' was unexpected"),  # a misspelt key
+        ("prometheus", "ports", {"9090": 9090}, "ports: {'9090': 9090} is not of type 'array'"),
+        ("exporter-sigstore", "depends_on", {"opensearch": {"condition": "service_ready"}},
+         "'service_ready' is not one of"),
+        ("opensearch", "healthcheck", {"test": ["CMD-SHELL", "true"], "retries": [30]},
+         "retries: [30] is not of type"),
+    ],
+)
+def test_compose_specification_check_fails_on_a_broken_copy(
+    tmp_path: Path, service: str, key: str, value: Any, reported: str
+) -> None:
+    broken = _compose()
+    broken["services"][service][key] = value
+    path = tmp_path / "compose.yaml"
+    path.write_text(yaml.safe_dump(broken), encoding="utf-8")
+    assert reported in _compose_spec_errors(path)
+
+
 # ----------------------------------------------------------------------------- Kubernetes
 
 
@@ -665,13 +708,328 @@ def test_sharded_statefulset_takes_its_shard_from_the_pod_ordinal(tmp_path: Path
     assert mounts[claim["metadata"]["name"]] == STATE
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
-@pytest.mark.parametrize("directory", [K8S, K8S / "sharded"])
-def test_kustomize_builds_with_consistent_generated_names(directory: Path) -> None:
+# ------------------------------------------------------------ rendered manifests, schemas
+
+# Kubernetes releases the rendered manifests are validated against, with kubernetes-validate's
+# strict schemas (an unknown field is an error; the package ships 1.25 to 1.37 and reads them
+# offline): the oldest release supported upstream when this was written, and the newest.
+KUBERNETES_VERSIONS = ("1.35", "1.37")
+KUSTOMIZATIONS = [K8S, K8S / "sharded"]
+
+
+class RenderError(Exception):
+    """A kustomization that does not render."""
+
+
+def _kubectl_kustomize(directory: Path) -> list[dict[str, Any]]:
     done = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True,
                           text=True, check=False, timeout=120)
-    assert done.returncode == 0, done.stderr
-    objects = [d for d in yaml.safe_load_all(done.stdout) if d]
+    if done.returncode != 0:
+        raise RenderError(done.stderr.strip())
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+# What _render_kustomization knows of kustomize: anything else in a kustomization is refused.
+KUSTOMIZE_FIELDS = {"apiVersion", "kind", "namespace", "labels", "resources",
+                    "configMapGenerator", "images"}
+CLUSTER_SCOPED = {"Namespace"}
+NAMESPACED = {"ServiceAccount", "ConfigMap", "Secret", "Service", "PersistentVolumeClaim",
+              "Deployment", "StatefulSet", "ServiceMonitor", "PrometheusRule"}
+
+
+def _configmap_hash(data: dict[str, str]) -> str:
+    """kustomize's name suffix of a generated ConfigMap (api/hasher: SHA-256 of the JSON of
+    kind, name and data as Go encodes it, first ten hex digits with 0 1 3 a e replaced; the
+    name is hashed empty: kustomize v5 looks it up as one field named "metadata/name")."""
+    encoded = json.dumps({"data": data, "kind": "ConfigMap", "name": ""}, sort_keys=True,
+                         separators=(",", ":"), ensure_ascii=False)
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                         ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        encoded = encoded.replace(char, escape)
+    digest = hashlib.sha256(encoded.encode("utf-8")).hexdigest()[:10]
+    return digest.translate(str.maketrans("013ae", "ghkmt"))
+
+
+def _pod_spec_of(doc: dict[str, Any]) -> dict[str, Any] | None:
+    if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+        return _pod_spec(doc)
+    return None
+
+
+def _configmap_refs(pod: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every object in a pod spec whose ``name`` names a ConfigMap."""
+    for volume in pod.get("volumes", []):
+        if "configMap" in volume:
+            yield volume["configMap"]
+        for source in volume.get("projected", {}).get("sources", []):
+            if "configMap" in source:
+                yield source["configMap"]
+    for container in pod.get("containers", []) + pod.get("initContainers", []):
+        for env in container.get("env", []):
+            if "configMapKeyRef" in env.get("valueFrom", {}):
+                yield env["valueFrom"]["configMapKeyRef"]
+        for source in container.get("envFrom", []):
+            if "configMapRef" in source:
+                yield source["configMapRef"]
+
+
+def _render_kustomization(directory: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The objects ``kubectl kustomize directory`` renders, and the generated ConfigMaps' new
+    names by their given names, for the part of kustomize these kustomizations use
+    (resources, configMapGenerator with files, namespace, labels without selectors or
+    templates, images): anything else raises RenderError. Used where kubectl is missing
+    (Debian's kubectl 1.20 cannot read ``labels``); a test checks it against kubectl."""
+    (kustomization,) = _yaml_docs(directory / "kustomization.yaml")
+    if unknown := set(kustomization) - KUSTOMIZE_FIELDS:
+        raise RenderError(f"{directory}: cannot render {sorted(unknown)} without kubectl")
+    objects: list[dict[str, Any]] = []
+    renames: dict[str, str] = {}
+    for resource in kustomization.get("resources", []):
+        target = directory / resource
+        if target.is_dir():
+            rendered, renamed = _render_kustomization(target)
+            objects += rendered
+            renames |= renamed
+        elif target.is_file():
+            objects += _yaml_docs(target)
+        else:
+            raise RenderError(f"{directory}: resource {resource} does not exist")
+    for generator in kustomization.get("configMapGenerator", []):
+        if set(generator) != {"name", "files"}:
+            raise RenderError(f"{directory}: cannot render generator {generator}")
+        data = {}
+        for entry in generator["files"]:
+            key, _, file = entry.rpartition("=")
+            if not (directory / file).is_file():
+                raise RenderError(f"{directory}: {file} does not exist")
+            data[key or Path(file).name] = (directory / file).read_text(encoding="utf-8")
+        name = generator["name"]
+        renames[name] = f"{name}-{_configmap_hash(data)}"
+        objects.append({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": renames[name]}, "data": data})
+    labels: dict[str, str] = {}
+    for entry in kustomization.get("labels", []):
+        if entry.get("includeSelectors") or entry.get("includeTemplates"):
+            raise RenderError(f"{directory}: cannot render labels into selectors or templates")
+        labels |= entry["pairs"]
+    images = {image["name"]: image for image in kustomization.get("images", [])}
+    for doc in objects:
+        metadata = doc["metadata"]
+        if labels:
+            metadata["labels"] = metadata.get("labels", {}) | labels
+        if "namespace" in kustomization:
+            if doc["kind"] not in NAMESPACED | CLUSTER_SCOPED:
+                raise RenderError(f"{directory}: the scope of a {doc['kind']} is unknown")
+            if doc["kind"] in NAMESPACED:
+                metadata["namespace"] = kustomization["namespace"]
+        pod = _pod_spec_of(doc)
+        if pod is None:
+            continue
+        for ref in _configmap_refs(pod):
+            ref["name"] = renames.get(ref["name"], ref["name"])
+        for container in pod["containers"] + pod.get("initContainers", []):
+            name, _, tag = container["image"].partition(":")
+            if name in images:
+                image = images[name]
+                container["image"] = f"{image.get('newName', name)}:{image.get('newTag', tag)}"
+    return objects, renames
+
+
+def _render(directory: Path) -> list[dict[str, Any]]:
+    """The objects the kustomization in ``directory`` renders: by ``kubectl kustomize`` where
+    kubectl is installed, else by _render_kustomization. Raises RenderError."""
+    if shutil.which("kubectl"):
+        return _kubectl_kustomize(directory)
+    return _render_kustomization(directory)[0]
+
+
+# The fields of the Prometheus Operator's resources these manifests set, transcribed from
+# its CRDs (monitoring.coreos.com/v1, example/prometheus-operator-crd/ in its repository): no
+# package ships those schemas for offline use. The API server drops an unknown field of a
+# custom resource silently, so a misspelt one is refused here. Add a field after checking it
+# in the CRD.
+OPERATOR_DURATION = (
+    r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+)
+_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
+_DURATION = {"type": "string", "pattern": OPERATOR_DURATION}
+
+
+def _operator_object(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object", "additionalProperties": False,
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "kind": {"const": kind},
+            "metadata": {
+                "type": "object", "additionalProperties": False, "required": ["name"],
+                "properties": {"name": {"type": "string", "minLength": 1},
+                               "namespace": {"type": "string"},
+                               "labels": _STRINGS, "annotations": _STRINGS},
+            },
+            "spec": spec,
+        },
+    }
+
+
+OPERATOR_SCHEMAS: dict[str, dict[str, Any]] = {
+    "ServiceMonitor": _operator_object("ServiceMonitor", {
+        "type": "object", "additionalProperties": False, "required": ["selector", "endpoints"],
+        "properties": {
+            "jobLabel": {"type": "string"},
+            "selector": {"type": "object", "additionalProperties": False,
+                         "properties": {"matchLabels": _STRINGS}},
+            "endpoints": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "additionalProperties": False, "required": ["port"],
+                "properties": {"port": {"type": "string"}, "path": {"type": "string"},
+                               "interval": _DURATION, "scrapeTimeout": _DURATION,
+                               "honorLabels": {"type": "boolean"}},
+            }},
+        },
+    }),
+    "PrometheusRule": _operator_object("PrometheusRule", {
+        "type": "object", "additionalProperties": False,
+        "properties": {"groups": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False, "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "minLength": 1},
+                "interval": _DURATION, "query_offset": _DURATION, "limit": {"type": "integer"},
+                "labels": _STRINGS,
+                "rules": {"type": "array", "items": {
+                    "type": "object", "additionalProperties": False, "required": ["expr"],
+                    "oneOf": [{"required": ["record"]}, {"required": ["alert"]}],
+                    "properties": {
+                        "record": {"type": "string"}, "alert": {"type": "string"},
+                        "expr": {"type": ["string", "integer"]},
+                        "for": _DURATION, "keep_firing_for": {**_DURATION, "minLength": 1},
+                        "labels": _STRINGS, "annotations": _STRINGS,
+                    },
+                }},
+            },
+        }}},
+    }),
+}
+
+
+def _manifest_errors(directory: Path, versions: tuple[str, ...] = KUBERNETES_VERSIONS) -> list[str]:
+    """Everything wrong with what ``directory`` renders: a render error, or per object the
+    first error against the Kubernetes schemas of each of ``versions`` (kubernetes-validate,
+    strict) or, for the Prometheus Operator's kinds, against OPERATOR_SCHEMAS and the rule
+    that a scrape's timeout is at most its interval (Prometheus refuses the whole
+    configuration otherwise)."""
+    try:
+        objects = _render(directory)
+    except RenderError as exc:
+        return [f"render: {exc}"]
+    errors: list[str] = []
+    for doc in objects:
+        where = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+        if doc.get("apiVersion", "").startswith("monitoring.coreos.com/"):
+            schema = OPERATOR_SCHEMAS.get(doc["kind"])
+            if schema is None:
+                errors.append(f"{where}: no schema")
+                continue
+            validator = jsonschema.Draft202012Validator(schema)
+            errors += [f"{where}: {'.'.join(map(str, e.path))}: {e.message}"
+                       for e in validator.iter_errors(doc)]
+            for endpoint in doc["spec"].get("endpoints", []) if not errors else []:
+                if "interval" in endpoint and "scrapeTimeout" in endpoint and (
+                    parse_duration(endpoint["scrapeTimeout"]) > parse_duration(endpoint["interval"])
+                ):
+                    errors.append(f"{where}: scrapeTimeout exceeds interval")
+            continue
+        for version in versions:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                errors.append(f"{where} ({version}): {'.'.join(map(str, exc.path))}: {exc.message}")
+            except kubernetes_validate.SchemaNotFoundError as exc:
+                errors.append(f"{where} ({version}): {exc.message}")
+    return errors
+
+
+def test_kubernetes_validate_has_the_chosen_releases() -> None:
+    assert set(KUBERNETES_VERSIONS) <= {
+        ".".join(v.split(".")[:2]) for v in kubernetes_validate.utils.all_versions()
+    }
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=["base", "sharded"])
+def test_rendered_manifests_are_valid_for_kubernetes_and_the_operator(directory: Path) -> None:
+    objects = _render(directory)
+    kinds = {doc["kind"] for doc in objects}
+    assert {"ServiceMonitor", "PrometheusRule", "ConfigMap", "Service"} <= kinds
+    assert _manifest_errors(directory) == []
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=["base", "sharded"])
+def test_python_rendering_matches_kubectl_kustomize(directory: Path) -> None:
+    def key(doc: dict[str, Any]) -> tuple[str, str]:
+        return doc["kind"], doc["metadata"]["name"]
+
+    ours = sorted(_render_kustomization(directory)[0], key=key)
+    theirs = sorted(_kubectl_kustomize(directory), key=key)
+    assert [key(d) for d in ours] == [key(d) for d in theirs]
+    for mine, kubectl in zip(ours, theirs, strict=True):
+        assert mine == kubectl, key(mine)
+
+
+def _set(doc: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``value`` at a dotted ``path`` of ``doc`` (numbers index lists)."""
+    *parents, leaf = path.split(".")
+    node: Any = doc
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else node[part]
+    node[int(leaf) if leaf.isdigit() else leaf] = value
+
+
+CONTAINER = "spec.template.spec.containers.0"
+
+
+@pytest.mark.parametrize(
+    ("directory", "file", "path", "value", "reported"),
+    [
+        ("", "deployment.yaml", f"{CONTAINER}.ports.0.containerPort", "metrics",
+         "'metrics' is not of type 'integer'"),
+        ("", "deployment.yaml", f"{CONTAINER}.readinesProbe", {"httpGet": {"port": 9929}},
+         "'readinesProbe' was unexpected"),
+        ("", "service.yaml", "spec.ports.0.port", "metrics", "'metrics' is not of type 'integer'"),
+        ("sharded", "sharded/statefulset.yaml", "spec.replicas", "2",
+         "'2' is not of type 'integer'"),
+        ("sharded", "sharded/statefulset.yaml", f"{CONTAINER}.securityContext.runAsNonRoot",
+         "yes", "'yes' is not of type 'boolean'"),
+        ("", "common/servicemonitor.yaml", "spec.endpoints.0.port", PORT,
+         f"{PORT} is not of type 'string'"),
+        ("sharded", "common/servicemonitor.yaml", "spec.endpoints.0.interval", "30 seconds",
+         "does not match"),
+        ("", "common/servicemonitor.yaml", "spec.endpoints.0.scrapeTimeout", "1m",
+         "scrapeTimeout exceeds interval"),
+        ("", "common/servicemonitor.yaml", "spec.endpoints.0.scrapeInterval", "30s",
+         "'scrapeInterval' was unexpected"),
+        ("", "common/prometheusrule.yaml", "spec.groups.1.rules.0.labels.priority", 1,
+         "1 is not of type 'string'"),
+        ("sharded", "common/prometheusrule.yaml", "spec.groups.1.rules.0.record", "r",
+         "is valid under each of"),
+        ("", "kustomization.yaml", "resources.1", "pvcs.yaml", "render: "),
+    ],
+)
+def test_manifest_checks_fail_on_a_broken_copy(
+    tmp_path: Path, directory: str, file: str, path: str, value: Any, reported: str
+) -> None:
+    copy = tmp_path / "kubernetes"
+    shutil.copytree(K8S, copy)
+    (doc,) = _yaml_docs(copy / file)
+    _set(doc, path, value)
+    (copy / file).write_text(yaml.safe_dump(doc), encoding="utf-8")
+    errors = _manifest_errors(copy / directory)
+    assert any(reported in error for error in errors), errors
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=["base", "sharded"])
+def test_kustomize_builds_with_consistent_generated_names(directory: Path) -> None:
+    objects = _render(directory)
     kinds = {d["kind"] for d in objects}
     workload = "Deployment" if directory == K8S else "StatefulSet"
     assert {workload, "Service", "ConfigMap", "ServiceMonitor", "PrometheusRule"} <= kinds
