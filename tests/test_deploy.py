@@ -809,10 +809,14 @@ def _render_kustomization(directory: Path) -> tuple[list[dict[str, Any]], dict[s
                         "metadata": {"name": renames[name]}, "data": data})
     labels: dict[str, str] = {}
     for entry in kustomization.get("labels", []):
-        if entry.get("includeSelectors") or entry.get("includeTemplates"):
-            raise RenderError(f"{directory}: cannot render labels into selectors or templates")
+        if set(entry) - {"pairs", "includeSelectors", "includeTemplates"} or any(
+            entry.get(flag) for flag in ("includeSelectors", "includeTemplates")
+        ):
+            raise RenderError(f"{directory}: cannot render labels {entry}")
         labels |= entry["pairs"]
     images = {image["name"]: image for image in kustomization.get("images", [])}
+    if any(set(image) - {"name", "newName", "newTag"} for image in images.values()):
+        raise RenderError(f"{directory}: cannot render images {list(images.values())}")
     for doc in objects:
         metadata = doc["metadata"]
         if labels:
@@ -828,10 +832,13 @@ def _render_kustomization(directory: Path) -> tuple[list[dict[str, Any]], dict[s
         for ref in _configmap_refs(pod):
             ref["name"] = renames.get(ref["name"], ref["name"])
         for container in pod["containers"] + pod.get("initContainers", []):
-            name, _, tag = container["image"].partition(":")
+            name, tag = container["image"], ""
+            if "@" not in name and name.rfind(":") > name.rfind("/"):
+                name, _, tag = name.rpartition(":")
             if name in images:
-                image = images[name]
-                container["image"] = f"{image.get('newName', name)}:{image.get('newTag', tag)}"
+                new_name = images[name].get("newName", name)
+                new_tag = images[name].get("newTag", tag)
+                container["image"] = f"{new_name}:{new_tag}" if new_tag else new_name
     return objects, renames
 
 
@@ -930,14 +937,14 @@ def _manifest_errors(directory: Path, versions: tuple[str, ...] = KUBERNETES_VER
             if schema is None:
                 errors.append(f"{where}: no schema")
                 continue
-            validator = jsonschema.Draft202012Validator(schema)
-            errors += [f"{where}: {'.'.join(map(str, e.path))}: {e.message}"
-                       for e in validator.iter_errors(doc)]
-            for endpoint in doc["spec"].get("endpoints", []) if not errors else []:
+            found = [f"{where}: {'.'.join(map(str, e.path))}: {e.message}"
+                     for e in jsonschema.Draft202012Validator(schema).iter_errors(doc)]
+            for endpoint in doc["spec"].get("endpoints", []) if not found else []:
                 if "interval" in endpoint and "scrapeTimeout" in endpoint and (
                     parse_duration(endpoint["scrapeTimeout"]) > parse_duration(endpoint["interval"])
                 ):
-                    errors.append(f"{where}: scrapeTimeout exceeds interval")
+                    found.append(f"{where}: scrapeTimeout exceeds interval")
+            errors += found
             continue
         for version in versions:
             try:
@@ -974,6 +981,32 @@ def test_python_rendering_matches_kubectl_kustomize(directory: Path) -> None:
     assert [key(d) for d in ours] == [key(d) for d in theirs]
     for mine, kubectl in zip(ours, theirs, strict=True):
         assert mine == kubectl, key(mine)
+
+
+@pytest.mark.parametrize("directory", ["", "sharded"])
+def test_images_entry_points_every_container_at_your_registry(
+    tmp_path: Path, directory: str
+) -> None:
+    # deploy/README.md: "write it by hand as `newName: registry.example.com/tuf-exporter` and
+    # `newTag: 0.1.0`"; here with another tag, so that a change shows
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    assert "`newName: registry.example.com/tuf-exporter`" in readme
+    copy = tmp_path / "kubernetes"
+    shutil.copytree(K8S, copy)
+    path = copy / directory / "kustomization.yaml"
+    (kustomization,) = _yaml_docs(path)
+    (image,) = kustomization["images"]
+    image |= {"newName": "registry.example.com/tuf-exporter", "newTag": "9.9.9"}
+    path.write_text(yaml.safe_dump(kustomization), encoding="utf-8")
+    renderings = [_render_kustomization(copy / directory)[0]]
+    if shutil.which("kubectl"):
+        renderings.append(_kubectl_kustomize(copy / directory))
+    for objects in renderings:
+        pods = [pod for doc in objects if (pod := _pod_spec_of(doc)) is not None]
+        assert pods
+        for pod in pods:
+            for container in pod["containers"] + pod.get("initContainers", []):
+                assert container["image"] == "registry.example.com/tuf-exporter:9.9.9"
 
 
 def _set(doc: dict[str, Any], path: str, value: Any) -> None:
