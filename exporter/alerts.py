@@ -438,6 +438,15 @@ def expiry_threshold_expr(role: str, ratio: float, floor: float, cap: float) -> 
             f"{_num(floor)}, {_num(cap)})")
 
 
+def expiry_threshold(ratio: float, floor: float, cap: float, lifetime: float | None) -> float:
+    """The threshold of :func:`expiry_threshold_expr` in seconds, for one role, in Python (the
+    status page marks rows with it): ``ratio`` x ``lifetime`` clamped to [``floor``, ``cap``],
+    and ``cap`` while the normal lifetime is not known. Keep the two in step."""
+    if lifetime is None:
+        return cap
+    return min(max(ratio * lifetime, floor), cap)
+
+
 def _expiry_expr(ratio: float, floor: float, caps: Mapping[str, float]) -> str:
     margin = m("tuf_metadata_expiry_margin_seconds")
     lifetime = m("tuf_metadata_normal_lifetime_seconds")

@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, urlencode
 from prometheus_client.core import Metric
 
 from exporter import __version__
-from exporter.alerts import AlertOptions, kebab
+from exporter.alerts import AlertOptions, expiry_threshold, kebab
 from exporter.catalogue import TOP_LEVEL_ROLES
 from exporter.collector import EndpointLog, ProbeStore
 from exporter.config import Config, Signer
@@ -235,19 +235,25 @@ class StatusPage:
         for labels, value in _samples(families, "tuf_mirror_lag_versions"):
             key = (labels.get("repository"), labels.get("endpoint"))
             lag_v[key] = max(value, lag_v.get(key, 0.0))
+        lifetimes = {(labels.get("repository"), labels.get("role")): value
+                     for labels, value in _samples(families,
+                                                   "tuf_metadata_normal_lifetime_seconds")}
         rows = []
         for repo in config.repositories:
             for endpoint in repo.endpoints:
                 log = self._store.endpoint_log(repo.name, endpoint.name)
                 key = (repo.name, endpoint.name)
-                state, notes = self._judge(log.latest, lag_s.get(key), now)
+                lives = {role: lifetimes.get((repo.name, role)) for role in TOP_LEVEL_ROLES}
+                state, notes = self._judge(log.latest, lag_s.get(key), lives, now)
                 rows.append(_Row(repo.name, endpoint.name, endpoint is repo.primary, log, state,
                                  notes, lag_s.get(key), lag_v.get(key)))
         return rows
 
     def _judge(self, latest: ProbeResult | None, lag: float | None,
+               lifetimes: Mapping[str, float | None],
                now: float) -> tuple[State, tuple[_Note, ...]]:
-        """The row's state and what to say about it, by the alert rules' thresholds."""
+        """The row's state and what to say about it, by the alert rules' thresholds (expiry:
+        relative to each role's normal lifetime, :func:`exporter.alerts.expiry_threshold`)."""
         o = self.options
         if latest is None:
             return State.PENDING, ()
@@ -264,10 +270,13 @@ class StatusPage:
             left = facts.expires.timestamp() - now
             if left < 0:
                 notes.append(_Note(f"{role} expired", "TufMetadataExpired"))
-            elif left < o.expiry_page_seconds[role]:
+            elif left < expiry_threshold(o.expiry_page_lifetime_ratio, o.expiry_page_min_seconds,
+                                         o.expiry_page_seconds[role], lifetimes[role]):
                 notes.append(_Note(f"{role} expires {_margin(facts.expires, now)}",
                                    "TufMetadataExpiringCritical"))
-            elif left < o.expiry_ticket_seconds[role]:
+            elif left < expiry_threshold(o.expiry_ticket_lifetime_ratio,
+                                         o.expiry_ticket_min_seconds,
+                                         o.expiry_ticket_seconds[role], lifetimes[role]):
                 notes.append(_Note(f"{role} expires {_margin(facts.expires, now)}",
                                    "TufMetadataExpiringSoon"))
         if lag is not None and lag > o.mirror_lag_seconds:

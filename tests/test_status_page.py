@@ -269,3 +269,30 @@ def test_served_at_root_and_endpoint_with_the_same_auth_as_metrics(served: str) 
     detail = requests.get(served + "endpoint?repository=repo&endpoint=mirror",
                           auth=("sre", "s3cret"), timeout=5)
     assert detail.status_code == 200 and "bad_signature" in detail.text
+
+
+def test_expiry_warnings_are_relative_to_the_normal_lifetime_as_the_alerts_are() -> None:
+    # a 7-day snapshot re-signed daily (6.5 days left) is healthy once its normal lifetime is
+    # known, as TufMetadataExpiringSoon judges it; a 1-day timestamp with 5 h left tickets
+    store = ProbeStore()
+    roles = dict(HEALTHY, snapshot=_facts("snapshot", 41, timedelta(days=6, hours=12)),
+                 timestamp=_facts("timestamp", 42, timedelta(hours=5)))
+    store.record(ProbeResult("repo", "primary", True, NOW, 0.5, roles=roles))
+    lifetime = family("tuf_metadata_normal_lifetime_seconds")
+    lifetime.add_metric(["repo", "snapshot"], 7 * 86400.0)
+    lifetime.add_metric(["repo", "timestamp"], 86400.0)
+    ((state, cells),) = _rows(_page(store, _config(), history=[lifetime]).overview().html)
+    assert state == "warning"
+    assert "timestamp expires in 5h 0m" in cells
+    assert "snapshot expires" not in cells
+    # without a known lifetime the fixed caps apply: the same snapshot warns (7-day cap)
+    alone = ProbeStore()
+    alone.record(ProbeResult("repo", "primary", True, NOW, 0.5,
+                             roles=dict(HEALTHY, snapshot=roles["snapshot"])))
+    ((_, unknown),) = _rows(_page(alone, _config()).overview().html)
+    assert "snapshot expires" in unknown
+    ((healthy, _),) = _rows(_page(alone, _config(), history=[lifetime]).overview().html)
+    assert healthy == "ok"
+    assert alerts.expiry_threshold(0.25, 1800, 86400, 7 * 86400.0) == 86400  # capped
+    assert alerts.expiry_threshold(0.25, 1800, 86400, 4000.0) == 1800  # floored
+    assert alerts.expiry_threshold(0.25, 1800, 86400, None) == 86400
