@@ -13,8 +13,6 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +26,7 @@ from typing import ClassVar
 import pytest
 import requests
 import yaml
-from conftest import Sim, poll, serve
+from conftest import Sim, free_port, poll, serve, stop_process
 
 from exporter.simulator import SNAPSHOT, SimulatedRepository
 
@@ -47,12 +45,6 @@ from selenium import webdriver  # noqa: E402 - only once the browser is known to
 from selenium.webdriver.chrome.service import Service as DriverService  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class _Runbooks(SimpleHTTPRequestHandler):
@@ -107,7 +99,7 @@ def exporter(failing_mirror: Sim, runbooks: str, tmp_path: Path) -> Iterator[str
     }))
     options = tmp_path / "alert-options.yml"
     options.write_text(yaml.safe_dump({"runbook_base_url": runbooks}))
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "exporter.cli", "serve", "--config", str(config),
          "--alerts.config", str(options), "--web.listen-address", f"127.0.0.1:{port}"],
@@ -126,12 +118,7 @@ def exporter(failing_mirror: Sim, runbooks: str, tmp_path: Path) -> Iterator[str
         poll(probed, timeout=60, interval=0.2)
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         if proc.stderr is not None:
             proc.stderr.close()
 

@@ -8,8 +8,6 @@ VM would leave it. The simulated repository runs in the test process, on the rea
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import Sim, poll
+from conftest import Sim, free_port, poll, stop_process
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,11 +30,6 @@ LIBFAKETIME = next(
 
 pytestmark = pytest.mark.skipif(LIBFAKETIME is None, reason="libfaketime is not installed")
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _samples(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -70,7 +63,7 @@ def stepped_exporter(sim: Sim, tmp_path: Path) -> Iterator[tuple[int, Path]]:
     }))
     offset = tmp_path / "faketime"
     offset.write_text("+0\n")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "LD_PRELOAD": str(LIBFAKETIME), "FAKETIME_TIMESTAMP_FILE": str(offset),
            "FAKETIME_NO_CACHE": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
     with (tmp_path / "stderr").open("wb") as err:
@@ -82,12 +75,7 @@ def stepped_exporter(sim: Sim, tmp_path: Path) -> Iterator[tuple[int, Path]]:
     try:
         yield port, offset
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def test_a_wall_clock_step_forward_raises_no_freeze_and_no_late_role(

@@ -14,8 +14,6 @@ import errno
 import json
 import os
 import resource
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -26,7 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from conftest import Sim, poll
+from conftest import Sim, free_port, poll, stop_process
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from tuf.api import exceptions
@@ -342,9 +340,7 @@ class _Serve:
     """``tuf-exporter serve`` in a child process, its log in a file."""
 
     def __init__(self, config: Path, log: Path) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
+        self.port = free_port()
         self.log = log
         self._out = log.open("wb")
         self.proc = subprocess.Popen(
@@ -375,13 +371,7 @@ class _Serve:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._out.close()
 
 

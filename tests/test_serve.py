@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,17 +15,11 @@ import bcrypt
 import pytest
 import requests
 import yaml
-from conftest import Sim, poll
+from conftest import Sim, free_port, poll, stop_process
 from prometheus_client.parser import text_string_to_metric_families
 from test_web import PKI, pki  # noqa: F401 - the web tests' certificate fixture
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Exporter:
@@ -50,13 +43,7 @@ class Exporter:
         )
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
