@@ -66,8 +66,9 @@ LABEL org.opencontainers.image.title="tuf-exporter" \
       org.opencontainers.image.base.name="docker.io/library/python:3.11-slim-bookworm"
 
 # Read-only root file system: no byte code written at run time (it is compiled at install
-# time), HOME is the state volume, temporary files go to /tmp (mount a tmpfs there:
-# `docker run --read-only --tmpfs /tmp`, an emptyDir in Kubernetes).
+# time), HOME is the state volume; `serve` writes its temporary files below state_dir, and
+# only check-config and the demo use /tmp (mount a small tmpfs there: `docker run --read-only
+# --tmpfs /tmp`, an emptyDir in Kubernetes).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/var/lib/tuf-exporter \
