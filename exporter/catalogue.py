@@ -77,14 +77,15 @@ EXPORTER_ERROR_CAUSES: tuple[str, ...] = (
 #: ``result`` label values of tuf_probes_total; ``exporter_error`` is no verdict.
 PROBE_RESULTS: tuple[str, ...] = ("success", "failure", EXPORTER_ERROR)
 
-#: Roles a failure is attributed to (``role`` label of failure metrics).
-FAILURE_ROLES: tuple[str, ...] = ("root", "timestamp", "snapshot", "targets", "delegated", "target")
-
-#: Top-level roles (``role`` label of per-role facts).
+#: The top-level roles of TUF, in the order a client updates them; the one list of them (the
+#: ``role`` label of per-role facts).
 TOP_LEVEL_ROLES: tuple[str, ...] = ("root", "timestamp", "snapshot", "targets")
 
+#: Roles a failure is attributed to (``role`` label of failure metrics).
+FAILURE_ROLES: tuple[str, ...] = (*TOP_LEVEL_ROLES, "delegated", "target")
+
 #: Probe phases (``phase`` label).
-PHASES: tuple[str, ...] = ("root", "timestamp", "snapshot", "targets", "delegations", "download")
+PHASES: tuple[str, ...] = (*TOP_LEVEL_ROLES, "delegations", "download")
 
 #: Kinds of anomalies the history store detects (``kind`` label of tuf_anomalies_total).
 ANOMALY_KINDS: tuple[str, ...] = (

@@ -23,6 +23,7 @@ from datetime import datetime
 from securesystemslib.exceptions import FormatError
 from tuf.api import exceptions
 
+from exporter.catalogue import TOP_LEVEL_ROLES
 from exporter.fetcher import DeadlineExceeded
 from exporter.results import ErrorCause, FailedRole, ProbeResult, Reason
 
@@ -39,14 +40,12 @@ _HOST_ERRNOS: dict[int, ErrorCause] = {
     errno.ENOBUFS: ErrorCause.MEMORY,
 }
 
-_TOP_LEVEL = {"root", "timestamp", "snapshot", "targets"}
-
 
 def role_of(fetched: str | None) -> FailedRole | None:
     """The failure role for what the fetcher classified a URL as."""
     if fetched is None:
         return None
-    if fetched in _TOP_LEVEL:
+    if fetched in TOP_LEVEL_ROLES:
         return FailedRole(fetched)
     if fetched == "target":
         return FailedRole.TARGET

@@ -41,6 +41,7 @@ from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import Signature
 from tuf.api.metadata import Delegations, Root, RootVerificationResult, Targets
 
+from exporter.catalogue import TOP_LEVEL_ROLES
 from exporter.config import Limits
 from exporter.fingerprints import KeyFingerprints
 from exporter.results import RoleFacts, RoleKeys
@@ -203,7 +204,7 @@ class Inspector:
         if root_facts is not None and root is not None:
             roles["root"] = root_facts
         targets: Root | Targets | None = None
-        for name in ("timestamp", "snapshot", "targets"):
+        for name in TOP_LEVEL_ROLES[1:]:  # what root delegates, in update order
             facts, as_delegator = self._role(name, files.get(name), root, "root", contexts)
             if facts is not None:
                 roles[name] = facts

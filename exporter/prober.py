@@ -42,6 +42,7 @@ from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
 from exporter import delegations
+from exporter.catalogue import TOP_LEVEL_ROLES
 from exporter.classify import (
     describe,
     exporter_error_result,
@@ -64,8 +65,6 @@ from exporter.results import (
 )
 
 log = logging.getLogger(__name__)
-
-_TOP = ("root", "timestamp", "snapshot", "targets")
 
 
 def temporary_directory(state_dir: Path) -> Path:
@@ -650,7 +649,7 @@ class _Run:
         refreshed = marks.get("refreshed", refresh_start)
         firsts: dict[str, float] = {"root": refresh_start}
         for record in records:
-            if record.role in _TOP and refresh_start <= record.started <= refreshed:
+            if record.role in TOP_LEVEL_ROLES and refresh_start <= record.started <= refreshed:
                 firsts.setdefault(record.role, record.started)
         # a phase runs from its first request to the next phase's first request; a phase
         # that needed no request (a warm cache still valid) took no time of its own
@@ -659,8 +658,8 @@ class _Run:
         for i, (begin, role) in enumerate(present):
             end = present[i + 1][0] if i + 1 < len(present) else refreshed
             bounds.append((role, begin, max(begin, end)))
-        bounds += [(role, refreshed, refreshed) for role in _TOP if role not in firsts]
-        bounds.sort(key=lambda b: _TOP.index(b[0]))
+        bounds += [(role, refreshed, refreshed) for role in TOP_LEVEL_ROLES if role not in firsts]
+        bounds.sort(key=lambda b: TOP_LEVEL_ROLES.index(b[0]))
         bounds.append(("delegations", refreshed, marks.get("swept", refreshed)))
         swept = marks.get("swept", refreshed)
         bounds.append(("download", swept, marks.get("downloaded", swept)))
@@ -844,7 +843,7 @@ def _first_target_failure(
             message = target.message or ""
             if reason is not Reason.TARGET_NOT_FOUND and message.startswith("delegated: "):
                 role = FailedRole.DELEGATED
-            for top in _TOP:
+            for top in TOP_LEVEL_ROLES:
                 if message.startswith(f"{top}: "):
                     role = FailedRole(top)
             return reason, role, message

@@ -47,7 +47,7 @@ from securesystemslib.signer._utils import compute_default_keyid
 from tuf.api.metadata import Metadata, Root, Targets
 
 from exporter import config
-from exporter.catalogue import family
+from exporter.catalogue import TOP_LEVEL_ROLES, family
 from exporter.events import Event, EventKind
 from exporter.results import rfc3339
 
@@ -61,7 +61,6 @@ CHALLENGE_PREFIX = b"tuf-exporter signer probe v1\x00"
 EVENT_KIND = "signer_probe"
 
 _MAX_MESSAGE = 300
-_TOP_LEVEL = frozenset({"root", "timestamp", "snapshot", "targets"})
 
 
 class SignerReason(StrEnum):
@@ -156,11 +155,11 @@ class CachedKeySource:
 
     @staticmethod
     def _read(directory: Path, role: str) -> AuthorizedKeys | None:
-        if role in _TOP_LEVEL:
+        if role in TOP_LEVEL_ROLES:
             return authorized_keys_from((directory / "root.json").read_bytes(), role)
         targets = directory / "targets.json"
         others = sorted(p for p in directory.glob("*.json")
-                        if p.stem not in _TOP_LEVEL and p != targets)
+                        if p.stem not in TOP_LEVEL_ROLES and p != targets)
         for path in (targets, *others):
             try:
                 data = path.read_bytes()
