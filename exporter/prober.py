@@ -53,7 +53,7 @@ from exporter.classify import (
 )
 from exporter.config import Endpoint, Mode, Policy, Repository, safe_name
 from exporter.fetcher import Fetcher, new_session
-from exporter.inspector import CachedFile, Inspected, Inspector, file_identity
+from exporter.inspector import CachedFile, FileIdentity, Inspected, Inspector, file_identity
 from exporter.results import (
     DelegationSummary,
     FailedRole,
@@ -113,8 +113,7 @@ class _CachedFile:
     """A file of the client cache: the version python-tuf accepted, and the file as it was."""
 
     version: int
-    size: int
-    mtime_ns: int
+    identity: FileIdentity
 
 
 @dataclass
@@ -250,8 +249,9 @@ class _Run:
         file only if its version equals the one the (verified) snapshot names
         (``TrustedMetadataSet.update_delegated_targets``), after parsing it and checking its
         signatures; a file whose known version differs is certain to be rejected, so removing
-        it first changes no verdict and saves that work. A file changed since (size or
-        modification time), by anything but this prober, is left to python-tuf. It loses no
+        it first changes no verdict and saves that work. A file changed since (its
+        ``FileIdentity``: inode, size or modification time), by anything but this prober, is
+        left to python-tuf. It loses no
         protection either: the
         rollback protection of targets comes from the trusted snapshot's meta, never from the
         cached targets file. The snapshot is not verified here: a forged one can at worst
@@ -783,8 +783,7 @@ def _cache_files(
 
 
 def _cached_file(path: Path, version: int) -> _CachedFile:
-    stat = path.stat()
-    return _CachedFile(version, stat.st_size, stat.st_mtime_ns)
+    return _CachedFile(version, file_identity(path.stat()))
 
 
 def _meta_versions(body: bytes) -> dict[str, int] | None:
