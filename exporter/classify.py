@@ -177,7 +177,9 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
 
 
 def describe(exc: BaseException) -> str:
-    """A one-line message for an exception, with its cause where that adds something."""
+    """The one-line message of an exception, ``Type: text``, with its cause where that adds
+    something (``(caused by Type: text)``), at most 2,000 characters. The one way the
+    exporter words an exception (probes, signer probes, logs)."""
     text = f"{type(exc).__name__}: {exc}"
     cause = exc.__cause__
     if cause is not None and str(cause) and str(cause) not in text:
