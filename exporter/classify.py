@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import json
+import sqlite3
 from datetime import datetime
 
 from securesystemslib.exceptions import FormatError
@@ -25,7 +26,7 @@ from tuf.api import exceptions
 
 from exporter.catalogue import TOP_LEVEL_ROLES
 from exporter.fetcher import DeadlineExceeded
-from exporter.results import ErrorCause, FailedRole, ProbeResult, Reason
+from exporter.results import ErrorCause, FailedRole, ProbeResult, Reason, StoreError
 
 #: errno -> the fault of this host it means. Only errnos a remote peer cannot cause.
 _HOST_ERRNOS: dict[int, ErrorCause] = {
@@ -38,6 +39,15 @@ _HOST_ERRNOS: dict[int, ErrorCause] = {
     errno.ENFILE: ErrorCause.DESCRIPTORS,
     errno.ENOMEM: ErrorCause.MEMORY,
     errno.ENOBUFS: ErrorCause.MEMORY,
+}
+
+#: SQLite's primary result code -> the fault of this host it means (``sqlite3.Error`` carries
+#: no errno). Corruption (SQLITE_CORRUPT, SQLITE_NOTADB) is not in the set: the stores handle it.
+_HOST_SQLITE_CODES: dict[int, ErrorCause] = {
+    sqlite3.SQLITE_FULL: ErrorCause.DISK,
+    sqlite3.SQLITE_IOERR: ErrorCause.DISK,
+    sqlite3.SQLITE_READONLY: ErrorCause.DISK,
+    sqlite3.SQLITE_NOMEM: ErrorCause.MEMORY,
 }
 
 
@@ -56,22 +66,34 @@ def host_fault(exc: BaseException) -> ErrorCause | None:
     """The fault of this host behind ``exc``, or None when nothing in its chain is one.
 
     Looks through ``__cause__``/``__context__`` (and urllib3's ``reason``) for a
-    ``MemoryError`` or an ``OSError`` with an errno of ``_HOST_ERRNOS``.
+    ``MemoryError``, an ``OSError`` with an errno of ``_HOST_ERRNOS`` or a ``sqlite3.Error``
+    with a result code of ``_HOST_SQLITE_CODES``.
     """
     for current in _chain(exc):
         if isinstance(current, MemoryError):
             return ErrorCause.MEMORY
         if isinstance(current, OSError) and current.errno in _HOST_ERRNOS:
             return _HOST_ERRNOS[current.errno]
+        if isinstance(current, sqlite3.Error):
+            code = getattr(current, "sqlite_errorcode", None)
+            if code is not None and code & 0xFF in _HOST_SQLITE_CODES:
+                return _HOST_SQLITE_CODES[code & 0xFF]
     return None
 
 
 def exporter_fault(exc: BaseException) -> ErrorCause:
-    """The cause to count for an exception raised by the exporter's own work.
+    """The cause to count for an exception raised by the exporter's own work: the one
+    classifier of the exporter's faults, for ``tuf_exporter_errors_total{cause}`` and
+    ``tuf_exporter_thread_errors_total{thread, cause}`` alike.
 
-    A fault of this host where the chain shows one (:func:`host_fault`), else ``internal``:
-    an exception our code did not expect is a bug of ours, never the repository's.
+    The store whose error is in the chain (:class:`~exporter.results.StoreError`'s ``cause``:
+    ``history``, ``spool``), else a fault of this host (:func:`host_fault`), else
+    ``internal``: an exception our code did not expect is a bug of ours, never the
+    repository's.
     """
+    for current in _chain(exc):
+        if isinstance(current, StoreError):
+            return current.cause
     return host_fault(exc) or ErrorCause.INTERNAL
 
 

@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from exporter.results import ErrorCause, StoreError
+
 log = logging.getLogger(__name__)
 
 #: File name of the history database inside the state directory.
@@ -91,8 +93,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 
-class HistoryError(RuntimeError):
+class HistoryError(StoreError):
     """The history store cannot be used (other than corruption)."""
+
+    cause = ErrorCause.HISTORY
 
 
 class HistoryCorruptError(HistoryError):

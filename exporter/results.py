@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal, overload
+from typing import Any, ClassVar, Literal, overload
 
 #: Precision of :func:`rfc3339` (the ``timespec`` of :meth:`datetime.isoformat`).
 TimeSpec = Literal["auto", "seconds", "milliseconds", "microseconds"]
@@ -50,6 +50,15 @@ class ErrorCause(StrEnum):
     SPOOL = "spool"
     #: Anything else raised by the exporter's own code (a bug of ours).
     INTERNAL = "internal"
+
+
+class StoreError(RuntimeError):
+    """Base of the errors of the exporter's own stores (the history, the event spool): a
+    fault of this host, never of a repository. ``cause`` is the :class:`ErrorCause` that
+    :func:`exporter.classify.exporter_fault` counts it as; each store's error sets its own, so
+    the classifier needs no import of the stores."""
+
+    cause: ClassVar[ErrorCause] = ErrorCause.INTERNAL
 
 
 class FailedRole(StrEnum):

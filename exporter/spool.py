@@ -63,6 +63,7 @@ from prometheus_client.core import Metric
 from exporter import catalogue
 from exporter.config import Events
 from exporter.events import Event
+from exporter.results import ErrorCause, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,10 @@ _INSERT_ONE = _group_insert(1)
 DROP_CAUSES = ("spool_full", "too_old", "rejected", "spool_error")
 
 
-class SpoolError(RuntimeError):
+class SpoolError(StoreError):
     """The spool cannot be used (the database cannot be opened or written)."""
+
+    cause = ErrorCause.SPOOL
 
 
 @dataclass(frozen=True)
