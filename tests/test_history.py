@@ -964,7 +964,14 @@ def test_freeze_age_carried_over_a_restart_counts_the_downtime(tmp_path: Path) -
 
 
 def corrupt(*args: object) -> None:
-    raise sqlite3.DatabaseError("database disk image is malformed")
+    raise malformed()
+
+
+def malformed() -> sqlite3.DatabaseError:
+    """The error SQLite raises on a damaged page (SQLITE_CORRUPT)."""
+    damaged = sqlite3.DatabaseError("database disk image is malformed")
+    damaged.sqlite_errorcode = sqlite3.SQLITE_CORRUPT
+    return damaged
 
 
 def test_retention_failing_after_an_observation_loses_none_of_its_findings(
@@ -1370,3 +1377,16 @@ def test_a_root_rotation_is_no_unknown_signer_but_a_key_neither_root_knows_is(
 
 def anomalies_of(store: HistoryStore, kind: str) -> float:
     return samples(store, at(0)).get(("tuf_anomalies_total", ("sim", "primary", kind)), 0.0)
+
+
+def test_an_error_that_is_not_corruption_is_not_reported_as_corruption(tmp_path: Path) -> None:
+    """Only SQLite's own word for a damaged file (SQLITE_CORRUPT, SQLITE_NOTADB, a failed
+    quick_check) is corruption, which starts the history over: not a bug of ours."""
+    database = history_store.Database.open(tmp_path / "h.sqlite")
+    try:
+        with pytest.raises(sqlite3.ProgrammingError), database.transaction():
+            raise sqlite3.ProgrammingError("a bug of ours")
+        with pytest.raises(history_store.HistoryCorruptError), database.transaction():
+            raise malformed()
+    finally:
+        database.close()
