@@ -486,6 +486,20 @@ def test_a_cache_changed_behind_the_probers_back_is_still_judged_by_python_tuf(
     assert _cached_targets_version(sim, prober) == result.roles["targets"].version
 
 
+def _assert_targets_taken_from_the_cache(
+    sim: Sim, prober: Prober, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next probe succeeds with python-tuf loading the new targets once, from the cache
+    (not downloaded)."""
+    calls = _targets_loads(monkeypatch)
+    sim.server.reset_requests()
+    result = _probe(sim, prober)
+    assert result.success, result.message
+    version = sim.repo.latest.signed("targets").signed.version
+    assert calls == [(version, "ok")]
+    assert not any("targets.json" in n for n, c in sim.server.requests().items() if c)
+
+
 def test_a_cache_file_updated_behind_the_probers_back_is_left_to_python_tuf(
     sim: Sim, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -497,13 +511,7 @@ def test_a_cache_file_updated_behind_the_probers_back_is_left_to_python_tuf(
     config = sim.config()
     cached = prober.cache_dir(config, config.primary) / "metadata" / "targets.json"
     cached.write_bytes(sim.repo.latest.metadata("targets"))
-    calls = _targets_loads(monkeypatch)
-    sim.server.reset_requests()
-    result = _probe(sim, prober)
-    assert result.success, result.message
-    version = sim.repo.latest.signed("targets").signed.version
-    assert calls == [(version, "ok")]
-    assert not any("targets.json" in n for n, c in sim.server.requests().items() if c)
+    _assert_targets_taken_from_the_cache(sim, prober, monkeypatch)
 
 
 def test_a_cache_file_replaced_with_the_same_size_and_time_is_left_to_python_tuf(
@@ -528,13 +536,7 @@ def test_a_cache_file_replaced_with_the_same_size_and_time_is_left_to_python_tuf
     replacement.replace(cached)
     assert (cached.stat().st_size, cached.stat().st_mtime_ns) == (old.st_size, old.st_mtime_ns)
     assert cached.stat().st_ino != old.st_ino
-    calls = _targets_loads(monkeypatch)
-    sim.server.reset_requests()
-    result = _probe(sim, prober)
-    assert result.success, result.message
-    version = sim.repo.latest.signed("targets").signed.version
-    assert calls == [(version, "ok")]
-    assert not any("targets.json" in n for n, c in sim.server.requests().items() if c)
+    _assert_targets_taken_from_the_cache(sim, prober, monkeypatch)
 
 
 # -- inspector facts of hash bins across warm probes -------------------------------------------
