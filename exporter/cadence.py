@@ -39,10 +39,8 @@ from enum import StrEnum
 from prometheus_client.core import Metric
 
 from exporter.catalogue import family
-from exporter.config import Policy
+from exporter.config import ALWAYS_ONLINE, Policy
 
-#: Roles always treated as online, whatever the policy says.
-ALWAYS_ONLINE: tuple[str, ...] = ("timestamp", "snapshot")
 #: Multiplier of a configured period.
 CONFIGURED_TOLERANCE = 1.0
 #: Seconds added to a configured period (publication and probing delays).

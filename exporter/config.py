@@ -40,6 +40,11 @@ def safe_name(name: str) -> str:
     return f"{slug}-{digest}"
 
 
+#: Roles always treated as online (signed by keys kept online, on a schedule), whatever a
+#: policy's ``online_roles`` says.
+ALWAYS_ONLINE: tuple[str, ...] = ("timestamp", "snapshot")
+
+
 class Mode(StrEnum):
     """How the prober behaves as a client."""
 
@@ -75,8 +80,8 @@ class Policy:
 
     #: Expected re-signing period of online roles (role -> seconds). Learned when absent.
     cadence: Mapping[str, float] = field(default_factory=dict)
-    #: Roles signed online (timestamp and snapshot are always treated as online).
-    online_roles: tuple[str, ...] = ("timestamp", "snapshot")
+    #: Roles signed online (``ALWAYS_ONLINE`` are always treated as online).
+    online_roles: tuple[str, ...] = ALWAYS_ONLINE
     #: Longest allowed metadata lifetime per role (role -> seconds), for expiry_beyond_policy.
     max_lifetime: Mapping[str, float] = field(default_factory=dict)
     #: Largest version increase between two observations not flagged as version_jump.
@@ -391,7 +396,7 @@ def _policy(reader: _Reader | None) -> Policy:
     policy = Policy(
         cadence=_role_durations(reader.child("cadence")),
         online_roles=tuple(
-            sorted({"timestamp", "snapshot", *reader.get("online_roles", _strings, _NONE)})
+            sorted({*ALWAYS_ONLINE, *reader.get("online_roles", _strings, _NONE)})
         ),
         max_lifetime=_role_durations(reader.child("max_lifetime")),
         max_version_jump=reader.get("max_version_jump", _int(1), 1000),
