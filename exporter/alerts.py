@@ -22,6 +22,7 @@ import yaml
 
 from exporter import catalogue
 from exporter.durations import parse_duration
+from exporter.yamlfile import ConfigError, read_yaml
 
 RECORDING_RULES_FILE = "recording_rules.yml"
 ALERT_RULES_FILE = "alert_rules.yml"
@@ -292,11 +293,47 @@ class AlertOptions:
 
     @classmethod
     def from_yaml(cls, path: Path) -> AlertOptions:
-        """Options from a YAML file such as ``{slo_target: 0.995, exporter_job: tuf}``."""
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of alert options")
-        return cls.from_mapping(data)
+        """Options from a YAML file such as ``{slo_target: 0.995, exporter_job: tuf}``, read
+        by the exporter's one YAML reader (:func:`exporter.config.read_yaml`).
+
+        Raises :class:`~exporter.config.ConfigError` naming the file, the line and the
+        option: the one at fault alone, else the first the message names (a rule between
+        options), else the top of the file.
+        """
+        document = read_yaml(path)
+        if document is None:
+            return cls()
+        if not isinstance(document.value, dict):
+            raise ConfigError.at(str(path), document.line, None,
+                                 "expected a mapping of alert options")
+        data: dict[str, Any] = document.plain()
+        try:
+            return cls.from_mapping(data)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            key = _option_at_fault(cls, data, str(exc))
+            line = document.value[key].line if key is not None else document.line
+            reason = _reason(exc)
+            if key is not None:  # the option named once, not "slo_target: slo_target ..."
+                reason = reason.removeprefix(f"{key}: ").removeprefix(f"{key} ")
+            raise ConfigError.at(str(path), line, key, reason) from None
+
+
+def _reason(exc: BaseException) -> str:
+    """What a conversion error says (a KeyError names only the key it missed)."""
+    return f"missing {exc}" if isinstance(exc, KeyError) else str(exc) or type(exc).__name__
+
+
+def _option_at_fault(
+    cls: type[AlertOptions], data: Mapping[str, Any], message: str
+) -> str | None:
+    """The option of ``data`` that fails on its own, else the first one ``message`` names."""
+    for key, value in data.items():
+        try:
+            cls.from_mapping({key: value})
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return key
+    named = [(message.find(key), key) for key in data if key in message]
+    return min(named)[1] if named else None
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,8 +13,11 @@ whether the role was re-signed within its expected period:
 * ``cadence_ok`` is 1 when the age of the current version (``now - last_change``) is at most
   the allowance and 0 otherwise, where the
   allowance is ``period * 1.0 + 60 s`` for a **configured** period (the owners' promise, plus
-  a small grace for publication and probe delays) and ``period * 1.5`` for a **learned**
+  a small grace for publication and probe delays) and ``period * 2.0`` for a **learned**
   period (observed cadences jitter). With no known period the metric is absent.
+* This is the one re-signing rule of the exporter: the history store's ``freeze`` finding
+  (which pages through ``tuf_rollbacks_detected_total``) uses the same
+  :meth:`ExpectedPeriod.on_time`, so a freeze is never reported while ``cadence_ok`` is 1.
 * Within one run the age is measured on the monotonic clock (the history store's ``age``, then
   grown by the monotonic clock between probes), so a step of the wall clock neither makes a
   role late nor hides a late one.
@@ -36,16 +39,15 @@ from enum import StrEnum
 from prometheus_client.core import Metric
 
 from exporter.catalogue import family
-from exporter.config import Policy
+from exporter.config import ALWAYS_ONLINE, Policy
 
-#: Roles always treated as online, whatever the policy says.
-ALWAYS_ONLINE: tuple[str, ...] = ("timestamp", "snapshot")
 #: Multiplier of a configured period.
 CONFIGURED_TOLERANCE = 1.0
 #: Seconds added to a configured period (publication and probing delays).
 CONFIGURED_GRACE_SECONDS = 60.0
-#: Multiplier of a learned period.
-LEARNED_TOLERANCE = 1.5
+#: Multiplier of a learned period: a median of jittery intervals, so twice it (a missed
+#: re-signing and then some) before a role counts as late or frozen.
+LEARNED_TOLERANCE = 2.0
 
 
 class PeriodSource(StrEnum):

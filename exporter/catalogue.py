@@ -69,7 +69,8 @@ REASONS: tuple[str, ...] = (
     EXPORTER_ERROR,
 )
 
-#: Faults of this host (``cause`` label of tuf_exporter_errors_total); see results.ErrorCause.
+#: Faults of this host (``cause`` label of tuf_exporter_errors_total and
+#: tuf_exporter_thread_errors_total); see results.ErrorCause and classify.exporter_fault.
 EXPORTER_ERROR_CAUSES: tuple[str, ...] = (
     "disk", "descriptors", "memory", "history", "spool", "internal",
 )
@@ -77,14 +78,15 @@ EXPORTER_ERROR_CAUSES: tuple[str, ...] = (
 #: ``result`` label values of tuf_probes_total; ``exporter_error`` is no verdict.
 PROBE_RESULTS: tuple[str, ...] = ("success", "failure", EXPORTER_ERROR)
 
-#: Roles a failure is attributed to (``role`` label of failure metrics).
-FAILURE_ROLES: tuple[str, ...] = ("root", "timestamp", "snapshot", "targets", "delegated", "target")
-
-#: Top-level roles (``role`` label of per-role facts).
+#: The top-level roles of TUF, in the order a client updates them; the one list of them (the
+#: ``role`` label of per-role facts).
 TOP_LEVEL_ROLES: tuple[str, ...] = ("root", "timestamp", "snapshot", "targets")
 
+#: Roles a failure is attributed to (``role`` label of failure metrics).
+FAILURE_ROLES: tuple[str, ...] = (*TOP_LEVEL_ROLES, "delegated", "target")
+
 #: Probe phases (``phase`` label).
-PHASES: tuple[str, ...] = ("root", "timestamp", "snapshot", "targets", "delegations", "download")
+PHASES: tuple[str, ...] = (*TOP_LEVEL_ROLES, "delegations", "download")
 
 #: Kinds of anomalies the history store detects (``kind`` label of tuf_anomalies_total).
 ANOMALY_KINDS: tuple[str, ...] = (
@@ -100,10 +102,6 @@ THREADS: tuple[str, ...] = ("scheduler", "shipper")
 #: Who survived an exception (``thread`` label of tuf_exporter_thread_errors_total): the
 #: scheduler's own loop, and the probe and signer jobs its worker threads run.
 JOB_THREADS: tuple[str, ...] = ("scheduler", "probe_worker", "signer_worker")
-
-#: Why (``cause`` label of tuf_exporter_thread_errors_total), see
-#: :func:`exporter.scheduler.error_cause`.
-THREAD_ERROR_CAUSES: tuple[str, ...] = ("database", "os_error", "memory", "exception")
 
 _RE = ("repository", "endpoint")
 _RER = ("repository", "endpoint", "role")
@@ -242,7 +240,8 @@ _SPECS: tuple[MetricSpec, ...] = (
                "/-/ready fails too).", ("thread",), _X),
     MetricSpec("tuf_exporter_thread_errors_total", C,
                "Exceptions a long-running thread (or a probe or signer job of the scheduler's "
-               "workers) survived, by thread and cause.", ("thread", "cause"), _X),
+               "workers) survived, by thread and cause: disk, descriptors, memory, history, spool, "
+               "internal.", ("thread", "cause"), _X),
     MetricSpec("tuf_exporter_probes_skipped_total", C,
                "Scheduled probes skipped because the previous probe of the endpoint still ran.",
                _RE, _X),

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import errno
 import json
+import sqlite3
 from datetime import datetime
 
 from securesystemslib.exceptions import FormatError
 from tuf.api import exceptions
 
+from exporter.catalogue import TOP_LEVEL_ROLES
 from exporter.fetcher import DeadlineExceeded
-from exporter.results import ErrorCause, FailedRole, ProbeResult, Reason
+from exporter.results import ErrorCause, FailedRole, ProbeResult, Reason, StoreError
 
 #: errno -> the fault of this host it means. Only errnos a remote peer cannot cause.
 _HOST_ERRNOS: dict[int, ErrorCause] = {
@@ -39,14 +41,21 @@ _HOST_ERRNOS: dict[int, ErrorCause] = {
     errno.ENOBUFS: ErrorCause.MEMORY,
 }
 
-_TOP_LEVEL = {"root", "timestamp", "snapshot", "targets"}
+#: SQLite's primary result code -> the fault of this host it means (``sqlite3.Error`` carries
+#: no errno). Corruption (SQLITE_CORRUPT, SQLITE_NOTADB) is not in the set: the stores handle it.
+_HOST_SQLITE_CODES: dict[int, ErrorCause] = {
+    sqlite3.SQLITE_FULL: ErrorCause.DISK,
+    sqlite3.SQLITE_IOERR: ErrorCause.DISK,
+    sqlite3.SQLITE_READONLY: ErrorCause.DISK,
+    sqlite3.SQLITE_NOMEM: ErrorCause.MEMORY,
+}
 
 
 def role_of(fetched: str | None) -> FailedRole | None:
     """The failure role for what the fetcher classified a URL as."""
     if fetched is None:
         return None
-    if fetched in _TOP_LEVEL:
+    if fetched in TOP_LEVEL_ROLES:
         return FailedRole(fetched)
     if fetched == "target":
         return FailedRole.TARGET
@@ -57,22 +66,34 @@ def host_fault(exc: BaseException) -> ErrorCause | None:
     """The fault of this host behind ``exc``, or None when nothing in its chain is one.
 
     Looks through ``__cause__``/``__context__`` (and urllib3's ``reason``) for a
-    ``MemoryError`` or an ``OSError`` with an errno of ``_HOST_ERRNOS``.
+    ``MemoryError``, an ``OSError`` with an errno of ``_HOST_ERRNOS`` or a ``sqlite3.Error``
+    with a result code of ``_HOST_SQLITE_CODES``.
     """
     for current in _chain(exc):
         if isinstance(current, MemoryError):
             return ErrorCause.MEMORY
         if isinstance(current, OSError) and current.errno in _HOST_ERRNOS:
             return _HOST_ERRNOS[current.errno]
+        if isinstance(current, sqlite3.Error):
+            code = getattr(current, "sqlite_errorcode", None)
+            if code is not None and code & 0xFF in _HOST_SQLITE_CODES:
+                return _HOST_SQLITE_CODES[code & 0xFF]
     return None
 
 
 def exporter_fault(exc: BaseException) -> ErrorCause:
-    """The cause to count for an exception raised by the exporter's own work.
+    """The cause to count for an exception raised by the exporter's own work: the one
+    classifier of the exporter's faults, for ``tuf_exporter_errors_total{cause}`` and
+    ``tuf_exporter_thread_errors_total{thread, cause}`` alike.
 
-    A fault of this host where the chain shows one (:func:`host_fault`), else ``internal``:
-    an exception our code did not expect is a bug of ours, never the repository's.
+    The store whose error is in the chain (:class:`~exporter.results.StoreError`'s ``cause``:
+    ``history``, ``spool``), else a fault of this host (:func:`host_fault`), else
+    ``internal``: an exception our code did not expect is a bug of ours, never the
+    repository's.
     """
+    for current in _chain(exc):
+        if isinstance(current, StoreError):
+            return current.cause
     return host_fault(exc) or ErrorCause.INTERNAL
 
 
@@ -178,7 +199,9 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
 
 
 def describe(exc: BaseException) -> str:
-    """A one-line message for an exception, with its cause where that adds something."""
+    """The one-line message of an exception, ``Type: text``, with its cause where that adds
+    something (``(caused by Type: text)``), at most 2,000 characters. The one way the
+    exporter words an exception (probes, signer probes, logs)."""
     text = f"{type(exc).__name__}: {exc}"
     cause = exc.__cause__
     if cause is not None and str(cause) and str(cause) not in text:

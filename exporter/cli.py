@@ -16,8 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from exporter import __version__, logs
 from exporter.alerts import AlertOptions
 from exporter.config import Config, ConfigError, load_config, parse_shard
@@ -239,10 +237,7 @@ def _alert_options(args: argparse.Namespace) -> AlertOptions | None:
     path: Path | None = args.alert_options
     if path is None:
         return None
-    try:
-        return AlertOptions.from_yaml(path)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"alert options {path}: {exc}") from None
+    return AlertOptions.from_yaml(path)  # ConfigError names the file, line and option
 
 
 def _web_flags(parser: argparse.ArgumentParser, default_listen: str) -> None:

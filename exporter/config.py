@@ -17,19 +17,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import yaml
-
 from exporter.durations import parse_duration
 from exporter.fetcher import redirect_origin
+from exporter.yamlfile import ConfigError as ConfigError
+from exporter.yamlfile import Node, parse_yaml
 
 T = TypeVar("T")
 
 _NONE: tuple[str, ...] = ()
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the file, line and field."""
 
 
 def safe_name(name: str) -> str:
@@ -42,6 +38,11 @@ def safe_name(name: str) -> str:
     slug = _SAFE.sub("_", name)[:48].lstrip(".") or "_"
     digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
     return f"{slug}-{digest}"
+
+
+#: Roles always treated as online (signed by keys kept online, on a schedule), whatever a
+#: policy's ``online_roles`` says.
+ALWAYS_ONLINE: tuple[str, ...] = ("timestamp", "snapshot")
 
 
 class Mode(StrEnum):
@@ -79,8 +80,8 @@ class Policy:
 
     #: Expected re-signing period of online roles (role -> seconds). Learned when absent.
     cadence: Mapping[str, float] = field(default_factory=dict)
-    #: Roles signed online (timestamp and snapshot are always treated as online).
-    online_roles: tuple[str, ...] = ("timestamp", "snapshot")
+    #: Roles signed online (``ALWAYS_ONLINE`` are always treated as online).
+    online_roles: tuple[str, ...] = ALWAYS_ONLINE
     #: Longest allowed metadata lifetime per role (role -> seconds), for expiry_beyond_policy.
     max_lifetime: Mapping[str, float] = field(default_factory=dict)
     #: Largest version increase between two observations not flagged as version_jump.
@@ -187,49 +188,18 @@ class Config:
 # Loading
 
 
-class _Node:
-    """A YAML value with the line it came from, for error messages."""
-
-    __slots__ = ("line", "value")
-
-    def __init__(self, value: Any, line: int) -> None:
-        self.value = value
-        self.line = line
-
-
-def _to_nodes(node: yaml.Node) -> _Node:
-    line = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        out: dict[str, _Node] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise ConfigError(f"line {line}: mapping keys must be plain strings")
-            if key in out:
-                raise ConfigError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
-            out[str(key)] = _to_nodes(value_node)
-        return _Node(out, line)
-    if isinstance(node, yaml.SequenceNode):
-        return _Node([_to_nodes(item) for item in node.value], line)
-    value = yaml.constructor.SafeConstructor().construct_object(node)
-    return _Node(value, line)
-
-
 class _Reader:
     """Reads one mapping of the configuration, collecting typed values and clear errors."""
 
-    def __init__(self, node: _Node, path: str, source: str) -> None:
+    def __init__(self, node: Node, path: str, source: str) -> None:
         if not isinstance(node.value, dict):
-            raise ConfigError(f"{source}:{node.line}: {path or 'the file'} must be a mapping")
+            raise ConfigError.at(source, node.line, path or None,
+                                 "must be a mapping" if path else "the file must be a mapping")
         self.node = node
-        self.items: dict[str, _Node] = node.value
+        self.items: dict[str, Node] = node.value
         self.path = path
         self.source = source
         self.used: set[str] = set()
-
-    def where(self, key: str | None = None) -> str:
-        line = self.items[key].line if key is not None and key in self.items else self.node.line
-        return f"{self.source}:{line}: {self._field(key)}"
 
     def _field(self, key: str | None) -> str:
         if key is None:
@@ -237,9 +207,10 @@ class _Reader:
         return f"{self.path}.{key}" if self.path else key
 
     def error(self, key: str | None, message: str) -> ConfigError:
-        return ConfigError(f"{self.where(key)}: {message}")
+        line = self.items[key].line if key is not None and key in self.items else self.node.line
+        return ConfigError.at(self.source, line, self._field(key), message)
 
-    def raw(self, key: str) -> _Node | None:
+    def raw(self, key: str) -> Node | None:
         self.used.add(key)
         node = self.items.get(key)
         return None if node is None or node.value is None else node
@@ -254,7 +225,7 @@ class _Reader:
             return None
         return self._convert(key, node, convert)
 
-    def _convert(self, key: str, node: _Node, convert: Callable[[Any], T]) -> T:
+    def _convert(self, key: str, node: Node, convert: Callable[[Any], T]) -> T:
         try:
             return convert(node.value)
         except (TypeError, ValueError) as exc:
@@ -342,7 +313,7 @@ def _fraction(value: Any) -> float:
 def _strings(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ValueError("expected a list of strings")
-    return tuple(_string(v.value if isinstance(v, _Node) else v) for v in value)
+    return tuple(_string(v.value if isinstance(v, Node) else v) for v in value)
 
 
 def _redirect_hosts(value: Any) -> tuple[str, ...]:
@@ -425,7 +396,7 @@ def _policy(reader: _Reader | None) -> Policy:
     policy = Policy(
         cadence=_role_durations(reader.child("cadence")),
         online_roles=tuple(
-            sorted({"timestamp", "snapshot", *reader.get("online_roles", _strings, _NONE)})
+            sorted({*ALWAYS_ONLINE, *reader.get("online_roles", _strings, _NONE)})
         ),
         max_lifetime=_role_durations(reader.child("max_lifetime")),
         max_version_jump=reader.get("max_version_jump", _int(1), 1000),
@@ -527,13 +498,11 @@ def _events(reader: _Reader | None, base: Path) -> Events:
 def parse_config(text: str, source: str = "<config>", base: Path | None = None) -> Config:
     """Parse and validate configuration text; relative paths are taken from ``base``."""
     base = base if base is not None else Path.cwd()
-    try:
-        document = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    document = parse_yaml(text, source)
     if document is None:
-        raise ConfigError(f"{source}: the file is empty; it needs a 'repositories' list")
-    root = _Reader(_to_nodes(document), "", source)
+        raise ConfigError.at(source, None, None,
+                             "the file is empty; it needs a 'repositories' list")
+    root = _Reader(document, "", source)
     defaults = Config(repositories=())
     shard = root.get("shard", parse_shard, (0, 1))
     state_dir = root.get("state_dir", _path(base), base / "state")
@@ -579,5 +548,6 @@ def load_config(path: Path) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the configuration: {exc}") from None
+        raise ConfigError.at(str(path), None, None, f"cannot read the configuration: {exc}") \
+            from None
     return parse_config(text, str(path), path.resolve().parent)

@@ -41,13 +41,9 @@ from tuf.ngclient._internal.trusted_metadata_set import TrustedMetadataSet
 
 from exporter.fetcher import Fetcher
 from exporter.fingerprints import KeyFingerprints
+from exporter.inspector import FileIdentity, file_identity, read_file
 
 log = logging.getLogger(__name__)
-
-
-#: What identifies one version of a cached file without reading it: inode, size, mtime (ns).
-#: Every write of the cache replaces the file (a new inode), so a rewrite changes it.
-FileIdentity = tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -231,7 +227,7 @@ class _Sweep:
                         if reused is not None:
                             result.cached[role] = (None, reused)
                             continue
-                    cached = _read_cached(self.cache_dir, role)
+                    cached = read_file(self.cache_dir / _file_name(role))
                     if cached is not None and _load(trusted, role, parent, cached[0]):
                         _remember(memo, trusted, role, parent, cached[1], self.keys)
                         result.cached[role] = (self._keep(cached[0]), cached[1])
@@ -473,23 +469,9 @@ def _listing(cache_dir: Path) -> dict[str, os.DirEntry[str]]:
         return {}
 
 
-def _identity(st: os.stat_result) -> FileIdentity:
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
 def _stat(cache_dir: Path, role: str) -> FileIdentity | None:
     try:
-        return _identity((cache_dir / _file_name(role)).stat())
-    except OSError:
-        return None
-
-
-def _read_cached(cache_dir: Path, role: str) -> tuple[bytes, FileIdentity] | None:
-    """The cached bytes of ``role`` and the identity of the file they were read from."""
-    try:
-        with open(cache_dir / _file_name(role), "rb") as handle:
-            identity = _identity(os.fstat(handle.fileno()))
-            return handle.read(), identity
+        return file_identity((cache_dir / _file_name(role)).stat())
     except OSError:
         return None
 
@@ -522,7 +504,7 @@ def _reusable(
     if verdict is None or verdict.expires <= trusted.reference_time:
         return None
     try:
-        identity = _identity(entry.stat())
+        identity = file_identity(entry.stat())
     except OSError:
         return None
     if (

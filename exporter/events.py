@@ -21,6 +21,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
+from exporter.results import rfc3339
+
 #: Version of the document schema written by :meth:`Event.to_document`. Bump it on any change
 #: that is not purely additive; :meth:`Event.from_document` refuses newer documents.
 SCHEMA_VERSION = 1
@@ -39,10 +41,9 @@ class EventKind(StrEnum):
 
 
 def format_time(value: datetime) -> str:
-    """RFC 3339 in UTC with a ``Z`` suffix and microseconds: ``2024-05-01T12:00:00.000000Z``."""
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError("times must be timezone-aware")
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """The time of an event document: :func:`exporter.results.rfc3339` with microseconds
+    always (``2024-05-01T12:00:00.000000Z``: a fixed width, part of the event id)."""
+    return rfc3339(value, "microseconds")
 
 
 def parse_time(text: str) -> datetime:

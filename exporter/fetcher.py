@@ -46,7 +46,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import IO, Any
@@ -431,9 +431,13 @@ class Fetcher(FetcherInterface):
 
 @functools.lru_cache(maxsize=16)  # responses of one second share their Date
 def _parse_date(value: str | None) -> datetime | None:
+    """An HTTP ``Date`` as an aware datetime; None when absent or unparsable. An HTTP-date is
+    always GMT (RFC 9110 5.6.7): a ``-0000`` zone, which ``parsedate_to_datetime`` returns
+    naive, is UTC too (a naive time would be refused by ``rfc3339`` and not compare)."""
     if not value:
         return None
     try:
-        return parsedate_to_datetime(value)
+        moment = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

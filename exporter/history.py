@@ -14,10 +14,12 @@ reports nothing):
   Reported once per (endpoint, role, served version, highest version): an endpoint that keeps
   serving the same old version, or flaps between the same two versions, counts once; a rollback
   to another version, or after the endpoint moved on to a higher version, counts again.
-* ``freeze``: the endpoint still serves the same version past the expected period: the role's
-  ``Policy.cadence`` when configured (any role), otherwise, for the timestamp only, the median
-  interval between the last version changes seen on the endpoint times ``FREEZE_TOLERANCE``
-  (judged only after ``LEARN_MIN_INTERVALS`` intervals). Once per (endpoint, role, version).
+* ``freeze``: the endpoint still serves the same version past the allowance of its expected
+  period, by the one rule of ``exporter.cadence`` (``ExpectedPeriod.allowance_seconds``, the
+  same that sets ``tuf_signer_cadence_ok``): the role's ``Policy.cadence`` when configured (any
+  role) plus a grace, otherwise, for the timestamp only, the median interval between the last
+  version changes seen on the endpoint times a tolerance (judged only after
+  ``LEARN_MIN_INTERVALS`` intervals). Once per (endpoint, role, version).
   Rollbacks and freezes both count in ``tuf_rollbacks_detected_total``.
 * ``equivocation``: a content hash for (role, version) new to the repository while another hash
   is already known for it, on any endpoint (across mirrors, or over time on one endpoint).
@@ -77,6 +79,7 @@ from typing import Any
 from prometheus_client.metrics_core import Metric
 
 from exporter import history_store as db
+from exporter.cadence import ExpectedPeriod, expected_period
 from exporter.catalogue import ANOMALY_KINDS, TOP_LEVEL_ROLES, family
 from exporter.config import Config, Policy
 from exporter.events import Event, EventKind
@@ -113,8 +116,6 @@ LAG_ROLES: tuple[str, ...] = ("timestamp", "snapshot")
 LEARN_WINDOW = 20
 #: Intervals needed before a learned cadence is trusted.
 LEARN_MIN_INTERVALS = 5
-#: A timestamp is frozen when unchanged for longer than this many learned intervals.
-FREEZE_TOLERANCE = 2.0
 #: Seconds between retention passes (run by ``observe``).
 PRUNE_EVERY = 3600.0
 
@@ -917,14 +918,13 @@ class _Observation:
             },
         )
 
-    def _expected_period(self, role: str) -> tuple[float, str] | None:
+    def _expected_period(self, role: str) -> ExpectedPeriod | None:
+        """The role's period by the one cadence rule; learned only for the timestamp."""
         configured = self.policy.cadence.get(role)
-        if configured:
-            return configured, "configured"
-        if role != "timestamp":
-            return None
-        learned = self._learned_here(role)
-        return None if learned is None else (learned * FREEZE_TOLERANCE, "learned")
+        learned = None
+        if not configured and role == "timestamp":
+            learned = self._learned_here(role)
+        return expected_period(role, self.policy, learned)
 
     def _learned_here(self, role: str) -> float | None:
         """Learned cadence of ``role`` on the endpoint.
@@ -949,8 +949,9 @@ class _Observation:
         expected = self._expected_period(facts.name)
         if expected is None:
             return
-        period, source = expected
-        if age <= period or not self._once(f"freeze|{self.endpoint}|{facts.name}|{facts.version}"):
+        period, source = expected.allowance_seconds, expected.source.value
+        key = f"freeze|{self.endpoint}|{facts.name}|{facts.version}"
+        if expected.on_time(age) or not self._once(key):
             return
         self._count(_ROLLBACKS, self.endpoint, facts.name)
         self._report(

@@ -24,6 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from exporter.results import ErrorCause, StoreError
+from exporter.sqlite_files import connect, is_corruption, move_aside, open_database
+
 log = logging.getLogger(__name__)
 
 #: File name of the history database inside the state directory.
@@ -35,7 +38,6 @@ KEEP_NEWEST = 24
 
 OnCorrupt = Literal["raise", "rename"]
 
-_CORRUPTION_CODES = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -91,8 +93,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 
-class HistoryError(RuntimeError):
+class HistoryError(StoreError):
     """The history store cannot be used (other than corruption)."""
+
+    cause = ErrorCause.HISTORY
 
 
 class HistoryCorruptError(HistoryError):
@@ -134,16 +138,6 @@ class HistoryRecoveredError(HistoryCorruptError):
 
     def __str__(self) -> str:
         return str(self.args[0])
-
-
-def is_corruption(exc: BaseException) -> bool:
-    """True when ``exc`` is SQLite saying the file is damaged or not a database."""
-    if not isinstance(exc, sqlite3.DatabaseError) or isinstance(exc, sqlite3.OperationalError):
-        return False
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is None:  # raised by this module after a failed quick_check
-        return True
-    return (code & 0xFF) in _CORRUPTION_CODES
 
 
 def from_ts(seconds: float) -> datetime:
@@ -195,26 +189,15 @@ class CounterRow:
 # Opening
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout = 30000")
-    return conn
+#: Seconds a connection waits for a lock held by the other one.
+_BUSY_TIMEOUT = 30.0
 
 
 def _prepare(path: Path) -> sqlite3.Connection:
-    """Connect, check integrity, switch to WAL and create the schema; may raise corruption."""
-    conn = _connect(path)
+    """The write connection (see :func:`exporter.sqlite_files.open_database`), with the
+    schema version checked; may raise corruption."""
+    conn = open_database(path, _SCHEMA, _BUSY_TIMEOUT)
     try:
-        check = conn.execute("PRAGMA quick_check").fetchone()[0]
-        if check != "ok":
-            raise sqlite3.DatabaseError(f"quick_check: {check}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise HistoryError(f"history store {path}: cannot switch to WAL mode (got {mode})")
-        # FULL: a commit (a counted finding and its outbox event) survives power loss too,
-        # as the spool's do; it costs one fsync per observation that changed something.
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.executescript(_SCHEMA)
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None:
             conn.execute(
@@ -229,22 +212,6 @@ def _prepare(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
-
-
-def _move_aside(path: Path, now: datetime) -> Path:
-    """Rename ``path`` and its -wal/-shm files to ``<name>.corrupt-<UTC time>``; return it."""
-    stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while aside.exists():
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-        n += 1
-    path.rename(aside)
-    for suffix in ("-wal", "-shm"):
-        extra = path.with_name(path.name + suffix)
-        if extra.exists():
-            extra.rename(aside.with_name(aside.name + suffix))
-    return aside
 
 
 class Database:
@@ -273,17 +240,18 @@ class Database:
             if on_corrupt != "rename":
                 raise HistoryCorruptError(path, str(exc)) from exc
             return cls.start_over(path, str(exc))[0]
-        reader = _connect(path)
+        reader = connect(path, _BUSY_TIMEOUT)
         return cls(path, writer, reader)
 
     @classmethod
     def start_over(cls, path: Path, detail: str) -> tuple[Database, Path]:
-        """Move the damaged file at ``path`` aside (see ``_move_aside``), log it as an ERROR
-        and open a fresh database in its place; return it and where the old file went.
+        """Move the damaged file at ``path`` aside (:func:`exporter.sqlite_files.move_aside`),
+        log it as an ERROR and open a fresh database in its place; return it and where the old
+        file went.
 
         The caller closes any connection to the damaged file first.
         """
-        aside = _move_aside(path, datetime.now(UTC))
+        aside = move_aside(path, datetime.now(UTC))
         log.error(
             "HISTORY STORE CORRUPT: %s (%s). Moved it to %s and started a fresh history: "
             "version history, root key history and counters start over; the next probe of "
@@ -293,7 +261,7 @@ class Database:
             aside,
         )
         writer = _prepare(path)
-        return cls(path, writer, _connect(path)), aside
+        return cls(path, writer, connect(path, _BUSY_TIMEOUT)), aside
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

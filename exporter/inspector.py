@@ -41,12 +41,15 @@ from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import Signature
 from tuf.api.metadata import Delegations, Root, RootVerificationResult, Targets
 
+from exporter.catalogue import TOP_LEVEL_ROLES
 from exporter.config import Limits
 from exporter.fingerprints import KeyFingerprints
 from exporter.results import RoleFacts, RoleKeys
 
-#: What identifies one version of a file without reading it: inode, size, mtime (ns); the
-#: same as ``exporter.delegations.FileIdentity``.
+#: What identifies one version of a file without reading it: inode, size, mtime (ns). Every
+#: write of the client cache (python-tuf's, the sweep's) replaces the file, a new inode, so a
+#: rewrite changes it even within the modification time's resolution. The one definition,
+#: used by the inspector, the delegation sweep and the prober.
 FileIdentity = tuple[int, int, int]
 
 #: From this size on a file is parsed with the cyclic GC paused (see ``_gc_paused``).
@@ -112,8 +115,9 @@ def file_identity(st: os.stat_result) -> FileIdentity:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _read_file(path: str) -> tuple[bytes, FileIdentity] | None:
-    """The bytes of ``path`` and the identity of the very file they were read from."""
+def read_file(path: str | os.PathLike[str]) -> tuple[bytes, FileIdentity] | None:
+    """The bytes of ``path`` and the identity of the very file they were read from; None when
+    it cannot be read (any ``OSError``)."""
     try:
         with open(path, "rb") as handle:
             identity = file_identity(os.fstat(handle.fileno()))
@@ -203,7 +207,7 @@ class Inspector:
         if root_facts is not None and root is not None:
             roles["root"] = root_facts
         targets: Root | Targets | None = None
-        for name in ("timestamp", "snapshot", "targets"):
+        for name in TOP_LEVEL_ROLES[1:]:  # what root delegates, in update order
             facts, as_delegator = self._role(name, files.get(name), root, "root", contexts)
             if facts is not None:
                 roles[name] = facts
@@ -302,7 +306,7 @@ class Inspector:
         if data.data is not None:
             body, identity = data.data, data.identity
         else:
-            loaded = _read_file(data.path)
+            loaded = read_file(data.path)
             if loaded is None:
                 return None
             body, identity = loaded

@@ -42,6 +42,7 @@ from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
 from exporter import delegations
+from exporter.catalogue import TOP_LEVEL_ROLES
 from exporter.classify import (
     describe,
     exporter_error_result,
@@ -52,7 +53,7 @@ from exporter.classify import (
 )
 from exporter.config import Endpoint, Mode, Policy, Repository, safe_name
 from exporter.fetcher import Fetcher, new_session
-from exporter.inspector import CachedFile, Inspected, Inspector, file_identity
+from exporter.inspector import CachedFile, FileIdentity, Inspected, Inspector, file_identity
 from exporter.results import (
     DelegationSummary,
     FailedRole,
@@ -64,8 +65,6 @@ from exporter.results import (
 )
 
 log = logging.getLogger(__name__)
-
-_TOP = ("root", "timestamp", "snapshot", "targets")
 
 
 def temporary_directory(state_dir: Path) -> Path:
@@ -114,8 +113,7 @@ class _CachedFile:
     """A file of the client cache: the version python-tuf accepted, and the file as it was."""
 
     version: int
-    size: int
-    mtime_ns: int
+    identity: FileIdentity
 
 
 @dataclass
@@ -251,8 +249,9 @@ class _Run:
         file only if its version equals the one the (verified) snapshot names
         (``TrustedMetadataSet.update_delegated_targets``), after parsing it and checking its
         signatures; a file whose known version differs is certain to be rejected, so removing
-        it first changes no verdict and saves that work. A file changed since (size or
-        modification time), by anything but this prober, is left to python-tuf. It loses no
+        it first changes no verdict and saves that work. A file changed since (its
+        ``FileIdentity``: inode, size or modification time), by anything but this prober, is
+        left to python-tuf. It loses no
         protection either: the
         rollback protection of targets comes from the trusted snapshot's meta, never from the
         cached targets file. The snapshot is not verified here: a forged one can at worst
@@ -650,7 +649,7 @@ class _Run:
         refreshed = marks.get("refreshed", refresh_start)
         firsts: dict[str, float] = {"root": refresh_start}
         for record in records:
-            if record.role in _TOP and refresh_start <= record.started <= refreshed:
+            if record.role in TOP_LEVEL_ROLES and refresh_start <= record.started <= refreshed:
                 firsts.setdefault(record.role, record.started)
         # a phase runs from its first request to the next phase's first request; a phase
         # that needed no request (a warm cache still valid) took no time of its own
@@ -659,8 +658,8 @@ class _Run:
         for i, (begin, role) in enumerate(present):
             end = present[i + 1][0] if i + 1 < len(present) else refreshed
             bounds.append((role, begin, max(begin, end)))
-        bounds += [(role, refreshed, refreshed) for role in _TOP if role not in firsts]
-        bounds.sort(key=lambda b: _TOP.index(b[0]))
+        bounds += [(role, refreshed, refreshed) for role in TOP_LEVEL_ROLES if role not in firsts]
+        bounds.sort(key=lambda b: TOP_LEVEL_ROLES.index(b[0]))
         bounds.append(("delegations", refreshed, marks.get("swept", refreshed)))
         swept = marks.get("swept", refreshed)
         bounds.append(("download", swept, marks.get("downloaded", swept)))
@@ -784,8 +783,7 @@ def _cache_files(
 
 
 def _cached_file(path: Path, version: int) -> _CachedFile:
-    stat = path.stat()
-    return _CachedFile(version, stat.st_size, stat.st_mtime_ns)
+    return _CachedFile(version, file_identity(path.stat()))
 
 
 def _meta_versions(body: bytes) -> dict[str, int] | None:
@@ -844,7 +842,7 @@ def _first_target_failure(
             message = target.message or ""
             if reason is not Reason.TARGET_NOT_FOUND and message.startswith("delegated: "):
                 role = FailedRole.DELEGATED
-            for top in _TOP:
+            for top in TOP_LEVEL_ROLES:
                 if message.startswith(f"{top}: "):
                     role = FailedRole(top)
             return reason, role, message

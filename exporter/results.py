@@ -10,7 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar, Literal, overload
+
+#: Precision of :func:`rfc3339` (the ``timespec`` of :meth:`datetime.isoformat`).
+TimeSpec = Literal["auto", "seconds", "milliseconds", "microseconds"]
 
 
 class Reason(StrEnum):
@@ -49,6 +52,15 @@ class ErrorCause(StrEnum):
     INTERNAL = "internal"
 
 
+class StoreError(RuntimeError):
+    """Base of the errors of the exporter's own stores (the history, the event spool): a
+    fault of this host, never of a repository. ``cause`` is the :class:`ErrorCause` that
+    :func:`exporter.classify.exporter_fault` counts it as; each store's error sets its own, so
+    the classifier needs no import of the stores."""
+
+    cause: ClassVar[ErrorCause] = ErrorCause.INTERNAL
+
+
 class FailedRole(StrEnum):
     """The role a failure is attributed to; delegated role names are folded into ``delegated``."""
 
@@ -60,11 +72,23 @@ class FailedRole(StrEnum):
     TARGET = "target"
 
 
-def rfc3339(moment: datetime | None) -> str | None:
-    """``2027-01-01T00:00:00Z`` for an aware datetime (converted to UTC), None for None."""
+@overload
+def rfc3339(moment: datetime, timespec: TimeSpec = "auto") -> str: ...
+@overload
+def rfc3339(moment: None, timespec: TimeSpec = "auto") -> None: ...
+def rfc3339(moment: datetime | None, timespec: TimeSpec = "auto") -> str | None:
+    """The one RFC 3339 formatter: an aware datetime in UTC with a ``Z`` suffix, None for None.
+
+    ``timespec`` as :meth:`datetime.isoformat`: ``"auto"`` gives ``2027-01-01T00:00:00Z``
+    (microseconds only when there are some), ``"microseconds"`` the fixed width of event
+    documents, ``2027-01-01T00:00:00.000000Z``. ValueError for a naive datetime (its zone
+    would be a guess).
+    """
     if moment is None:
         return None
-    text = moment.astimezone(UTC).isoformat()
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("times must be timezone-aware")
+    text = moment.astimezone(UTC).isoformat(timespec=timespec)
     return text.replace("+00:00", "Z")
 
 

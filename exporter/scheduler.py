@@ -7,9 +7,10 @@ pool; each probe carries its own deadline (the repository's ``timeout``), so one
 never answers holds at most one worker for at most its timeout and never delays the others.
 
 Survival: an exception of a probe or signer job is logged and counted in
-``tuf_exporter_thread_errors_total{thread="probe_worker"|"signer_worker", cause}``; it never
-reaches apscheduler, the worker goes on with the next job and the endpoint is probed again at
-its next interval (the interval is the backoff). An exception of the scheduler's own loop
+``tuf_exporter_thread_errors_total{thread="probe_worker"|"signer_worker", cause}`` (the
+``cause`` by :func:`exporter.classify.exporter_fault`, as for ``tuf_exporter_errors_total``);
+it never reaches apscheduler, the worker goes on with the next job and the endpoint is probed
+again at its next interval (the interval is the backoff). An exception of the scheduler's own loop
 (apscheduler's job store or a trigger) is logged, counted as ``thread="scheduler"`` and waited
 out with exponential backoff (``LOOP_BACKOFF``) before the loop looks at its jobs again. If the
 scheduler thread dies all the same, :attr:`Scheduler.running` turns False, which the service
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import random
-import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -36,9 +36,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client.core import Metric
 
 from exporter import catalogue
+from exporter.classify import exporter_fault
 from exporter.config import Config, Endpoint, Repository, Signer
-from exporter.history_store import HistoryError
-from exporter.spool import SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +48,6 @@ SkipHook = Callable[[str, str], None]
 
 #: Seconds the scheduler loop waits after its n-th consecutive failure: min(max, first * 2**n).
 LOOP_BACKOFF: tuple[float, float] = (1.0, 60.0)
-
-
-def error_cause(exc: BaseException) -> str:
-    """The ``cause`` label of tuf_exporter_thread_errors_total for ``exc``: ``database`` (SQLite,
-    the spool, the history), ``os_error`` (files, disk, descriptors), ``memory`` or
-    ``exception`` (anything else: a bug of ours)."""
-    if isinstance(exc, sqlite3.Error | SpoolError | HistoryError):
-        return "database"
-    if isinstance(exc, OSError):
-        return "os_error"
-    if isinstance(exc, MemoryError):
-        return "memory"
-    return "exception"
 
 
 class _SurvivingScheduler(BackgroundScheduler):  # type: ignore[misc]
@@ -193,7 +179,7 @@ class Scheduler:
 
     def _count(self, thread: str, exc: BaseException) -> None:
         with self._errors_lock:
-            self._errors[(thread, error_cause(exc))] += 1
+            self._errors[(thread, str(exporter_fault(exc)))] += 1
 
     def _guarded(self, repo: Repository, endpoint: Endpoint) -> None:
         try:
@@ -221,7 +207,7 @@ class Scheduler:
         counts = self.errors()
         family = catalogue.family("tuf_exporter_thread_errors_total")
         for thread in catalogue.JOB_THREADS:
-            for cause in catalogue.THREAD_ERROR_CAUSES:
+            for cause in catalogue.EXPORTER_ERROR_CAUSES:
                 family.add_metric([thread, cause], counts.get((thread, cause), 0))
         yield family
 

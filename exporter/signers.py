@@ -47,7 +47,8 @@ from securesystemslib.signer._utils import compute_default_keyid
 from tuf.api.metadata import Metadata, Root, Targets
 
 from exporter import config
-from exporter.catalogue import family
+from exporter.catalogue import TOP_LEVEL_ROLES, family
+from exporter.classify import describe
 from exporter.events import Event, EventKind
 from exporter.results import rfc3339
 
@@ -61,7 +62,6 @@ CHALLENGE_PREFIX = b"tuf-exporter signer probe v1\x00"
 EVENT_KIND = "signer_probe"
 
 _MAX_MESSAGE = 300
-_TOP_LEVEL = frozenset({"root", "timestamp", "snapshot", "targets"})
 
 
 class SignerReason(StrEnum):
@@ -137,7 +137,7 @@ class CachedKeySource:
                 return self._last.get((repository, role))
         except Exception as exc:  # noqa: BLE001 - unreadable metadata means "unknown"
             logger.warning("cannot read the %s keys of %s from %s: %s", role, repository,
-                           directory, _describe(exc))
+                           directory, describe(exc))
             return None
         with self._lock:
             if keys is None:
@@ -156,11 +156,11 @@ class CachedKeySource:
 
     @staticmethod
     def _read(directory: Path, role: str) -> AuthorizedKeys | None:
-        if role in _TOP_LEVEL:
+        if role in TOP_LEVEL_ROLES:
             return authorized_keys_from((directory / "root.json").read_bytes(), role)
         targets = directory / "targets.json"
         others = sorted(p for p in directory.glob("*.json")
-                        if p.stem not in _TOP_LEVEL and p != targets)
+                        if p.stem not in TOP_LEVEL_ROLES and p != targets)
         for path in (targets, *others):
             try:
                 data = path.read_bytes()
@@ -338,11 +338,6 @@ class _Secrets:
         return text[:_MAX_MESSAGE]
 
 
-def _describe(exc: BaseException) -> str:
-    text = " ".join(str(arg) for arg in exc.args if isinstance(arg, str)) or str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 _MISMATCH_PREFIXES = ("invalid ", "unsupported scheme", "unsupported public key", "bad curve")
 
 
@@ -466,7 +461,7 @@ class SignerProbe:
             return keys(self.signer.repository, self.signer.role)
         except Exception as exc:  # noqa: BLE001 - a broken key source must not kill the probe
             logger.warning("signer %s: cannot read the authorized keys: %s",
-                           self.signer.name, _describe(exc))
+                           self.signer.name, describe(exc))
             return None
 
     def _file_key(self) -> tuple[Key | None, str | None]:
@@ -476,7 +471,7 @@ class SignerProbe:
         try:
             return load_public_key(path), None
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            return None, f"cannot read the public key file {path}: {_describe(exc)}"[
+            return None, f"cannot read the public key file {path}: {describe(exc)}"[
                 :_MAX_MESSAGE]
 
     def _candidates(self, file_key: Key | None, authorized: AuthorizedKeys | None) -> list[Key]:
@@ -535,7 +530,7 @@ class SignerProbe:
             attempt.message = handler.scrub(message)
         except BaseException as exc:  # noqa: BLE001 - never let a worker die silently
             attempt.reason = SignerReason.SIGN_FAILED
-            attempt.message = handler.scrub(_describe(exc))
+            attempt.message = handler.scrub(describe(exc))
         finally:
             attempt.done.set()
 
@@ -550,17 +545,17 @@ class SignerProbe:
             return SignerReason.SECRET_MISSING, str(exc)
         except Exception as exc:  # noqa: BLE001 - every signer raises its own errors
             if _is_mismatch(exc):
-                return SignerReason.UNKNOWN_KEY, _describe(exc)
-            return SignerReason.KEY_UNAVAILABLE, f"cannot load the signer: {_describe(exc)}"
+                return SignerReason.UNKNOWN_KEY, describe(exc)
+            return SignerReason.KEY_UNAVAILABLE, f"cannot load the signer: {describe(exc)}"
         began = time.monotonic()
         try:
             signature: Signature = loaded.sign(challenge)
         except SecretMissingError as exc:
             return SignerReason.SECRET_MISSING, str(exc)
         except (OSError, ValueError) as exc:
-            return SignerReason.KEY_UNAVAILABLE, f"cannot reach the key: {_describe(exc)}"
+            return SignerReason.KEY_UNAVAILABLE, f"cannot reach the key: {describe(exc)}"
         except Exception as exc:  # noqa: BLE001
-            return SignerReason.SIGN_FAILED, f"signing failed: {_describe(exc)}"
+            return SignerReason.SIGN_FAILED, f"signing failed: {describe(exc)}"
         finally:
             attempt.sign_seconds = time.monotonic() - began
         try:

@@ -22,9 +22,11 @@ Size and age policy
     ``max_age`` until the events spooled before it expire). Both are logged as warnings.
 
 Corruption
-    A spool file SQLite cannot read is renamed aside (``spool.sqlite.corrupt-<UTC time>``, with
-    its ``-wal`` and ``-shm``), an error is logged and counted, and a new spool is started: the
-    exporter keeps running and the old file is kept for inspection.
+    A spool file SQLite finds damaged or not a database is renamed aside
+    (``spool.sqlite.corrupt-<UTC time>``, with its ``-wal`` and ``-shm``), an error is logged
+    and counted, and a new spool is started: the exporter keeps running and the old file is
+    kept for inspection. The test and the name are the history store's
+    (:mod:`exporter.sqlite_files`); any other error (a full disk, a bug of ours) keeps the file.
 
 Group commit
     Concurrent producers share transactions: each :meth:`Spool.emit` queues its event and
@@ -63,6 +65,8 @@ from prometheus_client.core import Metric
 from exporter import catalogue
 from exporter.config import Events
 from exporter.events import Event
+from exporter.results import ErrorCause, StoreError
+from exporter.sqlite_files import connect, is_corruption, move_aside, open_database
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +128,10 @@ _INSERT_ONE = _group_insert(1)
 DROP_CAUSES = ("spool_full", "too_old", "rejected", "spool_error")
 
 
-class SpoolError(RuntimeError):
+class SpoolError(StoreError):
     """The spool cannot be used (the database cannot be opened or written)."""
+
+    cause = ErrorCause.SPOOL
 
 
 @dataclass(frozen=True)
@@ -194,13 +200,6 @@ class DeadLetter:
     document: dict[str, Any]
 
 
-def _is_corruption(exc: BaseException) -> bool:
-    """True for SQLite errors meaning the file is not a usable database (not 'locked', ...)."""
-    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
-        exc, sqlite3.OperationalError | sqlite3.IntegrityError
-    )
-
-
 class Spool:
     """The durable event spool; also the :class:`~exporter.events.Emitter` producers call."""
 
@@ -260,29 +259,17 @@ class Spool:
         try:
             self._connect()
         except sqlite3.DatabaseError as exc:
-            if not _is_corruption(exc):
+            if not is_corruption(exc):
                 raise SpoolError(f"cannot open the event spool {self.path}: {exc}") from exc
             self._recover(exc)
 
     def _connect(self) -> None:
-        conn = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-        )
+        conn = open_database(self.path, _SCHEMA, self.busy_timeout)
         try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise SpoolError(f"{self.path}: cannot switch the spool to WAL mode ({mode})")
-            conn.execute("PRAGMA synchronous=FULL")
-            check = conn.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise sqlite3.DatabaseError(f"quick_check: {check}")
-            conn.executescript(_SCHEMA)
             total, count = conn.execute(
                 "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM events"
             ).fetchone()
-            reader = sqlite3.connect(
-                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-            )
+            reader = connect(self.path, self.busy_timeout)
         except BaseException:
             conn.close()
             raise
@@ -306,12 +293,7 @@ class Spool:
                 self._conn.close()
             self._conn = None
         self._generation += 1
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            source = Path(f"{self.path}{suffix}")
-            if source.exists():
-                source.rename(Path(f"{aside}{suffix}"))
+        aside = move_aside(self.path, datetime.now(UTC))
         self.corrupt_recoveries += 1
         log.error(
             "EVENT SPOOL CORRUPT: %s is not a readable SQLite database (%s); moved it to %s "
@@ -348,7 +330,7 @@ class Spool:
                         raise SpoolError("the event spool is closed")
                     return action(self._reader)
             except sqlite3.DatabaseError as exc:
-                if attempt == 2 or not _is_corruption(exc):
+                if attempt == 2 or not is_corruption(exc):
                     raise
                 with self._lock:
                     if self._generation == generation:  # nobody recovered meanwhile
@@ -361,7 +343,7 @@ class Spool:
             try:
                 return action(self._db())
             except sqlite3.DatabaseError as exc:
-                if not _is_corruption(exc):
+                if not is_corruption(exc):
                     raise
                 self._recover(exc)
                 return action(self._db())
@@ -484,7 +466,7 @@ class Spool:
                     try:
                         self._insert(conn, request)
                     except sqlite3.Error as exc:
-                        if _is_corruption(exc):
+                        if is_corruption(exc):
                             raise
                         conn.execute("ROLLBACK TO producer")
                         conn.execute("RELEASE producer")
@@ -535,7 +517,7 @@ class Spool:
         try:
             inserted = {r[0] for r in conn.execute(_group_insert(len(rows)), params).fetchall()}
         except sqlite3.Error as exc:
-            if _is_corruption(exc):
+            if is_corruption(exc):
                 raise
             return False  # the statement is atomic: nothing was written; take the general path
         seen: set[str] = set()

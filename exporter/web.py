@@ -74,12 +74,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import bcrypt
 import h11
-import yaml
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from exporter import __version__
 from exporter.durations import parse_duration
+from exporter.yamlfile import ConfigError, read_yaml
 
 if TYPE_CHECKING:
     from exporter.status_page import Page, StatusPage
@@ -159,14 +159,20 @@ _SAN_KINDS: Final = ("DNS", "IP Address", "email", "URI")
 # --------------------------------------------------------------------------- configuration
 
 
-class WebConfigError(ValueError):
-    """A web configuration file that cannot be used; names the file and the field."""
+class WebConfigError(ConfigError):
+    """A web configuration file that cannot be used; names the file, the line (where known)
+    and the field: ``web config <file>:<line>: <field>: <message>``."""
 
-    def __init__(self, path: Path | None, field_name: str, message: str) -> None:
+    def __init__(
+        self, path: Path | None, field_name: str, message: str, line: int | None = None
+    ) -> None:
         self.path = path
         self.field = field_name
         self.message = message
+        self.source = None if path is None else str(path)
+        self.line, self.key, self.detail = line, field_name or None, message
         where = f"web config {path}" if path is not None else "web config"
+        where = where if line is None else f"{where}:{line}"
         text = f"{where}: {field_name}: {message}" if field_name else f"{where}: {message}"
         super().__init__(text)
 
@@ -227,15 +233,22 @@ def load_web_config(path: Path | str) -> WebConfig:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WebConfigError(path, "", f"cannot read: {exc}") from exc
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise WebConfigError(path, "", f"invalid YAML: {exc}") from exc
-    if raw is None:
+        document = read_yaml(path)
+    except ConfigError as exc:
+        raise WebConfigError(path, exc.key or "", exc.detail, exc.line) from None
+    if document is None:
         return WebConfig(path=path)
+    try:
+        return _web_config(path, document.plain())
+    except WebConfigError as exc:
+        if exc.line is not None:
+            raise
+        line = document.line_of(exc.field) if exc.field else document.line
+        raise WebConfigError(path, exc.field, exc.message, line) from exc.__cause__
+
+
+def _web_config(path: Path, raw: object) -> WebConfig:
+    """The web configuration of the plain document ``raw`` read from ``path``."""
     top = _mapping(path, "", raw, _TOP_KEYS)
     tls = _tls_config(path, top.get("tls_server_config"))
     http2, headers = _http_config(path, top.get("http_server_config"))

@@ -85,8 +85,8 @@ def test_allowances() -> None:
     assert learned.allowance_seconds == 300.0 * LEARNED_TOLERANCE
     assert is_on_cadence(at(0), configured, at(360))  # the boundary is still on cadence
     assert not is_on_cadence(at(0), configured, at(361))
-    assert is_on_cadence(at(0), learned, at(450))
-    assert not is_on_cadence(at(0), learned, at(450.5))
+    assert is_on_cadence(at(0), learned, at(600))
+    assert not is_on_cadence(at(0), learned, at(600.5))
 
 
 def test_evaluate_unknowns() -> None:
@@ -141,13 +141,13 @@ def test_learned_cadence_stops_and_resumes() -> None:
     for i in range(1, 3):
         repo.resign("snapshot")
         assert step(at(60 * i)) is None
-    # three intervals of 60 s: the learned period is 60 s, allowance 90 s
+    # three intervals of 60 s: the learned period is 60 s, allowance 120 s
     repo.resign("snapshot")
     assert step(at(180)) == 1
     assert tracker.statuses(at(180))[0].period == ExpectedPeriod(60.0, PeriodSource.LEARNED)
     # the signer stops
-    assert step(at(180 + 90)) == 1
-    assert step(at(180 + 91)) == 0
+    assert step(at(180 + 120)) == 1
+    assert step(at(180 + 121)) == 0
     # it resumes
     repo.resign("snapshot")
     assert step(at(400)) == 1
@@ -169,7 +169,7 @@ def test_tracker_forget_and_retain() -> None:
     assert cadence_samples(tracker.metrics(at(1))) == {}
 
 
-@pytest.mark.parametrize("learned", [None, 30.0])
+@pytest.mark.parametrize("learned", [None, 20.0])
 def test_update_returns_the_status(learned: float | None) -> None:
     status = CadenceTracker().update("r", "timestamp", at(0), Policy(), learned, at(50))
     assert status.ok is (None if learned is None else False)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import ConfigError, Mode, parse_config, safe_name
+from exporter.config import ConfigError, Mode, load_config, parse_config, safe_name
 from exporter.durations import format_duration, parse_duration
 
 MINIMAL = """
@@ -147,3 +147,36 @@ def test_check_config_exit_codes(tmp_path: Path) -> None:
         [sys.executable, "-m", "exporter.cli", "check-config", str(tmp_path / "nope.yml")],
         capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+_INVALID = Path(__file__).parent / "invalid_configs"
+
+
+def _load_any(path: Path) -> object:
+    from exporter.alerts import AlertOptions
+    from exporter.web import load_web_config
+
+    if path.name.startswith("web-"):
+        return load_web_config(path)
+    if path.name.startswith("alerts-"):
+        return AlertOptions.from_yaml(path)
+    return load_config(path)
+
+
+@pytest.mark.parametrize("path", sorted(p for p in _INVALID.iterdir() if p.suffix != ".md"),
+                         ids=lambda p: p.name)
+def test_invalid_example_files_give_their_expected_errors(path: Path) -> None:
+    """Every file the exporter reads goes through the one YAML reader: its error names the
+    file, the line and the field (tests/invalid_configs/README.md)."""
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    line, _, expected = first.removeprefix("# expect: ").partition(" ")
+    with pytest.raises(ConfigError) as info:
+        _load_any(path)
+    assert f"{path}:{line}: {expected}" in str(info.value)
+    assert info.value.line == int(line)
+
+
+def test_a_duplicate_key_names_the_file_line_and_field(tmp_path: Path) -> None:
+    text = MINIMAL + "    mode: warm\n    mode: cold\n"
+    with pytest.raises(ConfigError, match=r"^c\.yml:7: repositories\[0\]\.mode: duplicate key$"):
+        parse_config(text, "c.yml", tmp_path)

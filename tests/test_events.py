@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -20,6 +21,8 @@ from exporter.events import (
     format_time,
     parse_time,
 )
+from exporter.logs import JSONFormatter
+from exporter.results import rfc3339
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -131,6 +134,18 @@ def test_times_are_rfc3339_utc_with_z() -> None:
     assert parse_time("2024-05-01T14:00:00.123456+02:00") == T0
     with pytest.raises(ValueError):
         format_time(datetime(2024, 5, 1))
+
+
+def test_one_rfc3339_formatter_for_events_findings_and_logs() -> None:
+    """Events, findings/status JSON and logs word a moment with the one formatter; a naive
+    datetime is refused everywhere (its zone would be a guess), not taken as local time."""
+    moment = datetime(2024, 5, 1, 14, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
+    assert format_time(moment) == rfc3339(moment, "microseconds") == "2024-05-01T12:00:00.123456Z"
+    assert rfc3339(moment.replace(microsecond=0)) == "2024-05-01T12:00:00Z"
+    record = logging.makeLogRecord({"msg": "m", "created": moment.timestamp()})
+    assert json.loads(JSONFormatter().format(record))["time"] == "2024-05-01T12:00:00.123Z"
+    with pytest.raises(ValueError, match="timezone-aware"):
+        rfc3339(datetime(2024, 5, 1))
 
 
 def test_every_kind_has_a_stable_name() -> None:

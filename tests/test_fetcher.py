@@ -15,7 +15,14 @@ import requests
 from conftest import Sim
 from tuf.api import exceptions
 
-from exporter.fetcher import Fetcher, new_session, redirect_allowed, redirect_origin
+from exporter.fetcher import (
+    Fetcher,
+    _parse_date,
+    new_session,
+    redirect_allowed,
+    redirect_origin,
+)
+from exporter.results import rfc3339
 
 
 def test_on_metadata_sees_each_complete_metadata_body_before_the_caller(sim: Sim) -> None:
@@ -298,3 +305,14 @@ def test_redirect_policy(original: str, target: str, allowed: list[str], expecte
 def test_a_malformed_allowed_redirect_host_is_refused(entry: str) -> None:
     with pytest.raises(ValueError, match="host"):
         redirect_origin(entry)
+
+
+@pytest.mark.parametrize("header", ["Mon, 01 Jan 2024 00:00:00 GMT",
+                                    "Mon, 01 Jan 2024 00:00:00 -0000",
+                                    "Mon, 01 Jan 2024 01:00:00 +0100"])
+def test_a_server_date_is_always_aware_utc(header: str) -> None:
+    """An HTTP-date is GMT whatever zone it spells; a naive one would make ``rfc3339`` (the
+    probe's JSON) raise and could not be compared with the others of the probe."""
+    moment = _parse_date(header)
+    assert moment is not None and moment.utcoffset() is not None
+    assert rfc3339(moment) == "2024-01-01T00:00:00Z"

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 
 from exporter import catalogue, history_store
+from exporter.cadence import CONFIGURED_GRACE_SECONDS, evaluate, expected_period
 from exporter.config import Policy
 from exporter.history import (
     Finding,
@@ -268,6 +269,7 @@ def test_freeze_with_configured_cadence(store: HistoryStore) -> None:
     assert kinds(found) == ["freeze"]
     assert found[0].details["cadence_source"] == "configured"
     assert found[0].details["age_seconds"] == 900
+    assert found[0].details["expected_period_seconds"] == 600 + CONFIGURED_GRACE_SECONDS
     assert store.observe(online("primary", 1), policy, at(1200)) == []
     assert rollbacks(store) == 1
     assert rollbacks(store, role="snapshot") == 0  # snapshot has no cadence configured
@@ -288,6 +290,32 @@ def test_freeze_with_learned_cadence(store: HistoryStore) -> None:
     assert found[0].details["expected_period_seconds"] == 600
     assert store.observe(online("primary", 6), POLICY, at(1800 + 1200)) == []
     assert rollbacks(store) == 1
+
+
+@pytest.mark.parametrize("configured", [True, False])
+def test_freeze_is_reported_exactly_when_cadence_is_not_ok(
+    store: HistoryStore, configured: bool
+) -> None:
+    """One re-signing rule: no freeze while ``tuf_signer_cadence_ok`` would say 1, and a freeze
+    as soon as it says 0 (configured and learned periods alike)."""
+    policy = Policy(cadence={"timestamp": 300.0}) if configured else POLICY
+    for v in range(1, 7):  # versions every 300s: 5 intervals, enough to learn 300s
+        assert "freeze" not in kinds(store.observe(online("primary", v), policy, at(v * 300)))
+    learned = None if configured else store.observed_cadence(REPO, "timestamp")
+    period = expected_period("timestamp", policy, learned)
+    assert period is not None
+    last_change = at(1800)
+    for age in range(30, 1200, 30):
+        now = at(1800 + age)
+        status = evaluate(REPO, "timestamp", last_change, period, now, float(age))
+        found = store.observe(online("primary", 6), policy, now)
+        if status.ok:
+            assert "freeze" not in kinds(found), (age, period)
+        else:
+            assert kinds(found) == ["freeze"], (age, period)
+            break
+    else:
+        raise AssertionError("never late")
 
 
 def test_no_learned_freeze_before_enough_observations(store: HistoryStore) -> None:
@@ -931,11 +959,19 @@ def test_freeze_age_carried_over_a_restart_counts_the_downtime(tmp_path: Path) -
     # Restarted 500 s later (wall clock), a new steady clock: 500 s old at the first sighting.
     with HistoryStore.open(path, monotonic=lambda: 7.0) as store:
         assert store.observe(online("primary", 1), policy, at(500), 7.0) == []
-        assert kinds(store.observe(online("primary", 1), policy, at(500), 108.0)) == ["freeze"]
+        assert store.observe(online("primary", 1), policy, at(500), 167.0) == []  # 660 s: grace
+        assert kinds(store.observe(online("primary", 1), policy, at(500), 168.0)) == ["freeze"]
 
 
 def corrupt(*args: object) -> None:
-    raise sqlite3.DatabaseError("database disk image is malformed")
+    raise malformed()
+
+
+def malformed() -> sqlite3.DatabaseError:
+    """The error SQLite raises on a damaged page (SQLITE_CORRUPT)."""
+    damaged = sqlite3.DatabaseError("database disk image is malformed")
+    damaged.sqlite_errorcode = sqlite3.SQLITE_CORRUPT
+    return damaged
 
 
 def test_retention_failing_after_an_observation_loses_none_of_its_findings(
@@ -1341,3 +1377,16 @@ def test_a_root_rotation_is_no_unknown_signer_but_a_key_neither_root_knows_is(
 
 def anomalies_of(store: HistoryStore, kind: str) -> float:
     return samples(store, at(0)).get(("tuf_anomalies_total", ("sim", "primary", kind)), 0.0)
+
+
+def test_an_error_that_is_not_corruption_is_not_reported_as_corruption(tmp_path: Path) -> None:
+    """Only SQLite's own word for a damaged file (SQLITE_CORRUPT, SQLITE_NOTADB, a failed
+    quick_check) is corruption, which starts the history over: not a bug of ours."""
+    database = history_store.Database.open(tmp_path / "h.sqlite")
+    try:
+        with pytest.raises(sqlite3.ProgrammingError), database.transaction():
+            raise sqlite3.ProgrammingError("a bug of ours")
+        with pytest.raises(history_store.HistoryCorruptError), database.transaction():
+            raise malformed()
+    finally:
+        database.close()

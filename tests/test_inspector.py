@@ -156,13 +156,13 @@ def _counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     from exporter import inspector
 
     reads: list[str] = []
-    real = inspector._read_file
+    real = inspector.read_file
 
     def read(path: str) -> tuple[bytes, tuple[int, int, int]] | None:
         reads.append(Path(path).name)
         return real(path)
 
-    monkeypatch.setattr(inspector, "_read_file", read)
+    monkeypatch.setattr(inspector, "read_file", read)
     return reads
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -485,6 +486,20 @@ def test_a_cache_changed_behind_the_probers_back_is_still_judged_by_python_tuf(
     assert _cached_targets_version(sim, prober) == result.roles["targets"].version
 
 
+def _assert_targets_taken_from_the_cache(
+    sim: Sim, prober: Prober, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next probe succeeds with python-tuf loading the new targets once, from the cache
+    (not downloaded)."""
+    calls = _targets_loads(monkeypatch)
+    sim.server.reset_requests()
+    result = _probe(sim, prober)
+    assert result.success, result.message
+    version = sim.repo.latest.signed("targets").signed.version
+    assert calls == [(version, "ok")]
+    assert not any("targets.json" in n for n, c in sim.server.requests().items() if c)
+
+
 def test_a_cache_file_updated_behind_the_probers_back_is_left_to_python_tuf(
     sim: Sim, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -496,13 +511,32 @@ def test_a_cache_file_updated_behind_the_probers_back_is_left_to_python_tuf(
     config = sim.config()
     cached = prober.cache_dir(config, config.primary) / "metadata" / "targets.json"
     cached.write_bytes(sim.repo.latest.metadata("targets"))
-    calls = _targets_loads(monkeypatch)
-    sim.server.reset_requests()
-    result = _probe(sim, prober)
-    assert result.success, result.message
-    version = sim.repo.latest.signed("targets").signed.version
-    assert calls == [(version, "ok")]
-    assert not any("targets.json" in n for n, c in sim.server.requests().items() if c)
+    _assert_targets_taken_from_the_cache(sim, prober, monkeypatch)
+
+
+def test_a_cache_file_replaced_with_the_same_size_and_time_is_left_to_python_tuf(
+    sim: Sim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file's identity includes its inode: a replacement of the same size and modification
+    time is not the file the prober knows, so it is not removed as stale."""
+    sim.repo.add_target("files/" + "g" * 64 + ".txt", b"g")
+    sim.repo.publish()
+    prober = Prober(sim.state_dir)
+    assert _probe(sim, prober).success
+    config = sim.config()
+    cached = prober.cache_dir(config, config.primary) / "metadata" / "targets.json"
+    old = cached.stat()
+    sim.repo.remove_target("files/" + "g" * 64 + ".txt")  # a new version, shorter
+    sim.repo.publish()
+    new = json.dumps(json.loads(sim.repo.latest.metadata("targets")), separators=(",", ":"))
+    assert len(new) <= old.st_size
+    replacement = cached.with_name("targets.json.new")
+    replacement.write_bytes(new.encode().ljust(old.st_size))
+    os.utime(replacement, ns=(old.st_atime_ns, old.st_mtime_ns))
+    replacement.replace(cached)
+    assert (cached.stat().st_size, cached.stat().st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+    assert cached.stat().st_ino != old.st_ino
+    _assert_targets_taken_from_the_cache(sim, prober, monkeypatch)
 
 
 # -- inspector facts of hash bins across warm probes -------------------------------------------

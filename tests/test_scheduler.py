@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -11,9 +12,18 @@ import pytest
 from conftest import poll
 
 from exporter import catalogue
+from exporter.classify import exporter_fault
 from exporter.config import Config, Endpoint, Repository
-from exporter.scheduler import Scheduler, error_cause
+from exporter.history_store import HistoryError
+from exporter.scheduler import Scheduler
 from exporter.spool import SpoolError
+
+
+def _sqlite_error(code: int) -> sqlite3.Error:
+    """A ``sqlite3.Error`` as SQLite raises it, with its result code."""
+    exc = sqlite3.OperationalError("database or disk is full")
+    exc.sqlite_errorcode = code
+    return exc
 
 
 def _config(tmp_path: Path, interval: float = 0.2) -> Config:
@@ -33,7 +43,7 @@ def scheduler(calls: list[str]) -> Iterator[Scheduler]:
     def run(repo: Repository, endpoint: Endpoint) -> None:
         calls.append(endpoint.name)
         if len(calls) <= 2:
-            raise sqlite3.OperationalError("database or disk is full")
+            raise _sqlite_error(sqlite3.SQLITE_FULL)
 
     sched = Scheduler(run, lambda *_: None, workers=2)
     try:
@@ -49,10 +59,10 @@ def test_a_probe_job_that_raises_is_counted_and_runs_again(
     scheduler.start()
     poll(lambda: len(calls) >= 4, timeout=10)
     assert scheduler.running
-    assert scheduler.errors() == {("probe_worker", "database"): 2}
+    assert scheduler.errors() == {("probe_worker", "disk"): 2}
     samples = {tuple(s.labels.values()): s.value for f in scheduler.metrics() for s in f.samples}
-    assert samples[("probe_worker", "database")] == 2
-    assert len(samples) == len(catalogue.JOB_THREADS) * len(catalogue.THREAD_ERROR_CAUSES)
+    assert samples[("probe_worker", "disk")] == 2
+    assert len(samples) == len(catalogue.JOB_THREADS) * len(catalogue.EXPORTER_ERROR_CAUSES)
 
 
 def test_the_scheduler_loop_survives_its_own_exception(
@@ -73,7 +83,7 @@ def test_the_scheduler_loop_survives_its_own_exception(
     scheduler.start()
     poll(lambda: len(calls) >= 3, timeout=10)
     assert scheduler.running
-    assert scheduler.errors()[("scheduler", "exception")] == 1
+    assert scheduler.errors()[("scheduler", "internal")] == 1
 
 
 def test_running_is_false_before_start_and_once_the_thread_died(
@@ -93,11 +103,27 @@ def test_running_is_false_before_start_and_once_the_thread_died(
     poll(lambda: not scheduler.running, timeout=10)
 
 
+def _wrapped(outer: BaseException, inner: BaseException) -> BaseException:
+    outer.__cause__ = inner
+    return outer
+
+
 @pytest.mark.parametrize(("exc", "cause"), [
-    (sqlite3.OperationalError("disk full"), "database"), (SpoolError("closed"), "database"),
-    (OSError(24, "Too many open files"), "os_error"), (MemoryError(), "memory"),
-    (KeyError("x"), "exception"),
+    (HistoryError("x"), "history"), (SpoolError("closed"), "spool"),
+    (_wrapped(SpoolError("cannot write"), OSError(errno.ENOSPC, "full")), "spool"),
+    (_wrapped(RuntimeError("x"), HistoryError("y")), "history"),
+    (OSError(errno.EMFILE, "Too many open files"), "descriptors"),
+    (OSError(errno.ENOSPC, "No space left"), "disk"), (MemoryError(), "memory"),
+    (_sqlite_error(sqlite3.SQLITE_FULL), "disk"), (_sqlite_error(sqlite3.SQLITE_NOMEM), "memory"),
+    (sqlite3.OperationalError("no such table"), "internal"),
+    (OSError(errno.ENOENT, "missing"), "internal"), (KeyError("x"), "internal"),
 ])
-def test_error_causes_are_the_catalogue_ones(exc: BaseException, cause: str) -> None:
-    assert error_cause(exc) == cause
-    assert cause in catalogue.THREAD_ERROR_CAUSES
+def test_thread_errors_count_the_one_vocabulary_of_exporter_faults(
+    scheduler: Scheduler, exc: BaseException, cause: str
+) -> None:
+    """tuf_exporter_thread_errors_total's ``cause`` comes from the one classifier of the
+    exporter's faults, with the values of tuf_exporter_errors_total."""
+    assert str(exporter_fault(exc)) == cause
+    assert cause in catalogue.EXPORTER_ERROR_CAUSES
+    scheduler._count("probe_worker", exc)
+    assert scheduler.errors() == {("probe_worker", cause): 1}

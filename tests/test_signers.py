@@ -356,6 +356,28 @@ def test_secrets_come_from_env_or_file_and_never_leak(
     assert SECRET not in caplog.text
 
 
+def test_a_signer_error_names_its_cause_and_still_hides_the_secret(
+    repo: SimulatedRepository, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Signer errors are worded by the one ``describe``: the cause is kept (the HSM's own
+    error is often the only useful part), and scrubbing still hides the secret in it."""
+
+    def loader(uri: str, key: Key, handler: SecretsHandler) -> Signer:
+        pin = handler("pin")
+        try:
+            raise OSError(111, f"token refused pin {pin}")
+        except OSError as exc:
+            raise RuntimeError("cannot open a session") from exc
+
+    signer = config("hsm:2", secret_env="TEST_SIGNER_PIN")
+    probe = SignerProbe(signer, environ={"TEST_SIGNER_PIN": SECRET}, loader=loader)
+    result = probe.run(key_source(repo), NOW)
+    assert result.reason is SignerReason.KEY_UNAVAILABLE
+    assert ("cannot open a session (caused by ConnectionRefusedError: [Errno 111] token "
+            "refused pin ***)") in result.message
+    assert SECRET not in result.message
+
+
 @pytest.mark.parametrize("setup", ["unset-env", "no-secret-configured", "missing-file"])
 def test_secret_missing(repo: SimulatedRepository, tmp_path: Path, setup: str) -> None:
     options: dict[str, dict[str, Any]] = {

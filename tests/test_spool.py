@@ -153,6 +153,26 @@ def test_corrupt_spool_is_moved_aside_and_a_new_one_started(
     assert "EVENT SPOOL CORRUPT" in caplog.text
 
 
+def test_an_error_that_is_not_corruption_keeps_the_spool_and_its_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only SQLite's own word for a damaged file (SQLITE_CORRUPT, SQLITE_NOTADB) moves the
+    spool aside: a ProgrammingError (a bug of ours) must not throw spooled events away."""
+    path = tmp_path / "spool.sqlite"
+    with Spool(path) as spool:
+        assert spool.emit(event(1))
+
+        def bug(*args: object) -> bool:
+            raise sqlite3.ProgrammingError("a bug of ours")
+
+        monkeypatch.setattr(spool, "_insert_at_once", bug)
+        assert not spool.emit(event(2))
+        monkeypatch.undo()
+        assert spool.corrupt_recoveries == 0
+        assert len(spool) == 1
+    assert not list(tmp_path.glob("spool.sqlite.corrupt-*"))
+
+
 _WRITER = """
 import sys
 from datetime import UTC, datetime, timedelta

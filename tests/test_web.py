@@ -973,7 +973,8 @@ def test_empty_config_is_plain_http(tmp_path: Path) -> None:
     ("rate_limit:\n  interval: 1s\n", "rate_limit.burst", "at least 1"),
     ("tls_server_config: [1]\n", "tls_server_config", "mapping"),
     ("- a list\n", "", "mapping"),
-    ("a: [unclosed\n", "", "invalid YAML"),
+    ("a: [unclosed\n", "", "not valid YAML"),
+    ("basic_auth_users:\n  alice: x\n  alice: y\n", "basic_auth_users.alice", "duplicate key"),
 ])
 def test_bad_config_names_file_and_field(pki: PKI, text: str, field: str, reason: str) -> None:
     path = write_config(pki, text, name="bad.yml")
@@ -983,7 +984,20 @@ def test_bad_config_names_file_and_field(pki: PKI, text: str, field: str, reason
     assert error.path == path
     assert error.field == field
     assert reason in str(error)
-    assert str(path) in str(error)
+    assert f"web config {path}:{error.line}: " in str(error)  # file and line
+    assert error.line is not None and 1 <= error.line <= text.count("\n") + 1
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    ("http_server_config:\n  http2: true\nbasic_auth_users:\n  alice: hunter2\n", 4),
+    ("rate_limit:\n  burst: 1\n  interval: soon\n", 3),
+    ("\n\nlisten: 1\n", 3),
+])
+def test_a_bad_web_config_names_the_line_of_the_field(pki: PKI, text: str, line: int) -> None:
+    path = write_config(pki, text, name="bad.yml")
+    with pytest.raises(WebConfigError) as info:
+        load_web_config(path)
+    assert info.value.line == line, str(info.value)
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

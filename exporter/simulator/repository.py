@@ -43,11 +43,12 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import CanonicalJSONSerializer, JSONSerializer
 
+from exporter.catalogue import TOP_LEVEL_ROLES
+
 ROOT = "root"
 TIMESTAMP = "timestamp"
 SNAPSHOT = "snapshot"
 TARGETS = "targets"
-TOP_LEVEL_ROLES = (ROOT, TIMESTAMP, SNAPSHOT, TARGETS)
 
 DEFAULT_EXPIRY: Mapping[str, timedelta] = MappingProxyType(
     {
