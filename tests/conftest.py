@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from opensearch_fake import FakeOpenSearch
 
 from exporter.config import Endpoint, Mode, Repository
 from exporter.simulator import SimulatedRepository, SimulatorServer
@@ -175,3 +176,13 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenSearch]:
+    """A fake OpenSearch on loopback (``tests/opensearch_fake.py``), stopped afterwards."""
+    server = FakeOpenSearch().start()
+    try:
+        yield server
+    finally:
+        server.stop()

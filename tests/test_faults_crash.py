@@ -221,14 +221,6 @@ class Exporter:
         return set(self.spooled_log.read_text().split())
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeOpenSearch]:
-    server = FakeOpenSearch().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
 
 @pytest.fixture
 def exporter(tmp_path: Path, sim: Sim, fake: FakeOpenSearch) -> Iterator[Exporter]:

@@ -48,14 +48,6 @@ def event(i: int, repository: str = "repo") -> Event:
     )
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeOpenSearch]:
-    server = FakeOpenSearch().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
 
 ShipperFactory = Callable[..., Shipper]
 
