@@ -27,7 +27,15 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
 def _cases(long: bool) -> dict[str, Callable[[bool], list[Row]]]:
-    from bench import delegation_sweep, endpoints, events, probe_cost, scrape, sweep_memory
+    from bench import (
+        delegation_sweep,
+        drain,
+        endpoints,
+        events,
+        probe_cost,
+        scrape,
+        sweep_memory,
+    )
 
     return {
         "probe": probe_cost.run,
@@ -36,10 +44,11 @@ def _cases(long: bool) -> dict[str, Callable[[bool], list[Row]]]:
         "scrape": scrape.run,
         "events": events.run,
         "memory": sweep_memory.run,
+        "drain": drain.run,
     }
 
 
-CASE_NAMES = ("probe", "delegations", "endpoints", "scrape", "events", "memory")
+CASE_NAMES = ("probe", "delegations", "endpoints", "scrape", "events", "memory", "drain")
 
 
 def machine() -> str:
