@@ -87,7 +87,7 @@ SERVER_NOTES = {
 def _report(rows: list[Row], command: str, seconds: float, long: bool) -> str:
     missed = [row.case for row in rows if row.met is False]
     lines = [
-        "# Benchmark results (issue #10)",
+        "# Benchmark results (issues #10, #18)",
         "",
         f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"- Machine: {machine()}",

@@ -261,14 +261,28 @@ def _baseline_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _in_child(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """Run ``_<name>_child(spec)`` in a fresh interpreter; its JSON answer."""
+    """Run ``_<name>_child(spec)`` in a fresh interpreter; its JSON answer.
+
+    With ``BENCH_DRAIN_PROFILE=DIR`` in the environment the drain child runs under
+    ``py-spy record --nonblocking`` (it must be installed), writing ``DIR/drain.txt``
+    (collapsed stacks of every thread, 100 samples/s).
+    """
+    import os
+    import shutil
     import subprocess
 
+    command = [sys.executable, "-m", "bench.drain", "--child", name, json.dumps(spec)]
+    profile = os.environ.get("BENCH_DRAIN_PROFILE")
+    if profile and name == "drain":
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        command = [spy, "record", "--nonblocking", "-r", "100", "-f", "raw",
+                   "-o", str(Path(profile) / "drain.txt"), "--", *command]
     done = subprocess.run(
-        [sys.executable, "-m", "bench.drain", "--child", name, json.dumps(spec)],
+        command,
         capture_output=True, text=True, check=True, timeout=DRAIN_DEADLINE + 120,
     )
-    answer: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    last = [line for line in done.stdout.splitlines() if line.startswith("{")][-1]
+    answer: dict[str, Any] = json.loads(last)  # py-spy writes its own lines around it
     return answer
 
 
