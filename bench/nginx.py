@@ -211,22 +211,27 @@ class Nginx:
         """Request a marker and wait until its line is in the access log: nginx logs each
         request when it ends, so every request answered before this one is logged too."""
         self._markers += 1
-        path = f"{_MARKER}{self._markers}"
+        path = f"{_MARKER}{self._markers}".encode()
+        log = self.prefix / "access.log"
+        scanned = log.stat().st_size  # the marker's line can only come after this
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=_DEADLINE)
         try:
-            conn.request("GET", path)
+            conn.request("GET", path.decode())
             conn.getresponse().read()
         finally:
             conn.close()
-        log = self.prefix / "access.log"
         deadline = time.monotonic() + _DEADLINE
-        while time.monotonic() < deadline:
-            with log.open("rb") as f:
-                f.seek(max(self._log_offset, log.stat().st_size - 4096))
-                if path.encode() in f.read():
+        with log.open("rb") as f:
+            f.seek(scanned)
+            pending = b""
+            while time.monotonic() < deadline:
+                pending += f.read()
+                lines = pending.split(b"\n")
+                pending = lines.pop()  # a line not written to its end yet
+                if path in lines:
                     return
-            time.sleep(0.005)
-        raise NginxError(f"the marker {path} did not reach nginx's access log")
+                time.sleep(0.005)
+        raise NginxError(f"the marker {path.decode()} did not reach nginx's access log")
 
     def requests(self, endpoint: str) -> Counter[str]:
         """Requests for files of ``endpoint`` since the last :meth:`reset_requests`, by file
