@@ -2,8 +2,10 @@
 
 ``python -m bench --case NAME [--case NAME ...] [--quick]`` runs some cases; ``--quick`` uses
 smaller sizes and fewer repetitions. ``--long`` runs the many-endpoints case for 10 minutes
-instead of the default 150 seconds. A full run (every case, not quick) writes the table to
-``bench/RESULTS.md`` unless ``--no-write``.
+instead of the default 150 seconds. ``--server nginx`` (the default) serves the benchmark
+repositories with Debian's nginx (installed with apt-get where missing), ``--server simulator``
+with the simulator's own HTTP/1.0 server, for comparison. A full run (every case, not quick)
+writes the table to ``bench/RESULTS.md`` unless ``--no-write``.
 """
 
 from __future__ import annotations
@@ -18,13 +20,22 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench import simproc
 from bench.common import Row, table
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
 def _cases(long: bool) -> dict[str, Callable[[bool], list[Row]]]:
-    from bench import delegation_sweep, endpoints, events, probe_cost, scrape, sweep_memory
+    from bench import (
+        delegation_sweep,
+        drain,
+        endpoints,
+        events,
+        probe_cost,
+        scrape,
+        sweep_memory,
+    )
 
     return {
         "probe": probe_cost.run,
@@ -33,10 +44,11 @@ def _cases(long: bool) -> dict[str, Callable[[bool], list[Row]]]:
         "scrape": scrape.run,
         "events": events.run,
         "memory": sweep_memory.run,
+        "drain": drain.run,
     }
 
 
-CASE_NAMES = ("probe", "delegations", "endpoints", "scrape", "events", "memory")
+CASE_NAMES = ("probe", "delegations", "endpoints", "scrape", "events", "memory", "drain")
 
 
 def machine() -> str:
@@ -61,10 +73,21 @@ def machine() -> str:
     )
 
 
+SERVER_NOTES = {
+    "nginx": "- Server: Debian's nginx on loopback (`--server nginx`, one worker, HTTP/1.1 "
+             "keep-alive, sendfile) serving the simulator's published files from disk; ours and "
+             "every baseline fetch from the same nginx in the same run.",
+    "simulator": "- Server: the simulator (`--server simulator`), in a separate process, speaking "
+                 "HTTP/1.0 (one TCP connection per request, no keep-alive): every request of "
+                 "ours and of the baselines pays a connect, which favours neither side but "
+                 "inflates per-request costs compared to a real keep-alive CDN.",
+}
+
+
 def _report(rows: list[Row], command: str, seconds: float, long: bool) -> str:
     missed = [row.case for row in rows if row.met is False]
     lines = [
-        "# Benchmark results (issue #10)",
+        "# Benchmark results (issues #10, #18)",
         "",
         f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"- Machine: {machine()}",
@@ -73,10 +96,7 @@ def _report(rows: list[Row], command: str, seconds: float, long: bool) -> str:
         + ("10 minutes (`--long`)." if long else
            "150 s (2.5 min, the issue asks for flatness over 10 min: run `--long` for that)."),
         "- Medians over the repetitions shown; ratio = ours / baseline measured in the same run.",
-        "- The simulator runs in a separate process and speaks HTTP/1.0 (one TCP connection per "
-        "request, no keep-alive): every request of ours and of the baselines pays a connect, "
-        "which favours neither side but inflates per-request costs compared to a real "
-        "keep-alive CDN.",
+        SERVER_NOTES[simproc.server_name()],
         "",
         table(rows),
         "",
@@ -94,9 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
     parser.add_argument("--long", action="store_true",
                         help="run the many-endpoints case for 10 minutes")
+    parser.add_argument("--server", choices=simproc.SERVERS, default=simproc.SERVERS[0],
+                        help="what serves the repositories (default: nginx)")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
     args = parser.parse_args(argv)
     selected = args.case or list(CASE_NAMES)
+    simproc.use_server(args.server)
     cases = _cases(args.long)
     started = time.monotonic()
     rows: list[Row] = []

@@ -5,19 +5,46 @@ simulator served from the same interpreter would compete for the GIL and add its
 to tracemalloc's count, so it runs in a child process (``multiprocessing``, spawn) and is
 driven over a pipe with a few commands: build, change one target, request counts, stop.
 
-The simulator's HTTP server speaks HTTP/1.0 and closes every connection: each request of every
-client (ours and the baselines alike) pays a TCP connect. That is noted in the results.
+Two servers (``--server`` of ``python -m bench``, :func:`use_server`):
+
+* ``nginx`` (the default): the child writes the published files to a document root and runs
+  Debian's nginx on loopback (:mod:`bench.nginx`: HTTP/1.1 keep-alive, sendfile), like the web
+  server or CDN a real repository sits behind. ``change`` writes the new files, the timestamp
+  last. Request counts come from nginx's access log.
+* ``simulator``: the simulator's own HTTP server in the child, HTTP/1.0 with a connection per
+  request (every request of every client pays a TCP connect), kept for comparison.
+
+Ours and the baselines of a row always use the same server in the same run.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from bench.nginx import DocRoot, Nginx
 from exporter.simulator import SimulatedRepository, SimulatorServer
+
+#: The servers a benchmark can use; the first is the default.
+SERVERS = ("nginx", "simulator")
+_server = [SERVERS[0]]
+
+
+def use_server(name: str) -> None:
+    """Serve the repositories of the following :class:`SimProcess` es with ``name``."""
+    if name not in SERVERS:
+        raise ValueError(f"unknown server {name!r}: one of {', '.join(SERVERS)}")
+    _server[0] = name
+
+
+def server_name() -> str:
+    """The server the next :class:`SimProcess` uses."""
+    return _server[0]
 
 
 @dataclass(frozen=True)
@@ -70,9 +97,11 @@ class _Child:
     def __init__(self) -> None:
         self.repo: SimulatedRepository | None = None
         self.server: SimulatorServer | None = None
+        self.nginx: Nginx | None = None
+        self.docroot: DocRoot | None = None
         self.counter = 0
 
-    def build(self, spec: Spec) -> Built:
+    def build(self, spec: Spec, server_kind: str, directory: str) -> Built:
         repo = SimulatedRepository()
         bin_targets: dict[str, str] = {}
         if spec.bins:
@@ -84,33 +113,65 @@ class _Child:
             repo.delegate(f"r{i}")
         repo.add_targets({f"files/{i}.txt": f"content {i}\n".encode() for i in range(spec.targets)})
         repo.publish()
-        server = SimulatorServer(repo).start()
-        if spec.padded:
-            server.inject("padded-delegations", size=spec.padded)
-        for i in range(spec.mirrors):
-            server.add_mirror(f"mirror{i:04d}")
+        server = SimulatorServer(repo)
         self.repo, self.server = repo, server
-        urls = {name: server.endpoint_urls(name) for name in server.endpoints}
+        if server_kind == "nginx":
+            urls = self._nginx(spec, Path(directory))
+        else:
+            server.start()
+            if spec.padded:
+                server.inject("padded-delegations", size=spec.padded)
+            for i in range(spec.mirrors):
+                server.add_mirror(f"mirror{i:04d}")
+            urls = {name: server.endpoint_urls(name) for name in server.endpoints}
         canary = "files/0.txt" if spec.targets else next(iter(bin_targets.values()), "")
         return Built(urls, repo.trusted_root_bytes(), bin_targets, canary)
 
+    def _nginx(self, spec: Spec, directory: Path) -> dict[str, tuple[str, str]]:
+        """Write the primary's view to disk, mirrors as links to it, and start nginx."""
+        assert self.server is not None
+        docroot = directory / "docroot"
+        primary = DocRoot(docroot, "primary")
+        if spec.padded:
+            if spec.mirrors:
+                raise ValueError("padded mirrors are served by the simulator only")
+            self.server.inject("padded-delegations", size=spec.padded)
+        primary.sync(self.server.view("primary"))
+        names = ["primary"] + [f"mirror{i:04d}" for i in range(spec.mirrors)]
+        for name in names[1:]:
+            primary.link(docroot, name)
+        self.docroot = primary
+        self.nginx = Nginx(docroot, directory / "nginx").start()
+        base = self.nginx.base_url
+        return {name: (f"{base}/{name}/metadata/", f"{base}/{name}/targets/") for name in names}
+
     def change(self, path: str | None = None) -> int:
         """Add or replace one target (``path``, or a new one in ``targets``) and publish."""
-        assert self.repo is not None
+        assert self.repo is not None and self.server is not None
         self.counter += 1
         name = path or f"changes/{self.counter}.txt"
         self.repo.add_target(name, f"change {self.counter}\n".encode())
-        return self.repo.publish().serial
+        serial = self.repo.publish().serial
+        if self.docroot is not None:
+            self.docroot.sync(self.server.view("primary"))
+        return serial
 
     def requests(self, endpoint: str) -> dict[str, int]:
+        if self.nginx is not None:
+            return dict(self.nginx.requests(endpoint))
         assert self.server is not None
         return dict(self.server.requests(endpoint))
 
     def reset_requests(self) -> None:
+        if self.nginx is not None:
+            self.nginx.reset_requests()
+            return
         assert self.server is not None
         self.server.reset_requests()
 
     def stop(self) -> None:
+        if self.nginx is not None:
+            self.nginx.stop()
         if self.server is not None:
             self.server.stop()
 
@@ -142,12 +203,19 @@ class SimProcess:
 
     def __init__(self, spec: Spec) -> None:
         self.spec = spec
+        #: the server this repository is served by (``nginx`` or ``simulator``)
+        self.server = server_name()
+        self._directory = tempfile.TemporaryDirectory(prefix="tuf-bench-serve-")
         context = multiprocessing.get_context("spawn")
         self._conn, child_conn = context.Pipe()
         self._process = context.Process(target=_main, args=(child_conn,), daemon=True)
         self._process.start()
         child_conn.close()
-        self.built: Built = self._call("build", spec)
+        try:
+            self.built: Built = self._call("build", spec, self.server, self._directory.name)
+        except BaseException:
+            self.close()
+            raise
 
     def _call(self, name: str, *args: Any) -> Any:
         self._conn.send((name, args))
@@ -178,6 +246,7 @@ class SimProcess:
             self._process.kill()
             self._process.join(5)
         self._conn.close()
+        self._directory.cleanup()
 
     def __enter__(self) -> SimProcess:
         return self
