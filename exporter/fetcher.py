@@ -44,7 +44,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -244,15 +244,7 @@ class Fetcher(FetcherInterface):
         ``url``, at most ``max_length`` bytes (``DownloadLengthMismatchError`` past it).
         """
         with tempfile.TemporaryFile(dir=self._tmp_dir) as temp_file:
-            received = 0
-            for chunk in self.fetch(url):
-                received += len(chunk)
-                if received > max_length:
-                    raise exceptions.DownloadLengthMismatchError(
-                        f"Downloaded {received} bytes exceeding the maximum allowed length"
-                        f" of {max_length}"
-                    )
-                temp_file.write(chunk)
+            _copy_capped(self.fetch(url), max_length, temp_file)
             temp_file.seek(0)
             yield temp_file
 
@@ -266,7 +258,6 @@ class Fetcher(FetcherInterface):
         ``SlowRetrievalError``), and whatever ``out.write`` raises (``OSError`` for a file
         that cannot be written: a fault of this host, never a ``DownloadError``).
         """
-        received = 0
         try:
             chunks = self._get(url, keep=False)
         except exceptions.DownloadError:
@@ -274,15 +265,7 @@ class Fetcher(FetcherInterface):
         except Exception as exc:  # as FetcherInterface.fetch does
             raise exceptions.DownloadError(f"Failed to download {url}") from exc
         with contextlib.closing(chunks):
-            for chunk in chunks:
-                received += len(chunk)
-                if received > max_length:
-                    raise exceptions.DownloadLengthMismatchError(
-                        f"Downloaded {received} bytes exceeding the maximum allowed length"
-                        f" of {max_length}"
-                    )
-                out.write(chunk)
-        return received
+            return _copy_capped(chunks, max_length, out)
 
     def _get(self, url: str, *, keep: bool) -> Generator[bytes, None, None]:
         role = self._classify(url)
@@ -441,3 +424,18 @@ def _parse_date(value: str | None) -> datetime | None:
     except (TypeError, ValueError):
         return None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _copy_capped(chunks: Iterable[bytes], max_length: int, out: IO[bytes]) -> int:
+    """Write ``chunks`` to ``out``; the number of bytes. ``DownloadLengthMismatchError`` (worded
+    as ngclient words it) as soon as more than ``max_length`` bytes arrived."""
+    received = 0
+    for chunk in chunks:
+        received += len(chunk)
+        if received > max_length:
+            raise exceptions.DownloadLengthMismatchError(
+                f"Downloaded {received} bytes exceeding the maximum allowed length"
+                f" of {max_length}"
+            )
+        out.write(chunk)
+    return received
