@@ -641,9 +641,10 @@ class Spool:
             except Exception:
                 log.exception("event spool listener failed")
 
-    def peek(self, n: int) -> list[SpooledEvent]:
-        """The ``n`` oldest events, oldest first; the age policy is applied at most once a
-        second first."""
+    def peek(self, n: int, *, after: int = 0) -> list[SpooledEvent]:
+        """The ``n`` oldest events (those with a ``seq`` above ``after``: past a batch still
+        being acknowledged), oldest first; the age policy is applied at most once a second
+        first."""
         now = time.monotonic()
         if now >= self._next_enforce:
             self._next_enforce = now + 1.0
@@ -651,8 +652,9 @@ class Spool:
 
         def select(conn: sqlite3.Connection) -> list[Any]:
             return conn.execute(
-                "SELECT seq, event_id, kind, spooled_at, document FROM events ORDER BY seq LIMIT ?",
-                (n,),
+                "SELECT seq, event_id, kind, spooled_at, document FROM events WHERE seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (after, n),
             ).fetchall()
 
         rows = self._read(select)  # the read connection: producers are not held up
