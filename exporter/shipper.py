@@ -21,6 +21,15 @@ Batches
     Documents leave the spool as the canonical JSON text stored there: sinks that offer
     ``send_serialized`` (both built-in ones do) put that text into the request verbatim.
 
+    While a backlog drains, the acknowledgement of a fully delivered, full batch (a spool
+    commit) runs on a second thread while the next batch is read from past it and sent: the
+    next acknowledgement waits for the previous one, so at most one is in flight. A batch
+    with anything not delivered, a partial batch, an empty spool and stopping all wait for
+    it first; if it fails, its events stay spooled and the next look starts from the oldest
+    again (they are sent again and the sink deduplicates by id, as after any failed
+    acknowledgement). An event leaves the spool only after the sink accepted it, so a crash
+    at any point still ships every event exactly once.
+
 Retries
     Connection errors, 429, 5xx and whole-request errors (401, 403, 413, ...) leave the events
     in the spool; the shipper waits with exponential backoff and jitter and tries again. An item
@@ -54,6 +63,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -653,6 +663,11 @@ class Shipper:
         self._shipped = 0
         self._errors: Counter[str] = Counter()
         self._last_success: float | None = None
+        #: runs one batch's acknowledgement while the next batch is sent (see "Batches")
+        self._acker: ThreadPoolExecutor | None = None
+        #: the acknowledgement in flight, and the highest spool seq of its batch
+        self._pending: Future[int] | None = None
+        self._pending_seq = 0
         spool.add_listener(self._on_spooled)
 
     @classmethod
@@ -739,6 +754,18 @@ class Shipper:
         work ends the thread (a batch whose acknowledgement failed stays in the spool and is
         sent again; the sink deduplicates by event id)."""
         self._next_ship = time.monotonic() + self.batch_interval
+        self._acker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="event-acker")
+        try:
+            self._loop()
+        finally:
+            try:
+                self._settle()
+            except Exception as exc:  # noqa: BLE001 - stopping must not fail
+                log.warning("acknowledging the last batch failed; it stays spooled: %s", exc)
+            self._acker.shutdown(wait=True)
+            self._acker = None
+
+    def _loop(self) -> None:
         while True:
             try:
                 if not self._step():
@@ -759,10 +786,14 @@ class Shipper:
         try:
             if not self._ensure_ready():
                 return True
-            batch = self.spool.peek(self._current_batch)
+            # past the batch whose acknowledgement is in flight, if any
+            batch = self.spool.peek(self._current_batch, after=self._pending_seq)
         except Exception as exc:  # noqa: BLE001 - the shipper thread must survive
             self._fail("spool", f"cannot read the event spool: {exc}")
             return True
+        full = len(batch) >= self._current_batch
+        if not full or stopping:
+            self._settle()  # raises if it failed: then the next look starts from the oldest
         if not batch:
             self._mark_success()
             self._in_burst = False
@@ -772,7 +803,6 @@ class Shipper:
             self._next_ship = time.monotonic() + self.batch_interval
             return True
         now = time.monotonic()
-        full = len(batch) >= self._current_batch
         if not stopping and not full and now < self._next_ship:
             # a partial batch waits for the interval, unless it is the tail of a burst
             # and the producers have gone quiet: then it ships now
@@ -782,7 +812,7 @@ class Shipper:
             if wait > 0:
                 self._sleep(wait)
                 return True
-        delivered = self.ship(batch)
+        delivered = self._ship(batch, overlap=full and not stopping)
         self._next_ship = time.monotonic() + self.batch_interval
         if not delivered:
             self._sleep(self.backoff.delay(self._attempt), backoff=True)
@@ -846,8 +876,30 @@ class Shipper:
 
     # -- one batch -----------------------------------------------------------------------------
 
+    def _settle(self) -> None:
+        """Wait for the acknowledgement in flight, if any; what it raised is raised here (its
+        events stay spooled, the next look starts from the oldest)."""
+        pending, self._pending = self._pending, None
+        self._pending_seq = 0
+        if pending is not None:
+            pending.result()
+
+    def _ack(self, event_ids: list[str]) -> int:
+        """Acknowledge ``event_ids`` in the spool and count them as shipped (on the acker
+        thread); returns how many were still spooled."""
+        acked = self.spool.ack(event_ids)
+        with self._lock:
+            self._shipped += acked
+        return acked
+
     def ship(self, batch: Sequence[SpooledEvent]) -> bool:
         """Send ``batch`` once; ack, dead-letter or keep each event. True if none is kept."""
+        self._settle()
+        return self._ship(batch, overlap=False)
+
+    def _ship(self, batch: Sequence[SpooledEvent], *, overlap: bool) -> bool:
+        """:meth:`ship`; with ``overlap`` a fully delivered batch is acknowledged on the acker
+        thread (after the acknowledgement in flight) and this returns without waiting."""
         send_serialized = getattr(self.sink, "send_serialized", None)
         try:
             if send_serialized is not None:  # the stored JSON text, not parsed and re-encoded
@@ -874,9 +926,13 @@ class Shipper:
             else:
                 causes[result.cause or "retry"] += 1
                 first_error = first_error or result.error
-        acked = self.spool.ack(delivered)
+        self._settle()
+        if overlap and not causes and self._acker is not None and batch:
+            self._pending = self._acker.submit(self._ack, delivered)
+            self._pending_seq = max(item.seq for item in batch)
+        else:
+            self._ack(delivered)
         with self._lock:
-            self._shipped += acked
             if delivered:
                 self._last_success = time.time()
             for cause in causes:

@@ -673,3 +673,73 @@ def test_finding_events_move_from_the_history_outbox_and_a_failure_waits_in_it(
         assert shipper.stats()["errors"] == {"outbox": 2}
     shipped = [d["event_id"] for d in read_lines(tmp_path / "events.jsonl")]
     assert sorted(shipped) == sorted([event(1).event_id, *(f.to_event().event_id for f in found)])
+
+
+def test_the_next_batch_is_sent_while_the_previous_one_is_acknowledged(spool: Spool) -> None:
+    """Draining a backlog, a full batch's acknowledgement (a spool commit) overlaps the next
+    batch's request; every event is still shipped once and acknowledged."""
+    import threading
+
+    sink = RecordingSink(serialized=True)
+    second_sent = threading.Event()
+    overlapped: list[bool] = []
+    send = sink._send_serialized
+
+    def send_serialized(pairs: Any) -> list[ItemResult]:
+        results = send(pairs)
+        if len(sink.texts) > 4:
+            second_sent.set()
+        return results
+
+    sink.send_serialized = send_serialized  # type: ignore[attr-defined]
+    ack = spool.ack
+
+    def slow_ack(event_ids: Any) -> int:
+        ids = list(event_ids)
+        if not overlapped:  # the first batch's acknowledgement waits for the second request
+            overlapped.append(second_sent.wait(5.0))
+        return ack(ids)
+
+    spool.ack = slow_ack  # type: ignore[method-assign]
+    events = [event(i) for i in range(10)]
+    spool.emit_many(events)
+    shipper = Shipper(spool, sink, batch_size=4, batch_interval=0.05, backoff=FAST)
+    shipper.start()
+    try:
+        wait_until(lambda: len(spool) == 0 and shipper.stats()["shipped"] == 10)
+    finally:
+        shipper.stop(2.0)
+    assert overlapped == [True]
+    assert sorted(event_id for event_id, _ in sink.texts) == sorted(e.event_id for e in events)
+
+
+def test_a_failed_overlapped_acknowledgement_keeps_its_batch_and_ships_it_again(
+    spool: Spool,
+) -> None:
+    """The batch whose acknowledgement failed on the acker thread is not skipped: it stays
+    spooled, is sent again (the sink deduplicates) and acknowledged; the error is counted."""
+    sink = RecordingSink(serialized=True)
+    ack = spool.ack
+    failed: list[str] = []
+
+    def failing_once(event_ids: Any) -> int:
+        ids = list(event_ids)
+        if not failed:
+            failed.extend(ids)
+            raise sqlite3.OperationalError("disk I/O error")
+        return ack(ids)
+
+    spool.ack = failing_once  # type: ignore[method-assign]
+    events = [event(i) for i in range(12)]
+    spool.emit_many(events)
+    shipper = Shipper(spool, sink, batch_size=4, batch_interval=0.05, backoff=FAST)
+    shipper.start()
+    try:
+        wait_until(lambda: len(spool) == 0)
+    finally:
+        shipper.stop(2.0)
+    sent = [event_id for event_id, _ in sink.texts]
+    assert failed and all(sent.count(event_id) == 2 for event_id in failed)
+    assert set(sent) == {e.event_id for e in events}
+    assert shipper.stats()["errors"].get("spool") == 1
+    assert shipper.stats()["shipped"] == 12

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from exporter.events import Emitter, Event, EventKind
-from exporter.spool import Spool
+from exporter.spool import WAL_AUTOCHECKPOINT_PAGES, Spool
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 
@@ -39,6 +39,13 @@ def test_wal_and_full_sync(spool: Spool) -> None:
         conn.close()
     assert spool._db().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert isinstance(spool, Emitter)
+
+
+def test_checkpoints_are_spaced_for_acknowledged_batches(spool: Spool) -> None:
+    """A batch's acknowledgement dirties ~1000 pages: the WAL is checkpointed after
+    WAL_AUTOCHECKPOINT_PAGES, not after SQLite's default of 1000 (nearly every batch)."""
+    pages = spool._db().execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    assert pages == WAL_AUTOCHECKPOINT_PAGES > 1000
 
 
 def test_duplicates_are_ignored_even_after_ack(spool: Spool) -> None:
