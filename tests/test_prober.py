@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from conftest import CANARIES, Clock, Sim, hash_bins, poll
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Targets
@@ -281,25 +282,26 @@ def test_names_are_sanitized_and_nothing_escapes_the_cache(sim: Sim, tmp_path: P
     assert not (tmp_path / "evil").exists()
 
 
-def test_probe_json_command(sim: Sim, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = tmp_path / "config.yml"
+def _cli_config(sim: Sim, tmp_path: Path, canaries: list[str], mirror: str | None = None) -> Path:
+    """A configuration file for the ``probe`` command: the simulated repository ``sim``, its
+    primary and, if named, one mirror."""
     primary = sim.server.endpoint_urls("primary")
-    mirror = sim.server.endpoint_urls("mirror1")
-    config.write_text(
-        f"""
-state_dir: {tmp_path / 'state'}
-repositories:
-  - name: sim
-    metadata_url: {primary[0]}
-    targets_url: {primary[1]}
-    trusted_root: {sim.trusted_root}
-    canary_targets: [files/a.txt, team/b.txt]
-    mirrors:
-      - name: mirror1
-        metadata_url: {mirror[0]}
-        targets_url: {mirror[1]}
-"""
-    )
+    repository: dict[str, Any] = {
+        "name": "sim", "metadata_url": primary[0], "targets_url": primary[1],
+        "trusted_root": str(sim.trusted_root), "canary_targets": canaries,
+    }
+    if mirror is not None:
+        urls = sim.server.endpoint_urls(mirror)
+        repository["mirrors"] = [{"name": mirror, "metadata_url": urls[0],
+                                  "targets_url": urls[1]}]
+    config = tmp_path / "config.yml"
+    config.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"),
+                                      "repositories": [repository]}))
+    return config
+
+
+def test_probe_json_command(sim: Sim, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _cli_config(sim, tmp_path, ["files/a.txt", "team/b.txt"], mirror="mirror1")
     assert cli.main(["probe", "--config", str(config), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     [repo] = out["repositories"]
@@ -760,19 +762,7 @@ def test_a_root_python_tuf_refuses_is_not_shown_as_the_trusted_root(
 def test_probe_json_prints_python_tufs_verdict_on_metadata_it_cannot_canonicalize(
     sim: Sim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = tmp_path / "config.yml"
-    primary = sim.server.endpoint_urls("primary")
-    config.write_text(
-        f"""
-state_dir: {tmp_path / 'state'}
-repositories:
-  - name: sim
-    metadata_url: {primary[0]}
-    targets_url: {primary[1]}
-    trusted_root: {sim.trusted_root}
-    canary_targets: [files/a.txt]
-"""
-    )
+    config = _cli_config(sim, tmp_path, ["files/a.txt"])
     sim.server.inject("unencodable-metadata")
     assert cli.main(["probe", "--config", str(config), "--json"]) == 1
     [endpoint] = json.loads(capsys.readouterr().out)["repositories"][0]["endpoints"]
