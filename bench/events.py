@@ -27,13 +27,13 @@ from pathlib import Path
 
 from bench.common import Goal, Row, median, repository, scratch
 from bench.simproc import SimProcess, Spec
-from exporter.config import Config, OpenSearch
-from exporter.events import canonical_json
-from exporter.prober import Prober
-from exporter.results import ProbeResult
-from exporter.service import verification_event
-from exporter.shipper import OpenSearchSink, Shipper
-from exporter.spool import Spool
+from exporter.config.model import Config, OpenSearch
+from exporter.events.model import canonical_json
+from exporter.events.shipper import OpenSearchSink, Shipper
+from exporter.events.spool import Spool
+from exporter.probe.prober import Prober
+from exporter.probe.results import ProbeResult
+from exporter.serve.service import verification_event
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from opensearch_fake import FakeOpenSearch  # type: ignore[import-not-found]

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from exporter import __version__, logs
-from exporter.alerts import AlertOptions
-from exporter.config import Config, ConfigError, load_config, parse_shard
-from exporter.durations import parse_duration
-from exporter.history_store import HistoryError
-from exporter.prober import Prober, TrustedRootError, load_trusted_root, temporary_directory
-from exporter.results import ProbeResult, rfc3339
-from exporter.service import Service
+from exporter.config.durations import parse_duration
+from exporter.config.model import Config, ConfigError, load_config, parse_shard
+from exporter.generate.alerts import AlertOptions
+from exporter.history.store import HistoryError
+from exporter.probe.prober import Prober, TrustedRootError, load_trusted_root, temporary_directory
+from exporter.probe.results import ProbeResult, rfc3339
+from exporter.serve.service import Service
 from exporter.simulator import FAULTS
 
 log = logging.getLogger("exporter")
@@ -123,7 +123,7 @@ DEFAULT_LISTEN = ":9929"
 
 def _serve(service: Service, args: argparse.Namespace, banner: Callable[[str], None]) -> int:
     """Run ``service`` behind the HTTP server until SIGTERM or SIGINT; SIGHUP reloads."""
-    from exporter.web import ExporterServer, WebConfigError, raise_open_files_limit
+    from exporter.serve.web import ExporterServer, WebConfigError, raise_open_files_limit
 
     raise_open_files_limit()  # before the server sizes its connection cap from it
     try:
@@ -177,7 +177,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     logs.setup(args.log_level)
     import tempfile
 
-    from exporter.demo import DemoOptions, DemoRepository
+    from exporter.simulator.demo import DemoOptions, DemoRepository
 
     state = args.state_dir or Path(tempfile.mkdtemp(prefix="tuf-exporter-demo-"))
     demo = DemoRepository(DemoOptions(
@@ -208,7 +208,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_dashboards(args: argparse.Namespace) -> int:
     """Write the generated Grafana dashboards."""
-    from exporter.dashboards import build_dashboards
+    from exporter.generate.dashboards import build_dashboards
 
     for path in build_dashboards(args.out):
         print(path)
@@ -217,7 +217,7 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
 
 def cmd_alerts(args: argparse.Namespace) -> int:
     """Write the generated Prometheus rules and the Alertmanager example."""
-    from exporter.alerts import build_alerts
+    from exporter.generate.alerts import build_alerts
 
     options = AlertOptions.from_yaml(args.config) if args.config else None
     for path in build_alerts(args.out, options):

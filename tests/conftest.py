@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from opensearch_fake import FakeOpenSearch
 
-from exporter.config import Endpoint, Mode, Repository
+from exporter.config.model import Endpoint, Mode, Repository
+from exporter.events.spool import Spool
 from exporter.simulator import SimulatedRepository, SimulatorServer
-from exporter.spool import Spool
 
 # ../shared from the project's root; from a git worktree (/work/wt/<name>) one level further up.
 SHARED = next((parent / "shared" for parent in Path(__file__).resolve().parents[1:]
@@ -141,7 +141,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     """Freeze the wall clock of python-tuf, the prober and the simulator (see :class:`Clock`)."""
     from tuf.ngclient._internal import trusted_metadata_set
 
-    from exporter import prober
+    from exporter.probe import prober
     from exporter.simulator import faults, repository
 
     virtual = Clock()

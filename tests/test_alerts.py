@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter import alerts, catalogue
-from exporter.alerts import AlertOptions
-from exporter.durations import parse_duration
+from exporter import catalogue
+from exporter.config.durations import parse_duration
+from exporter.generate import alerts
+from exporter.generate.alerts import AlertOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS_DIR = ROOT / "alerts"

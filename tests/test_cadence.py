@@ -11,7 +11,8 @@ import pytest
 from prometheus_client.core import Metric
 
 from exporter import catalogue
-from exporter.cadence import (
+from exporter.config.model import Policy
+from exporter.history.cadence import (
     CONFIGURED_GRACE_SECONDS,
     LEARNED_TOLERANCE,
     CadenceTracker,
@@ -22,7 +23,6 @@ from exporter.cadence import (
     is_on_cadence,
     online_roles,
 )
-from exporter.config import Policy
 from exporter.simulator import SimulatedRepository
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)

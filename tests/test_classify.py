@@ -8,9 +8,9 @@ import pytest
 from conftest import Sim, poll
 from tuf.api import exceptions
 
-from exporter.classify import role_from_message
-from exporter.prober import Prober
-from exporter.results import FailedRole
+from exporter.probe.classify import role_from_message
+from exporter.probe.prober import Prober
+from exporter.probe.results import FailedRole
 
 
 @pytest.mark.parametrize(("message", "role"), [

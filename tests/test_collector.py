@@ -8,8 +8,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import ExporterCollector, ProbeStore
-from exporter.results import DelegationSummary, ProbeResult, RoleFacts
+from exporter.probe.results import DelegationSummary, ProbeResult, RoleFacts
+from exporter.serve.collector import ExporterCollector, ProbeStore
 
 
 def _samples(store: ProbeStore) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

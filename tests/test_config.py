@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import ConfigError, Mode, load_config, parse_config, safe_name
-from exporter.durations import format_duration, parse_duration
+from exporter.config.durations import format_duration, parse_duration
+from exporter.config.model import ConfigError, Mode, load_config, parse_config, safe_name
 
 MINIMAL = """
 repositories:
@@ -153,8 +153,8 @@ _INVALID = Path(__file__).parent / "invalid_configs"
 
 
 def _load_any(path: Path) -> object:
-    from exporter.alerts import AlertOptions
-    from exporter.web import load_web_config
+    from exporter.generate.alerts import AlertOptions
+    from exporter.serve.web import load_web_config
 
     if path.name.startswith("web-"):
         return load_web_config(path)

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from exporter import alerts, catalogue, dashboards
+from exporter import catalogue
+from exporter.generate import alerts, dashboards
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS_DIR = ROOT / "dashboards"

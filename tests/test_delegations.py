@@ -16,11 +16,11 @@ from conftest import Sim, hash_bins, serve
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import SuccinctRoles, Targets
 
-from exporter import delegations
-from exporter.config import Limits, Mode
-from exporter.fetcher import Fetcher
-from exporter.prober import Prober
-from exporter.results import ProbeResult
+from exporter.config.model import Limits, Mode
+from exporter.probe import delegations
+from exporter.probe.fetcher import Fetcher
+from exporter.probe.prober import Prober
+from exporter.probe.results import ProbeResult
 from exporter.simulator import SimulatedRepository
 
 BINS = 16
@@ -173,7 +173,7 @@ def test_a_bin_that_could_not_be_cached_is_not_memoised(
     def full_disk(metadata_dir: Path, role: str, source: Path) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("exporter.prober._persist", full_disk)
+    monkeypatch.setattr("exporter.probe.prober._persist", full_disk)
     assert _probe(bins, prober).success  # the verdict stands; the cache keeps the old file
     monkeypatch.undo()
     bins.repo.publish()

@@ -37,11 +37,11 @@ import pytest
 import yaml
 
 from exporter import cli
-from exporter.alerts import AlertOptions
-from exporter.config import Config, ConfigError, parse_config
-from exporter.durations import parse_duration
-from exporter.prober import load_trusted_root
-from exporter.web import ExporterServer, parse_listen_address
+from exporter.config.durations import parse_duration
+from exporter.config.model import Config, ConfigError, parse_config
+from exporter.generate.alerts import AlertOptions
+from exporter.probe.prober import load_trusted_root
+from exporter.serve.web import ExporterServer, parse_listen_address
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -1157,7 +1157,7 @@ SECTIONS = {"repositories[].mirrors", "repositories[].limits", "repositories[].p
 
 def _accepted_keys() -> list[str]:
     """Every key the parser reads, as a path like ``repositories[].limits.root_max_length``."""
-    from exporter import config as module
+    from exporter.config import model as module
 
     seen: list[str] = []
     original = module._Reader.raw

@@ -1,7 +1,7 @@
 """A reused verdict equals a full refresh: two probers, one event sequence, field by field.
 
-Two :class:`~exporter.prober.Prober` s probe the same simulated endpoint after every event of a
-seeded random sequence: one refreshes fully every probe (``full_refresh_every=1``), the other
+Two :class:`~exporter.probe.prober.Prober` s probe the same simulated endpoint after every event
+of a seeded random sequence: one refreshes fully every probe (``full_refresh_every=1``), the other
 reuses its last verdict whenever it may. Events are publishes, every simulator fault and its
 repair, the clock moving past expiries (the ``clock`` fixture: no waiting), re-signing, key and
 root rotations, ``consistent_snapshot`` switched off and on, new delegations and configuration
@@ -29,9 +29,9 @@ from typing import Any
 import pytest
 from conftest import Clock, Sim, serve
 
-from exporter.config import Repository
-from exporter.prober import Prober
-from exporter.results import ProbeResult
+from exporter.config.model import Repository
+from exporter.probe.prober import Prober
+from exporter.probe.results import ProbeResult
 from exporter.simulator import FAULTS, SimulatedRepository
 
 #: Lifetimes short enough that the clock crosses them often (seconds).

@@ -1,8 +1,8 @@
 """End to end: faults injected into simulated repositories, pages delivered (issue #8).
 
 A real Prometheus scrapes ``tuf-exporter serve`` every second and evaluates the generated rules
-(shortened :class:`~exporter.alerts.AlertOptions`); a real Alertmanager, configured with the
-generated example, routes to a webhook recorder. Each scenario owns one repository, injects its
+(shortened :class:`~exporter.generate.alerts.AlertOptions`); a real Alertmanager, configured with
+the generated example, routes to a webhook recorder. Each scenario owns one repository, injects its
 fault, waits for the notification and measures the time from injection to delivery (printed
 at the end of the module). See ``tests/e2e_harness.py``.
 """
@@ -31,9 +31,9 @@ from e2e_harness import (
     poll,
 )
 
-from exporter.alerts import kebab, promql_metric_names
-from exporter.dashboards import build_dashboards
-from exporter.durations import parse_duration
+from exporter.config.durations import parse_duration
+from exporter.generate.alerts import kebab, promql_metric_names
+from exporter.generate.dashboards import build_dashboards
 
 _MISSING = [name for name, found in (
     ("prometheus", find_binary("prometheus")),

@@ -29,13 +29,13 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from tuf.api import exceptions
 
-from exporter.classify import exporter_error_result, host_fault, reason_of
-from exporter.collector import ProbeStore
-from exporter.config import Endpoint
-from exporter.inspector import Inspected, Inspector
-from exporter.prober import Prober
-from exporter.results import ErrorCause, ProbeResult, Reason
-from exporter.service import Service
+from exporter.config.model import Endpoint
+from exporter.probe.classify import exporter_error_result, host_fault, reason_of
+from exporter.probe.inspector import Inspected, Inspector
+from exporter.probe.prober import Prober
+from exporter.probe.results import ErrorCause, ProbeResult, Reason
+from exporter.serve.collector import ProbeStore
+from exporter.serve.service import Service
 from exporter.simulator import closed_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,8 +124,8 @@ def test_no_descriptor_for_a_socket_is_ours(sim: Sim) -> None:
     url = sim.server.endpoint_urls("primary")[0] + "timestamp.json"
     code = textwrap.dedent(f"""
         import os, resource, time
-        from exporter.classify import host_fault, reason_of
-        from exporter.fetcher import Fetcher, new_session
+        from exporter.probe.classify import host_fault, reason_of
+        from exporter.probe.fetcher import Fetcher, new_session
         resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
         fetcher = Fetcher(new_session(1), lambda url: "timestamp", connect_timeout=1,
                           read_timeout=1, deadline=time.monotonic() + 5)
@@ -159,8 +159,8 @@ def test_cache_facts_unreadable_for_want_of_descriptors_are_ours(sim: Sim) -> No
     code = textwrap.dedent(f"""
         import os, resource
         from pathlib import Path
-        from exporter.classify import host_fault
-        from exporter.prober import _cache_files
+        from exporter.probe.classify import host_fault
+        from exporter.probe.prober import _cache_files
         resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
         held = []
         try:

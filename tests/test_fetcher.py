@@ -15,14 +15,14 @@ import requests
 from conftest import Sim
 from tuf.api import exceptions
 
-from exporter.fetcher import (
+from exporter.probe.fetcher import (
     Fetcher,
     _parse_date,
     new_session,
     redirect_allowed,
     redirect_origin,
 )
-from exporter.results import rfc3339
+from exporter.probe.results import rfc3339
 
 
 def test_on_metadata_sees_each_complete_metadata_body_before_the_caller(sim: Sim) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import DelegatedRole, Delegations, Targets
 
-from exporter.fingerprints import KeyFingerprints
+from exporter.probe.fingerprints import KeyFingerprints
 
 
 def _targets(threshold_of_c: int = 1) -> Targets:

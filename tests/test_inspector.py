@@ -18,7 +18,7 @@ from tuf.api.metadata import Delegations, Metadata, Root, SuccinctRoles, Targets
 from tuf.api.serialization import SerializationError
 from tuf.api.serialization.json import CanonicalJSONSerializer
 
-from exporter.inspector import CachedFile, Inspector, file_identity
+from exporter.probe.inspector import CachedFile, Inspector, file_identity
 from exporter.simulator import SimulatedRepository
 from exporter.simulator.repository import metadata_file
 
@@ -82,7 +82,7 @@ def test_unreadable_bytes_give_no_facts_and_no_error() -> None:
 def test_the_first_payload_is_the_canonical_one_for_ordinary_metadata() -> None:
     """The fast ASCII encoding is tried only when it equals the UTF-8 one, so with or without
     non-ASCII text the first payload tried is canonical JSON for ordinary metadata."""
-    from exporter.inspector import _payloads
+    from exporter.probe.inspector import _payloads
 
     for signed in (
         {"b": [1, 2], "a": "plain", "c": {"z": "x", "y": True}},
@@ -106,7 +106,7 @@ def test_a_large_file_is_read_with_the_gc_paused_and_the_gc_state_restored(
 ) -> None:
     import gc
 
-    from exporter import inspector
+    from exporter.probe import inspector
 
     repo = SimulatedRepository()
     repo.add_target("files/a", b"a")
@@ -153,7 +153,7 @@ def _on_disk(tmp_path: Path, files: dict[str, bytes]) -> dict[str, bytes | Cache
 
 
 def _counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    from exporter import inspector
+    from exporter.probe import inspector
 
     reads: list[str] = []
     real = inspector.read_file

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import OpenSearch
-from exporter.events import Event, EventKind
-from exporter.shipper import Backoff, OpenSearchSink, Shipper
-from exporter.spool import Spool
+from exporter.config.model import OpenSearch
+from exporter.events.model import Event, EventKind
+from exporter.events.shipper import Backoff, OpenSearchSink, Shipper
+from exporter.events.spool import Spool
 
 URL = os.environ.get("OPENSEARCH_URL")
 

@@ -18,9 +18,9 @@ from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Targets
 
 from exporter import cli
-from exporter.config import Mode
-from exporter.prober import Prober
-from exporter.results import ProbeResult
+from exporter.config.model import Mode
+from exporter.probe.prober import Prober
+from exporter.probe.results import ProbeResult
 from exporter.simulator import FAULTS, closed_port
 
 # fault -> (endpoint, inject parameters, expected reason, expected role); None = success
@@ -135,7 +135,7 @@ def test_freeze_ends_in_expired_timestamp(sim: Sim) -> None:
 
 
 def test_connection_refused_and_timeout_are_told_apart(sim: Sim) -> None:
-    from exporter.config import Endpoint
+    from exporter.config.model import Endpoint
 
     port = closed_port()
     url = f"http://127.0.0.1:{port}/"
@@ -256,7 +256,7 @@ def test_full_refresh_at_least_every_n_probes(sim: Sim) -> None:
 
 def test_cold_mode_starts_from_the_trusted_root_every_time(sim: Sim) -> None:
     prober = Prober(sim.state_dir)
-    from exporter.config import Mode
+    from exporter.config.model import Mode
 
     for _ in range(2):
         sim.server.reset_requests()
@@ -336,7 +336,7 @@ def test_bad_trusted_root_is_a_usage_error(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_canary_larger_than_the_configured_limit(sim: Sim) -> None:
-    from exporter.config import Limits
+    from exporter.config.model import Limits
 
     result = _probe(sim, limits=Limits(target_max_length=5))
     assert (result.reason, result.role) == ("length_or_hash_mismatch", "target")
@@ -346,7 +346,7 @@ def test_canary_larger_than_the_configured_limit(sim: Sim) -> None:
 def test_a_delegation_tree_larger_than_the_limit_is_reported(
     sim: Sim, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from exporter.config import Limits
+    from exporter.config.model import Limits
 
     result = _probe(sim, limits=Limits(max_delegations=0), canary_targets=("files/a.txt",))
     assert result.success
@@ -716,7 +716,7 @@ def test_every_temporary_file_of_a_probe_is_below_state_dir(
 def test_a_root_rotation_is_judged_against_both_root_versions(
     sim: Sim, mode: str, rotation: dict[str, Any]
 ) -> None:
-    from exporter.config import Mode
+    from exporter.config.model import Mode
 
     prober = Prober(sim.state_dir)
     assert _probe(sim, prober, mode=Mode(mode)).roles["root"].version == 1

@@ -12,11 +12,11 @@ import pytest
 from conftest import poll
 
 from exporter import catalogue
-from exporter.classify import exporter_fault
-from exporter.config import Config, Endpoint, Repository
-from exporter.history_store import HistoryError
-from exporter.scheduler import Scheduler
-from exporter.spool import SpoolError
+from exporter.config.model import Config, Endpoint, Repository
+from exporter.events.spool import SpoolError
+from exporter.history.store import HistoryError
+from exporter.probe.classify import exporter_fault
+from exporter.serve.scheduler import Scheduler
 
 
 def _sqlite_error(code: int) -> sqlite3.Error:
@@ -78,7 +78,7 @@ def test_the_scheduler_loop_survives_its_own_exception(
         return real()
 
     monkeypatch.setattr(loop, "_process_jobs", process_jobs)
-    monkeypatch.setattr("exporter.scheduler.LOOP_BACKOFF", (0.05, 0.1))
+    monkeypatch.setattr("exporter.serve.scheduler.LOOP_BACKOFF", (0.05, 0.1))
     scheduler.apply(_config(tmp_path), first_run_within=0.0)
     scheduler.start()
     poll(lambda: len(calls) >= 3, timeout=10)

@@ -21,9 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tuf.api.metadata import Metadata
 
 from exporter.catalogue import METRICS, Subsystem, sample_names
-from exporter.config import Endpoint, Repository
-from exporter.results import ProbeResult
-from exporter.service import Service
+from exporter.config.model import Endpoint, Repository
+from exporter.probe.results import ProbeResult
+from exporter.serve.service import Service
 from exporter.simulator import closed_port
 
 
@@ -292,7 +292,7 @@ def test_shards_split_the_repositories(sim: Sim, tmp_path: Path) -> None:
     extra = [{"name": f"repo-{i}", "metadata_url": f"http://127.0.0.1:9/{i}/",
               "trusted_root": str(sim.trusted_root)} for i in range(12)]
     config = _write_config(sim, tmp_path / "config.yml", extra=extra)
-    from exporter.service import load
+    from exporter.serve.service import load
 
     everything = {(r.name, e.name) for r in load(config).config.repositories
                   for e in r.endpoints}

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import Config, Endpoint, Repository, Signer
-from exporter.sharding import PRIMARY, ShardKey, owner, select
+from exporter.config.model import Config, Endpoint, Repository, Signer
+from exporter.serve.sharding import PRIMARY, ShardKey, owner, select
 
 REPOS = 300
 
@@ -136,7 +136,7 @@ FIRST_12_OF_4 = [3, 1, 2, 2, 2, 1, 1, 2, 1, 3, 0, 3]
 
 def _pinned_program() -> str:
     return (
-        "from exporter.sharding import owner, ShardKey\n"
+        "from exporter.serve.sharding import owner, ShardKey\n"
         "print(owner('sigstore', 'primary', 3), owner('pypi', 'mirror-eu', 5, "
         "ShardKey.ENDPOINT), owner('a/b c', 'primary', 8), "
         "sum(owner(f'repo-{i}', 'primary', 7) * i for i in range(500)))\n"

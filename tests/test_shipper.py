@@ -17,9 +17,9 @@ import pytest
 from opensearch_fake import FakeOpenSearch, wait_until
 
 from exporter import catalogue
-from exporter.config import Config, OpenSearch
-from exporter.events import Event, EventKind
-from exporter.shipper import (
+from exporter.config.model import Config, OpenSearch
+from exporter.events.model import Event, EventKind
+from exporter.events.shipper import (
     Backoff,
     FileSink,
     ItemResult,
@@ -31,7 +31,7 @@ from exporter.shipper import (
     redact,
     timevalue,
 )
-from exporter.spool import Spool
+from exporter.events.spool import Spool
 
 T0 = datetime(2024, 5, 1, 23, 59, 58, tzinfo=UTC)
 FAST = Backoff(initial=0.02, maximum=0.2)
@@ -314,10 +314,10 @@ _CHILD = """
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from exporter.config import OpenSearch
-from exporter.events import Event, EventKind
-from exporter.shipper import Backoff, OpenSearchSink, Shipper
-from exporter.spool import Spool
+from exporter.config.model import OpenSearch
+from exporter.events.model import Event, EventKind
+from exporter.events.shipper import Backoff, OpenSearchSink, Shipper
+from exporter.events.spool import Spool
 
 spool = Spool(Path(sys.argv[1]))
 t0 = datetime(2024, 5, 1, tzinfo=UTC)
@@ -634,9 +634,9 @@ def test_a_bug_in_a_step_is_counted_and_the_shipper_goes_on(
 def test_finding_events_move_from_the_history_outbox_and_a_failure_waits_in_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from exporter.config import Policy
-    from exporter.history import HistoryStore
-    from exporter.results import ProbeResult, RoleFacts
+    from exporter.config.model import Policy
+    from exporter.history.recorder import HistoryStore
+    from exporter.probe.results import ProbeResult, RoleFacts
 
     def probe(version: int, seconds: float) -> ProbeResult:
         role = RoleFacts(name="timestamp", version=version, expires=T0 + timedelta(days=1),

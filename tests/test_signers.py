@@ -26,10 +26,10 @@ from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import CanonicalJSONSerializer
 
 from exporter import catalogue
-from exporter.config import Signer as SignerConfig
-from exporter.events import Event, EventKind
-from exporter.prober import Prober
-from exporter.signers import (
+from exporter.config.model import Signer as SignerConfig
+from exporter.events.model import Event, EventKind
+from exporter.probe.prober import Prober
+from exporter.probe.signers import (
     CHALLENGE_PREFIX,
     AuthorizedKeys,
     CachedKeySource,

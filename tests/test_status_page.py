@@ -14,12 +14,11 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
-from exporter import alerts
-from exporter.alerts import AlertOptions
 from exporter.catalogue import family
-from exporter.collector import RECENT_FAILURES, RECENT_PROBES, ProbeStore
-from exporter.config import Config, Endpoint, Repository, Signer
-from exporter.results import (
+from exporter.config.model import Config, Endpoint, Repository, Signer
+from exporter.generate import alerts
+from exporter.generate.alerts import AlertOptions
+from exporter.probe.results import (
     ErrorCause,
     FailedRole,
     ProbeResult,
@@ -27,9 +26,10 @@ from exporter.results import (
     RequestRecord,
     RoleFacts,
 )
-from exporter.signers import SignerReason, SignerResult
-from exporter.status_page import StatusPage, reason_alert
-from exporter.web import ExporterServer
+from exporter.probe.signers import SignerReason, SignerResult
+from exporter.serve.collector import RECENT_FAILURES, RECENT_PROBES, ProbeStore
+from exporter.serve.status_page import StatusPage, reason_alert
+from exporter.serve.web import ExporterServer
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNBOOKS = ROOT / "docs" / "runbooks"

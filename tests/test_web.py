@@ -1,4 +1,4 @@
-"""Tests for the exporter's HTTP(S) server (exporter.web), on loopback only."""
+"""Tests for the exporter's HTTP(S) server (exporter.serve.web), on loopback only."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from exporter import web
-from exporter.web import (
+from exporter.serve import web
+from exporter.serve.web import (
     ExporterServer,
     WebConfigError,
     connection_limit,
@@ -383,7 +383,7 @@ def test_collector_error_is_a_500_and_the_server_lives_on(
     registry = make_registry()
     registry.register(Broken())
     server = make_server(registry=registry)
-    with caplog.at_level(logging.ERROR, logger="exporter.web"):
+    with caplog.at_level(logging.ERROR, logger="exporter.serve.web"):
         resp = requests.get(server.url + "metrics", timeout=5)
     assert resp.status_code == 500
     assert "RuntimeError: database is gone" in resp.text
@@ -698,10 +698,10 @@ def test_bounds_must_be_positive(options: dict[str, Any]) -> None:
 
 def test_requests_logged_at_debug_only(server: ExporterServer,
                                        caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="exporter.web"):
+    with caplog.at_level(logging.INFO, logger="exporter.serve.web"):
         requests.get(server.url + "-/healthy", timeout=5)
     assert not [r for r in caplog.records if r.getMessage() == "request"]
-    with caplog.at_level(logging.DEBUG, logger="exporter.web"):
+    with caplog.at_level(logging.DEBUG, logger="exporter.serve.web"):
         requests.get(server.url + "-/healthy", timeout=5)
         deadline = time.monotonic() + 2  # logged just after the response is written
         while time.monotonic() < deadline and not [
@@ -789,7 +789,7 @@ def test_client_certificate_allowed_sans(make_server: ServerFactory, pki: PKI) -
 
 def test_ignored_tls_options_warn(pki: PKI, caplog: pytest.LogCaptureFixture) -> None:
     config = write_config(pki, TLS_CONFIG + "  cipher_suites: [TLS_AES_128_GCM_SHA256]\n")
-    with caplog.at_level(logging.WARNING, logger="exporter.web"):
+    with caplog.at_level(logging.WARNING, logger="exporter.serve.web"):
         loaded = load_web_config(config)
     assert loaded.tls is not None
     assert loaded.tls.ignored == ("cipher_suites",)
@@ -1026,7 +1026,7 @@ def test_the_listening_log_line_names_the_bound_address_and_a_local_url(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # on every interface, the log says so (0.0.0.0), with a URL that works from this host
-    with caplog.at_level(logging.INFO, logger="exporter.web"), ExporterServer(
+    with caplog.at_level(logging.INFO, logger="exporter.serve.web"), ExporterServer(
         "0.0.0.0:0", make_registry(), ready=lambda: True, reload=lambda: (True, "")
     ) as server:
         port = server.address[1]

@@ -12,7 +12,7 @@ It behaves like the web server of the Go exporters built on the Prometheus expor
 * ``POST``/``PUT /-/reload`` calls ``reload()`` -> ``(ok, message)``: 200, or 500 with the
   message; other methods get 405.
 * ``GET /`` is the status page and ``GET /endpoint?repository=R&endpoint=E`` one endpoint's
-  page (see :mod:`exporter.status_page`) when a status page is given; else ``/`` is a small
+  page (see :mod:`exporter.serve.status_page`) when a status page is given; else ``/`` is a small
   landing page. Any other path is 404.
 
 TLS, client certificates, basic auth (bcrypt), extra response headers and rate limiting come
@@ -78,11 +78,11 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from exporter import __version__
-from exporter.durations import parse_duration
-from exporter.yamlfile import ConfigError, read_yaml
+from exporter.config.durations import parse_duration
+from exporter.config.yamlfile import ConfigError, read_yaml
 
 if TYPE_CHECKING:
-    from exporter.status_page import Page, StatusPage
+    from exporter.serve.status_page import Page, StatusPage
 
 __all__ = [
     "REALM",

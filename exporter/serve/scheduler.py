@@ -8,7 +8,7 @@ never answers holds at most one worker for at most its timeout and never delays 
 
 Survival: an exception of a probe or signer job is logged and counted in
 ``tuf_exporter_thread_errors_total{thread="probe_worker"|"signer_worker", cause}`` (the
-``cause`` by :func:`exporter.classify.exporter_fault`, as for ``tuf_exporter_errors_total``);
+``cause`` by :func:`exporter.probe.classify.exporter_fault`, as for ``tuf_exporter_errors_total``);
 it never reaches apscheduler, the worker goes on with the next job and the endpoint is probed
 again at its next interval (the interval is the backoff). An exception of the scheduler's own loop
 (apscheduler's job store or a trigger) is logged, counted as ``thread="scheduler"`` and waited
@@ -36,8 +36,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client.core import Metric
 
 from exporter import catalogue
-from exporter.classify import exporter_fault
-from exporter.config import Config, Endpoint, Repository, Signer
+from exporter.config.model import Config, Endpoint, Repository, Signer
+from exporter.probe.classify import exporter_fault
 
 log = logging.getLogger(__name__)
 

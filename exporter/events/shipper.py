@@ -38,7 +38,7 @@ Retries
 
 The outbox
     Findings' events are committed with the findings, in the history database's outbox
-    (:meth:`exporter.history.HistoryStore.drain_outbox`). Before each look at the spool the
+    (:meth:`exporter.history.recorder.HistoryStore.drain_outbox`). Before each look at the spool the
     shipper moves them into it (``Spool.put_many``); they leave the outbox only once the spool
     committed them, and the spool keeps an id once, so a crash between the two commits ships
     them exactly once. A failed move is counted as ``outbox`` and retried after a backoff of
@@ -72,9 +72,9 @@ from typing import Any, Protocol
 from prometheus_client.core import Metric
 
 from exporter import catalogue
-from exporter.config import Config, OpenSearch
-from exporter.events import Event, canonical_json
-from exporter.spool import Spool, SpooledEvent, SpoolError
+from exporter.config.model import Config, OpenSearch
+from exporter.events.model import Event, canonical_json
+from exporter.events.spool import Spool, SpooledEvent, SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class SinkError(Exception):
 
 class Outbox(Protocol):
     """Events committed elsewhere (the history's findings) waiting to be moved to the spool:
-    :class:`exporter.history.HistoryStore`."""
+    :class:`exporter.history.recorder.HistoryStore`."""
 
     @property
     def outbox_pending(self) -> int:

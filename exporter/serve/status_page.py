@@ -7,17 +7,17 @@ an alert is about to ticket (expiry margin or lag past the alert thresholds, sta
 then those not probed yet, then the healthy ones. ``GET /endpoint?repository=R&endpoint=E``
 shows one endpoint: the facts of its verdict, the request log (URL, HTTP status, bytes,
 seconds) and message of its recent probes, and its last failures with their times and logs,
-kept per endpoint (see :class:`exporter.collector.EndpointLog`).
+kept per endpoint (see :class:`exporter.serve.collector.EndpointLog`).
 
 The pages are plain server-rendered HTML (no script; ``<details>`` unfolds the logs) with a
 viewport and a narrow layout for phones. They read the in-memory state the ``/metrics``
-collector reads (the :class:`~exporter.collector.ProbeStore`, the history store's metric
+collector reads (the :class:`~exporter.serve.collector.ProbeStore`, the history store's metric
 families, the signer monitor) and never wait for a probe. Every text that comes from a
 repository, a configuration or an error message is escaped with :func:`html.escape`.
 
 Runbook links point at ``{AlertOptions.runbook_base_url}/{alert-name}.md``, the very URL the
 alert rules carry; the thresholds that mark a row as a warning are the alert rules' own
-(:class:`~exporter.alerts.AlertOptions`), so the page and the alerts agree.
+(:class:`~exporter.generate.alerts.AlertOptions`), so the page and the alerts agree.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ from urllib.parse import parse_qs, urlencode
 from prometheus_client.core import Metric
 
 from exporter import __version__
-from exporter.alerts import AlertOptions, expiry_threshold, kebab
 from exporter.catalogue import TOP_LEVEL_ROLES
-from exporter.collector import EndpointLog, ProbeStore
-from exporter.config import Config, Signer
-from exporter.results import ProbeResult, Reason, RequestRecord
-from exporter.signers import SignerResult
+from exporter.config.model import Config, Signer
+from exporter.generate.alerts import AlertOptions, expiry_threshold, kebab
+from exporter.probe.results import ProbeResult, Reason, RequestRecord
+from exporter.probe.signers import SignerResult
+from exporter.serve.collector import EndpointLog, ProbeStore
 
 __all__ = ["Page", "StatusPage", "reason_alert"]
 
@@ -253,7 +253,8 @@ class StatusPage:
                lifetimes: Mapping[str, float | None],
                now: float) -> tuple[State, tuple[_Note, ...]]:
         """The row's state and what to say about it, by the alert rules' thresholds (expiry:
-        relative to each role's normal lifetime, :func:`exporter.alerts.expiry_threshold`)."""
+        relative to each role's normal lifetime,
+        :func:`exporter.generate.alerts.expiry_threshold`)."""
         o = self.options
         if latest is None:
             return State.PENDING, ()

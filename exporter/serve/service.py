@@ -23,22 +23,22 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import Metric
 
-from exporter import sharding
-from exporter.alerts import AlertOptions
-from exporter.cadence import CadenceTracker, online_roles
 from exporter.catalogue import family
-from exporter.classify import exporter_error_result
-from exporter.collector import ExporterCollector, ProbeStore
-from exporter.config import Config, ConfigError, Endpoint, Repository, Signer, load_config
-from exporter.events import Event, EventKind
-from exporter.history import Finding, HistoryStore, configured_endpoints
-from exporter.prober import Prober, TrustedRootError, load_trusted_root, temporary_directory
-from exporter.results import ErrorCause, ProbeResult, Reason
-from exporter.scheduler import Scheduler
-from exporter.shipper import Shipper
-from exporter.signers import CachedKeySource, SignerMonitor
-from exporter.spool import Spool
-from exporter.status_page import StatusPage
+from exporter.config.model import Config, ConfigError, Endpoint, Repository, Signer, load_config
+from exporter.events.model import Event, EventKind
+from exporter.events.shipper import Shipper
+from exporter.events.spool import Spool
+from exporter.generate.alerts import AlertOptions
+from exporter.history.cadence import CadenceTracker, online_roles
+from exporter.history.recorder import Finding, HistoryStore, configured_endpoints
+from exporter.probe.classify import exporter_error_result
+from exporter.probe.prober import Prober, TrustedRootError, load_trusted_root, temporary_directory
+from exporter.probe.results import ErrorCause, ProbeResult, Reason
+from exporter.probe.signers import CachedKeySource, SignerMonitor
+from exporter.serve import sharding
+from exporter.serve.collector import ExporterCollector, ProbeStore
+from exporter.serve.scheduler import Scheduler
+from exporter.serve.status_page import StatusPage
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class Membership:
 
 
 class Service:
-    """The running exporter, minus its HTTP front (see :mod:`exporter.web`).
+    """The running exporter, minus its HTTP front (see :mod:`exporter.serve.web`).
 
     ``registry`` holds the exporter's families plus prometheus_client's process (``process_*``:
     memory, CPU, open and max descriptors, start time), platform (``python_info``) and

@@ -36,7 +36,7 @@ class Reason(StrEnum):
 
 class ErrorCause(StrEnum):
     """Which fault of this host stopped the exporter's own work. A fixed set: it becomes the
-    ``cause`` label of ``tuf_exporter_errors_total``. Decided by :mod:`exporter.classify`."""
+    ``cause`` label of ``tuf_exporter_errors_total``. Decided by :mod:`exporter.probe.classify`."""
 
     #: Writing below ``state_dir`` failed: ENOSPC, EDQUOT, EROFS, EFBIG (``RLIMIT_FSIZE``), EIO.
     DISK = "disk"
@@ -55,7 +55,7 @@ class ErrorCause(StrEnum):
 class StoreError(RuntimeError):
     """Base of the errors of the exporter's own stores (the history, the event spool): a
     fault of this host, never of a repository. ``cause`` is the :class:`ErrorCause` that
-    :func:`exporter.classify.exporter_fault` counts it as; each store's error sets its own, so
+    :func:`exporter.probe.classify.exporter_fault` counts it as; each store's error sets its own, so
     the classifier needs no import of the stores."""
 
     cause: ClassVar[ErrorCause] = ErrorCause.INTERNAL

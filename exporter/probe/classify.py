@@ -25,8 +25,8 @@ from securesystemslib.exceptions import FormatError
 from tuf.api import exceptions
 
 from exporter.catalogue import TOP_LEVEL_ROLES
-from exporter.fetcher import DeadlineExceeded
-from exporter.results import ErrorCause, FailedRole, ProbeResult, Reason, StoreError
+from exporter.probe.fetcher import DeadlineExceeded
+from exporter.probe.results import ErrorCause, FailedRole, ProbeResult, Reason, StoreError
 
 #: errno -> the fault of this host it means. Only errnos a remote peer cannot cause.
 _HOST_ERRNOS: dict[int, ErrorCause] = {
@@ -86,7 +86,7 @@ def exporter_fault(exc: BaseException) -> ErrorCause:
     classifier of the exporter's faults, for ``tuf_exporter_errors_total{cause}`` and
     ``tuf_exporter_thread_errors_total{thread, cause}`` alike.
 
-    The store whose error is in the chain (:class:`~exporter.results.StoreError`'s ``cause``:
+    The store whose error is in the chain (:class:`~exporter.probe.results.StoreError`'s ``cause``:
     ``history``, ``spool``), else a fault of this host (:func:`host_fault`), else
     ``internal``: an exception our code did not expect is a bug of ours, never the
     repository's.

@@ -1,8 +1,8 @@
 """The history store: what every endpoint served over time, and what that history reveals.
 
-The prober hands each :class:`~exporter.results.ProbeResult` to :meth:`HistoryStore.observe`,
+The prober hands each :class:`~exporter.probe.results.ProbeResult` to :meth:`HistoryStore.observe`,
 which records the versions and content hashes the endpoint served (in one SQLite transaction,
-see :mod:`exporter.history_store`) and returns :class:`Finding` values: rollbacks, frozen
+see :mod:`exporter.history.store`) and returns :class:`Finding` values: rollbacks, frozen
 metadata, equivocation, unknown signers, over-long expiry, version jumps, key rotations, new
 versions and mirror lag episodes. :meth:`HistoryStore.metrics` exports the history metrics of
 the catalogue from an in-memory snapshot (no SQL on the scrape path).
@@ -15,7 +15,7 @@ reports nothing):
   serving the same old version, or flaps between the same two versions, counts once; a rollback
   to another version, or after the endpoint moved on to a higher version, counts again.
 * ``freeze``: the endpoint still serves the same version past the allowance of its expected
-  period, by the one rule of ``exporter.cadence`` (``ExpectedPeriod.allowance_seconds``, the
+  period, by the one rule of ``exporter.history.cadence`` (``ExpectedPeriod.allowance_seconds``, the
   same that sets ``tuf_signer_cadence_ok``): the role's ``Policy.cadence`` when configured (any
   role) plus a grace, otherwise, for the timestamp only, the median interval between the last
   version changes seen on the endpoint times a tolerance (judged only after
@@ -78,12 +78,12 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
-from exporter import history_store as db
-from exporter.cadence import ExpectedPeriod, expected_period
 from exporter.catalogue import ANOMALY_KINDS, TOP_LEVEL_ROLES, family
-from exporter.config import Config, Policy
-from exporter.events import Event, EventKind
-from exporter.history_store import (
+from exporter.config.model import Config, Policy
+from exporter.events.model import Event, EventKind
+from exporter.history import store as db
+from exporter.history.cadence import ExpectedPeriod, expected_period
+from exporter.history.store import (
     FILENAME,
     CurrentRow,
     HistoryCorruptError,
@@ -92,7 +92,7 @@ from exporter.history_store import (
     OnCorrupt,
     RootRow,
 )
-from exporter.results import FailedRole, ProbeResult, RoleFacts, RoleKeys, rfc3339
+from exporter.probe.results import FailedRole, ProbeResult, RoleFacts, RoleKeys, rfc3339
 
 __all__ = [
     "FILENAME",
@@ -1253,7 +1253,7 @@ class HistoryStore:
         of it any more (a probe that finishes after its removal), but its history stays on
         disk: configured again within ``retention`` seconds of its last observation, it
         comes back as it was (series, counters, rollback baseline); after that, retention
-        deletes it (:func:`~exporter.history_store.expire_unconfigured`). Called when the
+        deletes it (:func:`~exporter.history.store.expire_unconfigured`). Called when the
         store opens (``for_config``) and on every reload; only repositories that are new or
         whose endpoints changed are read from the database. Corruption found here is
         recovered from (see :meth:`_recover`) without raising: the configuration applies to

@@ -7,7 +7,7 @@ event spool is as durable, so an event drained from the outbox into the spool is
 by the outbox's commit being undone). Every observation is written in one ``BEGIN IMMEDIATE``
 transaction, so a reader never sees half an observation.
 
-Detection (what the rows *mean*) lives in :mod:`exporter.history`; this module only knows
+Detection (what the rows *mean*) lives in :mod:`exporter.history.recorder`; this module only knows
 tables, rows and SQL. Times are stored as Unix seconds (REAL).
 """
 
@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from exporter.results import ErrorCause, StoreError
+from exporter.probe.results import ErrorCause, StoreError
 from exporter.sqlite_files import connect, is_corruption, move_aside, open_database
 
 log = logging.getLogger(__name__)
@@ -269,7 +269,7 @@ class Database:
 
         Any error rolls the whole transaction back. Corruption found while running raises
         :class:`HistoryCorruptError` (``HistoryStore`` recovers from it, see
-        :meth:`HistoryStore._recover <exporter.history.HistoryStore>`).
+        :meth:`HistoryStore._recover <exporter.history.recorder.HistoryStore>`).
         """
         with self._write_lock, self._corruption_is_reported():
             conn = self._writer

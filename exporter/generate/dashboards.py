@@ -1,12 +1,12 @@
 """Grafana dashboards (executive, on-call, debug) generated with grafanalib.
 
-Every metric is referenced through :func:`exporter.alerts.m` (a catalogue lookup), SLO numbers
-and expiry thresholds come from :class:`exporter.alerts.AlertOptions` defaults, and
+Every metric is referenced through :func:`exporter.generate.alerts.m` (a catalogue lookup), SLO
+numbers and expiry thresholds come from :class:`exporter.generate.alerts.AlertOptions` defaults, and
 :func:`build_dashboards` refuses to write a dashboard whose queries name a metric that is not
 in the catalogue. Output is pretty JSON with sorted keys and a trailing newline, so
 regeneration is byte-identical.
 
-Regenerate the committed files with ``python -m exporter.dashboards --out dashboards``.
+Regenerate the committed files with ``python -m exporter.generate.dashboards --out dashboards``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from grafanalib.core import (
 from grafanalib.core import Panel as _GPanel
 
 from exporter import catalogue
-from exporter.alerts import (
+from exporter.generate.alerts import (
     BUILTIN_METRICS,
     DASHBOARD_WINDOWS,
     AlertOptions,

@@ -21,7 +21,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
-from exporter.results import rfc3339
+from exporter.probe.results import rfc3339
 
 #: Version of the document schema written by :meth:`Event.to_document`. Bump it on any change
 #: that is not purely additive; :meth:`Event.from_document` refuses newer documents.
@@ -41,7 +41,7 @@ class EventKind(StrEnum):
 
 
 def format_time(value: datetime) -> str:
-    """The time of an event document: :func:`exporter.results.rfc3339` with microseconds
+    """The time of an event document: :func:`exporter.probe.results.rfc3339` with microseconds
     always (``2024-05-01T12:00:00.000000Z``: a fixed width, part of the event id)."""
     return rfc3339(value, "microseconds")
 

@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.catalogue import EXPORTER_ERROR, TOP_LEVEL_ROLES, family
-from exporter.results import ErrorCause, ProbeResult, Reason, RoleFacts
+from exporter.probe.results import ErrorCause, ProbeResult, Reason, RoleFacts
 
 MetricSource = Callable[[], Iterable[Metric]]
 

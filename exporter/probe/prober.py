@@ -41,9 +41,10 @@ from tuf.api import exceptions
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
-from exporter import delegations
 from exporter.catalogue import TOP_LEVEL_ROLES
-from exporter.classify import (
+from exporter.config.model import Endpoint, Mode, Policy, Repository, safe_name
+from exporter.probe import delegations
+from exporter.probe.classify import (
     describe,
     exporter_error_result,
     host_fault,
@@ -51,10 +52,9 @@ from exporter.classify import (
     role_from_message,
     role_of,
 )
-from exporter.config import Endpoint, Mode, Policy, Repository, safe_name
-from exporter.fetcher import Fetcher, new_session
-from exporter.inspector import CachedFile, FileIdentity, Inspected, Inspector, file_identity
-from exporter.results import (
+from exporter.probe.fetcher import Fetcher, new_session
+from exporter.probe.inspector import CachedFile, FileIdentity, Inspected, Inspector, file_identity
+from exporter.probe.results import (
     DelegationSummary,
     FailedRole,
     PhaseTiming,
@@ -179,7 +179,7 @@ class Prober:
 
         A fault of this host (disk full, no descriptors, out of memory) or an exception of
         our own code cuts the probe short: the result is ``exporter_error`` with its cause
-        (:func:`exporter.classify.exporter_error_result`), never a repository reason, and the
+        (:func:`exporter.probe.classify.exporter_error_result`), never a repository reason, and the
         endpoint's last verdict is left as it was.
         """
         started_at, t0 = datetime.now(UTC), time.monotonic()

@@ -46,11 +46,11 @@ from securesystemslib.signer import Key, SecretsHandler, Signature, Signer
 from securesystemslib.signer._utils import compute_default_keyid
 from tuf.api.metadata import Metadata, Root, Targets
 
-from exporter import config
 from exporter.catalogue import TOP_LEVEL_ROLES, family
-from exporter.classify import describe
-from exporter.events import Event, EventKind
-from exporter.results import rfc3339
+from exporter.config import model as config
+from exporter.events.model import Event, EventKind
+from exporter.probe.classify import describe
+from exporter.probe.results import rfc3339
 
 logger = logging.getLogger(__name__)
 
@@ -581,7 +581,7 @@ class SignerMonitor:
 
     Thread safe. :meth:`metrics` is a collector source: it yields the ``tuf_signer_*``
     families of the active probes (``tuf_signer_cadence_ok`` comes from
-    :class:`exporter.cadence.CadenceTracker`).
+    :class:`exporter.history.cadence.CadenceTracker`).
     """
 
     def __init__(self, signers: Iterable[config.Signer] = (), *,

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from exporter.durations import parse_duration
-from exporter.fetcher import redirect_origin
-from exporter.yamlfile import ConfigError as ConfigError
-from exporter.yamlfile import Node, parse_yaml
+from exporter.config.durations import parse_duration
+from exporter.config.yamlfile import ConfigError as ConfigError
+from exporter.config.yamlfile import Node, parse_yaml
+from exporter.probe.fetcher import redirect_origin
 
 T = TypeVar("T")
 

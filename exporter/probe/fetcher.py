@@ -5,7 +5,7 @@ behind the caller's back (urllib3's default of three retries turns a 1 s timeout
 This fetcher:
 
 * times every request and records URL, role, HTTP status, bytes, duration and the server's
-  ``Date`` header (:class:`~exporter.results.RequestRecord`);
+  ``Date`` header (:class:`~exporter.probe.results.RequestRecord`);
 * applies a connect and a read timeout per request and a deadline for the whole probe, checked
   after every chunk (a server that trickles bytes cannot hold a probe past its deadline);
 * streams with ``read1`` so the length cap that ngclient enforces is checked chunk by chunk and
@@ -58,7 +58,7 @@ from tuf.api import exceptions
 from tuf.ngclient import FetcherInterface
 
 from exporter import __version__
-from exporter.results import RequestRecord
+from exporter.probe.results import RequestRecord
 
 _CHUNK = 64 * 1024
 _MAX_REDIRECTS = 5

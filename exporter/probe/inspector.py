@@ -42,9 +42,9 @@ from securesystemslib.signer import Signature
 from tuf.api.metadata import Delegations, Root, RootVerificationResult, Targets
 
 from exporter.catalogue import TOP_LEVEL_ROLES
-from exporter.config import Limits
-from exporter.fingerprints import KeyFingerprints
-from exporter.results import RoleFacts, RoleKeys
+from exporter.config.model import Limits
+from exporter.probe.fingerprints import KeyFingerprints
+from exporter.probe.results import RoleFacts, RoleKeys
 
 #: What identifies one version of a file without reading it: inode, size, mtime (ns). Every
 #: write of the client cache (python-tuf's, the sweep's) replaces the file, a new inode, so a

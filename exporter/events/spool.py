@@ -63,9 +63,9 @@ from typing import Any, TypeVar
 from prometheus_client.core import Metric
 
 from exporter import catalogue
-from exporter.config import Events
-from exporter.events import Event
-from exporter.results import ErrorCause, StoreError
+from exporter.config.model import Events
+from exporter.events.model import Event
+from exporter.probe.results import ErrorCause, StoreError
 from exporter.sqlite_files import connect, is_corruption, move_aside, open_database
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ class DeadLetter:
 
 
 class Spool:
-    """The durable event spool; also the :class:`~exporter.events.Emitter` producers call."""
+    """The durable event spool; also the :class:`~exporter.events.model.Emitter` producers call."""
 
     def __init__(
         self,

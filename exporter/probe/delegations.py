@@ -39,9 +39,9 @@ from tuf.api.metadata import Delegations, MetaFile, Targets
 from tuf.ngclient import Updater
 from tuf.ngclient._internal.trusted_metadata_set import TrustedMetadataSet
 
-from exporter.fetcher import Fetcher
-from exporter.fingerprints import KeyFingerprints
-from exporter.inspector import FileIdentity, file_identity, read_file
+from exporter.probe.fetcher import Fetcher
+from exporter.probe.fingerprints import KeyFingerprints
+from exporter.probe.inspector import FileIdentity, file_identity, read_file
 
 log = logging.getLogger(__name__)
 
