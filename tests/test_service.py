@@ -95,7 +95,14 @@ def _both_probed(service: Service) -> dict[str, list[tuple[dict[str, str], float
 def test_every_catalogue_metric_is_served_with_the_metadata_values(
     service: Service, sim: Sim
 ) -> None:
-    samples = poll(lambda: _both_probed(service), timeout=20)
+    history = [m.name for m in METRICS.values() if m.subsystem is Subsystem.HISTORY]
+
+    def probed_and_recorded() -> dict[str, list[tuple[dict[str, str], float]]] | None:
+        # The history records a result after the probe's own series change: wait for both.
+        samples = _both_probed(service)
+        return samples if samples and any(name in samples for name in history) else None
+
+    samples = poll(probed_and_recorded, timeout=20)
     wanted = [m for m in METRICS.values()
               if m.subsystem in (Subsystem.PROBE, Subsystem.EXPORTER, Subsystem.EVENTS)]
     text = generate_latest(service.registry).decode()
@@ -120,8 +127,6 @@ def test_every_catalogue_metric_is_served_with_the_metadata_values(
     assert value(samples, "tuf_metadata_signatures_valid", role="targets") == 2
     assert value(samples, "tuf_delegated_roles", endpoint="primary") == 1
     assert value(samples, "tuf_probes_total", endpoint="primary", result="success") >= 1
-    history = [m.name for m in METRICS.values() if m.subsystem is Subsystem.HISTORY]
-    assert any(name in samples for name in history)
 
 
 def test_a_fault_shows_on_the_next_scrape(service: Service, sim: Sim) -> None:
