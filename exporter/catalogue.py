@@ -120,6 +120,18 @@ _SPECS: tuple[MetricSpec, ...] = (
                "1 when the last client refresh and every canary download of the endpoint passed "
                "(the last verdict: a probe stopped by a fault of the exporter leaves it as it "
                "was).", _RE, _P),
+    # --- client views (issue 16): the fleet's view of each endpoint ------------------------
+    MetricSpec("tuf_client_update_success", G,
+               "1 when the last refresh and canary downloads of this client view of the endpoint "
+               "passed: returning (the probe's cached client), new (empty cache), "
+               "bootstrap-root-v<N> (an embedded old root) or a configured external client.",
+               ("repository", "endpoint", "client"), _P),
+    MetricSpec("tuf_client_update_failures_total", C,
+               "Failed refreshes of a client view, by reason and by the role the failure is "
+               "attributed to.", ("repository", "endpoint", "client", "reason", "role"), _P),
+    MetricSpec("tuf_client_last_check_timestamp_seconds", G,
+               "Unix time when the last refresh of this client view of the endpoint finished.",
+               ("repository", "endpoint", "client"), _P),
     MetricSpec("tuf_probe_duration_seconds", G,
                "Wall-clock duration of the last probe of the endpoint.", _RE, _P),
     MetricSpec("tuf_probe_phase_duration_seconds", G,

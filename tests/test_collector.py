@@ -8,7 +8,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.probe.results import DelegationSummary, ProbeResult, RoleFacts
+from exporter.probe.results import (
+    DelegationSummary,
+    FailedRole,
+    ProbeResult,
+    Reason,
+    RoleFacts,
+)
 from exporter.serve.collector import ExporterCollector, ProbeStore
 
 
@@ -56,3 +62,19 @@ def test_root_facts_against_the_previous_root_and_a_refused_root_are_exported() 
     for name in ("tuf_root_previous_signatures_valid", "tuf_root_previous_signature_threshold",
                  "tuf_root_rejected_version"):
         assert (name, mirror) not in samples  # a first root: nothing to compare with
+
+
+def test_the_returning_client_view_mirrors_the_probe_metrics() -> None:
+    """Issue 16: every endpoint has the ``returning`` client view, equal to its probe series."""
+    store = ProbeStore()
+    started = datetime.now(UTC)
+    store.record(ProbeResult("r", "e", True, started, 1.0))
+    store.record(ProbeResult("r", "e", False, started, 2.0, reason=Reason.EXPIRED,
+                             role=FailedRole.TIMESTAMP))
+    samples = _samples(store)
+    view = {"repository": "r", "endpoint": "e", "client": "returning"}
+    assert samples[("tuf_client_update_success", tuple(sorted(view.items())))] == 0
+    assert samples[("tuf_client_last_check_timestamp_seconds", tuple(sorted(view.items())))] == (
+        started.timestamp() + 2.0)
+    failed = {**view, "reason": "expired", "role": "timestamp"}
+    assert samples[("tuf_client_update_failures_total", tuple(sorted(failed.items())))] == 1

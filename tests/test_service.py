@@ -80,7 +80,8 @@ def value(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **l
 
 
 # counters labelled by what happened: no sample until it does
-HAPPENS_LATER = {"tuf_probe_failures_total", "tuf_exporter_events_dropped_total",
+HAPPENS_LATER = {"tuf_probe_failures_total", "tuf_client_update_failures_total",
+                 "tuf_exporter_events_dropped_total",
                  "tuf_root_previous_signatures_valid", "tuf_root_previous_signature_threshold",
                  "tuf_root_rejected_version",
                  "tuf_exporter_shipper_errors_total"}

@@ -272,6 +272,16 @@ def oncall() -> Dashboard:
         ts("Endpoint up (probe success)",
            targets((sel("tuf_probe_success"), "{{repository}}/{{endpoint}}")), w=12,
            thresholds=steps(("red", None), ("green", 1))),
+        row("Client views: can the fleet update?"),
+        table("Client view x endpoint (1 = the view's last refresh passed)",
+              [t(f"{sel('tuf_client_update_success')}", instant=True, fmt="table")], w=12),
+        ts("Client view failures by reason and role",
+           targets((f"sum by (repository, endpoint, client, reason, role) "
+                    f"(increase({sel('tuf_client_update_failures_total')}[$__rate_interval]))",
+                    "{{repository}}/{{endpoint}} {{client}} {{reason}} {{role}}")), w=12),
+        ts("Age of each client view's last check",
+           targets((f"time() - {sel('tuf_client_last_check_timestamp_seconds')}",
+                    "{{repository}}/{{endpoint}} {{client}}")), unit="s", w=24),
         row("Expiry margin per role"),
     ]
     for role in catalogue.TOP_LEVEL_ROLES:

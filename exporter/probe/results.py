@@ -222,6 +222,18 @@ class PhaseTiming:
     network_seconds: float
 
 
+#: The client view of the existing probe: a python-tuf client whose cache holds what it verified
+#: last time (issue 16). Every ``tuf_probe_*`` metric is this view's.
+CLIENT_RETURNING = "returning"
+#: The client view of a first install: python-tuf, an empty cache, the configured trusted root.
+CLIENT_NEW = "new"
+
+
+def bootstrap_client_name(version: int) -> str:
+    """The client view that starts from an embedded root of ``version``: ``bootstrap-root-v<N>``."""
+    return f"bootstrap-root-v{version}"
+
+
 @dataclass(frozen=True)
 class ProbeResult:
     """The verdict of python-tuf for one endpoint, and what the inspector saw there."""
@@ -250,6 +262,9 @@ class ProbeResult:
     server_date: datetime | None = None
     #: For ``reason == EXPORTER_ERROR`` only: which fault of this host stopped the probe.
     cause: ErrorCause | None = None
+    #: The client view this verdict belongs to (``client`` label): :data:`CLIENT_RETURNING`,
+    #: :data:`CLIENT_NEW`, :func:`bootstrap_client_name`, or a configured external client's name.
+    client: str = CLIENT_RETURNING
 
     @property
     def finished_at(self) -> float:
@@ -265,6 +280,7 @@ class ProbeResult:
         """The ``probe --json`` shape of one endpoint."""
         return {
             "name": self.endpoint,
+            "client": self.client,
             "success": self.success,
             "reason": None if self.reason is None else str(self.reason),
             "role": None if self.role is None else str(self.role),

@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.catalogue import EXPORTER_ERROR, TOP_LEVEL_ROLES, family
-from exporter.probe.results import ErrorCause, ProbeResult, Reason, RoleFacts
+from exporter.probe.results import CLIENT_RETURNING, ErrorCause, ProbeResult, Reason, RoleFacts
 
 MetricSource = Callable[[], Iterable[Metric]]
 
@@ -262,6 +262,7 @@ def _probe_families(latest: list[ProbeResult], now: float) -> Iterator[Metric]:
         "tuf_root_rejected_version", "tuf_delegated_roles", "tuf_delegated_roles_failing",
         "tuf_delegated_roles_min_expiry_timestamp_seconds", "tuf_delegation_sweep_truncated",
         "tuf_target_download_duration_seconds", "tuf_exporter_last_probe_timestamp_seconds",
+        "tuf_client_update_success", "tuf_client_last_check_timestamp_seconds",
     )
     fam = {name: family(name) for name in names}
     for r in sorted(latest, key=lambda r: (r.repository, r.endpoint)):
@@ -297,6 +298,9 @@ def _probe_families(latest: list[ProbeResult], now: float) -> Iterator[Metric]:
             )
         fam["tuf_target_download_duration_seconds"].add_metric(base, r.target_download_seconds)
         fam["tuf_exporter_last_probe_timestamp_seconds"].add_metric(base, r.finished_at)
+        view = [*base, r.client]
+        fam["tuf_client_update_success"].add_metric(view, 1 if r.success else 0)
+        fam["tuf_client_last_check_timestamp_seconds"].add_metric(view, r.finished_at)
     yield from fam.values()
 
 
@@ -333,3 +337,8 @@ def _counter_families(
         for labels, value in sorted(values.items()):
             metric.add_metric(list(labels), value)
         yield metric
+    # The returning view's failures are the probe's (issue 16: the other views come later).
+    views = family("tuf_client_update_failures_total")
+    for (repository, endpoint, reason, role), value in sorted(failures.items()):
+        views.add_metric([repository, endpoint, CLIENT_RETURNING, reason, role], value)
+    yield views
