@@ -8,7 +8,7 @@ produces events: its default number of probe workers (``Config.workers``), each 
 probe's events, so concurrent probes share a commit (group commit). A single producer (one
 fsync per event, nothing to share) is shown too, for information. The shipper runs at the same
 time with the default batch settings (500 events, 2 s) and bulk-creates into the fake
-OpenSearch of ``tests/opensearch_fake.py``. Throughput = events acknowledged by the fake /
+OpenSearch of ``tests/support/opensearch_fake.py``. Throughput = events acknowledged by the fake /
 seconds from the first emit until the last one is stored.
 
 Baseline: the physical limit of the same durability on this disk, raw ``sqlite3`` inserting the
@@ -36,7 +36,7 @@ from exporter.probe.results import ProbeResult
 from exporter.serve.service import verification_event
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from opensearch_fake import FakeOpenSearch  # type: ignore[import-not-found]
+from support.opensearch_fake import FakeOpenSearch  # type: ignore[import-not-found]
 
 
 def _probe_result() -> ProbeResult:

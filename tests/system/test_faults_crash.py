@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import Sim
-from opensearch_fake import FakeOpenSearch, wait_until
+from support import Sim
+from support.opensearch_fake import FakeOpenSearch, wait_until
 
 from exporter.events.model import parse_time
 from exporter.history.recorder import Finding, FindingKind

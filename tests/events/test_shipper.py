@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opensearch_fake import FakeOpenSearch, wait_until
+from support.opensearch_fake import FakeOpenSearch, wait_until
 
 from exporter import catalogue
 from exporter.config.model import Config, OpenSearch

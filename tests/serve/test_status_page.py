@@ -31,7 +31,7 @@ from exporter.serve.collector import RECENT_FAILURES, RECENT_PROBES, ProbeStore
 from exporter.serve.status_page import StatusPage, reason_alert
 from exporter.serve.web import ExporterServer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RUNBOOKS = ROOT / "docs" / "runbooks"
 NOW = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from conftest import Sim, hash_bins, serve
 from securesystemslib.signer import CryptoSigner
+from support import Sim, hash_bins, serve
 from tuf.api.metadata import SuccinctRoles, Targets
 
 from exporter.config.model import Limits, Mode

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import Sim
+from support import Sim
 from tuf.api import exceptions
 
 from exporter.probe.fetcher import (

@@ -19,7 +19,7 @@ from exporter.config.durations import parse_duration
 from exporter.generate import alerts
 from exporter.generate.alerts import AlertOptions
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ALERTS_DIR = ROOT / "alerts"
 TESTS_DIR = ALERTS_DIR / "tests"
 RUNBOOKS = ROOT / "docs" / "runbooks"
@@ -487,7 +487,7 @@ def test_expiry_shapes_warn_late_enough_to_be_quiet_and_early_enough_to_act() ->
 
 def test_expiry_shapes_match_the_real_repositories() -> None:
     """The tuf-on-ci periods of the table are those of the fixtures' metadata."""
-    from conftest import REAL
+    from support import REAL
     if not REAL.is_dir():
         pytest.skip(f"real repositories not available: {REAL} is absent")
     for shape in EXPIRY_SHAPES:

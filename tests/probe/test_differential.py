@@ -11,7 +11,7 @@ timings, request counts and the ``reused_verdict`` flag.
 A failure prints the seed and the events so far; ``TUF_DIFFERENTIAL_SEED=<seed>`` replays one
 sequence, ``TUF_DIFFERENTIAL_TRACE=1`` (with ``-s``) prints every event and verdict. The long
 variant runs thousands of events: ``TUF_DIFFERENTIAL_LONG=1 pytest -m long
-tests/test_differential.py`` (``TUF_DIFFERENTIAL_EVENTS`` sets how many, default 3000).
+tests/probe/test_differential.py`` (``TUF_DIFFERENTIAL_EVENTS`` sets how many, default 3000).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Clock, Sim, serve
+from support import Clock, Sim, serve
 
 from exporter.config.model import Repository
 from exporter.probe.prober import Prober

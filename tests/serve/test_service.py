@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import Sim, poll
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from support import Sim, poll
 from tuf.api.metadata import Metadata
 
 from exporter.catalogue import METRICS, Subsystem, sample_names

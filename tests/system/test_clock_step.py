@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import Sim, free_port, poll, stop_process
 from prometheus_client.parser import text_string_to_metric_families
+from support import Sim, free_port, poll, stop_process
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LIBFAKETIME = next(
     (p for p in (Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"),
                  Path("/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1"),

@@ -16,9 +16,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import Sim
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
+from support import Sim
 
 from exporter import catalogue
 from exporter.config.model import Policy
@@ -608,7 +608,7 @@ CHILD = textwrap.dedent(
 
 def test_kill_9_while_writing_leaves_a_consistent_store(tmp_path: Path) -> None:
     path = tmp_path / "history.sqlite"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True, env=env
     )

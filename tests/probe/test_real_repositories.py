@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REAL
+from support import REAL
 
 if not REAL.is_dir():
     pytest.skip(f"real repositories not available: {REAL} is absent", allow_module_level=True)

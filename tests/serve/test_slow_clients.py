@@ -19,9 +19,9 @@ import bcrypt
 import pytest
 import requests
 import yaml
-from conftest import Sim, poll
-from test_serve import Exporter, _config, exporters, get  # noqa: F401 - the fixture
-from test_web import PKI, pki  # noqa: F401 - the certificate fixture
+from support import Sim, poll
+from support.pki import PKI
+from support.process import Exporter, get, serve_config
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -68,10 +68,10 @@ def _trickle(sock: socket.socket, tls: bool) -> bool:
 
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "tls-and-basic-auth"])
 def test_a_thousand_slow_clients_neither_delay_scrapes_nor_probes(
-    sim: Sim, tmp_path: Path, exporters: list[Exporter], pki: PKI, tls: bool  # noqa: F811
+    sim: Sim, tmp_path: Path, exporters: list[Exporter], pki: PKI, tls: bool
 ) -> None:
     _open_files_for(CLIENTS + 512)
-    args = ["serve", "--config", str(_config(sim, tmp_path))]
+    args = ["serve", "--config", str(serve_config(sim, tmp_path))]
     scheme, scrape_options = "http", {}
     if tls:
         web = tmp_path / "web.yml"

@@ -11,7 +11,7 @@ import pytest
 from exporter import catalogue
 from exporter.generate import alerts, dashboards
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS_DIR = ROOT / "dashboards"
 REGENERATE = "./scripts/generate"
 

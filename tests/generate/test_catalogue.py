@@ -16,7 +16,7 @@ from exporter.catalogue import (
 )
 from exporter.probe.results import ErrorCause, FailedRole, Reason
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 _BASE_UNITS = ("_seconds", "_bytes", "_total", "_timestamp_seconds")
 _BAD_UNITS = ("_milliseconds", "_ms", "_minutes", "_hours", "_days", "_kilobytes", "_megabytes")
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import CANARIES, Clock, Sim, hash_bins, poll
 from securesystemslib.signer import CryptoSigner
+from support import CANARIES, Clock, Sim, hash_bins, poll
 from tuf.api.metadata import Metadata, Targets
 
 from exporter import cli

@@ -26,11 +26,11 @@ from typing import ClassVar
 import pytest
 import requests
 import yaml
-from conftest import Sim, free_port, poll, serve, stop_process
+from support import Sim, free_port, poll, serve, stop_process
 
 from exporter.simulator import SNAPSHOT, SimulatedRepository
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

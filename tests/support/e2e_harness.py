@@ -42,7 +42,7 @@ from exporter.simulator.repository import Expiry
 
 T = TypeVar("T")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CANARY = "files/a.txt"
 DELEGATED_CANARY = "team/b.txt"
 HTTP_TIMEOUT = 5.0

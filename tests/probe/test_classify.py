@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from conftest import Sim, poll
+from support import Sim, poll
 from tuf.api import exceptions
 
 from exporter.probe.classify import role_from_message

@@ -149,7 +149,7 @@ def test_check_config_exit_codes(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "cannot read" in missing.stderr
 
 
-_INVALID = Path(__file__).parent / "invalid_configs"
+_INVALID = Path(__file__).resolve().parents[1] / "invalid_configs"
 
 
 def _load_any(path: Path) -> object:

@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import softhsm
-from conftest import Sim
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from securesystemslib.signer import Key, SecretsHandler, Signer
+from support import Sim, softhsm
 from tuf.api.metadata import Metadata
 from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import CanonicalJSONSerializer

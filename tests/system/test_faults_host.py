@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from conftest import Sim, free_port, poll, stop_process
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from support import Sim, free_port, poll, stop_process
 from tuf.api import exceptions
 
 from exporter.config.model import Endpoint
@@ -38,7 +38,7 @@ from exporter.serve.collector import ProbeStore
 from exporter.serve.service import Service
 from exporter.simulator import closed_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import poll
+from support import poll
 
 from exporter import catalogue
 from exporter.config.model import Config, Endpoint, Repository

@@ -43,7 +43,7 @@ from exporter.generate.alerts import AlertOptions
 from exporter.probe.prober import load_trusted_root
 from exporter.serve.web import ExporterServer, parse_listen_address
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "compose"
 K8S = DEPLOY / "kubernetes"

@@ -4,7 +4,7 @@ A real Prometheus scrapes ``tuf-exporter serve`` every second and evaluates the 
 (shortened :class:`~exporter.generate.alerts.AlertOptions`); a real Alertmanager, configured with
 the generated example, routes to a webhook recorder. Each scenario owns one repository, injects its
 fault, waits for the notification and measures the time from injection to delivery (printed
-at the end of the module). See ``tests/e2e_harness.py``.
+at the end of the module). See ``tests/support/e2e_harness.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_harness import (
+from support.e2e_harness import (
     REPO_ROOT,
     PromQLError,
     Stack,
