@@ -489,7 +489,8 @@ def test_the_tail_of_a_burst_ships_without_waiting_for_the_interval(
     for e in burst:
         spool.emit(e)
     expect_exactly_once(fake, burst)  # 10 + 10 + the 5 left, long before the 30 s interval
-    assert time.monotonic() - started < 5
+    # half the interval: the tail did not wait for it, however loaded the machine is
+    assert time.monotonic() - started < 15
     wait_until(lambda: len(spool) == 0)
     time.sleep(0.2)
     trickle = [event(i) for i in range(100, 103)]
