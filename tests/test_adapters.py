@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import Sim
+import tuf
+from conftest import Sim, serve
 from cryptography.hazmat.primitives.asymmetric import ec
 from securesystemslib.signer import CryptoSigner, SSlibKey
 
@@ -201,3 +202,48 @@ def test_tuf_js_rejects_timestamp_key_python_tuf_accepts(kms_timestamp: Sim,
     assert not (tuf_js.metadata_dir / "timestamp.json").exists()
     _failed(tuf_js.download("files/a.txt"), "timestamp was signed by 0/1 keys")
     assert not tuf_js.target_dir.exists() or tuf_js.downloaded() == {}
+
+
+@pytest.fixture
+def diamond(tmp_path: Path) -> Iterator[Sim]:
+    """A served repository where role ``release`` is delegated twice: by ``parent-a`` (for
+    ``team-a/*``, with release's own key) and by ``parent-b`` (for ``team-b/*``, with
+    parent-b's key, which never signs release). Both targets are in release: only the first
+    is authorized."""
+    repo = SimulatedRepository()
+    repo.delegate("parent-a", ["team-a/*"])
+    repo.delegate("parent-b", ["team-b/*"])
+    repo.delegate("release", ["team-a/*"], delegator="parent-a")
+    repo.delegate_also("release", "parent-b", keyids=repo.keyids("parent-b"), threshold=1,
+                       paths=["team-b/*"])
+    repo.add_target("team-a/app.txt", b"authorized through parent-a\n", role="release")
+    repo.add_target("team-b/app.txt", b"not authorized through parent-b\n", role="release")
+    yield from serve(repo, tmp_path)
+
+
+def test_tuf_js_trusts_role_cached_through_another_delegator(diamond: Sim,
+                                                             tmp_path: Path) -> None:
+    """Divergence the other way: in one run, tuf-js 5 reuses ``release`` verified through
+    parent-a when the lookup of ``team-b/app.txt`` reaches it through parent-b, and downloads
+    a target parent-b's keys never signed. python-tuf 7.0.1 verifies the role against each
+    delegator (tuf-conformance test_cached_role_is_verified_against_current_delegator) and
+    refuses. Each on its own, the team-b target is refused by both."""
+    if tuple(int(part) for part in tuf.__version__.split(".")[:3]) < (7, 0, 1):
+        pytest.skip(f"python-tuf {tuf.__version__} shares the bug (fixed in 7.0.1)")
+    python_tuf = _client("python-tuf", diamond, tmp_path)
+    tuf_js = _client("tuf-js", diamond, tmp_path)
+    both = ("team-a/app.txt", "team-b/app.txt")
+    for client in (python_tuf, tuf_js):
+        _ok(client.init(diamond.trusted_root))
+
+    _failed(python_tuf.download(*both), "release was signed by 0/1 keys")
+    assert list(python_tuf.downloaded().values()) == [b"authorized through parent-a\n"]
+
+    _ok(tuf_js.download(*both))
+    assert sorted(tuf_js.downloaded().values()) == [b"authorized through parent-a\n",
+                                                    b"not authorized through parent-b\n"]
+
+    for client in (python_tuf, tuf_js):
+        shutil.rmtree(client.target_dir)
+        _failed(client.download("team-b/app.txt"), "release was signed by 0/1 keys")
+        assert client.downloaded() == {}
