@@ -3,8 +3,8 @@ tuf-js and on python-tuf, against simulated repositories served on loopback.
 
 The python-tuf adapter runs under this interpreter (the python-tuf 7 the project depends on);
 the tuf-js adapter runs under ``node`` with the tuf-js pinned in its lock file, installed by
-``npm ci --prefix exporter/adapters/tuf-js`` (scripts/test does it). A divergence test builds a
-repository state tuf-js 5 rejects and python-tuf 7 accepts (docs/clients.md).
+``npm ci --prefix exporter/adapters/tuf-js`` (scripts/test does it). The divergence tests build
+repository states tuf-js 5 rejects and python-tuf 7 accepts, and the reverse (docs/clients.md).
 """
 
 from __future__ import annotations
