@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 import tuf
-from conftest import Sim, serve
 from cryptography.hazmat.primitives.asymmetric import ec
 from securesystemslib.signer import CryptoSigner, SSlibKey
+from support import Sim, serve
 
 from exporter.adapters import PYTHON_TUF_CLIENT, TUF_JS_CLIENT, TUF_JS_DIR
 from exporter.simulator import TIMESTAMP, SimulatedRepository, SimulatorServer
