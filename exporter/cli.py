@@ -19,9 +19,10 @@ from typing import Any
 from exporter import __version__, logs
 from exporter.config.durations import parse_duration
 from exporter.config.model import Config, ConfigError, load_config, parse_shard
+from exporter.config.roots import TrustedRootError, load_bootstrap_roots, load_trusted_root
 from exporter.generate.alerts import AlertOptions
 from exporter.history.store import HistoryError
-from exporter.probe.prober import Prober, TrustedRootError, load_trusted_root, temporary_directory
+from exporter.probe.prober import Prober, temporary_directory
 from exporter.probe.results import ProbeResult, rfc3339
 from exporter.serve.service import Service
 from exporter.simulator import FAULTS
@@ -42,13 +43,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _load(path: Path, *, in_state_dir: bool = False) -> Config:
-    """The configuration, every trusted root checked by python-tuf (which writes a client
-    directory: below ``state_dir`` when ``in_state_dir``, else in ``$TMPDIR``, removed at once;
-    check-config creates nothing below ``state_dir``)."""
+    """The configuration, every trusted and bootstrap root checked by python-tuf (which writes a
+    client directory: below ``state_dir`` when ``in_state_dir``, else in ``$TMPDIR``, removed at
+    once; check-config creates nothing below ``state_dir``)."""
     config = load_config(path)
     tmp = temporary_directory(config.state_dir) if in_state_dir else None
     for repo in config.repositories:
         load_trusted_root(repo.trusted_root, tmp)
+        load_bootstrap_roots(repo.bootstrap_roots, tmp)
     return config
 
 

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from prometheus_client.core import Metric
 
 from exporter.catalogue import family
 from exporter.config.model import Config, ConfigError, Endpoint, Repository, Signer, load_config
+from exporter.config.roots import TrustedRootError, load_bootstrap_roots, load_trusted_root
 from exporter.events.model import Event, EventKind
 from exporter.events.shipper import Shipper
 from exporter.events.spool import Spool
@@ -32,7 +33,7 @@ from exporter.generate.alerts import AlertOptions
 from exporter.history.cadence import CadenceTracker, online_roles
 from exporter.history.recorder import Finding, HistoryStore, configured_endpoints
 from exporter.probe.classify import exporter_error_result
-from exporter.probe.prober import Prober, TrustedRootError, load_trusted_root, temporary_directory
+from exporter.probe.prober import Prober, temporary_directory
 from exporter.probe.results import ErrorCause, ProbeResult, Reason
 from exporter.probe.signers import CachedKeySource, SignerMonitor
 from exporter.serve import sharding
@@ -45,16 +46,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Loaded:
-    """A validated configuration and the trusted roots it names, read once."""
+    """A validated configuration and the roots it names, read once: the trusted root of each
+    repository and its bootstrap roots (root version -> bytes)."""
 
     config: Config
     trusted_roots: dict[str, bytes]
+    bootstrap_roots: dict[str, dict[int, bytes]] = field(default_factory=dict)
 
 
 def load(
     path: Path, shard: tuple[int, int] | None = None, tmp_dir: Path | None = None
 ) -> Loaded:
-    """Load and validate everything a configuration needs; ConfigError or TrustedRootError.
+    """Load and validate everything a configuration needs; ConfigError or TrustedRootError
+    (a trusted or bootstrap root python-tuf cannot start from, or two bootstrap roots of one
+    version).
 
     ``shard`` (INDEX, COUNT), from the command line, overrides the file's ``shard``; the
     configuration is then reduced to what this shard probes. python-tuf's check of the trusted
@@ -66,7 +71,9 @@ def load(
     config = sharding.select(config)
     tmp = tmp_dir or temporary_directory(config.state_dir)
     roots = {repo.name: load_trusted_root(repo.trusted_root, tmp) for repo in config.repositories}
-    return Loaded(config, roots)
+    bootstrap = {repo.name: load_bootstrap_roots(repo.bootstrap_roots, tmp)
+                 for repo in config.repositories}
+    return Loaded(config, roots, bootstrap)
 
 
 def verification_event(result: ProbeResult) -> Event:
