@@ -890,3 +890,39 @@ def test_a_fault_of_this_host_ends_one_view_as_exporter_error(
     new, v1 = _views(sim, Prober(sim.state_dir), {1: roots[1]})
     assert (new.client, new.reason, new.cause) == ("new", "exporter_error", "disk")
     assert v1.client == "bootstrap-root-v1" and v1.success, v1.message
+
+
+def test_probe_command_reports_every_view(
+    sim: Sim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    roots = _rotate_root(sim, 1)
+    (tmp_path / "1.root.json").write_bytes(roots[1])
+    (tmp_path / "2.root.json").write_bytes(roots[2])
+    config = _cli_config(sim, tmp_path, ["files/a.txt"], mirror="mirror1")
+    document = yaml.safe_load(config.read_text())
+    document["repositories"][0]["bootstrap_roots"] = ["1.root.json"]
+    document["repositories"][0]["trusted_root"] = "2.root.json"  # the current root
+    config.write_text(yaml.safe_dump(document))
+    assert cli.main(["probe", "--config", str(config), "--json"]) == 0
+    [repo] = json.loads(capsys.readouterr().out)["repositories"]
+    for endpoint in repo["endpoints"]:
+        assert endpoint["client"] == "returning" and endpoint["success"] is True
+        assert [(v["name"], v["client"], v["success"]) for v in endpoint["views"]] == [
+            (endpoint["name"], "new", True), (endpoint["name"], "bootstrap-root-v1", True)]
+        assert endpoint["views"][1]["roles"]["root"]["version"] == 2
+    # a missing intermediate root: only the view from v1 fails, and so does the command
+    sim.server.view("primary").put("metadata/2.root.json", None)
+    assert cli.main(["probe", "--config", str(config)]) == 1
+    out, err = capsys.readouterr()
+    lines = [line.split() for line in out.splitlines()[1:]]
+    assert [(cells[1], cells[2], cells[3]) for cells in lines] == [
+        ("primary", "returning", "ok"), ("primary", "new", "ok"),
+        ("primary", "bootstrap-root-v1", "bad_signature"),
+        ("mirror1", "returning", "ok"), ("mirror1", "new", "ok"),
+        ("mirror1", "bootstrap-root-v1", "ok")]
+    assert "sim/primary (bootstrap-root-v1): " in err
+    document["repositories"][0]["new_client_interval"] = 0  # the views off: returning only
+    config.write_text(yaml.safe_dump(document))
+    assert cli.main(["probe", "--config", str(config)]) == 0
+    assert [line.split()[2] for line in capsys.readouterr().out.splitlines()[1:]] == [
+        "returning", "returning"]

@@ -4,7 +4,9 @@
 its last probe, the metadata versions it serves, its earliest expiry with the margin left, its
 lag behind the primary (mirrors) and the signers' status; rows that fail come first, then those
 an alert is about to ticket (expiry margin or lag past the alert thresholds, stalled probes),
-then those not probed yet, then the healthy ones. ``GET /endpoint?repository=R&endpoint=E``
+then those not probed yet, then the healthy ones. Below them, one row per client view other than
+``returning`` (``new``, ``bootstrap-root-v<N>``, issue 16) of each endpoint, failing first
+likewise. ``GET /endpoint?repository=R&endpoint=E``
 shows one endpoint: the facts of its verdict, the request log (URL, HTTP status, bytes,
 seconds) and message of its recent probes, and its last failures with their times and logs,
 kept per endpoint (see :class:`exporter.serve.collector.EndpointLog`).
@@ -199,6 +201,8 @@ class StatusPage:
             f'<p class="summary {"bad" if failing else "good"}">{_e(summary)}</p>',
             "<h2>Endpoints</h2>",
             self._endpoint_table(rows, now),
+            "<h2>Client views</h2>",
+            self._view_table(now),
             "<h2>Signers</h2>",
             self._signer_table(now),
         ]
@@ -331,6 +335,45 @@ class StatusPage:
                 "" if latest is None else _e(_preview(latest.message)),
             ]
             lines.append(_table_row(row.state, head, cells))
+        lines.append("</tbody></table></div>")
+        return "\n".join(lines)
+
+    def _view_table(self, now: float) -> str:
+        """One row per client view besides ``returning`` that has a verdict, failing first
+        (then by repository, endpoint in configuration order, client)."""
+        judged = []
+        for repo in self._config().repositories:
+            for order, endpoint in enumerate(repo.endpoints):
+                for client in self._store.clients(repo.name, endpoint.name):
+                    latest = self._store.endpoint_log(repo.name, endpoint.name, client).latest
+                    if latest is None:
+                        continue
+                    state = State.OK if latest.success else State.FAILING
+                    judged.append(((state, repo.name, order, client), latest))
+        if not judged:
+            return ("<p>No client view has been probed yet (<code>new_client_interval</code>"
+                    " 0 turns them off).</p>")
+        judged.sort(key=lambda j: j[0])
+        head = ("Verdict", "Repository", "Endpoint", "Client", "Reason", "Role", "Last check",
+                "Versions", "Message")
+        lines = [_table_head("views", head)]
+        for (state, _, _, client), latest in judged:
+            link = "endpoint?" + urlencode({"repository": latest.repository,
+                                            "endpoint": latest.endpoint})
+            reason = "" if latest.success else self._note(
+                _Note(str(latest.reason or Reason.OTHER), reason_alert(latest.reason)))
+            cells = [
+                f'<span class="state">{_STATE_TEXT[state]}</span>',
+                _e(latest.repository),
+                f'<a href="{_e(link)}">{_e(latest.endpoint)}</a>',
+                _e(client),
+                reason,
+                "" if latest.role is None else _e(latest.role),
+                _when_cell(latest.finished_at, now),
+                _versions(latest),
+                _e(_preview(latest.message)),
+            ]
+            lines.append(_table_row(state, head, cells))
         lines.append("</tbody></table></div>")
         return "\n".join(lines)
 
