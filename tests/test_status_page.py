@@ -315,10 +315,18 @@ def test_client_views_have_a_row_each_failing_first() -> None:
     assert [state for state, _ in _rows(result.html)] == ["ok", "ok"]  # endpoints unchanged
     views = _rows(result.html, "views")
     cells = [re.findall(r"<td[^>]*>(.*?)</td>", row, re.S) for _, row in views]
-    assert [(state, re.sub("<[^>]+>", "", c[2]), c[3]) for (state, _), c in zip(
+    assert [(state, c[2], re.sub("<[^>]+>", "", c[3])) for (state, _), c in zip(
         views, cells, strict=True)] == [
         ("failing", "mirror", "bootstrap-root-v1"), ("ok", "primary", "bootstrap-root-v1"),
         ("ok", "primary", "new"), ("ok", "mirror", "new")]
     assert "missing" in cells[0][4] and "HTTP 404 for 2.root.json" in cells[0][8]
+    page = _page(store, _config("mirror"))
+    link = re.search(r'href="(endpoint\?[^"]+)"', cells[0][3])
+    assert link is not None
+    detail = page.endpoint(link.group(1).split("?", 1)[1].replace("&amp;", "&"))
+    assert detail.status == 200
+    assert "client view bootstrap-root-v1" in detail.html
+    assert "HTTP 404 for 2.root.json" in detail.html
+    assert page.endpoint("repository=repo&endpoint=mirror&client=nope").status == 404
     empty = _page(ProbeStore(), _config()).overview().html
     assert "No client view has been probed yet" in empty

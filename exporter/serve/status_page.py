@@ -38,7 +38,7 @@ from exporter import __version__
 from exporter.catalogue import TOP_LEVEL_ROLES
 from exporter.config.model import Config, Signer
 from exporter.generate.alerts import AlertOptions, expiry_threshold, kebab
-from exporter.probe.results import ProbeResult, Reason, RequestRecord
+from exporter.probe.results import CLIENT_RETURNING, ProbeResult, Reason, RequestRecord
 from exporter.probe.signers import SignerResult
 from exporter.serve.collector import EndpointLog, ProbeStore
 
@@ -104,6 +104,8 @@ class _Row:
     notes: tuple[_Note, ...]
     lag_seconds: float | None
     lag_versions: float | None
+    #: The client view shown (issue 16): None for the endpoint itself (``returning``).
+    client: str | None = None
 
 
 def _e(value: object) -> str:
@@ -209,14 +211,17 @@ class StatusPage:
         return Page(200, _document("TUF Exporter", "\n".join(body), now))
 
     def endpoint(self, query: str) -> Page:
-        """``GET /endpoint?repository=R&endpoint=E``: one endpoint's probes and failures.
+        """``GET /endpoint?repository=R&endpoint=E``: one endpoint's probes and failures;
+        ``&client=C``: those of one of its client views (issue 16) instead.
 
-        404 when no configured endpoint has that name; 400 when a parameter is missing.
+        404 when no configured endpoint has that name, or the view has no result; 400 when a
+        parameter is missing.
         """
         now = self._clock()
         params = parse_qs(query)
         repository = (params.get("repository") or [""])[0]
         endpoint = (params.get("endpoint") or [""])[0]
+        client = (params.get("client") or [""])[0]
         if not repository or not endpoint:
             return Page(400, _document("Bad request", "<p>Give both <code>repository</code> "
                                        "and <code>endpoint</code>.</p>", now))
@@ -225,6 +230,18 @@ class StatusPage:
         if row is None:
             text = f"No endpoint {endpoint!r} of repository {repository!r} is configured."
             return Page(404, _document("Not found", f"<p>{_e(text)}</p>", now))
+        if client and client != CLIENT_RETURNING:
+            log = self._store.endpoint_log(repository, endpoint, client)
+            if log.latest is None:
+                text = f"The client view {client!r} of {repository} / {endpoint} has no result."
+                return Page(404, _document("Not found", f"<p>{_e(text)}</p>", now))
+            latest = log.latest
+            notes = () if latest.success else (
+                _Note(str(latest.reason or Reason.OTHER), reason_alert(latest.reason)),)
+            row = _Row(repository, endpoint, row.primary, log,
+                       State.OK if latest.success else State.FAILING, notes, None, None, client)
+            return Page(200, _document(f"{repository} / {endpoint} / {client}",
+                                       self._endpoint_detail(row, now), now))
         return Page(200, _document(f"{repository} / {endpoint}",
                                    self._endpoint_detail(row, now), now))
 
@@ -359,14 +376,14 @@ class StatusPage:
         lines = [_table_head("views", head)]
         for (state, _, _, client), latest in judged:
             link = "endpoint?" + urlencode({"repository": latest.repository,
-                                            "endpoint": latest.endpoint})
+                                            "endpoint": latest.endpoint, "client": client})
             reason = "" if latest.success else self._note(
                 _Note(str(latest.reason or Reason.OTHER), reason_alert(latest.reason)))
             cells = [
                 f'<span class="state">{_STATE_TEXT[state]}</span>',
                 _e(latest.repository),
-                f'<a href="{_e(link)}">{_e(latest.endpoint)}</a>',
-                _e(client),
+                _e(latest.endpoint),
+                f'<a href="{_e(link)}">{_e(client)}</a>',
                 reason,
                 "" if latest.role is None else _e(latest.role),
                 _when_cell(latest.finished_at, now),
@@ -417,10 +434,12 @@ class StatusPage:
     def _endpoint_detail(self, row: _Row, now: float) -> str:
         latest = row.log.latest
         kind = "primary" if row.primary else "mirror"
+        if row.client is not None:
+            kind += f", client view {row.client}"
         parts = ['<p><a href="./">&larr; all endpoints</a></p>',
                  f'<p class="verdict {row.state.name.lower()}"><span class="state">'
                  f"{_STATE_TEXT[row.state]}</span> {_e(row.repository)} / {_e(row.endpoint)} "
-                 f"<small>{kind}</small></p>"]
+                 f"<small>{_e(kind)}</small></p>"]
         if row.notes:
             parts.append("<ul>" + "".join(f"<li>{self._note(n)}</li>" for n in row.notes)
                          + "</ul>")
@@ -545,6 +564,8 @@ def _request_log(requests: Sequence[RequestRecord]) -> str:
         status = str(request.status) if request.status is not None else "no response"
         if request.error:
             status += f": {request.error}"
+        if request.memo:  # another client view of the pass downloaded it
+            status += " (from this pass's memo, no request)"
         cells = [f'<span class="url">{_e(request.url)}</span>', _e(request.role), _e(status),
                  str(request.bytes), f"{request.duration_seconds:.3f}", str(request.retries)]
         # only "no response" is marked: an HTTP error can be part of a healthy refresh (the 404
