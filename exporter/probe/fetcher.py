@@ -203,38 +203,35 @@ class FetchMemo:
 
     def __init__(self, tmp_dir: Path | None, memory_limit: int = 1 << 20) -> None:
         self._tmp_dir = tmp_dir
-        self._memory_limit = memory_limit
+        #: Bodies larger than this many bytes are kept in a file.
+        self.memory_limit = memory_limit
         self._lock = threading.Lock()
         self._bodies: dict[str, bytes | Path] = {}
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
-    def __contains__(self, url: str) -> bool:
-        with self._lock:
-            return url in self._bodies
-
-    def chunks(self, url: str) -> Iterator[bytes] | None:
+    def chunks(self, url: str) -> Generator[bytes, None, None] | None:
         """The kept body of ``url`` in chunks, or None when the pass has not downloaded it."""
         with self._lock:
             body = self._bodies.get(url)
         if body is None:
             return None
-        if isinstance(body, bytes):
-            return iter((body,) if body else ())
-        return _file_chunks(body)
+        return _body_chunks(body)
 
     def keeper(self, url: str) -> _MemoWriter:
         """A writer for the body of ``url`` as it streams; :meth:`_MemoWriter.commit` once
         complete, nothing kept otherwise."""
         return _MemoWriter(self, url)
 
-    def _spill_file(self) -> IO[bytes]:
+    def spill_file(self) -> IO[bytes]:
+        """A new file below ``tmp_dir`` for a large body (removed by :meth:`close`)."""
         with self._lock:
             if self._dir is None:
                 self._dir = tempfile.TemporaryDirectory(prefix="fetch-memo-", dir=self._tmp_dir)
             directory = self._dir.name
         return tempfile.NamedTemporaryFile(dir=directory, prefix="body-", delete=False)
 
-    def _keep(self, url: str, body: bytes | Path) -> None:
+    def keep(self, url: str, body: bytes | Path) -> None:
+        """Keep the complete body of ``url`` (bytes, or a file of :meth:`spill_file`)."""
         with self._lock:
             if self._dir is None and isinstance(body, Path):
                 body.unlink(missing_ok=True)  # closed meanwhile
@@ -262,8 +259,8 @@ class _MemoWriter:
 
     def write(self, chunk: bytes) -> None:
         self._size += len(chunk)
-        if self._file is None and self._size > self._memo._memory_limit:  # noqa: SLF001
-            self._file = self._memo._spill_file()  # noqa: SLF001
+        if self._file is None and self._size > self._memo.memory_limit:
+            self._file = self._memo.spill_file()
             self._file.write(b"".join(self._parts))
             self._parts.clear()
         if self._file is not None:
@@ -275,9 +272,9 @@ class _MemoWriter:
         """The body is complete: keep it."""
         if self._file is not None:
             self._file.close()
-            self._memo._keep(self._url, Path(self._file.name))  # noqa: SLF001
+            self._memo.keep(self._url, Path(self._file.name))
         else:
-            self._memo._keep(self._url, b"".join(self._parts))  # noqa: SLF001
+            self._memo.keep(self._url, b"".join(self._parts))
         self._parts = []
 
     def abort(self) -> None:
@@ -288,8 +285,12 @@ class _MemoWriter:
             Path(self._file.name).unlink(missing_ok=True)
 
 
-def _file_chunks(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as file:
+def _body_chunks(body: bytes | Path) -> Generator[bytes, None, None]:
+    if isinstance(body, bytes):
+        if body:
+            yield body
+        return
+    with body.open("rb") as file:
         while chunk := file.read(_CHUNK):
             yield chunk
 
@@ -443,7 +444,8 @@ class Fetcher(FetcherInterface):
         raise exceptions.DownloadHTTPError(f"too many redirects for {url}", 310)
 
     def _replay(
-        self, url: str, role: str, chunks: Iterator[bytes], started: float, keep: bool
+        self, url: str, role: str, chunks: Generator[bytes, None, None], started: float,
+        keep: bool,
     ) -> Generator[bytes, None, None]:
         """A body from the memo, handed on as :meth:`_stream` hands on one from the network."""
         received = 0
@@ -466,8 +468,7 @@ class Fetcher(FetcherInterface):
             error = repr(exc)
             raise
         finally:
-            with contextlib.suppress(Exception):
-                chunks.close()  # type: ignore[attr-defined]
+            chunks.close()  # the memo's file, when the body is one
             self._record(url, role, 200, received, started, None, error, 0, memo=True)
 
     def _stream(
