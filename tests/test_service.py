@@ -593,3 +593,30 @@ def test_a_view_pass_moves_no_state_of_the_returning_client(sim: Sim, tmp_path: 
         assert value(samples, "tuf_mirror_lag_versions", endpoint="mirror1") is None
     finally:
         service.stop()
+
+
+def test_a_client_view_event_is_a_change_of_the_views_verdict() -> None:
+    from dataclasses import replace as changed
+    from datetime import UTC
+
+    from exporter.probe.results import FailedRole, Reason
+    from exporter.serve.service import client_view_event
+
+    at = datetime(2027, 1, 1, tzinfo=UTC)
+    ok = ProbeResult("r", "primary", True, at, 1.0, client="new")
+    bad = changed(ok, success=False, reason=Reason.BAD_SIGNATURE, role=FailedRole.SNAPSHOT,
+                  message="snapshot: signed by 0/1 keys")
+    host = changed(ok, success=False, reason=Reason.EXPORTER_ERROR)
+    assert client_view_event(None, ok) is None  # a first success changes nothing
+    assert client_view_event(ok, ok) is None and client_view_event(bad, bad) is None
+    assert client_view_event(ok, host) is None  # no verdict
+    first = client_view_event(None, bad)
+    assert first is not None and first.reason == "bad_signature" and first.role == "snapshot"
+    assert first.details["client"] == "new" and first.details["previous"] is None
+    recovered = client_view_event(bad, ok)
+    assert recovered is not None and recovered.reason is None
+    assert recovered.details["previous"] == {"success": False, "reason": "bad_signature",
+                                             "role": "snapshot"}
+    other = client_view_event(bad, changed(bad, reason=Reason.MISSING))
+    assert other is not None and other.reason == "missing"
+    assert client_view_event(host, bad) is not None  # host faults are not verdicts

@@ -216,11 +216,19 @@ class Prober:
         """
         views = [(CLIENT_NEW, trusted_root)]
         views += [(bootstrap_client_name(v), bootstrap_roots[v]) for v in sorted(bootstrap_roots)]
-        with self._lock:
-            state = self._view_states.get((repository.name, endpoint.name))
-            if state is None:
-                state = _ViewState(new_session(max(10, repository.delegation_workers)))
-                self._view_states[(repository.name, endpoint.name)] = state
+        started_at, t0 = datetime.now(UTC), time.monotonic()
+        try:
+            with self._lock:
+                state = self._view_states.get((repository.name, endpoint.name))
+                if state is None:
+                    state = _ViewState(new_session(max(10, repository.delegation_workers)))
+                    self._view_states[(repository.name, endpoint.name)] = state
+        except Exception as exc:  # no descriptor for a session: no view can run
+            log.warning("view pass of %s/%s stopped by a fault of the exporter: %s",
+                        repository.name, endpoint.name, describe(exc), exc_info=True)
+            failed = exporter_error_result(repository.name, endpoint.name, started_at,
+                                           time.monotonic() - t0, exc)
+            return [replace(failed, client=client) for client, _ in views]
         cold = replace(repository, mode=Mode.COLD)  # nothing of a returning client's
         results = []
         with state.lock:
@@ -229,7 +237,11 @@ class Prober:
                 for client, root in views:
                     results.append(self._view(cold, endpoint, state, client, root, memo))
             finally:
-                memo.close()
+                try:
+                    memo.close()
+                except OSError as exc:  # the verdicts stand; the files stay below tmp/
+                    log.warning("cannot remove the fetch memo of %s/%s: %s", repository.name,
+                                endpoint.name, describe(exc))
         return results
 
     def _view(
