@@ -620,3 +620,24 @@ def test_a_client_view_event_is_a_change_of_the_views_verdict() -> None:
     other = client_view_event(bad, changed(bad, reason=Reason.MISSING))
     assert other is not None and other.reason == "missing"
     assert client_view_event(host, bad) is not None  # host faults are not verdicts
+
+
+def test_a_trusted_root_file_with_other_bytes_is_no_equivocation_of_a_view(
+    sim: Sim, tmp_path: Path
+) -> None:
+    """The configured root may be a re-serialized copy of the served one (same signed content,
+    other bytes): what a bootstrap view fetches for that root version is no equivocation."""
+    config = _view_config(sim, tmp_path)
+    current = tmp_path / "2.root.json"
+    current.write_text(json.dumps(json.loads(current.read_bytes()), indent=4))  # other bytes
+    service = Service(config, first_run_within=0.1)
+    try:
+        service._apply(service.config, service._loaded.bootstrap_roots)
+        repo = service.config.repository("sim")
+        assert service._probe(repo, repo.primary).success
+        results = service._probe_views(repo, repo.primary)
+        assert [r.success for r in results] == [True, True], [r.message for r in results]
+        assert value(scrape(service), "tuf_anomalies_total", endpoint="primary",
+                     kind="equivocation") == 0
+    finally:
+        service.stop()
