@@ -568,6 +568,18 @@ def test_views_are_probed_on_their_interval_and_a_corrupted_snapshot_pages_only_
         service.config_path.write_text(yaml.safe_dump(document))
         assert service.reload()[0]
         assert "bootstrap-root-v1" not in _views_of(service)
+        # a root python-tuf cannot start from is refused, naming the file; the old one runs
+        (tmp_path / "bad.json").write_text('{"signed": {}, "signatures": []}')
+        document["repositories"][0]["bootstrap_roots"] = ["bad.json"]
+        service.config_path.write_text(yaml.safe_dump(document))
+        ok, message = service.reload()
+        assert not ok and "bad.json" in message
+        assert service.config.repository("sim").bootstrap_roots == ()
+        # and one added back is probed again
+        document["repositories"][0]["bootstrap_roots"] = ["1.root.json"]
+        service.config_path.write_text(yaml.safe_dump(document))
+        assert service.reload()[0]
+        poll(lambda: "bootstrap-root-v1" in _views_of(service), timeout=20)
         document["repositories"][0]["new_client_interval"] = 0
         service.config_path.write_text(yaml.safe_dump(document))
         assert service.reload()[0]
