@@ -141,7 +141,8 @@ class ProbeStore:
         repository changes because of the host.
 
         A result of another client view than ``returning`` (:meth:`record_view`) is kept the
-        same way under its view and counted in ``tuf_client_update_failures_total`` only.
+        same way under its view; it is counted in ``tuf_client_update_failures_total`` (and a
+        fault of this host in ``tuf_exporter_errors_total``), never in a ``tuf_probe*`` series.
         """
         with self._lock:
             self._in_flight = max(0, self._in_flight - 1)
