@@ -18,12 +18,13 @@ from typing import Any
 
 from exporter import __version__, logs
 from exporter.config.durations import parse_duration
-from exporter.config.model import Config, ConfigError, load_config, parse_shard
+from exporter.config.model import ConfigError, Endpoint, Repository, load_config, parse_shard
+from exporter.config.roots import TrustedRootError, load_bootstrap_roots, load_trusted_root
 from exporter.generate.alerts import AlertOptions
 from exporter.history.store import HistoryError
-from exporter.probe.prober import Prober, TrustedRootError, load_trusted_root, temporary_directory
+from exporter.probe.prober import Prober, temporary_directory
 from exporter.probe.results import ProbeResult, rfc3339
-from exporter.serve.service import Service
+from exporter.serve.service import Loaded, Service
 from exporter.simulator import FAULTS
 
 log = logging.getLogger("exporter")
@@ -41,20 +42,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _load(path: Path, *, in_state_dir: bool = False) -> Config:
-    """The configuration, every trusted root checked by python-tuf (which writes a client
-    directory: below ``state_dir`` when ``in_state_dir``, else in ``$TMPDIR``, removed at once;
-    check-config creates nothing below ``state_dir``)."""
+def _load(path: Path, *, in_state_dir: bool = False) -> Loaded:
+    """The configuration, every trusted and bootstrap root checked by python-tuf (which writes a
+    client directory: below ``state_dir`` when ``in_state_dir``, else in ``$TMPDIR``, removed at
+    once; check-config creates nothing below ``state_dir``)."""
     config = load_config(path)
     tmp = temporary_directory(config.state_dir) if in_state_dir else None
+    roots, bootstrap = {}, {}
     for repo in config.repositories:
-        load_trusted_root(repo.trusted_root, tmp)
-    return config
+        roots[repo.name] = load_trusted_root(repo.trusted_root, tmp)
+        bootstrap[repo.name] = load_bootstrap_roots(repo.bootstrap_roots, tmp)
+    return Loaded(config, roots, bootstrap)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a configuration file, including that every trusted root is usable."""
-    config = _load(args.config)
+    config = _load(args.config).config
     endpoints = sum(len(r.endpoints) for r in config.repositories)
     print(
         f"{args.config}: OK ({len(config.repositories)} repositories, {endpoints} endpoints, "
@@ -64,8 +67,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    """Probe every (repository, endpoint) once, now, and print the results."""
-    config = _load(args.config, in_state_dir=True)
+    """Probe every (repository, endpoint) once, now, as every client view, and print the
+    results: the returning view, then (unless ``new_client_interval`` is 0) ``new`` and each
+    ``bootstrap-root-v<N>``."""
+    loaded = _load(args.config, in_state_dir=True)
+    config = loaded.config
     repos = config.repositories
     if args.repository:
         repos = tuple(r for r in repos if r.name == args.repository)
@@ -73,19 +79,30 @@ def cmd_probe(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.config}: no repository is called {args.repository!r}")
     prober = Prober(config.state_dir)
     jobs = [(repo, endpoint) for repo in repos for endpoint in repo.endpoints]
+
+    def every_view(repo: Repository, endpoint: Endpoint) -> list[ProbeResult]:
+        results = [prober.probe(repo, endpoint, loaded.trusted_roots[repo.name])]
+        if repo.new_client_interval > 0:
+            results += prober.probe_views(repo, endpoint, loaded.trusted_roots[repo.name],
+                                          loaded.bootstrap_roots[repo.name])
+        return results
+
     with ThreadPoolExecutor(max_workers=max(1, min(config.workers, len(jobs)))) as pool:
-        results = list(pool.map(lambda job: prober.probe(*job), jobs))
+        views = list(pool.map(lambda job: every_view(*job), jobs))
     if args.json:
-        print(json.dumps(_as_json(results), indent=2))
+        print(json.dumps(_as_json(views), indent=2))
     else:
-        _print_table(results)
-    return EXIT_OK if all(r.success for r in results) else EXIT_FAILED
+        _print_table([result for results in views for result in results])
+    return EXIT_OK if all(r.success for results in views for r in results) else EXIT_FAILED
 
 
-def _as_json(results: Sequence[ProbeResult]) -> dict[str, Any]:
+def _as_json(views: Sequence[Sequence[ProbeResult]]) -> dict[str, Any]:
+    """Per repository, its endpoints; an endpoint is its returning view's result, with its
+    other views (``new``, ``bootstrap-root-v<N>``) in ``views``."""
     repositories: dict[str, list[dict[str, Any]]] = {}
-    for result in results:
-        repositories.setdefault(result.repository, []).append(result.to_json())
+    for returning, *others in views:
+        entry = {**returning.to_json(), "views": [view.to_json() for view in others]}
+        repositories.setdefault(returning.repository, []).append(entry)
     return {
         "repositories": [
             {"name": name, "endpoints": endpoints} for name, endpoints in repositories.items()
@@ -94,7 +111,8 @@ def _as_json(results: Sequence[ProbeResult]) -> dict[str, Any]:
 
 
 def _print_table(results: Sequence[ProbeResult]) -> None:
-    rows = [("REPOSITORY", "ENDPOINT", "RESULT", "ROLE", "SECONDS", "VERSIONS", "EARLIEST EXPIRY")]
+    rows = [("REPOSITORY", "ENDPOINT", "CLIENT", "RESULT", "ROLE", "SECONDS", "VERSIONS",
+             "EARLIEST EXPIRY")]
     for r in results:
         versions = " ".join(f"{_SHORT[name]}{facts.version}" for name, facts in r.roles.items())
         refused = r.roles["root"].rejected_root if "root" in r.roles else None
@@ -104,6 +122,7 @@ def _print_table(results: Sequence[ProbeResult]) -> None:
         rows.append((
             r.repository,
             r.endpoint,
+            r.client,
             "ok" if r.success else str(r.reason),
             "" if r.role is None else str(r.role),
             f"{r.duration_seconds:.3f}",
@@ -115,7 +134,7 @@ def _print_table(results: Sequence[ProbeResult]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     for r in results:
         if not r.success:
-            print(f"{r.repository}/{r.endpoint}: {r.message}", file=sys.stderr)
+            print(f"{r.repository}/{r.endpoint} ({r.client}): {r.message}", file=sys.stderr)
 
 
 DEFAULT_LISTEN = ":9929"

@@ -109,6 +109,11 @@ class Repository:
     allowed_redirect_hosts: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
     policy: Policy = field(default_factory=Policy)
+    #: Seconds between two view passes of each endpoint (the client views ``new`` and
+    #: ``bootstrap-root-v<N>``, issue 16); 0: no view is probed.
+    new_client_interval: float = 600.0
+    #: root.json files clients in the field start from; each is the view ``bootstrap-root-v<N>``.
+    bootstrap_roots: tuple[Path, ...] = ()
 
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:
@@ -287,6 +292,19 @@ def _positive_duration(value: Any) -> float:
     return seconds
 
 
+def _duration(value: Any) -> float:
+    return parse_duration(value)
+
+
+def _paths(base: Path) -> Callable[[Any], tuple[Path, ...]]:
+    def convert(value: Any) -> tuple[Path, ...]:
+        if not isinstance(value, list):
+            raise ValueError("expected a list of paths")
+        return tuple(_path(base)(path) for path in _strings(value))
+
+    return convert
+
+
 def _int(minimum: int) -> Callable[[Any], int]:
     def convert(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -437,6 +455,8 @@ def _repository(reader: _Reader, base: Path) -> Repository:
         allowed_redirect_hosts=reader.get("allowed_redirect_hosts", _redirect_hosts, _NONE),
         limits=_limits(reader.child("limits")),
         policy=_policy(reader.child("policy")),
+        new_client_interval=reader.get("new_client_interval", _duration, 600.0),
+        bootstrap_roots=reader.get("bootstrap_roots", _paths(base), ()),
     )
     reader.done()
     return repo

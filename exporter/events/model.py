@@ -38,6 +38,8 @@ class EventKind(StrEnum):
     ROLLBACK = "rollback"  #: a lower version than already seen, or a frozen online role
     SIGNER_PROBE = "signer_probe"  #: an active signing probe result
     MIRROR_LAG = "mirror_lag"  #: a mirror fell behind the primary or caught up again
+    #: a client view's verdict changed (success <-> failure, or another reason or role)
+    CLIENT_VIEW = "client_view"
 
 
 def format_time(value: datetime) -> str:

@@ -24,6 +24,10 @@ reports nothing):
 * ``equivocation``: a content hash for (role, version) new to the repository while another hash
   is already known for it, on any endpoint (across mirrors, or over time on one endpoint).
   Once per (role, version, hash), attributed to the endpoint that first showed that hash.
+  A client view other than ``returning`` (``new``, ``bootstrap-root-v<N>``: issue 16) is held
+  to the same rule, against the hashes returning clients were given (and only that: a view
+  records nothing and moves no per-endpoint state, so no rollback, freeze, lag or rotation
+  comes of it); once per (endpoint, role, version, hash), naming the first view given it.
 * ``unknown_signer`` and ``expiry_beyond_policy`` (expires minus the repository's first-seen
   time above ``Policy.max_lifetime[role]``): once per (repository, role, version), attributed to
   the endpoint where first seen.
@@ -92,7 +96,14 @@ from exporter.history.store import (
     OnCorrupt,
     RootRow,
 )
-from exporter.probe.results import FailedRole, ProbeResult, RoleFacts, RoleKeys, rfc3339
+from exporter.probe.results import (
+    CLIENT_RETURNING,
+    FailedRole,
+    ProbeResult,
+    RoleFacts,
+    RoleKeys,
+    rfc3339,
+)
 
 __all__ = [
     "FILENAME",
@@ -688,6 +699,10 @@ class _Observation:
     def run(self) -> list[Finding]:
         """Record every role the endpoint was seen serving, then judge root keys and lag."""
         roles = _served_roles(self.result)
+        if self.result.client != CLIENT_RETURNING:
+            for name in sorted(roles, key=_role_order):
+                self._view_role(roles[name])
+            return self.findings
         for name in sorted(roles, key=_role_order):
             self._role(roles[name])
         root = roles.get("root")
@@ -731,6 +746,24 @@ class _Observation:
         age = self._age(self.rows[role][0])
         if prev is not None and prev.version == version:
             self._freeze(facts, prev, age)
+
+    def _view_role(self, facts: RoleFacts) -> None:
+        """What a client view fetched: the equivocation rule only, against the content
+        returning clients were given for the same (role, version); nothing is recorded.
+
+        Not for root: the root a returning client trusts may be the configured file itself
+        (a copy with other bytes but the same signed content is as good), and python-tuf
+        judges every root of a view's chain by the previous root's keys anyway."""
+        if facts.name == "root":
+            return
+        known = self._known(facts.name, facts.version)
+        if not known.hashes or facts.sha256 in known.hashes:
+            return
+        key = f"equivocation|{self.endpoint}|{facts.name}|{facts.version}|{facts.sha256}"
+        if self._once(key):  # the first view that was given it is named
+            self._equivocation(
+                facts, db.endpoints_by_hash(self.conn, self.repo, facts.name, facts.version)
+            )
 
     def _age(self, row: CurrentRow) -> float:
         """Seconds the endpoint has served ``row``'s version, by the steady clock (see
@@ -791,16 +824,20 @@ class _Observation:
     def _equivocation(self, facts: RoleFacts, known: Mapping[str, list[str]]) -> None:
         self._count(_ANOMALIES, self.endpoint, "equivocation")
         others = list(known)  # in first-seen order
+        client = self.result.client
+        where = self.endpoint if client == CLIENT_RETURNING else (
+            f"{self.endpoint} (to the client view {client})")
         self._report(
             FindingKind.EQUIVOCATION,
             facts.name,
-            f"{self.endpoint} serves {facts.name} version {facts.version} with content "
+            f"{where} serves {facts.name} version {facts.version} with content "
             f"{facts.sha256[:12]}, but the repository already served that version with "
             f"different content ({', '.join(h[:12] for h in others)})",
             versions={"current": facts.version},
             hashes={"current": facts.sha256, "previous": others[0]},
             keyids=facts.signed_by,
-            details={"known": {sha: sorted(set(eps)) for sha, eps in known.items()}},
+            details={"known": {sha: sorted(set(eps)) for sha, eps in known.items()},
+                     "client": client},
         )
 
     def _new_version(self, facts: RoleFacts, repo_max: int) -> None:

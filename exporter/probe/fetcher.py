@@ -17,7 +17,10 @@ This fetcher:
 * follows a redirect only to the same scheme, host and port, or to a host (and port) listed in
   ``allowed_redirect_hosts``, and never from https down to http (see :func:`redirect_allowed`);
 * retries only where configured (connection errors and 5xx before any body byte), and counts
-  every retry.
+  every retry;
+* given a :class:`FetchMemo` (the client views of one pass, issue 16), serves a URL another
+  view of the pass downloaded completely from the memo instead of the network, and records
+  what it downloads there.
 
 Timeouts raise ``SlowRetrievalError`` whose cause says whether the connect or the read timed out,
 or the deadline passed; a refused connection raises a plain ``DownloadError`` caused by the
@@ -185,6 +188,113 @@ def new_session(pool_size: int = 10) -> EndpointSession:
     return session
 
 
+class FetchMemo:
+    """URL -> body of every download completed in one view pass, for the other views of it.
+
+    The client views of one pass (``new``, ``bootstrap-root-v<N>``) fetch the same timestamp,
+    snapshot, targets, delegated roles and canaries; each view still verifies them with its own
+    ngclient ``Updater``, but the bytes are downloaded once. Only complete bodies are kept: a
+    download cut short (ngclient's length cap, a timeout, an error) leaves nothing, so what is
+    kept is bounded by the lengths the configuration allows, and a failed fetch is tried again
+    by the next view. Bodies up to ``memory_limit`` bytes are held in memory, larger ones in a
+    file below ``tmp_dir`` (the exporter's ``<state_dir>/tmp``), removed by :meth:`close`.
+    Thread safe (the delegation sweep fetches in parallel).
+    """
+
+    def __init__(self, tmp_dir: Path | None, memory_limit: int = 1 << 20) -> None:
+        self._tmp_dir = tmp_dir
+        #: Bodies larger than this many bytes are kept in a file.
+        self.memory_limit = memory_limit
+        self._lock = threading.Lock()
+        self._bodies: dict[str, bytes | Path] = {}
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    def chunks(self, url: str) -> Generator[bytes, None, None] | None:
+        """The kept body of ``url`` in chunks, or None when the pass has not downloaded it."""
+        with self._lock:
+            body = self._bodies.get(url)
+        if body is None:
+            return None
+        return _body_chunks(body)
+
+    def keeper(self, url: str) -> _MemoWriter:
+        """A writer for the body of ``url`` as it streams; :meth:`_MemoWriter.commit` once
+        complete, nothing kept otherwise."""
+        return _MemoWriter(self, url)
+
+    def spill_file(self) -> IO[bytes]:
+        """A new file below ``tmp_dir`` for a large body (removed by :meth:`close`)."""
+        with self._lock:
+            if self._dir is None:
+                self._dir = tempfile.TemporaryDirectory(prefix="fetch-memo-", dir=self._tmp_dir)
+            directory = self._dir.name
+        return tempfile.NamedTemporaryFile(dir=directory, prefix="body-", delete=False)
+
+    def keep(self, url: str, body: bytes | Path) -> None:
+        """Keep the complete body of ``url`` (bytes, or a file of :meth:`spill_file`)."""
+        with self._lock:
+            if self._dir is None and isinstance(body, Path):
+                body.unlink(missing_ok=True)  # closed meanwhile
+                return
+            self._bodies.setdefault(url, body)
+
+    def close(self) -> None:
+        """Forget every body and remove the files (idempotent)."""
+        with self._lock:
+            self._bodies.clear()
+            directory, self._dir = self._dir, None
+        if directory is not None:
+            directory.cleanup()
+
+
+class _MemoWriter:
+    """Collects one body for a :class:`FetchMemo`, spilling to a file past its memory limit."""
+
+    def __init__(self, memo: FetchMemo, url: str) -> None:
+        self._memo = memo
+        self._url = url
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._file: IO[bytes] | None = None
+
+    def write(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._file is None and self._size > self._memo.memory_limit:
+            self._file = self._memo.spill_file()
+            self._file.write(b"".join(self._parts))
+            self._parts.clear()
+        if self._file is not None:
+            self._file.write(chunk)
+        else:
+            self._parts.append(chunk)
+
+    def commit(self) -> None:
+        """The body is complete: keep it."""
+        if self._file is not None:
+            self._file.close()
+            self._memo.keep(self._url, Path(self._file.name))
+        else:
+            self._memo.keep(self._url, b"".join(self._parts))
+        self._parts = []
+
+    def abort(self) -> None:
+        """The body is incomplete: keep nothing."""
+        self._parts = []
+        if self._file is not None:
+            self._file.close()
+            Path(self._file.name).unlink(missing_ok=True)
+
+
+def _body_chunks(body: bytes | Path) -> Generator[bytes, None, None]:
+    if isinstance(body, bytes):
+        if body:
+            yield body
+        return
+    with body.open("rb") as file:
+        while chunk := file.read(_CHUNK):
+            yield chunk
+
+
 class Fetcher(FetcherInterface):
     """Fetches for one probe of one endpoint and keeps a record of every request.
 
@@ -215,8 +325,10 @@ class Fetcher(FetcherInterface):
         allowed_redirect_hosts: tuple[str, ...] = (),
         on_metadata: Callable[[str, bytes], None] | None = None,
         tmp_dir: Path | None = None,
+        memo: FetchMemo | None = None,
     ) -> None:
         self._session = session
+        self._memo = memo
         self._on_metadata = on_metadata
         self._classify = classify
         self._connect_timeout = connect_timeout
@@ -271,6 +383,9 @@ class Fetcher(FetcherInterface):
         role = self._classify(url)
         self.last_started = role
         started = time.monotonic()
+        kept = None if self._memo is None else self._memo.chunks(url)
+        if kept is not None:
+            return self._replay(url, role, kept, started, keep and role != "target")
         attempt = 0
         while True:
             try:
@@ -328,6 +443,34 @@ class Fetcher(FetcherInterface):
             return response
         raise exceptions.DownloadHTTPError(f"too many redirects for {url}", 310)
 
+    def _replay(
+        self, url: str, role: str, chunks: Generator[bytes, None, None], started: float,
+        keep: bool,
+    ) -> Generator[bytes, None, None]:
+        """A body from the memo, handed on as :meth:`_stream` hands on one from the network."""
+        received = 0
+        parts: list[bytes] = []
+        error: str | None = None
+        try:
+            for chunk in chunks:
+                received += len(chunk)
+                if keep:
+                    parts.append(chunk)
+                yield chunk
+            if keep:
+                body = b"".join(parts)
+                parts.clear()
+                with self._lock:
+                    self.bodies[url] = body
+                if self._on_metadata is not None:
+                    self._on_metadata(role, body)
+        except BaseException as exc:
+            error = repr(exc)
+            raise
+        finally:
+            chunks.close()  # the memo's file, when the body is one
+            self._record(url, role, 200, received, started, None, error, 0, memo=True)
+
     def _stream(
         self,
         url: str,
@@ -341,6 +484,7 @@ class Fetcher(FetcherInterface):
         parts: list[bytes] = []
         error: str | None = None
         server_date = _parse_date(response.headers.get("Date"))
+        memo = None if self._memo is None else self._memo.keeper(url)
         try:
             while True:
                 if self._remaining() <= 0:
@@ -356,7 +500,12 @@ class Fetcher(FetcherInterface):
                 received += len(chunk)
                 if keep:
                     parts.append(chunk)
+                if memo is not None:
+                    memo.write(chunk)
                 yield chunk
+            if memo is not None:
+                memo.commit()
+                memo = None
             if keep:
                 body = b"".join(parts)
                 parts.clear()  # one copy of a large body, not two
@@ -368,6 +517,8 @@ class Fetcher(FetcherInterface):
             error = repr(exc)
             raise
         finally:
+            if memo is not None:
+                memo.abort()
             response.close()
             self._record(url, role, response.status_code, received, started, server_date, error,
                          retries)
@@ -382,6 +533,8 @@ class Fetcher(FetcherInterface):
         server_date: datetime | None,
         error: str | None,
         retries: int,
+        *,
+        memo: bool = False,
     ) -> None:
         record = RequestRecord(
             url=url,
@@ -393,6 +546,7 @@ class Fetcher(FetcherInterface):
             server_date=server_date,
             error=error,
             retries=retries,
+            memo=memo,
         )
         with self._lock:
             self.records.append(record)

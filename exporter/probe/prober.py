@@ -18,6 +18,13 @@ has expired, python-tuf would load exactly what it accepted last time, so the la
 facts are reused; the canaries of the current configuration are still downloaded by ngclient, and
 the result is built as a full refresh's (see ``_Run._try_reuse``). Anything else is a full
 refresh, which happens at least every ``full_refresh_every`` probes.
+
+That is the client view ``returning``. ``Prober.probe_views`` answers for the other views of an
+endpoint (issue 16): ``new``, a first install (an empty cache and the configured trusted root),
+and ``bootstrap-root-v<N>``, a client whose embedded root is version N (python-tuf walks the root
+chain from it, then refreshes as a new client). Each view is a full refresh by its own ngclient
+``Updater`` in its own empty cache; a pass downloads each URL once (:class:`FetchMemo`) and never
+touches the returning view's cache, verdict, reuse state or delegation memo.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from tuf.ngclient import Updater, UpdaterConfig
 
 from exporter.catalogue import TOP_LEVEL_ROLES
 from exporter.config.model import Endpoint, Mode, Policy, Repository, safe_name
+from exporter.config.roots import TrustedRootError, load_trusted_root
 from exporter.probe import delegations
 from exporter.probe.classify import (
     describe,
@@ -52,9 +60,11 @@ from exporter.probe.classify import (
     role_from_message,
     role_of,
 )
-from exporter.probe.fetcher import Fetcher, new_session
+from exporter.probe.fetcher import Fetcher, FetchMemo, new_session
 from exporter.probe.inspector import CachedFile, FileIdentity, Inspected, Inspector, file_identity
 from exporter.probe.results import (
+    CLIENT_NEW,
+    CLIENT_RETURNING,
     DelegationSummary,
     FailedRole,
     PhaseTiming,
@@ -62,6 +72,7 @@ from exporter.probe.results import (
     Reason,
     RoleFacts,
     TargetResult,
+    bootstrap_client_name,
 )
 
 log = logging.getLogger(__name__)
@@ -77,35 +88,6 @@ def temporary_directory(state_dir: Path) -> Path:
     path = state_dir / "tmp"
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
-
-
-class TrustedRootError(ValueError):
-    """The configured trusted root cannot be used by python-tuf."""
-
-
-def load_trusted_root(path: Path, tmp_dir: Path | None = None) -> bytes:
-    """Read the trusted root and check that python-tuf accepts it as a starting point.
-
-    python-tuf refuses some real roots (sigstore's roots 1 to 3 use fractional-second expiry
-    times, root 4 raw-hex keys): this says so clearly instead of failing mid-probe. python-tuf
-    writes the root into a client directory: a temporary one in ``tmp_dir`` (None:
-    ``tempfile``'s default, which the service points below ``state_dir``), removed at once.
-    """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise TrustedRootError(f"cannot read trusted root {path}: {exc.strerror or exc}") from None
-    with tempfile.TemporaryDirectory(prefix="tuf-exporter-root-", dir=tmp_dir) as tmp:
-        try:
-            # The constructor verifies the root against its own keys; it makes no request.
-            Updater(tmp, "http://127.0.0.1.invalid/", bootstrap=data)
-        except Exception as exc:
-            if host_fault(exc) is not None:
-                raise  # no space or descriptor for the scratch copy: ours, not the root's
-            raise TrustedRootError(
-                f"python-tuf cannot use {path} as a trusted root: {describe(exc)}"
-            ) from None
-    return data
 
 
 @dataclass(frozen=True)
@@ -137,6 +119,15 @@ class _EndpointState:
     probes_since_full: int = 0
 
 
+@dataclass
+class _ViewState:
+    """What the prober keeps for the view passes of one endpoint: an HTTP session of their own
+    and the lock that lets one pass of the endpoint run at a time. No verdict, no cache."""
+
+    session: requests.Session
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
 class Prober:
     """Probes endpoints; keeps per-endpoint client caches and the last verdict."""
 
@@ -147,6 +138,7 @@ class Prober:
         self.tmp_dir = state_dir / "tmp"
         self._inspector = inspector or Inspector()
         self._states: dict[tuple[str, str], _EndpointState] = {}
+        self._view_states: dict[tuple[str, str], _ViewState] = {}
         self._lock = threading.Lock()
 
     def cache_dir(self, repository: Repository, endpoint: Endpoint) -> Path:
@@ -159,6 +151,9 @@ class Prober:
             for key in list(self._states):
                 if key not in keep:
                     self._states.pop(key).session.close()
+            for key in list(self._view_states):
+                if key not in keep:
+                    self._view_states.pop(key).session.close()
 
     def _state(self, repository: Repository, endpoint: Endpoint) -> _EndpointState:
         key = (repository.name, endpoint.name)
@@ -196,6 +191,81 @@ class Prober:
             return exporter_error_result(repository.name, endpoint.name, started_at,
                                          time.monotonic() - t0, exc, role)
 
+    def probe_views(
+        self,
+        repository: Repository,
+        endpoint: Endpoint,
+        trusted_root: bytes,
+        bootstrap_roots: Mapping[int, bytes],
+    ) -> list[ProbeResult]:
+        """One view pass of ``endpoint``: the view ``new``, then ``bootstrap-root-v<N>`` for
+        each bootstrap root (by version); one result per view, in that order. Never raises.
+
+        ``trusted_root`` and ``bootstrap_roots`` (root version -> root.json bytes) are the
+        roots of the configuration, already accepted by python-tuf
+        (:mod:`exporter.config.roots`). Each view is a full refresh of python-tuf's ngclient
+        from that root in a fresh, empty cache below ``<state_dir>/tmp`` (removed after the
+        view): the root chain, timestamp, snapshot, targets, the delegation sweep when
+        ``verify_delegations``, the canaries downloaded and verified by ``download_target``;
+        python-tuf decides every verdict. What one view downloaded completely is handed to the
+        later views of the pass from a :class:`FetchMemo` (each still verifies it with its own
+        ``Updater``); a download that failed is tried again. The returning view's cache, last
+        verdict, reuse state and delegation memo are not touched; one pass of an endpoint runs
+        at a time. A fault of this host ends a view as ``exporter_error`` (as :meth:`probe`),
+        and the pass goes on with the next view.
+        """
+        views = [(CLIENT_NEW, trusted_root)]
+        views += [(bootstrap_client_name(v), bootstrap_roots[v]) for v in sorted(bootstrap_roots)]
+        started_at, t0 = datetime.now(UTC), time.monotonic()
+        try:
+            with self._lock:
+                state = self._view_states.get((repository.name, endpoint.name))
+                if state is None:
+                    state = _ViewState(new_session(max(10, repository.delegation_workers)))
+                    self._view_states[(repository.name, endpoint.name)] = state
+        except Exception as exc:  # no descriptor for a session: no view can run
+            log.warning("view pass of %s/%s stopped by a fault of the exporter: %s",
+                        repository.name, endpoint.name, describe(exc), exc_info=True)
+            failed = exporter_error_result(repository.name, endpoint.name, started_at,
+                                           time.monotonic() - t0, exc)
+            return [replace(failed, client=client) for client, _ in views]
+        cold = replace(repository, mode=Mode.COLD)  # nothing of a returning client's
+        results = []
+        with state.lock:
+            memo = FetchMemo(self.tmp_dir)
+            try:
+                for client, root in views:
+                    results.append(self._view(cold, endpoint, state, client, root, memo))
+            finally:
+                try:
+                    memo.close()
+                except OSError as exc:  # the verdicts stand; the files stay below tmp/
+                    log.warning("cannot remove the fetch memo of %s/%s: %s", repository.name,
+                                endpoint.name, describe(exc))
+        return results
+
+    def _view(
+        self,
+        repository: Repository,
+        endpoint: Endpoint,
+        state: _ViewState,
+        client: str,
+        root: bytes,
+        memo: FetchMemo,
+    ) -> ProbeResult:
+        started_at, t0 = datetime.now(UTC), time.monotonic()
+        run: _Run | None = None
+        try:
+            scratch = _EndpointState(state.session)  # thrown away with the view
+            run = _Run(self, repository, endpoint, scratch, root, client=client, memo=memo)
+            return run.run_view()
+        except Exception as exc:
+            log.warning("view %s of %s/%s stopped by a fault of the exporter: %s", client,
+                        repository.name, endpoint.name, describe(exc), exc_info=True)
+            role = None if run is None else role_of(run.fetcher.last_started)
+            return replace(exporter_error_result(repository.name, endpoint.name, started_at,
+                                                 time.monotonic() - t0, exc, role), client=client)
+
 
 class _Run:
     """One probe of one endpoint."""
@@ -207,8 +277,12 @@ class _Run:
         endpoint: Endpoint,
         state: _EndpointState,
         trusted_root: bytes | None,
+        *,
+        client: str = CLIENT_RETURNING,
+        memo: FetchMemo | None = None,
     ) -> None:
         self.prober = prober
+        self.client = client
         self.repo = repository
         self.endpoint = endpoint
         self.state = state
@@ -225,6 +299,7 @@ class _Run:
             allowed_redirect_hosts=repository.allowed_redirect_hosts,
             on_metadata=self._on_metadata,
             tmp_dir=prober.tmp_dir,
+            memo=memo,
         )
         self.marks: dict[str, float] = {}
         #: Role -> version, as named by the snapshot fetched in this probe (None: none fetched).
@@ -330,6 +405,13 @@ class _Run:
             with tempfile.TemporaryDirectory(prefix="cold-", dir=self.prober.tmp_dir) as tmp:
                 return self._full(Path(tmp), trusted)
         return self._full(self.prober.cache_dir(self.repo, self.endpoint), trusted)
+
+    def run_view(self) -> ProbeResult:
+        """A first-boot refresh from ``trusted_root`` in an empty cache that is removed after."""
+        assert self.trusted_root is not None and self.repo.mode is Mode.COLD
+        tmp_dir = temporary_directory(self.prober.state_dir)
+        with tempfile.TemporaryDirectory(prefix="view-", dir=tmp_dir) as tmp:
+            return self._full(Path(tmp), self.trusted_root)
 
     def _updater_config(self) -> UpdaterConfig:
         limits = self.repo.limits
@@ -733,6 +815,7 @@ class _Run:
             requests=tuple(self.fetcher.records),
             reused_verdict=reused,
             server_date=max(dates) if dates else None,
+            client=self.client,
         )
 
 

@@ -211,6 +211,9 @@ class RequestRecord:
     server_date: datetime | None = None
     error: str | None = None
     retries: int = 0
+    #: True: the body came from the fetch memo of a view pass (another view of the same pass
+    #: downloaded it, :class:`exporter.probe.fetcher.FetchMemo`); no HTTP request was made.
+    memo: bool = False
 
 
 @dataclass(frozen=True)

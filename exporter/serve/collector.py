@@ -40,6 +40,7 @@ def _code_class(status: int | None) -> str:
 class _Key:
     repository: str
     endpoint: str
+    client: str = CLIENT_RETURNING
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,14 @@ class EndpointLog:
 
 
 class ProbeStore:
-    """The latest result of every endpoint, its recent probes and failures, and the
-    cumulative probe counters (thread safe)."""
+    """The latest result of every client view of every endpoint, its recent probes and
+    failures, and the cumulative probe counters (thread safe).
+
+    Results are kept per (repository, endpoint, client) (issue 16). The ``tuf_probe_*`` series
+    and counters are the ``returning`` view's (:data:`CLIENT_RETURNING`), as they always were;
+    every view, ``returning`` included and whatever its name (``new``,
+    ``bootstrap-root-v<N>``, an external client's), has its ``tuf_client_*`` series.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -70,6 +77,8 @@ class ProbeStore:
         self._recent_failures: dict[_Key, deque[ProbeResult]] = {}
         self._probes: Counter[tuple[str, str, str]] = Counter()
         self._failures: Counter[tuple[str, str, str, str]] = Counter()
+        #: Failed verdicts of every view: (repository, endpoint, client, reason, role).
+        self._client_failures: Counter[tuple[str, str, str, str, str]] = Counter()
         self._http: Counter[tuple[str, str, str]] = Counter()
         self._retries: Counter[tuple[str, str]] = Counter()
         self._skipped: Counter[tuple[str, str]] = Counter()
@@ -78,10 +87,20 @@ class ProbeStore:
             {(str(cause),): 0 for cause in ErrorCause})
         self._in_flight = 0
 
-    def expect(self, endpoints: Iterable[tuple[str, str]]) -> None:
+    def expect(
+        self,
+        endpoints: Iterable[tuple[str, str]],
+        clients: Iterable[tuple[str, str, str]] | None = None,
+    ) -> None:
         """Declare the configured endpoints: their counters exist (at 0) before any probe,
-        and the state of endpoints no longer configured is dropped."""
+        and the state of endpoints no longer configured is dropped.
+
+        ``clients``: the (repository, endpoint, client) views configured besides
+        ``returning``; the results and failure counts of other views are dropped (a bootstrap
+        root removed, the views turned off). None: keep every view of a configured endpoint.
+        """
         wanted = set(endpoints)
+        views = None if clients is None else set(clients)
         with self._lock:
             for repository, endpoint in wanted:
                 for result in ("success", "failure"):
@@ -89,10 +108,16 @@ class ProbeStore:
                 self._retries[(repository, endpoint)] += 0
                 self._skipped[(repository, endpoint)] += 0
             for counter in (self._probes, self._failures, self._http, self._retries,
-                            self._skipped):
+                            self._skipped, self._client_failures):
                 _drop(counter, wanted)
+            if views is not None:
+                for key in [k for k in self._client_failures
+                            if k[2] != CLIENT_RETURNING and k[:3] not in views]:
+                    del self._client_failures[key]
             for kept in (self._latest, self._recent, self._recent_failures):
-                for stale in [k for k in kept if (k.repository, k.endpoint) not in wanted]:
+                for stale in [k for k in kept if (k.repository, k.endpoint) not in wanted or (
+                        views is not None and k.client != CLIENT_RETURNING
+                        and (k.repository, k.endpoint, k.client) not in views)]:
                     del kept[stale]
 
     def started(self) -> None:
@@ -114,34 +139,51 @@ class ProbeStore:
         counter with its reason, ``tuf_exporter_errors_total{cause}``) but leaves the
         endpoint's last verdict, facts and last-probe time as they were, so nothing about the
         repository changes because of the host.
+
+        A result of another client view than ``returning`` (:meth:`record_view`) is kept the
+        same way under its view; it is counted in ``tuf_client_update_failures_total`` (and a
+        fault of this host in ``tuf_exporter_errors_total``), never in a ``tuf_probe*`` series.
         """
-        repo, endpoint = result.repository, result.endpoint
-        key = _Key(repo, endpoint)
-        seen = replace(result, delegated={})  # as this probe saw it; bounded in size
         with self._lock:
             self._in_flight = max(0, self._in_flight - 1)
-            self._recent.setdefault(key, deque(maxlen=RECENT_PROBES)).appendleft(seen)
-            if result.reason is Reason.EXPORTER_ERROR:
+            self._record(result)
+
+    def record_view(self, results: Iterable[ProbeResult]) -> None:
+        """A view pass finished (one probe in flight): keep and count each view's result."""
+        with self._lock:
+            self._in_flight = max(0, self._in_flight - 1)
+            for result in results:
+                self._record(result)
+
+    def _record(self, result: ProbeResult) -> None:
+        """Keep and count one view's result; the caller holds the lock."""
+        repo, endpoint = result.repository, result.endpoint
+        key = _Key(repo, endpoint, result.client)
+        returning = result.client == CLIENT_RETURNING
+        seen = replace(result, delegated={})  # as this probe saw it; bounded in size
+        self._recent.setdefault(key, deque(maxlen=RECENT_PROBES)).appendleft(seen)
+        if not result.success:
+            reason, role = str(result.reason or "other"), str(result.role or "root")
+            self._client_failures[(repo, endpoint, result.client, reason, role)] += 1
+            if returning:
+                self._failures[(repo, endpoint, reason, role)] += 1
+        if result.reason is Reason.EXPORTER_ERROR:
+            self._exporter_errors[(str(result.cause or ErrorCause.INTERNAL),)] += 1
+            if returning:
                 self._probes[(repo, endpoint, EXPORTER_ERROR)] += 1
-                role = str(result.role or "root")
-                self._failures[(repo, endpoint, str(result.reason), role)] += 1
-                self._exporter_errors[(str(result.cause or ErrorCause.INTERNAL),)] += 1
                 for request in result.requests:
                     self._http[(repo, endpoint, _code_class(request.status))] += 1
-                return
-            previous = self._latest.get(_Key(repo, endpoint))
-            if not result.success and previous is not None:
-                # keep the last-known facts of what this probe could not read; the success
-                # and last-probe metrics say they are old
-                result = _with_facts_of(result, previous)
-            self._latest[_Key(repo, endpoint)] = result
+            return
+        previous = self._latest.get(key)
+        if not result.success and previous is not None:
+            # keep the last-known facts of what this probe could not read; the success
+            # and last-probe metrics say they are old
+            result = _with_facts_of(result, previous)
+        self._latest[key] = result
+        if not result.success:
+            self._recent_failures.setdefault(key, deque(maxlen=RECENT_FAILURES)).appendleft(seen)
+        if returning:
             self._probes[(repo, endpoint, "success" if result.success else "failure")] += 1
-            if not result.success:
-                reason = str(result.reason or "other")
-                role = str(result.role or "root")
-                self._failures[(repo, endpoint, reason, role)] += 1
-                self._recent_failures.setdefault(
-                    key, deque(maxlen=RECENT_FAILURES)).appendleft(seen)
             for request in result.requests:
                 self._http[(repo, endpoint, _code_class(request.status))] += 1
                 self._retries[(repo, endpoint)] += request.retries
@@ -157,19 +199,29 @@ class ProbeStore:
             self._skipped[(repository, endpoint)] += 1
 
     def latest(self) -> list[ProbeResult]:
-        """The latest result of every endpoint."""
+        """The latest result of every client view of every endpoint."""
         with self._lock:
             return list(self._latest.values())
 
-    def endpoint_log(self, repository: str, endpoint: str) -> EndpointLog:
-        """The verdict in force, recent probes and recent failures of one endpoint."""
-        key = _Key(repository, endpoint)
+    def endpoint_log(
+        self, repository: str, endpoint: str, client: str = CLIENT_RETURNING
+    ) -> EndpointLog:
+        """The verdict in force, recent probes and recent failures of one view of one
+        endpoint (the returning view's by default)."""
+        key = _Key(repository, endpoint, client)
         with self._lock:
             return EndpointLog(
                 latest=self._latest.get(key),
                 recent=tuple(self._recent.get(key, ())),
                 failures=tuple(self._recent_failures.get(key, ())),
             )
+
+    def clients(self, repository: str, endpoint: str) -> list[str]:
+        """The views of one endpoint other than ``returning`` that have a result, by name."""
+        with self._lock:
+            return sorted({k.client for k in self._recent
+                           if (k.repository, k.endpoint) == (repository, endpoint)
+                           and k.client != CLIENT_RETURNING})
 
     def snapshot(self) -> tuple[
         list[ProbeResult],
@@ -180,8 +232,10 @@ class ProbeStore:
         dict[tuple[str, str], int],
         dict[tuple[str], int],
         int,
+        dict[tuple[str, str, str, str, str], int],
     ]:
-        """Everything a scrape needs, copied under one short lock."""
+        """Everything a scrape needs, copied under one short lock: the latest result of every
+        view, the counters, the probes in flight and the failures of every view."""
         with self._lock:
             return (
                 list(self._latest.values()),
@@ -192,6 +246,7 @@ class ProbeStore:
                 dict(self._skipped),
                 dict(self._exporter_errors),
                 self._in_flight,
+                dict(self._client_failures),
             )
 
 
@@ -231,9 +286,10 @@ class ExporterCollector(Collector):
         """Called by prometheus_client on every scrape."""
         now = time.time()
         (latest, probes, failures, http, retries, skipped, exporter_errors,
-         in_flight) = self._store.snapshot()
+         in_flight, client_failures) = self._store.snapshot()
         yield from _probe_families(latest, now)
-        yield from _counter_families(probes, failures, http, retries, skipped, exporter_errors)
+        yield from _counter_families(probes, failures, http, retries, skipped, exporter_errors,
+                                     client_failures)
         info = family("tuf_exporter_build_info")
         info.add_metric([__version__], 1)
         yield info
@@ -265,8 +321,13 @@ def _probe_families(latest: list[ProbeResult], now: float) -> Iterator[Metric]:
         "tuf_client_update_success", "tuf_client_last_check_timestamp_seconds",
     )
     fam = {name: family(name) for name in names}
-    for r in sorted(latest, key=lambda r: (r.repository, r.endpoint)):
+    for r in sorted(latest, key=lambda r: (r.repository, r.endpoint, r.client)):
         base = [r.repository, r.endpoint]
+        view = [*base, r.client]
+        fam["tuf_client_update_success"].add_metric(view, 1 if r.success else 0)
+        fam["tuf_client_last_check_timestamp_seconds"].add_metric(view, r.finished_at)
+        if r.client != CLIENT_RETURNING:
+            continue  # every other series is the returning view's
         fam["tuf_probe_success"].add_metric(base, 1 if r.success else 0)
         fam["tuf_probe_duration_seconds"].add_metric(base, r.duration_seconds)
         for phase in r.phases:
@@ -298,9 +359,6 @@ def _probe_families(latest: list[ProbeResult], now: float) -> Iterator[Metric]:
             )
         fam["tuf_target_download_duration_seconds"].add_metric(base, r.target_download_seconds)
         fam["tuf_exporter_last_probe_timestamp_seconds"].add_metric(base, r.finished_at)
-        view = [*base, r.client]
-        fam["tuf_client_update_success"].add_metric(view, 1 if r.success else 0)
-        fam["tuf_client_last_check_timestamp_seconds"].add_metric(view, r.finished_at)
     yield from fam.values()
 
 
@@ -323,6 +381,7 @@ def _counter_families(
     retries: dict[tuple[str, str], int],
     skipped: dict[tuple[str, str], int],
     exporter_errors: dict[tuple[str], int],
+    client_failures: dict[tuple[str, str, str, str, str], int],
 ) -> Iterator[Metric]:
     pairs: list[tuple[str, dict[Any, int]]] = [
         ("tuf_probes_total", probes),
@@ -337,8 +396,7 @@ def _counter_families(
         for labels, value in sorted(values.items()):
             metric.add_metric(list(labels), value)
         yield metric
-    # The returning view's failures are the probe's (issue 16: the other views come later).
     views = family("tuf_client_update_failures_total")
-    for (repository, endpoint, reason, role), value in sorted(failures.items()):
-        views.add_metric([repository, endpoint, CLIENT_RETURNING, reason, role], value)
+    for labels, value in sorted(client_failures.items()):
+        views.add_metric(list(labels), value)
     yield views

@@ -6,6 +6,11 @@ counted), ``coalesce`` so a stalled clock does not cause a burst. Jobs run in a 
 pool; each probe carries its own deadline (the repository's ``timeout``), so one repository that
 never answers holds at most one worker for at most its timeout and never delays the others.
 
+Each endpoint of a repository with ``new_client_interval`` above 0 has a second job on that
+interval, the view pass (the client views ``new`` and ``bootstrap-root-v<N>``, issue 16), on
+the same pool and with the same jitter and ``max_instances=1``: at most one pass of an endpoint
+runs at a time, and it never waits for nor holds up the endpoint's probe beyond a worker.
+
 Survival: an exception of a probe or signer job is logged and counted in
 ``tuf_exporter_thread_errors_total{thread="probe_worker"|"signer_worker", cause}`` (the
 ``cause`` by :func:`exporter.probe.classify.exporter_fault`, as for ``tuf_exporter_errors_total``);
@@ -42,6 +47,7 @@ from exporter.probe.classify import exporter_fault
 log = logging.getLogger(__name__)
 
 ProbeJob = Callable[[Repository, Endpoint], object]
+ViewJob = Callable[[Repository, Endpoint], object]
 SignerJob = Callable[[Signer], object]
 SkipHook = Callable[[str, str], None]
 
@@ -89,13 +95,17 @@ def _job_id(repository: str, endpoint: str) -> str:
     return f"probe\x00{repository}\x00{endpoint}"
 
 
+def _view_job_id(repository: str, endpoint: str) -> str:
+    return f"views\x00{repository}\x00{endpoint}"
+
+
 def _signer_job_id(name: str) -> str:
     return f"signer\x00{name}"
 
 
 @dataclass(frozen=True)
 class _Job:
-    names: tuple[str, str]
+    names: tuple[str, ...]
     interval: float
     func: Callable[..., None]
     args: tuple[Any, ...]
@@ -105,10 +115,16 @@ class Scheduler:
     """Schedules probes for a configuration; ``apply()`` swaps in a new one on reload."""
 
     def __init__(
-        self, run: ProbeJob, on_skip: SkipHook, workers: int, run_signer: SignerJob | None = None
+        self,
+        run: ProbeJob,
+        on_skip: SkipHook,
+        workers: int,
+        run_signer: SignerJob | None = None,
+        run_views: ViewJob | None = None,
     ) -> None:
         self._run = run
         self._run_signer = run_signer
+        self._run_views = run_views
         self._on_skip = on_skip
         self._errors_lock = threading.Lock()
         self._errors: Counter[tuple[str, str]] = Counter()
@@ -119,7 +135,7 @@ class Scheduler:
             timezone=UTC,
         )
         self._scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)
-        self._jobs: dict[str, tuple[str, str]] = {}
+        self._jobs: dict[str, tuple[str, ...]] = {}
 
     def start(self) -> None:
         """Start the scheduler thread."""
@@ -148,6 +164,11 @@ class Scheduler:
                 wanted[_job_id(repo.name, endpoint.name)] = _Job(
                     (repo.name, endpoint.name), repo.interval, self._guarded, (repo, endpoint)
                 )
+                if self._run_views is not None and repo.new_client_interval > 0:
+                    wanted[_view_job_id(repo.name, endpoint.name)] = _Job(
+                        ("views", repo.name, endpoint.name), repo.new_client_interval,
+                        self._guarded_views, (repo, endpoint),
+                    )
         if self._run_signer is not None:
             for signer in config.signers:
                 wanted[_signer_job_id(signer.name)] = _Job(
@@ -188,6 +209,14 @@ class Scheduler:
             log.exception("probe of %s/%s crashed", repo.name, endpoint.name)
             self._count("probe_worker", exc)
 
+    def _guarded_views(self, repo: Repository, endpoint: Endpoint) -> None:
+        assert self._run_views is not None
+        try:
+            self._run_views(repo, endpoint)
+        except Exception as exc:  # the worker survives; passed again next time
+            log.exception("view pass of %s/%s crashed", repo.name, endpoint.name)
+            self._count("probe_worker", exc)
+
     def _guarded_signer(self, signer: Signer) -> None:
         assert self._run_signer is not None
         try:
@@ -213,6 +242,10 @@ class Scheduler:
 
     def _skipped(self, event: JobExecutionEvent) -> None:
         names = self._jobs.get(event.job_id)
-        if names is not None and names[0] != "signer":
-            log.warning("probe of %s/%s skipped: the previous one still runs", *names)
-            self._on_skip(*names)
+        if names is None or names[0] == "signer":
+            return
+        if names[0] == "views":
+            log.warning("view pass of %s/%s skipped: the previous one still runs", *names[1:])
+            return
+        log.warning("probe of %s/%s skipped: the previous one still runs", *names)
+        self._on_skip(*names)

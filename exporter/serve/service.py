@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from prometheus_client.core import Metric
 
 from exporter.catalogue import family
 from exporter.config.model import Config, ConfigError, Endpoint, Repository, Signer, load_config
+from exporter.config.roots import TrustedRootError, load_bootstrap_roots, load_trusted_root
 from exporter.events.model import Event, EventKind
 from exporter.events.shipper import Shipper
 from exporter.events.spool import Spool
@@ -32,8 +33,14 @@ from exporter.generate.alerts import AlertOptions
 from exporter.history.cadence import CadenceTracker, online_roles
 from exporter.history.recorder import Finding, HistoryStore, configured_endpoints
 from exporter.probe.classify import exporter_error_result
-from exporter.probe.prober import Prober, TrustedRootError, load_trusted_root, temporary_directory
-from exporter.probe.results import ErrorCause, ProbeResult, Reason
+from exporter.probe.prober import Prober, temporary_directory
+from exporter.probe.results import (
+    CLIENT_NEW,
+    ErrorCause,
+    ProbeResult,
+    Reason,
+    bootstrap_client_name,
+)
 from exporter.probe.signers import CachedKeySource, SignerMonitor
 from exporter.serve import sharding
 from exporter.serve.collector import ExporterCollector, ProbeStore
@@ -45,16 +52,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Loaded:
-    """A validated configuration and the trusted roots it names, read once."""
+    """A validated configuration and the roots it names, read once: the trusted root of each
+    repository and its bootstrap roots (root version -> bytes)."""
 
     config: Config
     trusted_roots: dict[str, bytes]
+    bootstrap_roots: dict[str, dict[int, bytes]] = field(default_factory=dict)
 
 
 def load(
     path: Path, shard: tuple[int, int] | None = None, tmp_dir: Path | None = None
 ) -> Loaded:
-    """Load and validate everything a configuration needs; ConfigError or TrustedRootError.
+    """Load and validate everything a configuration needs; ConfigError or TrustedRootError
+    (a trusted or bootstrap root python-tuf cannot start from, or two bootstrap roots of one
+    version).
 
     ``shard`` (INDEX, COUNT), from the command line, overrides the file's ``shard``; the
     configuration is then reduced to what this shard probes. python-tuf's check of the trusted
@@ -66,7 +77,9 @@ def load(
     config = sharding.select(config)
     tmp = tmp_dir or temporary_directory(config.state_dir)
     roots = {repo.name: load_trusted_root(repo.trusted_root, tmp) for repo in config.repositories}
-    return Loaded(config, roots)
+    bootstrap = {repo.name: load_bootstrap_roots(repo.bootstrap_roots, tmp)
+                 for repo in config.repositories}
+    return Loaded(config, roots, bootstrap)
 
 
 def verification_event(result: ProbeResult) -> Event:
@@ -84,10 +97,53 @@ def verification_event(result: ProbeResult) -> Event:
         durations={"probe": result.duration_seconds,
                    **{f"phase.{p.phase}": p.seconds for p in result.phases}},
         details={"success": result.success, "reused_verdict": result.reused_verdict,
+                 "client": result.client,
                  **({} if result.cause is None else {"cause": str(result.cause)}),
                  "delegations": result.delegations.count,
                  "delegations_failing": result.delegations.failing},
     )
+
+
+def _verdict(result: ProbeResult | None) -> tuple[bool, str | None, str | None] | None:
+    if result is None or result.reason is Reason.EXPORTER_ERROR:
+        return None
+    return (result.success, None if result.reason is None else str(result.reason),
+            None if result.role is None else str(result.role))
+
+
+def client_view_event(previous: ProbeResult | None, result: ProbeResult) -> Event | None:
+    """The event of a change of a client view's verdict (issue 16), None when it did not
+    change: success <-> failure, or another reason or role. ``previous`` is the view's verdict
+    in force before ``result`` (None: none since start, when a failure is a change and a
+    success is not). A result stopped by a fault of this host is no verdict: no event."""
+    now, before = _verdict(result), _verdict(previous)
+    if now is None or now == before or (before is None and result.success):
+        return None
+    return Event(
+        kind=EventKind.CLIENT_VIEW,
+        time=result.started_at,
+        repository=result.repository,
+        endpoint=result.endpoint,
+        role=now[2],
+        versions={name: facts.version for name, facts in result.roles.items()},
+        reason=now[1],
+        message=(f"client view {result.client}: "
+                 + ("ok" if result.success else result.message or str(result.reason))),
+        details={"client": result.client, "success": result.success,
+                 "previous": None if before is None else {
+                     "success": before[0], "reason": before[1], "role": before[2]}},
+    )
+
+
+def _client_views(config: Config, roots: dict[str, dict[int, bytes]]) -> set[tuple[str, str, str]]:
+    """(repository, endpoint, client) of every view ``config`` asks for besides returning."""
+    views = set()
+    for repo in config.repositories:
+        if repo.new_client_interval <= 0:
+            continue
+        clients = [CLIENT_NEW, *map(bootstrap_client_name, roots.get(repo.name, {}))]
+        views |= {(repo.name, e.name, c) for e in repo.endpoints for c in clients}
+    return views
 
 
 def _endpoint_keys(config: Config) -> set[tuple[str, str]]:
@@ -202,7 +258,8 @@ class Service:
             signer_results=self.signers.results, options=alert_options,
         )
         self.scheduler = Scheduler(
-            self._probe, self.store.skipped, config.workers, run_signer=self._probe_signer
+            self._probe, self.store.skipped, config.workers, run_signer=self._probe_signer,
+            run_views=self._probe_views,
         )
         self.collector.add_source(self.scheduler.metrics)
         self.collector.add_source(self._thread_metrics)
@@ -216,7 +273,7 @@ class Service:
     def start(self) -> None:
         """Start shipping events and probing."""
         self.shipper.start()
-        self._apply(self._loaded.config)
+        self._apply(self._loaded.config, self._loaded.bootstrap_roots)
         self.scheduler.start()
         self._started.set()
         log.info("started", extra={"config": str(self.config_path),
@@ -262,20 +319,21 @@ class Service:
             if loaded.config.state_dir != self.config.state_dir:
                 log.warning("state_dir changes take effect on restart only")
             self._loaded = loaded
-            self._apply(loaded.config)
+            self._apply(loaded.config, loaded.bootstrap_roots)
             self._reload_ok = True
             self._reload_time = time.time()
             log.info("configuration reloaded",
                      extra={"repositories": len(loaded.config.repositories)})
             return True, "configuration reloaded"
 
-    def _apply(self, config: Config) -> None:
-        """Make ``config`` the one in force: everything of a repository, endpoint or signer
-        it no longer names (probe, history, cadence and signer series) goes now; the history
-        stays on disk for ``history_retention`` (see ``HistoryStore.configure``)."""
+    def _apply(self, config: Config, bootstrap_roots: dict[str, dict[int, bytes]]) -> None:
+        """Make ``config`` the one in force: everything of a repository, endpoint, client view
+        or signer it no longer names (probe, view, history, cadence and signer series) goes
+        now; the history stays on disk for ``history_retention`` (see
+        ``HistoryStore.configure``)."""
         keys = _endpoint_keys(config)
         with self.members.changing(keys):
-            self.store.expect(keys)
+            self.store.expect(keys, _client_views(config, bootstrap_roots))
             self.prober.forget(keys)
             self.signers.configure(config.signers)
             self.keys.retain({s.repository for s in config.signers})
@@ -339,6 +397,66 @@ class Service:
             "reused_verdict": result.reused_verdict,
         })
         return result
+
+    def _probe_views(self, repo: Repository, endpoint: Endpoint) -> list[ProbeResult]:
+        """One view pass of an endpoint (issue 16), recorded as :meth:`_probe` records a probe:
+        store, history (what the views fetched is held to the equivocation rule), events (each
+        view's verification, and a ``client_view`` event when a view's verdict changed)."""
+        self.store.started()
+        loaded = self._loaded
+        root = loaded.trusted_roots.get(repo.name)
+        bootstrap = loaded.bootstrap_roots.get(repo.name, {})
+        started_at, t0 = datetime.now(UTC), time.monotonic()
+        try:
+            if root is None:
+                raise KeyError(f"no trusted root loaded for {repo.name!r}")
+            results = self.prober.probe_views(repo, endpoint, root, bootstrap)
+        except Exception as exc:  # Prober.probe_views never raises: a bug of ours if it does
+            log.exception("view pass of %s/%s raised", repo.name, endpoint.name)
+            failed = exporter_error_result(repo.name, endpoint.name, started_at,
+                                           time.monotonic() - t0, exc)
+            results = [replace(failed, client=CLIENT_NEW)]
+        findings: list[Finding] = []
+        with self.members.recording(repo.name, endpoint.name) as configured:
+            if not configured:
+                self.store.discard()
+                return results
+            previous = {r.client: self.store.endpoint_log(repo.name, endpoint.name,
+                                                          r.client).latest for r in results}
+            self.store.record_view(results)
+            for result in results:
+                events = [verification_event(result)]
+                change = client_view_event(previous[result.client], result)
+                if change is not None:
+                    events.append(change)
+                for event in events:
+                    if not self.spool.emit(event):
+                        self.store.exporter_error(ErrorCause.SPOOL)
+                if result.reason is Reason.EXPORTER_ERROR:
+                    continue
+                try:
+                    findings += self.history.observe(result, repo.policy)
+                except Exception:
+                    log.exception("recording the view %s of %s/%s in the history failed",
+                                  result.client, repo.name, endpoint.name)
+                    self.store.exporter_error(ErrorCause.HISTORY)
+        for finding in findings:
+            level = logging.WARNING if str(finding.severity) != "info" else logging.INFO
+            log.log(level, "finding: %s", finding.message, extra={"finding": finding.to_json()})
+        if findings:
+            self.shipper.wake()
+        for result in results:
+            log.log(logging.INFO if result.success else logging.WARNING, "client view %s",
+                    "succeeded" if result.success else "failed", extra={
+                        "repository": repo.name, "endpoint": endpoint.name,
+                        "client": result.client,
+                        "reason": None if result.reason is None else str(result.reason),
+                        "role": None if result.role is None else str(result.role),
+                        "detail": result.message,
+                        "duration_seconds": round(result.duration_seconds, 4),
+                        "requests": len(result.requests),
+                        "memo_requests": sum(1 for r in result.requests if r.memo)})
+        return results
 
     def _verified_metadata_dir(self, repository: str) -> Path | None:
         """Where python-tuf keeps the metadata it verified last for the repository's primary."""

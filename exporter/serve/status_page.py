@@ -4,7 +4,9 @@
 its last probe, the metadata versions it serves, its earliest expiry with the margin left, its
 lag behind the primary (mirrors) and the signers' status; rows that fail come first, then those
 an alert is about to ticket (expiry margin or lag past the alert thresholds, stalled probes),
-then those not probed yet, then the healthy ones. ``GET /endpoint?repository=R&endpoint=E``
+then those not probed yet, then the healthy ones. Below them, one row per client view other than
+``returning`` (``new``, ``bootstrap-root-v<N>``, issue 16) of each endpoint, failing first
+likewise. ``GET /endpoint?repository=R&endpoint=E``
 shows one endpoint: the facts of its verdict, the request log (URL, HTTP status, bytes,
 seconds) and message of its recent probes, and its last failures with their times and logs,
 kept per endpoint (see :class:`exporter.serve.collector.EndpointLog`).
@@ -36,7 +38,7 @@ from exporter import __version__
 from exporter.catalogue import TOP_LEVEL_ROLES
 from exporter.config.model import Config, Signer
 from exporter.generate.alerts import AlertOptions, expiry_threshold, kebab
-from exporter.probe.results import ProbeResult, Reason, RequestRecord
+from exporter.probe.results import CLIENT_RETURNING, ProbeResult, Reason, RequestRecord
 from exporter.probe.signers import SignerResult
 from exporter.serve.collector import EndpointLog, ProbeStore
 
@@ -102,6 +104,8 @@ class _Row:
     notes: tuple[_Note, ...]
     lag_seconds: float | None
     lag_versions: float | None
+    #: The client view shown (issue 16): None for the endpoint itself (``returning``).
+    client: str | None = None
 
 
 def _e(value: object) -> str:
@@ -199,20 +203,25 @@ class StatusPage:
             f'<p class="summary {"bad" if failing else "good"}">{_e(summary)}</p>',
             "<h2>Endpoints</h2>",
             self._endpoint_table(rows, now),
+            "<h2>Client views</h2>",
+            self._view_table(now),
             "<h2>Signers</h2>",
             self._signer_table(now),
         ]
         return Page(200, _document("TUF Exporter", "\n".join(body), now))
 
     def endpoint(self, query: str) -> Page:
-        """``GET /endpoint?repository=R&endpoint=E``: one endpoint's probes and failures.
+        """``GET /endpoint?repository=R&endpoint=E``: one endpoint's probes and failures;
+        ``&client=C``: those of one of its client views (issue 16) instead.
 
-        404 when no configured endpoint has that name; 400 when a parameter is missing.
+        404 when no configured endpoint has that name, or the view has no result; 400 when a
+        parameter is missing.
         """
         now = self._clock()
         params = parse_qs(query)
         repository = (params.get("repository") or [""])[0]
         endpoint = (params.get("endpoint") or [""])[0]
+        client = (params.get("client") or [""])[0]
         if not repository or not endpoint:
             return Page(400, _document("Bad request", "<p>Give both <code>repository</code> "
                                        "and <code>endpoint</code>.</p>", now))
@@ -221,6 +230,18 @@ class StatusPage:
         if row is None:
             text = f"No endpoint {endpoint!r} of repository {repository!r} is configured."
             return Page(404, _document("Not found", f"<p>{_e(text)}</p>", now))
+        if client and client != CLIENT_RETURNING:
+            log = self._store.endpoint_log(repository, endpoint, client)
+            if log.latest is None:
+                text = f"The client view {client!r} of {repository} / {endpoint} has no result."
+                return Page(404, _document("Not found", f"<p>{_e(text)}</p>", now))
+            latest = log.latest
+            notes = () if latest.success else (
+                _Note(str(latest.reason or Reason.OTHER), reason_alert(latest.reason)),)
+            row = _Row(repository, endpoint, row.primary, log,
+                       State.OK if latest.success else State.FAILING, notes, None, None, client)
+            return Page(200, _document(f"{repository} / {endpoint} / {client}",
+                                       self._endpoint_detail(row, now), now))
         return Page(200, _document(f"{repository} / {endpoint}",
                                    self._endpoint_detail(row, now), now))
 
@@ -334,6 +355,45 @@ class StatusPage:
         lines.append("</tbody></table></div>")
         return "\n".join(lines)
 
+    def _view_table(self, now: float) -> str:
+        """One row per client view besides ``returning`` that has a verdict, failing first
+        (then by repository, endpoint in configuration order, client)."""
+        judged = []
+        for repo in self._config().repositories:
+            for order, endpoint in enumerate(repo.endpoints):
+                for client in self._store.clients(repo.name, endpoint.name):
+                    latest = self._store.endpoint_log(repo.name, endpoint.name, client).latest
+                    if latest is None:
+                        continue
+                    state = State.OK if latest.success else State.FAILING
+                    judged.append(((state, repo.name, order, client), latest))
+        if not judged:
+            return ("<p>No client view has been probed yet (<code>new_client_interval</code>"
+                    " 0 turns them off).</p>")
+        judged.sort(key=lambda j: j[0])
+        head = ("Verdict", "Repository", "Endpoint", "Client", "Reason", "Role", "Last check",
+                "Versions", "Message")
+        lines = [_table_head("views", head)]
+        for (state, _, _, client), latest in judged:
+            link = "endpoint?" + urlencode({"repository": latest.repository,
+                                            "endpoint": latest.endpoint, "client": client})
+            reason = "" if latest.success else self._note(
+                _Note(str(latest.reason or Reason.OTHER), reason_alert(latest.reason)))
+            cells = [
+                f'<span class="state">{_STATE_TEXT[state]}</span>',
+                _e(latest.repository),
+                _e(latest.endpoint),
+                f'<a href="{_e(link)}">{_e(client)}</a>',
+                reason,
+                "" if latest.role is None else _e(latest.role),
+                _when_cell(latest.finished_at, now),
+                _versions(latest),
+                _e(_preview(latest.message)),
+            ]
+            lines.append(_table_row(state, head, cells))
+        lines.append("</tbody></table></div>")
+        return "\n".join(lines)
+
     def _signer_table(self, now: float) -> str:
         signers: Sequence[Signer] = self._config().signers
         if not signers:
@@ -374,10 +434,12 @@ class StatusPage:
     def _endpoint_detail(self, row: _Row, now: float) -> str:
         latest = row.log.latest
         kind = "primary" if row.primary else "mirror"
+        if row.client is not None:
+            kind += f", client view {row.client}"
         parts = ['<p><a href="./">&larr; all endpoints</a></p>',
                  f'<p class="verdict {row.state.name.lower()}"><span class="state">'
                  f"{_STATE_TEXT[row.state]}</span> {_e(row.repository)} / {_e(row.endpoint)} "
-                 f"<small>{kind}</small></p>"]
+                 f"<small>{_e(kind)}</small></p>"]
         if row.notes:
             parts.append("<ul>" + "".join(f"<li>{self._note(n)}</li>" for n in row.notes)
                          + "</ul>")
@@ -502,6 +564,8 @@ def _request_log(requests: Sequence[RequestRecord]) -> str:
         status = str(request.status) if request.status is not None else "no response"
         if request.error:
             status += f": {request.error}"
+        if request.memo:  # another client view of the pass downloaded it
+            status += " (from this pass's memo, no request)"
         cells = [f'<span class="url">{_e(request.url)}</span>', _e(request.role), _e(status),
                  str(request.bytes), f"{request.duration_seconds:.3f}", str(request.retries)]
         # only "no response" is marked: an HTTP error can be part of a healthy refresh (the 404

@@ -180,3 +180,70 @@ def test_a_duplicate_key_names_the_file_line_and_field(tmp_path: Path) -> None:
     text = MINIMAL + "    mode: warm\n    mode: cold\n"
     with pytest.raises(ConfigError, match=r"^c\.yml:7: repositories\[0\]\.mode: duplicate key$"):
         parse_config(text, "c.yml", tmp_path)
+
+
+# -- client views (issue 16) ---------------------------------------------------------------------
+
+
+def test_client_view_keys_default_and_resolve_paths(tmp_path: Path) -> None:
+    [repo] = parse_config(MINIMAL, "c.yml", tmp_path).repositories
+    assert repo.new_client_interval == 600 and repo.bootstrap_roots == ()
+    text = MINIMAL + ("    new_client_interval: 0\n"
+                      "    bootstrap_roots: [roots/1.json, /abs/5.json]\n")
+    [repo] = parse_config(text, "c.yml", tmp_path).repositories
+    assert repo.new_client_interval == 0
+    assert repo.bootstrap_roots == (tmp_path / "roots" / "1.json", Path("/abs/5.json"))
+
+
+def _roots(tmp_path: Path) -> dict[int, Path]:
+    """root.json versions 1 and 2 of a simulated repository, and a copy of version 1."""
+    from exporter.simulator import SimulatedRepository
+
+    repo = SimulatedRepository()
+    repo.rotate_keys("root", remove=1)
+    repo.publish()
+    paths = {}
+    for version in (1, 2):
+        paths[version] = tmp_path / f"{version}.root.json"
+        paths[version].write_bytes(repo.latest[f"metadata/{version}.root.json"])
+    return paths
+
+
+def _view_config(tmp_path: Path, roots: list[str]) -> Path:
+    path = tmp_path / "c.yml"
+    path.write_text(MINIMAL.replace("root.json", "2.root.json")
+                    + f"    bootstrap_roots: [{', '.join(roots)}]\nstate_dir: state\n")
+    return path
+
+
+def test_bootstrap_roots_are_loaded_by_version(tmp_path: Path) -> None:
+    from exporter.serve.service import load
+
+    roots = _roots(tmp_path)
+    loaded = load(_view_config(tmp_path, ["1.root.json", "2.root.json"]))
+    assert loaded.bootstrap_roots == {
+        "sigstore": {1: roots[1].read_bytes(), 2: roots[2].read_bytes()}}
+
+
+@pytest.mark.parametrize(("files", "message"), [
+    (["1.root.json", "bad.json"], r"python-tuf cannot use .*bad\.json as a trusted root"),
+    (["missing.json"], r"cannot read trusted root .*missing\.json"),
+    (["1.root.json", "copy.json"],
+     r"bootstrap roots .*1\.root\.json and .*copy\.json are both root version 1"),
+])
+def test_a_bootstrap_root_python_tuf_cannot_use_is_a_configuration_error(
+    tmp_path: Path, files: list[str], message: str
+) -> None:
+    from exporter.config.roots import TrustedRootError
+    from exporter.serve.service import load
+
+    roots = _roots(tmp_path)
+    (tmp_path / "bad.json").write_text('{"signed": {}, "signatures": []}')
+    (tmp_path / "copy.json").write_bytes(roots[1].read_bytes())
+    config = _view_config(tmp_path, files)
+    with pytest.raises(TrustedRootError, match=message):
+        load(config)
+    done = subprocess.run([sys.executable, "-m", "exporter.cli", "check-config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert files[-1] in done.stderr

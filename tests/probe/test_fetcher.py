@@ -1,4 +1,5 @@
-"""The fetcher: its metadata hook, and the environment (proxies, CA bundle, .netrc)."""
+"""The fetcher: its metadata hook, the fetch memo of a view pass, and the environment (proxies, CA
+bundle, .netrc)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tuf.api import exceptions
 
 from exporter.probe.fetcher import (
     Fetcher,
+    FetchMemo,
     _parse_date,
     new_session,
     redirect_allowed,
@@ -57,6 +59,46 @@ def test_on_metadata_is_not_called_for_a_failed_download(sim: Sim) -> None:
     with pytest.raises(exceptions.DownloadLengthMismatchError):
         fetcher.download_bytes(f"{metadata_url}timestamp.json", 10)  # longer than allowed
     assert seen == []
+
+
+def test_a_fetch_memo_keeps_complete_bodies_only_and_spills_large_ones_below_tmp(
+    sim: Sim, tmp_path: Path
+) -> None:
+    """Issue 16: what one view of a pass downloaded completely is served to the next from the
+    memo (no request); a download cut short by the length cap is not kept; a body past the
+    memory limit is kept in a file below tmp_dir, removed when the pass closes the memo."""
+    metadata_url, targets_url = sim.server.endpoint_urls("primary")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    memo = FetchMemo(tmp, memory_limit=100)
+
+    def fetcher() -> Fetcher:
+        return Fetcher(new_session(), lambda url: "target" if url.startswith(targets_url)
+                       else "timestamp", connect_timeout=1.0, read_timeout=1.0,
+                       deadline=time.monotonic() + 5.0, memo=memo)
+
+    url = f"{metadata_url}timestamp.json"
+    sim.server.reset_requests()
+    with pytest.raises(exceptions.DownloadLengthMismatchError):
+        fetcher().download_bytes(url, 10)
+    first = fetcher()
+    data = first.download_bytes(url, 1 << 20)
+    assert sim.server.request_count("primary", "metadata/timestamp.json") == 2  # none kept
+    [spilled] = tmp.iterdir()
+    assert len(data) > 100 and spilled.name.startswith("fetch-memo-") and any(spilled.iterdir())
+    second = fetcher()
+    assert second.download_bytes(url, 1 << 20) == data
+    assert second.bodies[url] == data  # as if fetched: the inspector reads it
+    assert sim.server.request_count("primary", "metadata/timestamp.json") == 2
+    [record] = second.records
+    assert (record.memo, record.status, record.bytes) == (True, 200, len(data))
+    assert not first.records[0].memo
+    with pytest.raises(exceptions.DownloadLengthMismatchError):  # the cap holds for it too
+        fetcher().download_bytes(url, 10)
+    memo.close()
+    assert list(tmp.iterdir()) == []
+    fetcher().download_bytes(url, 1 << 20)
+    assert sim.server.request_count("primary", "metadata/timestamp.json") == 3
 
 
 # -- the environment: read once per origin, still honoured -------------------------------------

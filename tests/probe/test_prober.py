@@ -769,3 +769,160 @@ def test_probe_json_prints_python_tufs_verdict_on_metadata_it_cannot_canonicaliz
     assert (endpoint["reason"], endpoint["role"]) == ("invalid_metadata", "targets")
     assert endpoint["roles"]["root"]["previous_root_signatures_valid"] is None
     assert endpoint["roles"]["root"]["rejected_root"] is None
+
+
+# -- client views (issue 16) ---------------------------------------------------------------------
+
+
+def _views(sim: Sim, prober: Prober, bootstrap: dict[int, bytes] | None = None,
+           **changes: Any) -> list[ProbeResult]:
+    config = sim.config(**changes)
+    return prober.probe_views(config, config.primary, config.trusted_root.read_bytes(),
+                              bootstrap or {})
+
+
+def _rotate_root(sim: Sim, times: int) -> dict[int, bytes]:
+    """Publish ``times`` root rotations (new keys each time); root version -> bytes served."""
+    for _ in range(times):
+        sim.repo.rotate_keys("root", remove=1)
+        sim.repo.rotate_keys("timestamp", remove=1)
+        sim.repo.publish()
+    latest = sim.repo.latest
+    return {v: latest[f"metadata/{v}.root.json"] for v in latest.root_versions()}
+
+
+def test_a_corrupted_snapshot_fails_the_new_view_only(sim: Sim) -> None:
+    """The issue's scenario: the served current snapshot's signature broken, timestamp
+    unchanged. A returning client never fetches it again; a first install fails on it."""
+    sim.repo.timestamp_hashes = False  # as sigstore's timestamp: the snapshot's version only
+    sim.repo.publish()
+    prober = Prober(sim.state_dir)
+    assert _probe(sim, prober).success
+    view = sim.server.view("primary")
+    name = view.filename("snapshot")
+    served = view.get(name) or b""
+    sig = json.loads(served)["signatures"][0]["sig"].encode()
+    broken = (b"0" if sig[:1] != b"0" else b"1") + sig[1:]  # same length: only the signature
+    view.put(name, served.replace(sig, broken))  # served until the next publish
+    returning = _probe(sim, prober)
+    assert returning.success and returning.client == "returning"
+    (new,) = _views(sim, prober)
+    assert new.client == "new"
+    assert (new.success, new.reason, new.role) == (False, "bad_signature", "snapshot"), new.message
+    assert _probe(sim, prober).success  # the pass changed nothing of the returning view
+
+
+def test_a_missing_intermediate_root_breaks_only_the_bootstrap_view_from_before_it(
+    sim: Sim, tmp_path: Path
+) -> None:
+    roots = _rotate_root(sim, 2)
+    current = tmp_path / "root-3.json"
+    current.write_bytes(roots[3])
+    prober = Prober(sim.state_dir)
+    healthy = _views(sim, prober, {1: roots[1], 2: roots[2]}, trusted_root=current)
+    assert [(r.client, r.success) for r in healthy] == [
+        ("new", True), ("bootstrap-root-v1", True), ("bootstrap-root-v2", True)
+    ], [r.message for r in healthy]
+    assert all(r.roles["root"].version == 3 for r in healthy)
+    sim.server.view("primary").put("metadata/2.root.json", None)  # 404 until the next publish
+    config = sim.config(trusted_root=current)
+    assert prober.probe(config, config.primary, roots[3]).success
+    broken = _views(sim, prober, {1: roots[1], 2: roots[2]}, trusted_root=current)
+    by_client = {r.client: r for r in broken}
+    assert by_client["new"].success and by_client["bootstrap-root-v2"].success
+    v1 = by_client["bootstrap-root-v1"]
+    # python-tuf stops the chain at v1, whose keys no longer sign the timestamp
+    assert (v1.success, v1.reason, v1.role) == (False, "bad_signature", "timestamp"), v1.message
+
+
+def test_a_view_pass_downloads_each_url_once(sim: Sim, tmp_path: Path) -> None:
+    roots = _rotate_root(sim, 1)
+    prober = Prober(sim.state_dir)
+    sim.server.reset_requests()
+    results = _views(sim, prober, {1: roots[1], 2: roots[2]})
+    assert [r.success for r in results] == [True, True, True], [r.message for r in results]
+    counts = sim.server.requests("primary")
+    assert counts, "nothing was requested"
+    # 404s (the next root version) are asked again by each view: python-tuf needs the answer
+    repeated = {name: n for name, n in counts.items() if n > 1 and not name.endswith(".root.json")}
+    assert repeated == {}
+    assert counts["metadata/timestamp.json"] == 1
+    assert counts["metadata/2.root.json"] == 1
+    for result in results[1:]:
+        served = [r for r in result.requests if r.role in ("timestamp", "snapshot", "targets")]
+        assert served and all(r.memo for r in served)
+        assert any(r.role == "target" and r.memo for r in result.requests)  # canaries too
+    assert not any(r.memo for r in results[0].requests)
+    assert list((sim.state_dir / "tmp").iterdir()) == []  # caches and memo removed
+
+
+def test_a_view_pass_never_touches_the_returning_view(sim: Sim) -> None:
+    prober = Prober(sim.state_dir)
+    first = _probe(sim, prober)
+    cache = prober.cache_dir(sim.config(), sim.config().primary)
+    before = sorted((p.relative_to(cache), p.stat().st_mtime_ns) for p in cache.rglob("*"))
+    sim.server.reset_requests()
+    assert all(r.success for r in _views(sim, prober))
+    after = sorted((p.relative_to(cache), p.stat().st_mtime_ns) for p in cache.rglob("*"))
+    assert after == before
+    again = _probe(sim, prober)
+    assert again.reused_verdict and first.success  # the reuse state is the returning view's
+
+
+def test_a_fault_of_this_host_ends_one_view_as_exporter_error(
+    sim: Sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from exporter.probe import prober as prober_module
+
+    roots = _rotate_root(sim, 1)
+    calls = {"n": 0}
+    real = prober_module._Run.run_view
+
+    def full_disk_once(self: Any) -> ProbeResult:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self)
+
+    monkeypatch.setattr(prober_module._Run, "run_view", full_disk_once)
+    new, v1 = _views(sim, Prober(sim.state_dir), {1: roots[1]})
+    assert (new.client, new.reason, new.cause) == ("new", "exporter_error", "disk")
+    assert v1.client == "bootstrap-root-v1" and v1.success, v1.message
+
+
+def test_probe_command_reports_every_view(
+    sim: Sim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    roots = _rotate_root(sim, 1)
+    (tmp_path / "1.root.json").write_bytes(roots[1])
+    (tmp_path / "2.root.json").write_bytes(roots[2])
+    config = _cli_config(sim, tmp_path, ["files/a.txt"], mirror="mirror1")
+    document = yaml.safe_load(config.read_text())
+    document["repositories"][0]["bootstrap_roots"] = ["1.root.json"]
+    document["repositories"][0]["trusted_root"] = "2.root.json"  # the current root
+    config.write_text(yaml.safe_dump(document))
+    assert cli.main(["probe", "--config", str(config), "--json"]) == 0
+    [repo] = json.loads(capsys.readouterr().out)["repositories"]
+    for endpoint in repo["endpoints"]:
+        assert endpoint["client"] == "returning" and endpoint["success"] is True
+        assert [(v["name"], v["client"], v["success"]) for v in endpoint["views"]] == [
+            (endpoint["name"], "new", True), (endpoint["name"], "bootstrap-root-v1", True)]
+        assert endpoint["views"][1]["roles"]["root"]["version"] == 2
+    # a missing intermediate root: only the view from v1 fails, and so does the command
+    sim.server.view("primary").put("metadata/2.root.json", None)
+    assert cli.main(["probe", "--config", str(config)]) == 1
+    out, err = capsys.readouterr()
+    lines = [line.split() for line in out.splitlines()[1:]]
+    assert [(cells[1], cells[2], cells[3]) for cells in lines] == [
+        ("primary", "returning", "ok"), ("primary", "new", "ok"),
+        ("primary", "bootstrap-root-v1", "bad_signature"),
+        ("mirror1", "returning", "ok"), ("mirror1", "new", "ok"),
+        ("mirror1", "bootstrap-root-v1", "ok")]
+    assert "sim/primary (bootstrap-root-v1): " in err
+    document["repositories"][0]["new_client_interval"] = 0  # the views off: returning only
+    config.write_text(yaml.safe_dump(document))
+    assert cli.main(["probe", "--config", str(config)]) == 0
+    assert [line.split()[2] for line in capsys.readouterr().out.splitlines()[1:]] == [
+        "returning", "returning"]

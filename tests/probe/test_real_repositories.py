@@ -172,3 +172,56 @@ def test_roots_python_tuf_cannot_read_are_refused_clearly(
         assert done.returncode == 2
         assert f"cannot use {root} as a trusted root" in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def _current_root(folder: Path) -> Path:
+    return max(folder.glob("[0-9]*.root.json"), key=lambda p: int(p.name.split(".")[0]))
+
+
+@pytest.mark.skipif(shutil.which("faketime") is None, reason="Debian's faketime is not installed")
+@pytest.mark.parametrize("folder", sorted(REPOSITORIES))
+def test_a_client_with_the_oldest_usable_root_reaches_the_current_root(
+    server: str, tmp_path: Path, folder: str
+) -> None:
+    """Issue 16: the view ``bootstrap-root-v<N>`` from the oldest root python-tuf can start
+    from (5 for sigstore, 1 otherwise) walks the real root chain to the current root and
+    succeeds, as does the view ``new`` from the current root."""
+    facts = _facts(REAL / folder)
+    oldest, valid_until = REPOSITORIES[folder]
+    config = _config(tmp_path, server, folder, facts.targets)
+    document = json.loads(config.read_text())
+    document["repositories"][0].update({
+        "trusted_root": str(_current_root(REAL / folder)),
+        "bootstrap_roots": [str(REAL / folder / oldest)],
+    })
+    config.write_text(json.dumps(document))
+    clock = (datetime.fromisoformat(valid_until) - timedelta(hours=1)).strftime(
+        "%Y-%m-%d %H:%M:%S")
+    code, endpoint = _probe(config, clock)
+    views = {view["client"]: view for view in endpoint["views"]}
+    first = int(oldest.split(".")[0])
+    assert set(views) == {"new", f"bootstrap-root-v{first}"}
+    for view in views.values():
+        assert view["success"], (view["client"], view["message"])
+        assert view["roles"]["root"]["version"] == facts.roles["root"][0], view["client"]
+        assert [t["success"] for t in view["targets"]] == [True] * len(facts.targets)
+    assert code == 0
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
+def test_bootstrap_roots_python_tuf_cannot_read_are_configuration_errors(
+    tmp_path: Path, version: int
+) -> None:
+    folder = REAL / "sigstore-2026-08-21"
+    root = folder / f"{version}.root.json"
+    config = tmp_path / "config.yml"
+    config.write_text(json.dumps({"repositories": [{
+        "name": "sigstore", "metadata_url": "http://127.0.0.1:9/",
+        "trusted_root": str(folder / "5.root.json"), "bootstrap_roots": [str(root)],
+    }]}))
+    for args in (["probe", "--config", str(config)], ["check-config", str(config)]):
+        done = subprocess.run([sys.executable, "-m", "exporter.cli", *args],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2
+        assert f"cannot use {root} as a trusted root" in done.stderr
+        assert "Traceback" not in done.stderr

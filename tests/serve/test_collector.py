@@ -78,3 +78,74 @@ def test_the_returning_client_view_mirrors_the_probe_metrics() -> None:
         started.timestamp() + 2.0)
     failed = {**view, "reason": "expired", "role": "timestamp"}
     assert samples[("tuf_client_update_failures_total", tuple(sorted(failed.items())))] == 1
+
+
+def _labels(**labels: str) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(labels.items()))
+
+
+def test_every_client_view_has_its_series_and_only_returning_moves_the_probe_series() -> None:
+    """Issue 16: a view result of any name goes through the store; tuf_probe_* stay the
+    returning view's."""
+    store = ProbeStore()
+    started = datetime.now(UTC)
+    store.expect({("r", "e")})
+    store.record(ProbeResult("r", "e", True, started, 1.0))
+    store.started()
+    store.record_view([
+        ProbeResult("r", "e", False, started, 3.0, reason=Reason.BAD_SIGNATURE,
+                    role=FailedRole.SNAPSHOT, client="new"),
+        ProbeResult("r", "e", True, started, 4.0, client="bootstrap-root-v1"),
+        ProbeResult("r", "e", True, started, 5.0, client="some-external-client"),
+    ])
+    samples = _samples(store)
+    base = {"repository": "r", "endpoint": "e"}
+    success = {c: samples[("tuf_client_update_success", _labels(**base, client=c))]
+               for c in ("returning", "new", "bootstrap-root-v1", "some-external-client")}
+    assert success == {"returning": 1, "new": 0, "bootstrap-root-v1": 1,
+                       "some-external-client": 1}
+    assert samples[("tuf_client_last_check_timestamp_seconds",
+                    _labels(**base, client="new"))] == started.timestamp() + 3.0
+    assert samples[("tuf_client_update_failures_total", _labels(
+        **base, client="new", reason="bad_signature", role="snapshot"))] == 1
+    assert samples[("tuf_probe_success", _labels(**base))] == 1
+    assert samples[("tuf_probe_duration_seconds", _labels(**base))] == 1.0
+    assert samples[("tuf_probes_total", _labels(**base, result="failure"))] == 0
+    assert not any(name == "tuf_probe_failures_total" for name, _ in samples)
+    assert samples[("tuf_exporter_probes_in_flight", ())] == 0
+    assert store.clients("r", "e") == ["bootstrap-root-v1", "new", "some-external-client"]
+    assert store.endpoint_log("r", "e", "new").failures[0].reason is Reason.BAD_SIGNATURE
+
+
+def test_a_host_fault_in_a_view_keeps_the_views_last_verdict() -> None:
+    store = ProbeStore()
+    started = datetime.now(UTC)
+    store.record_view([ProbeResult("r", "e", True, started, 1.0, client="new")])
+    store.record_view([ProbeResult("r", "e", False, started, 9.0, reason=Reason.EXPORTER_ERROR,
+                                   role=FailedRole.SNAPSHOT, client="new")])
+    samples = _samples(store)
+    new = _labels(repository="r", endpoint="e", client="new")
+    assert samples[("tuf_client_update_success", new)] == 1
+    assert samples[("tuf_client_last_check_timestamp_seconds", new)] == started.timestamp() + 1.0
+    assert samples[("tuf_client_update_failures_total", _labels(
+        repository="r", endpoint="e", client="new", reason="exporter_error",
+        role="snapshot"))] == 1
+    assert samples[("tuf_exporter_errors_total", _labels(cause="internal"))] == 1
+
+
+def test_a_view_no_longer_configured_is_dropped() -> None:
+    store = ProbeStore()
+    started = datetime.now(UTC)
+    store.record(ProbeResult("r", "e", True, started, 1.0))
+    store.record_view([
+        ProbeResult("r", "e", True, started, 1.0, client="new"),
+        ProbeResult("r", "e", False, started, 1.0, reason=Reason.MISSING, role=FailedRole.ROOT,
+                    client="bootstrap-root-v1"),
+    ])
+    store.expect({("r", "e")}, {("r", "e", "new")})
+    samples = _samples(store)
+    assert [labels for name, labels in samples if name.startswith("tuf_client_update")
+            and ("client", "bootstrap-root-v1") in labels] == []
+    assert ("tuf_client_update_success", _labels(repository="r", endpoint="e", client="new")) \
+        in samples
+    assert store.endpoint_log("r", "e").latest is not None  # returning is always kept

@@ -127,3 +127,53 @@ def test_thread_errors_count_the_one_vocabulary_of_exporter_faults(
     assert cause in catalogue.EXPORTER_ERROR_CAUSES
     scheduler._count("probe_worker", exc)
     assert scheduler.errors() == {("probe_worker", cause): 1}
+
+
+def test_view_passes_run_on_their_own_interval_one_at_a_time(tmp_path: Path) -> None:
+    """Issue 16: one view-pass job per endpoint every new_client_interval, never two passes of
+    an endpoint at once, none when the interval is 0 (a reload turns them off)."""
+    from dataclasses import replace
+    from datetime import UTC, datetime, timedelta
+
+    probes: list[str] = []
+    passes: list[datetime] = []
+    running = threading.Semaphore(1)
+    overlapped = threading.Event()
+    release = threading.Event()
+
+    def run_views(repo: Repository, endpoint: Endpoint) -> None:
+        if not running.acquire(blocking=False):
+            overlapped.set()
+            return
+        try:
+            passes.append(datetime.now(UTC))
+            if len(passes) == 2:
+                release.wait(10)  # a slow pass: what falls due meanwhile is skipped
+        finally:
+            running.release()
+
+    sched = Scheduler(lambda repo, endpoint: probes.append(endpoint.name), lambda *_: None,
+                      workers=4, run_views=run_views)
+    config = _config(tmp_path, interval=60)
+    repo = replace(config.repositories[0], new_client_interval=0.2)
+    job = "views\x00r\x00primary"
+    try:
+        sched.apply(replace(config, repositories=(repo,)), first_run_within=0.0)
+        sched.start()
+        poll(lambda: len(passes) >= 2, timeout=10)
+
+        def due_twice_meanwhile() -> bool:
+            scheduled = sched._scheduler.get_job(job)
+            return scheduled.next_run_time > passes[1] + timedelta(seconds=0.5)
+
+        poll(due_twice_meanwhile, timeout=10)
+        release.set()
+        poll(lambda: len(passes) >= 3, timeout=10)
+        assert not overlapped.is_set()
+        assert probes == ["primary"]  # the probe keeps its own interval
+        sched.apply(replace(config, repositories=(replace(repo, new_client_interval=0),)))
+        assert sched._scheduler.get_job(job) is None
+        assert sched._scheduler.get_job("probe\x00r\x00primary") is not None
+    finally:
+        release.set()
+        sched.stop(wait=True)

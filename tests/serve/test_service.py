@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -365,7 +366,8 @@ def _series_of(service: Service, **labels: str) -> list[str]:
 def test_a_probe_finishing_after_its_removal_records_nothing(sim: Sim, tmp_path: Path) -> None:
     primary = sim.server.endpoint_urls("primary")
     other = {"name": "B", "metadata_url": primary[0], "targets_url": primary[1],
-             "trusted_root": str(sim.trusted_root), "interval": "1h"}
+             "trusted_root": str(sim.trusted_root), "interval": "1h",
+             "new_client_interval": 0}  # no view pass of B: its probe is what is held
     config = _write_config(sim, tmp_path / "config.yml", interval="1h", extra=[other])
     svc = Service(config, first_run_within=0.1)
     entered, release = threading.Event(), threading.Event()
@@ -503,3 +505,151 @@ def test_the_service_keeps_temporary_files_below_state_dir(
     assert list(state_tmp.iterdir()) == []
     svc.stop()
     assert tempfile.tempdir == str(tmp_path / "no-such-tmpdir")  # as it was before
+
+
+# -- client views (issue 16) ---------------------------------------------------------------------
+
+
+def _view_config(sim: Sim, tmp_path: Path, **repository: object) -> Path:
+    """The service's configuration with client views every second, trusted root v2 and the
+    bootstrap root v1 (a root rotation published first)."""
+    sim.repo.timestamp_hashes = False  # the snapshot's version only, as sigstore's timestamp
+    sim.repo.rotate_keys("root", remove=1)
+    sim.repo.publish()
+    latest = sim.repo.latest
+    for version in (1, 2):
+        (tmp_path / f"{version}.root.json").write_bytes(latest[f"metadata/{version}.root.json"])
+    path = _write_config(sim, tmp_path / "config.yml")
+    document = yaml.safe_load(path.read_text())
+    document["repositories"][0].update({
+        "trusted_root": str(tmp_path / "2.root.json"), "new_client_interval": "1s",
+        "bootstrap_roots": ["1.root.json"], **repository})
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def _views_of(service: Service, endpoint: str = "primary") -> dict[str, float]:
+    samples = scrape(service).get("tuf_client_update_success", [])
+    return {labels["client"]: v for labels, v in samples if labels["endpoint"] == endpoint}
+
+
+def test_views_are_probed_on_their_interval_and_a_corrupted_snapshot_pages_only_new_clients(
+    sim: Sim, tmp_path: Path
+) -> None:
+    service = Service(_view_config(sim, tmp_path), first_run_within=0.1)
+    service.start()
+    try:
+        everything = {"returning": 1, "new": 1, "bootstrap-root-v1": 1}
+        poll(lambda: _views_of(service) == everything, timeout=20)
+        view = sim.server.view("primary")
+        name = view.filename("snapshot")
+        served = view.get(name) or b""
+        sig = json.loads(served)["signatures"][0]["sig"].encode()
+        view.put(name, served.replace(sig, (b"0" if sig[:1] != b"0" else b"1") + sig[1:]))
+        poll(lambda: _views_of(service) == {**everything, "new": 0, "bootstrap-root-v1": 0},
+             timeout=20)
+        samples = scrape(service)
+        assert value(samples, "tuf_probe_success", endpoint="primary") == 1
+        assert value(samples, "tuf_client_update_failures_total", endpoint="primary",
+                     client="new", reason="bad_signature", role="snapshot") >= 1
+        changes = poll(lambda: [e for e in _events(service) if e["kind"] == "client_view"
+                                and e["endpoint"] == "primary"], timeout=20)
+        assert {e["details"]["client"] for e in changes} >= {"new"}
+        assert changes[0]["reason"] == "bad_signature" and changes[0]["role"] == "snapshot"
+        # what the new client was given differs from what returning clients were given
+        found = poll(lambda: [e for e in _events(service) if e["reason"] == "equivocation"
+                              and e["role"] == "snapshot"], timeout=20)
+        assert "client view" in found[0]["message"]
+        assert value(scrape(service), "tuf_anomalies_total", endpoint="primary",
+                     kind="equivocation") == 1  # once, however many passes see it
+        # a reload without the bootstrap root drops its view
+        document = yaml.safe_load(service.config_path.read_text())
+        document["repositories"][0]["bootstrap_roots"] = []
+        service.config_path.write_text(yaml.safe_dump(document))
+        assert service.reload()[0]
+        assert "bootstrap-root-v1" not in _views_of(service)
+        # a root python-tuf cannot start from is refused, naming the file; the old one runs
+        (tmp_path / "bad.json").write_text('{"signed": {}, "signatures": []}')
+        document["repositories"][0]["bootstrap_roots"] = ["bad.json"]
+        service.config_path.write_text(yaml.safe_dump(document))
+        ok, message = service.reload()
+        assert not ok and "bad.json" in message
+        assert service.config.repository("sim").bootstrap_roots == ()
+        # and one added back is probed again
+        document["repositories"][0]["bootstrap_roots"] = ["1.root.json"]
+        service.config_path.write_text(yaml.safe_dump(document))
+        assert service.reload()[0]
+        poll(lambda: "bootstrap-root-v1" in _views_of(service), timeout=20)
+        document["repositories"][0]["new_client_interval"] = 0
+        service.config_path.write_text(yaml.safe_dump(document))
+        assert service.reload()[0]
+        assert set(_views_of(service)) == {"returning"}
+    finally:
+        service.stop()
+
+
+def test_a_view_pass_moves_no_state_of_the_returning_client(sim: Sim, tmp_path: Path) -> None:
+    """Views observe the history (equivocation) but never as the endpoint's returning client:
+    no version of the endpoint, no lag, no rollback comes from them."""
+    config = _view_config(sim, tmp_path)
+    service = Service(config, first_run_within=0.1)
+    try:
+        service._apply(service.config, service._loaded.bootstrap_roots)
+        repo = service.config.repository("sim")
+        results = service._probe_views(repo, repo.mirrors[0])
+        assert [r.success for r in results] == [True, True], [r.message for r in results]
+        samples = scrape(service)
+        assert value(samples, "tuf_probe_success", endpoint="mirror1") is None
+        assert value(samples, "tuf_client_update_success", endpoint="mirror1", client="new") == 1
+        assert service.history.last_change("sim", "mirror1", "timestamp") is None
+        assert value(samples, "tuf_mirror_lag_versions", endpoint="mirror1") is None
+    finally:
+        service.stop()
+
+
+def test_a_client_view_event_is_a_change_of_the_views_verdict() -> None:
+    from dataclasses import replace as changed
+    from datetime import UTC
+
+    from exporter.probe.results import FailedRole, Reason
+    from exporter.serve.service import client_view_event
+
+    at = datetime(2027, 1, 1, tzinfo=UTC)
+    ok = ProbeResult("r", "primary", True, at, 1.0, client="new")
+    bad = changed(ok, success=False, reason=Reason.BAD_SIGNATURE, role=FailedRole.SNAPSHOT,
+                  message="snapshot: signed by 0/1 keys")
+    host = changed(ok, success=False, reason=Reason.EXPORTER_ERROR)
+    assert client_view_event(None, ok) is None  # a first success changes nothing
+    assert client_view_event(ok, ok) is None and client_view_event(bad, bad) is None
+    assert client_view_event(ok, host) is None  # no verdict
+    first = client_view_event(None, bad)
+    assert first is not None and first.reason == "bad_signature" and first.role == "snapshot"
+    assert first.details["client"] == "new" and first.details["previous"] is None
+    recovered = client_view_event(bad, ok)
+    assert recovered is not None and recovered.reason is None
+    assert recovered.details["previous"] == {"success": False, "reason": "bad_signature",
+                                             "role": "snapshot"}
+    other = client_view_event(bad, changed(bad, reason=Reason.MISSING))
+    assert other is not None and other.reason == "missing"
+    assert client_view_event(host, bad) is not None  # host faults are not verdicts
+
+
+def test_a_trusted_root_file_with_other_bytes_is_no_equivocation_of_a_view(
+    sim: Sim, tmp_path: Path
+) -> None:
+    """The configured root may be a re-serialized copy of the served one (same signed content,
+    other bytes): what a bootstrap view fetches for that root version is no equivocation."""
+    config = _view_config(sim, tmp_path)
+    current = tmp_path / "2.root.json"
+    current.write_text(json.dumps(json.loads(current.read_bytes()), indent=4))  # other bytes
+    service = Service(config, first_run_within=0.1)
+    try:
+        service._apply(service.config, service._loaded.bootstrap_roots)
+        repo = service.config.repository("sim")
+        assert service._probe(repo, repo.primary).success
+        results = service._probe_views(repo, repo.primary)
+        assert [r.success for r in results] == [True, True], [r.message for r in results]
+        assert value(scrape(service), "tuf_anomalies_total", endpoint="primary",
+                     kind="equivocation") == 0
+    finally:
+        service.stop()

@@ -296,3 +296,37 @@ def test_expiry_warnings_are_relative_to_the_normal_lifetime_as_the_alerts_are()
     assert alerts.expiry_threshold(0.25, 1800, 86400, 7 * 86400.0) == 86400  # capped
     assert alerts.expiry_threshold(0.25, 1800, 86400, 4000.0) == 1800  # floored
     assert alerts.expiry_threshold(0.25, 1800, 86400, None) == 86400
+
+
+def test_client_views_have_a_row_each_failing_first() -> None:
+    """Issue 16: one row per client view besides returning, under its endpoint."""
+    from dataclasses import replace
+
+    store = ProbeStore()
+    store.record(_ok("primary"))
+    store.record(_ok("mirror"))
+    store.record_view([replace(_ok("primary"), client="new"),
+                       replace(_ok("primary"), client="bootstrap-root-v1")])
+    store.record_view([replace(_ok("mirror"), client="new"),
+                       replace(_failed("mirror", reason=Reason.MISSING,
+                                       message="HTTP 404 for 2.root.json"),
+                               client="bootstrap-root-v1")])
+    result = _page(store, _config("mirror")).overview()
+    assert [state for state, _ in _rows(result.html)] == ["ok", "ok"]  # endpoints unchanged
+    views = _rows(result.html, "views")
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row, re.S) for _, row in views]
+    assert [(state, c[2], re.sub("<[^>]+>", "", c[3])) for (state, _), c in zip(
+        views, cells, strict=True)] == [
+        ("failing", "mirror", "bootstrap-root-v1"), ("ok", "primary", "bootstrap-root-v1"),
+        ("ok", "primary", "new"), ("ok", "mirror", "new")]
+    assert "missing" in cells[0][4] and "HTTP 404 for 2.root.json" in cells[0][8]
+    page = _page(store, _config("mirror"))
+    link = re.search(r'href="(endpoint\?[^"]+)"', cells[0][3])
+    assert link is not None
+    detail = page.endpoint(link.group(1).split("?", 1)[1].replace("&amp;", "&"))
+    assert detail.status == 200
+    assert "client view bootstrap-root-v1" in detail.html
+    assert "HTTP 404 for 2.root.json" in detail.html
+    assert page.endpoint("repository=repo&endpoint=mirror&client=nope").status == 404
+    empty = _page(ProbeStore(), _config()).overview().html
+    assert "No client view has been probed yet" in empty

@@ -233,7 +233,9 @@ def exporter(tmp_path: Path, sim: Sim, fake: FakeOpenSearch) -> Iterator[Exporte
 
 def _finding_documents(fake: FakeOpenSearch) -> dict[str, dict[str, Any]]:
     with fake._lock:
-        return {i: d for (_index, i), d in fake.documents.items() if d["kind"] != "verification"}
+        # verdicts (a probe's, a client view's change) are spooled directly, not findings
+        return {i: d for (_index, i), d in fake.documents.items()
+                if d["kind"] not in ("verification", "client_view")}
 
 
 def _assert_exactly_once(exporter: Exporter, fake: FakeOpenSearch) -> None:

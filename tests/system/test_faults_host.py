@@ -214,7 +214,7 @@ def test_the_store_keeps_the_last_verdict_through_exporter_errors(sim: Sim) -> N
                                   OSError(errno.ENOSPC, "No space left on device"))
     store.started()
     store.record(fault)
-    latest, probes, failures, _, _, _, errors, in_flight = store.snapshot()
+    latest, probes, failures, _, _, _, errors, in_flight, _ = store.snapshot()
     assert latest == [good] and in_flight == 0
     assert probes[("sim", "primary", "exporter_error")] == 1
     assert probes[("sim", "primary", "failure")] == 0
