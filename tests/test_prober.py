@@ -129,13 +129,15 @@ def test_rollback_seen_by_a_returning_client(sim: Sim) -> None:
 def test_a_broken_snapshot_copy_is_invisible_to_the_returning_probe(sim: Sim) -> None:
     # Issue 16: the blind spot of the returning view the new-client view is for. The probe's
     # cache holds the snapshot of this version, so it never fetches the broken copy.
+    # A full refresh every time (not only the steady state's reuse of the last verdict).
     prober = Prober(sim.state_dir)
-    assert _probe(sim, prober).success
+    assert _probe(sim, prober, full_refresh_every=1).success
     sim.server.inject("corrupt-signature")
     snapshot = sim.server.view().filename("snapshot")
     sim.server.reset_requests()
-    result = _probe(sim, prober)
+    result = _probe(sim, prober, full_refresh_every=1)
     assert result.success, result.message
+    assert sim.server.request_count(name="metadata/timestamp.json") == 1
     assert sim.server.request_count(name=snapshot) == 0
     fresh = _probe(sim, Prober(sim.state_dir / "fresh"))
     assert (str(fresh.reason), str(fresh.role)) == ("length_or_hash_mismatch", "snapshot")
