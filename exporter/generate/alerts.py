@@ -23,6 +23,7 @@ import yaml
 from exporter import catalogue
 from exporter.config.durations import parse_duration
 from exporter.config.yamlfile import ConfigError, read_yaml
+from exporter.probe.results import CLIENT_RETURNING
 
 RECORDING_RULES_FILE = "recording_rules.yml"
 ALERT_RULES_FILE = "alert_rules.yml"
@@ -170,6 +171,14 @@ class AlertOptions:
     mass_failure_ratio: float = 0.5
     mass_failure_for: str = "5m"
     endpoint_failure_for: str = "15m"
+    #: TufClientViewFailing: how long a client view other than ``returning`` must fail while
+    #: ``returning`` passes. The views run every ``new_client_interval`` (default 10m) and
+    #: their gauge holds its value between runs, so this counts runs, not scrapes: longer
+    #: than one interval and shorter than two, it pages on the second failed run in a row
+    #: (one cold fetch that timed out at one CDN edge does not wake anyone), at most
+    #: interval + this after the fault. Keep it between 1x and 2x the shortest
+    #: ``new_client_interval`` you configure.
+    client_view_failure_for: str = "15m"
     mirror_lag_seconds: float = 3600
     mirror_lag_for: str = "15m"
     #: Window over which a rollback or anomaly counter increase fires an alert.
@@ -499,6 +508,22 @@ def _expiry_expr(ratio: float, floor: float, caps: Mapping[str, float]) -> str:
     return "\nor\n".join(parts)
 
 
+def client_view_failing_expr() -> str:
+    """PromQL of TufClientViewFailing: one sample per (repository, endpoint, client) whose
+    client view (``tuf_client_update_success``, issue 16) is 0 while the ``returning`` view of
+    the same endpoint is 1.
+
+    Nothing when ``returning`` fails too (TufEndpointVerificationFailing and
+    TufVerificationMassFailure are about that), nor for a view without a series yet (the
+    ``== 0`` selects existing samples only). A probe stopped by a fault of the exporter
+    (``exporter_error``) is no verdict and leaves the gauge as it was, so it cannot fire this.
+    """
+    success = m("tuf_client_update_success")
+    return (f'{success}{{client!="{CLIENT_RETURNING}"}} == 0\n'
+            "and on (repository, endpoint)\n"
+            f'{success}{{client="{CLIENT_RETURNING}"}} == 1')
+
+
 def _symptom_alerts(o: AlertOptions) -> list[dict[str, Any]]:
     success = m("tuf_probe_success")
     where = "{{ $labels.role }} metadata of {{ $labels.repository }} on {{ $labels.endpoint }}"
@@ -535,6 +560,15 @@ def _symptom_alerts(o: AlertOptions) -> list[dict[str, Any]]:
                "{{ $labels.repository }} on {{ $labels.endpoint }} fails verification",
                "The TUF client probe of {{ $labels.repository }} on {{ $labels.endpoint }} has "
                "failed for a while; see tuf_probe_failures_total for the reason and role."),
+        _alert(o, "TufClientViewFailing", client_view_failing_expr(), PAGE,
+               o.client_view_failure_for,
+               "{{ $labels.client }} clients cannot update from {{ $labels.repository }} on "
+               "{{ $labels.endpoint }}",
+               "The {{ $labels.client }} client view of {{ $labels.repository }} on "
+               "{{ $labels.endpoint }} fails while returning clients (the probe's cached "
+               "client) update: part of the fleet cannot update (new: first installs with "
+               "an empty cache; bootstrap-root-v<N>: clients shipped with root version N). "
+               "See tuf_client_update_failures_total for the reason and role."),
         _alert(o, "TufMirrorLagging",
                f"{m('tuf_mirror_lag_seconds')} > {_num(o.mirror_lag_seconds)}", TICKET,
                o.mirror_lag_for,

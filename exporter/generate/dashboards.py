@@ -46,6 +46,7 @@ from exporter.generate.alerts import (
     sli_record_name,
     write_files,
 )
+from exporter.probe.results import CLIENT_RETURNING
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SEL = '{repository=~"$repository", endpoint=~"$endpoint"}'
@@ -131,6 +132,32 @@ def table(title: str, tgs: list[Target], unit: str = "", w: int = 12, h: int = 8
         gridPos=GridPos(h=h, w=w, x=0, y=0), filterable=True,
         transformations=[{"id": "merge", "options": {}},
                          {"id": "organize", "options": {"excludeByName": {"Time": True}}}],
+    )
+
+
+#: A 0/1 verdict shown as words on a coloured cell (Grafana value mappings).
+VERDICT_MAPPINGS: list[dict[str, Any]] = [{"type": "value", "options": {
+    "0": {"text": "FAILING", "color": "red", "index": 0},
+    "1": {"text": "ok", "color": "green", "index": 1},
+}}]
+
+
+def matrix(title: str, expr: str, row_field: str, column_field: str, w: int = 12, h: int = 8,
+           description: str = "") -> Table:
+    """A table of the 0/1 verdicts ``expr`` returns (instant): one row per value of label
+    ``row_field``, one column per value of ``column_field``, each cell FAILING (red) or ok
+    (green); an empty cell is a combination without a series."""
+    return Table(
+        title=title, dataSource=DS, targets=[t(expr, instant=True, fmt="table")],
+        description=description, gridPos=GridPos(h=h, w=w, x=0, y=0),
+        displayMode="color-background", colorMode="thresholds",
+        transformations=[{"id": "groupingToMatrix", "options": {
+            "columnField": column_field, "rowField": row_field, "valueField": "Value",
+            "emptyValue": "null"}}],
+        extraJson={"fieldConfig": {"defaults": {
+            "mappings": VERDICT_MAPPINGS, "noValue": "-",
+            "thresholds": {"mode": "absolute", "steps": steps(("red", None), ("green", 1))},
+        }}},
     )
 
 
@@ -253,6 +280,8 @@ def executive() -> Dashboard:
 
 def oncall() -> Dashboard:
     o = _OPTIONS
+    other_views_failures = sel("tuf_client_update_failures_total",
+                               extra=f'client!="{CLIENT_RETURNING}"')
     panels: list[_GPanel] = [
         row("Failing endpoints"),
         table("Failing endpoints with reason and role (15m)",
@@ -273,12 +302,19 @@ def oncall() -> Dashboard:
            targets((sel("tuf_probe_success"), "{{repository}}/{{endpoint}}")), w=12,
            thresholds=steps(("red", None), ("green", 1))),
         row("Client views: can the fleet update?"),
-        table("Client view x endpoint (1 = the view's last refresh passed)",
-              [t(f"{sel('tuf_client_update_success')}", instant=True, fmt="table")], w=12),
-        ts("Client view failures by reason and role",
-           targets((f"sum by (repository, endpoint, client, reason, role) "
-                    f"(increase({sel('tuf_client_update_failures_total')}[$__rate_interval]))",
-                    "{{repository}}/{{endpoint}} {{client}} {{reason}} {{role}}")), w=12),
+        matrix("Client view x endpoint (the last refresh of each view)",
+               f'label_join({sel("tuf_client_update_success")}, "view", " / ", '
+               '"repository", "client")', row_field="view", column_field="endpoint", w=12,
+               description="One row per repository and client view (returning: the probe's "
+               "cached client; new: an empty cache; bootstrap-root-v<N>: a client shipped "
+               "with root N), one column per endpoint. A view other than returning FAILING "
+               "where returning is ok pages (TufClientViewFailing)."),
+        table("Failing client views with reason and role (1h)",
+              [t(f"sum by (repository, endpoint, client, reason, role) "
+                 f"(increase({other_views_failures}[1h])) > 0", instant=True, fmt="table")],
+              w=12,
+              description="Views other than returning run every new_client_interval (10m "
+                          "by default): an hour holds several runs."),
         ts("Age of each client view's last check",
            targets((f"time() - {sel('tuf_client_last_check_timestamp_seconds')}",
                     "{{repository}}/{{endpoint}} {{client}}")), unit="s", w=24),
@@ -434,6 +470,12 @@ def debug() -> Dashboard:
            targets((f"sum by (reason, role) (increase({sel('tuf_probe_failures_total')}"
                     "[$__rate_interval]))", "{{reason}} ({{role}})")), w=8, draw="bars",
            stack=True),
+        ts("Client view failures by client, reason and role",
+           targets((f"sum by (client, reason, role) "
+                    f"(increase({sel('tuf_client_update_failures_total')}[$__rate_interval]))",
+                    "{{client}} {{reason}} ({{role}})")), w=12, draw="bars", stack=True,
+           description="Every client view of the selected endpoints: returning (the probe), "
+                       "new and bootstrap-root-v<N> (every new_client_interval)."),
         ts("HTTP requests by status class",
            targets((f"sum by (endpoint, code) (rate({sel('tuf_probe_http_requests_total')}"
                     "[$__rate_interval]))", "{{endpoint}} {{code}}")), unit="reqps", w=12),

@@ -456,6 +456,34 @@ def _apply_unencodable(view: View, fault: ActiveFault) -> None:
     forge(view, fault.role or TARGETS, with_float, loose=True)
 
 
+def _apply_corrupt_signature(view: View, fault: ActiveFault) -> None:
+    # The file this view leads to for the role, each signature's last hex digit changed: the
+    # same version and length, the timestamp (and snapshot) unchanged. A client that verified
+    # this version before never fetches it again; one without it cached refuses it.
+    name = view.filename(fault.role or SNAPSHOT)
+    data = view.get(name)
+    if data is None:
+        raise ValueError(f"corrupt-signature: {name} is not served")
+    for signature in Metadata.from_bytes(data).signatures.values():
+        value = signature.signature.encode()
+        if data.count(value) != 1:
+            raise ValueError(f"corrupt-signature: the signature of {name} is not unique in "
+                             "its bytes")
+        broken = value[:-1] + (b"1" if value.endswith(b"0") else b"0")
+        data = data.replace(value, broken)
+    view.put(name, data)
+
+
+def _apply_root_missing(view: View, fault: ActiveFault) -> None:
+    version = int(fault.params["version"])
+    published = view.state.root_versions()
+    if version < 2 or version not in published:
+        raise ValueError(f"root-missing: version {version} is not an intermediate root of this "
+                         f"state (published: {', '.join(map(str, published))}; 1 is the "
+                         "trusted root clients start from)")
+    view.put(metadata_file(ROOT, version), None)
+
+
 _ALL = "all"
 _TARGETS_SCOPE = "targets"
 
@@ -503,6 +531,8 @@ _APPLY: dict[str, Callable[[View, ActiveFault], None]] = {
         _rule(f.matcher(_TARGETS_SCOPE), Respond(404, b"not found\n"))
     ),
     "unencodable-metadata": _apply_unencodable,
+    "corrupt-signature": _apply_corrupt_signature,
+    "root-missing": _apply_root_missing,
 }
 
 _TRANSPORT = {"role": None, "path": None, "file": None}
@@ -595,6 +625,17 @@ FAULTS: Mapping[str, FaultInfo] = MappingProxyType({
               "targets (or role) version + 1 with a float in its signed data, signed over "
               "plain JSON (canonical JSON cannot encode it; notary #1411's custom JSON blob)",
               "SerializationError from verify_delegate (a RepositoryError)", _ROLE, TARGETS),
+        _info("corrupt-signature",
+              "the current snapshot (or role) served with its signatures broken: same "
+              "version and length, timestamp unchanged",
+              "UnsignedMetadataError for a client without that version cached (a new client; "
+              "LengthOrHashMismatchError first when the timestamp lists the snapshot's hashes); "
+              "success for a returning client, which does not fetch it again", _ROLE, SNAPSHOT),
+        _info("root-missing",
+              "404 for the intermediate root version.root.json (default 2)",
+              "success for clients already at that root or later; a client starting from an "
+              "older root takes the 404 as the end of the chain and fails (UnsignedMetadataError) "
+              "on the first role signed by keys its root does not know", {"version": 2}),
     ]
 })
 

@@ -126,7 +126,7 @@ def test_severities_match_the_policy() -> None:
     severity = {r["alert"]: r["labels"]["severity"] for r in _alert_rules()}
     for page in ("TufErrorBudgetBurnFast", "TufMetadataExpired", "TufMetadataExpiringCritical",
                  "TufVerificationMassFailure", "TufRollbackDetected", "TufPossibleKeyCompromise",
-                 "TufSignerKeyUnauthorized", "TufExporterDown"):
+                 "TufSignerKeyUnauthorized", "TufExporterDown", "TufClientViewFailing"):
         assert severity[page] == "page", page
     for ticket in ("TufErrorBudgetBurnSlow", "TufMetadataExpiringSoon",
                    "TufEndpointVerificationFailing", "TufMirrorLagging", "TufMetadataAnomaly"):

@@ -129,3 +129,30 @@ def test_debug_board_has_a_row_for_the_exporter_process() -> None:
             used |= alerts.promql_metric_names(target["expr"])
     assert {"process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds",
             "process_max_fds", "python_gc_collections_total"} <= used
+
+
+def _queries(panel: dict[str, Any]) -> list[str]:
+    return [target["expr"] for target in panel.get("targets", [])]
+
+
+def test_oncall_has_a_client_view_by_endpoint_matrix() -> None:
+    matrices = [p for p in _panels(_boards()["tuf-oncall.json"])
+                if any("tuf_client_update_success" in e for e in _queries(p))
+                and any(tr["id"] == "groupingToMatrix" for tr in p.get("transformations", []))]
+    assert len(matrices) == 1, "no client view x endpoint matrix on the on-call board"
+    panel = matrices[0]
+    (grouping,) = panel["transformations"]
+    assert grouping["options"]["columnField"] == "endpoint"
+    # the row label joins repository and client: one row per view of each repository
+    row_label = grouping["options"]["rowField"]
+    (expr,) = _queries(panel)
+    assert 'label_join(tuf_client_update_success{' in expr
+    assert f'"{row_label}", " / ", "repository", "client")' in expr
+    mapped = panel["fieldConfig"]["defaults"]["mappings"][0]["options"]
+    assert mapped["0"]["color"] == "red" and mapped["1"]["color"] == "green"
+
+
+def test_debug_shows_client_view_failures_by_client_and_reason() -> None:
+    exprs = [e for p in _panels(_boards()["tuf-debug.json"]) for e in _queries(p)]
+    assert any("tuf_client_update_failures_total" in e and "by (client, reason, role)" in e
+               for e in exprs), "no client view failures by client and reason on the debug board"

@@ -50,9 +50,13 @@ FAULT_CASES: dict[str, tuple[dict[str, Any], tuple[str, str] | None]] = {
     "padded-delegations": ({"size": 200_000}, None),
     "target-missing": ({}, ("missing", "target")),
     "unencodable-metadata": ({}, ("invalid_metadata", "targets")),
+    # a new client (this probe's cache is empty); the timestamp lists the snapshot's hashes
+    "corrupt-signature": ({}, ("length_or_hash_mismatch", "snapshot")),
 }
 # faults that need a history of probes: tested on their own below
 STATEFUL = {"rollback", "freeze"}
+# faults that need a rotated root chain: tests/test_simulator.py, the e2e bootstrap scenario
+ROOT_CHAIN = {"root-missing"}
 
 
 def _probe(sim: Sim, prober: Prober | None = None, endpoint: str = "primary",
@@ -64,7 +68,7 @@ def _probe(sim: Sim, prober: Prober | None = None, endpoint: str = "primary",
 
 
 def test_fault_table_covers_the_simulator() -> None:
-    assert set(FAULT_CASES) | STATEFUL == set(FAULTS)
+    assert set(FAULT_CASES) | STATEFUL | ROOT_CHAIN == set(FAULTS)
 
 
 def test_healthy_endpoint_reports_facts_exactly(sim: Sim) -> None:
@@ -120,6 +124,23 @@ def test_rollback_seen_by_a_returning_client(sim: Sim) -> None:
     sim.server.inject("rollback")
     result = _probe(sim, prober)
     assert (result.reason, result.role) == ("rollback", "timestamp"), result.message
+
+
+def test_a_broken_snapshot_copy_is_invisible_to_the_returning_probe(sim: Sim) -> None:
+    # Issue 16: the blind spot of the returning view the new-client view is for. The probe's
+    # cache holds the snapshot of this version, so it never fetches the broken copy.
+    # A full refresh every time (not only the steady state's reuse of the last verdict).
+    prober = Prober(sim.state_dir)
+    assert _probe(sim, prober, full_refresh_every=1).success
+    sim.server.inject("corrupt-signature")
+    snapshot = sim.server.view().filename("snapshot")
+    sim.server.reset_requests()
+    result = _probe(sim, prober, full_refresh_every=1)
+    assert result.success, result.message
+    assert sim.server.request_count(name="metadata/timestamp.json") == 1
+    assert sim.server.request_count(name=snapshot) == 0
+    fresh = _probe(sim, Prober(sim.state_dir / "fresh"))
+    assert (str(fresh.reason), str(fresh.role)) == ("length_or_hash_mismatch", "snapshot")
 
 
 def test_freeze_ends_in_expired_timestamp(sim: Sim) -> None:

@@ -49,8 +49,10 @@ def make_updater(
     timeout: float = 5,
     warm: bool = False,
     port: int | None = None,
+    root: bytes | None = None,
 ) -> Updater:
-    """A bare ngclient Updater; ``warm`` re-uses the cache already in ``workdir``."""
+    """A bare ngclient Updater; ``warm`` re-uses the cache already in ``workdir``, else it
+    starts from ``root`` (default: the repository's version 1)."""
     meta = workdir / "metadata"
     targets = workdir / "targets"
     meta.mkdir(parents=True, exist_ok=True)
@@ -64,7 +66,7 @@ def make_updater(
         str(targets),
         t_url,
         fetcher=Urllib3Fetcher(socket_timeout=timeout),  # type: ignore[arg-type]
-        bootstrap=None if warm else server.repo.trusted_root_bytes(),
+        bootstrap=None if warm else root or server.repo.trusted_root_bytes(),
     )
 
 
@@ -461,7 +463,7 @@ def test_catalogue_is_complete() -> None:
         "deeply-nested-json", "never-answers", "connection-refused", "equivocation",
         "unknown-signer", "version-jump", "expiry-beyond-policy", "target-missing",
         "padded-delegations",
-        "unencodable-metadata",
+        "unencodable-metadata", "corrupt-signature", "root-missing",
     }
     assert set(FAULTS) == expected
     for name, info in FAULTS.items():
@@ -550,3 +552,91 @@ def test_consistent_snapshot_off_serves_plain_names_and_back(
     state = repo.publish()
     assert state.consistent_snapshot and "metadata/snapshot.json" not in state
     assert full_update(make_updater(server, tmp_path / "a", warm=True)) == b"hello world"
+
+
+# ------------------------------------------------- faults only some clients see (issue 16)
+
+
+@pytest.mark.parametrize(("timestamp_hashes", "error"), [
+    (False, exc.UnsignedMetadataError),  # what most real repositories list: a version only
+    (True, exc.LengthOrHashMismatchError),  # the simulator's default: length and sha256
+])
+def test_corrupt_signature_is_seen_by_new_clients_only(
+    tmp_path: Path, timestamp_hashes: bool, error: type[Exception]
+) -> None:
+    repo = SimulatedRepository(timestamp_hashes=timestamp_hashes)
+    repo.add_target("file.txt", b"hello world")
+    repo.publish()
+    with SimulatorServer(repo) as server:
+        full_update(make_updater(server, tmp_path / "returning"))
+        view = server.view()
+        name = view.filename("snapshot")
+        good = view.get(name)
+        timestamp = view.get("metadata/timestamp.json")
+        server.inject("corrupt-signature")
+        view = server.view()
+        served = view.get(name)
+        assert good is not None and served is not None and served != good
+        # same file name (version) and length; the timestamp is untouched
+        assert len(served) == len(good)
+        assert Metadata.from_bytes(served).signed == Metadata.from_bytes(good).signed
+        assert view.filename("snapshot") == name
+        assert view.get("metadata/timestamp.json") == timestamp
+        with pytest.raises(error, match="snapshot" if error is exc.UnsignedMetadataError else None):
+            make_updater(server, tmp_path / "new").refresh()
+        server.reset_requests()
+        assert full_update(make_updater(server, tmp_path / "returning", warm=True)) == \
+            b"hello world"
+        assert server.request_count(name=name) == 0, "a returning client fetched the snapshot"
+        server.clear()
+        assert full_update(make_updater(server, tmp_path / "after")) == b"hello world"
+
+
+def test_corrupt_signature_of_another_role(
+    server: SimulatorServer, tmp_path: Path
+) -> None:
+    server.inject("corrupt-signature", role="targets")
+    with pytest.raises(exc.UnsignedMetadataError, match="targets"):
+        make_updater(server, tmp_path).refresh()
+
+
+def test_root_missing_breaks_clients_from_older_roots_only(
+    repo: SimulatedRepository, server: SimulatorServer, tmp_path: Path
+) -> None:
+    v1 = repo.trusted_root_bytes()
+    full_update(make_updater(server, tmp_path / "returning"))
+    repo.rotate_keys("timestamp", remove=1)  # root v2: a root-v1 client cannot verify timestamp
+    repo.publish()
+    repo.rotate_keys("root", remove=1)  # root v3
+    state = repo.publish()
+    assert state.root_versions() == [1, 2, 3]
+    v3 = state.metadata("root")
+    assert full_update(make_updater(server, tmp_path / "returning", warm=True)) == b"hello world"
+
+    server.inject("root-missing", version=2)
+    assert server.view().get("metadata/2.root.json") is None
+    server.reset_requests()
+    with pytest.raises(exc.UnsignedMetadataError, match="timestamp"):
+        make_updater(server, tmp_path / "from-v1", root=v1).refresh()
+    assert server.request_count(name="metadata/2.root.json") == 1
+    assert server.request_count(name="metadata/3.root.json") == 0  # the chain stopped at 404
+    # clients at root 3 never ask for 2.root.json
+    assert full_update(make_updater(server, tmp_path / "from-v3", root=v3)) == b"hello world"
+    assert full_update(make_updater(server, tmp_path / "returning", warm=True)) == b"hello world"
+    server.clear()
+    assert full_update(make_updater(server, tmp_path / "from-v1-again", root=v1)) == \
+        b"hello world"
+
+
+def test_root_missing_needs_an_intermediate_root(
+    repo: SimulatedRepository, server: SimulatorServer
+) -> None:
+    with pytest.raises(ValueError, match="version 2 is not an intermediate root"):
+        server.inject("root-missing")  # only 1.root.json is published
+    repo.rotate_keys("root")
+    repo.publish()
+    with pytest.raises(ValueError, match="version 1"):
+        server.inject("root-missing", version=1)
+    server.inject("root-missing", endpoint="mirror")
+    assert server.view("mirror").get("metadata/2.root.json") is None
+    assert server.view().get("metadata/2.root.json") is not None

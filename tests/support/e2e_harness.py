@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -38,7 +39,7 @@ import yaml
 
 from exporter.generate.alerts import PAGE, AlertOptions, BurnAlert, BurnWindow, build_alerts
 from exporter.simulator import SimulatedRepository, SimulatorServer
-from exporter.simulator.repository import Expiry
+from exporter.simulator.repository import Expiry, metadata_file
 
 T = TypeVar("T")
 
@@ -278,6 +279,21 @@ class Process:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RepoSetup:
+    """How a scenario's repository differs from the default one, and its extra configuration.
+
+    ``rotations``: roles whose keys are rotated (one key replaced) before the exporter starts,
+    one published root version each, so ``("timestamp", "root")`` ends at root 3, and
+    ``trusted_root`` is the last one. ``config``: more keys of the repository's configuration
+    entry; a string value ``{root_v<N>}`` (alone or in a list) is the path of root version N.
+    """
+
+    timestamp_hashes: bool = True
+    rotations: tuple[str, ...] = ()
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class SimRepo:
     """One scenario's repository, served by its own simulator on its own port."""
@@ -287,6 +303,9 @@ class SimRepo:
     server: SimulatorServer
     trusted_root: Path
     mirrors: tuple[str, ...]
+    #: version -> a file holding that root version (every version published before startup)
+    root_files: dict[int, Path] = field(default_factory=dict)
+    extra_config: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -311,22 +330,40 @@ class SimRepo:
             "mirrors": mirrors,
             # An explicit cadence: a held-back mirror must not look frozen in seconds.
             "policy": {"cadence": {"timestamp": "1h", "snapshot": "1h"}},
+            **{key: self._root_paths(value) for key, value in self.extra_config.items()},
         }
+
+    def _root_paths(self, value: Any) -> Any:
+        if isinstance(value, list):
+            return [self._root_paths(v) for v in value]
+        match = re.fullmatch(r"\{root_v(\d+)\}", value) if isinstance(value, str) else None
+        return str(self.root_files[int(match.group(1))]) if match else value
 
 
 def make_sim_repo(name: str, mirrors: int, tmp: Path,
-                  expiry: Mapping[str, Expiry] | None = None) -> SimRepo:
-    repo = SimulatedRepository(expiry=expiry)
+                  expiry: Mapping[str, Expiry] | None = None,
+                  setup: RepoSetup | None = None) -> SimRepo:
+    setup = setup or RepoSetup()
+    repo = SimulatedRepository(expiry=expiry, timestamp_hashes=setup.timestamp_hashes)
     repo.add_target(CANARY, b"hello from a\n")
     repo.delegate("team", ["team/*"])
     repo.add_target(DELEGATED_CANARY, b"hello from b\n", role="team")
     repo.publish()
-    root = repo.write_trusted_root(tmp / f"{name}-root.json")
+    for role in setup.rotations:
+        repo.rotate_keys(role, remove=1)
+        repo.publish()
+    root_files = {}
+    for version in repo.latest.root_versions():
+        path = tmp / f"{name}-{version}.root.json"
+        path.write_bytes(repo.latest[metadata_file("root", version)])
+        root_files[version] = path
+    root = tmp / f"{name}-root.json"
+    root.write_bytes(repo.latest.metadata("root"))
     server = SimulatorServer(repo).start()
     names = tuple(f"mirror-{i + 1}" for i in range(mirrors))
     for mirror in names:
         server.add_mirror(mirror)
-    return SimRepo(name, repo, server, root, names)
+    return SimRepo(name, repo, server, root, names, root_files, dict(setup.config))
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,6 +455,9 @@ def e2e_alert_options(recorder: WebhookRecorder) -> AlertOptions:
         # Longer than mass_failure_for, as in production (5m vs 15m): the per-endpoint alerts
         # of a repository that fails everywhere fire after the mass failure, and are inhibited.
         endpoint_failure_for="6s",
+        # Between one and two of the e2e's new_client_interval (2 s), as 15m is for the default
+        # 10m: a view pages on its second failed run in a row.
+        client_view_failure_for="3s",
         mirror_lag_seconds=2,
         mirror_lag_for="2s",
         event_window="15s",
@@ -425,6 +465,10 @@ def e2e_alert_options(recorder: WebhookRecorder) -> AlertOptions:
         signer_cadence_for="3s",
         signer_unauthorized_for="1s",
         exporter_down_for="10s",
+        # Every endpoint probed every second spools tens of events a second, which the file
+        # sink ships every 2 s (its batch_interval): a backlog over 100 is this stack's normal
+        # (production probes every few minutes). The spool alerts have their own tests.
+        spool_backlog_min=2000,
         page_webhook_url=recorder.url("/page"),
         ticket_webhook_url=recorder.url("/ticket"),
         group_wait="1s",
@@ -509,9 +553,11 @@ def e2e_stack(
     signer: tuple[str, str] | None = None,
     startup_timeout: float = 60.0,
     expiries: Mapping[str, Mapping[str, Expiry]] | None = None,
+    setups: Mapping[str, RepoSetup] | None = None,
 ) -> Iterator[Stack]:
     """Start everything; ``repositories`` maps a name to its number of mirrors, ``expiries``
-    a name to the lifetimes its roles are signed for (default: the simulator's).
+    a name to the lifetimes its roles are signed for (default: the simulator's), ``setups``
+    a name to how its repository and configuration differ (:class:`RepoSetup`).
 
     ``signer`` is ``(repository, role)``: a ``signers:`` entry probing a file key exported
     from that role of that repository.
@@ -525,7 +571,8 @@ def e2e_stack(
         stack.callback(recorder.stop)
         repos: dict[str, SimRepo] = {}
         for name, mirrors in repositories.items():
-            repos[name] = make_sim_repo(name, mirrors, tmp, (expiries or {}).get(name))
+            repos[name] = make_sim_repo(name, mirrors, tmp, (expiries or {}).get(name),
+                                        (setups or {}).get(name))
             stack.callback(repos[name].server.stop)
 
         # ---- the exporter

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from support.e2e_harness import (
     REPO_ROOT,
     PromQLError,
+    RepoSetup,
     Stack,
     e2e_stack,
     find_binary,
@@ -32,8 +34,11 @@ from support.e2e_harness import (
 )
 
 from exporter.config.durations import parse_duration
+from exporter.config.model import parse_config
+from exporter.config.yamlfile import ConfigError
 from exporter.generate.alerts import kebab, promql_metric_names
 from exporter.generate.dashboards import build_dashboards
+from exporter.simulator import SimulatedRepository
 
 _MISSING = [name for name, found in (
     ("prometheus", find_binary("prometheus")),
@@ -48,25 +53,80 @@ pytestmark = [
 
 #: scenario repository -> number of mirrors
 REPOSITORIES = {"healthy": 1, "resign": 0, "expiry": 1, "lag": 1, "mass": 2, "burn": 2,
-                "equivocation": 1, "signer": 1, "recovery": 1, "dashboards": 1}
+                "equivocation": 1, "signer": 1, "recovery": 1, "dashboards": 1,
+                "fleet-new": 1, "fleet-boot": 0}
 SIGNER = ("signer", "timestamp")
 #: "resign" signs its timestamp for minutes: its re-signing stops within one test.
 RESIGN_LIFETIME = 150.0
 EXPIRIES = {"resign": {"timestamp": timedelta(seconds=RESIGN_LIFETIME)}}
+
+#: Client views (issue 16): the per-repository keys of the "fleet" branch. Their scenarios
+#: (and these keys in the configuration) are left out only while the configuration loader
+#: refuses the keys as unknown.
+FLEET_KEYS = ("new_client_interval", "bootstrap_roots")
+NEW_CLIENT_INTERVAL = "2s"
+#: "fleet-new": a timestamp that lists the snapshot's version only (as most real repositories
+#: do), so a new client refuses the broken snapshot for its signature. "fleet-boot": root
+#: rotated to version 3 (timestamp keys at 2, root keys at 3) before the exporter starts, its
+#: trusted root version 3, clients in the field starting from versions 1 and 2.
+SETUPS = {
+    "fleet-new": RepoSetup(timestamp_hashes=False,
+                           config={"new_client_interval": NEW_CLIENT_INTERVAL}),
+    "fleet-boot": RepoSetup(rotations=("timestamp", "root"),
+                            config={"new_client_interval": NEW_CLIENT_INTERVAL,
+                                    "bootstrap_roots": ["{root_v1}", "{root_v2}"]}),
+    # the dashboards' panels about failing client views other than returning need one
+    "dashboards": RepoSetup(config={"new_client_interval": NEW_CLIENT_INTERVAL}),
+}
 
 #: From an injected fault to the receiver: probe (1 s) + scrape (1 s) + rule evaluation (1 s)
 #: + ``for:`` + group_wait (1 s); generous for 2 loaded cores.
 NOTIFY_TIMEOUT = 45.0
 
 
+def unknown_fleet_keys(tmp: Path) -> list[str]:
+    """The keys of :data:`FLEET_KEYS` the configuration loader refuses as unknown; any other
+    configuration error is raised (it is a bug, not a missing feature)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    repo = SimulatedRepository()
+    repo.publish()
+    old_root = repo.write_trusted_root(tmp / "1.root.json")
+    repo.rotate_keys("root", remove=1)
+    trusted = tmp / "2.root.json"
+    trusted.write_bytes(repo.publish().metadata("root"))
+    unknown = []
+    for key, value in (("new_client_interval", NEW_CLIENT_INTERVAL),
+                       ("bootstrap_roots", [str(old_root)])):
+        text = yaml.safe_dump({"repositories": [{
+            "name": "keys", "metadata_url": "http://127.0.0.1:9/metadata/",
+            "targets_url": "http://127.0.0.1:9/targets/", "trusted_root": str(trusted),
+            key: value}]})
+        try:
+            parse_config(text, str(tmp / "fleet-keys.yml"), tmp)
+        except ConfigError as exc:
+            if (exc.key or "").endswith(f".{key}") and exc.detail.startswith("unknown key"):
+                unknown.append(key)
+            else:
+                raise
+    return unknown
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory,
+def fleet_unknown(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    return unknown_fleet_keys(tmp_path_factory.mktemp("fleet-keys"))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, fleet_unknown: list[str],
           request: pytest.FixtureRequest) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("e2e")
     started: list[Stack] = []
     stopping = 0.0
+    setups = {name: dataclasses.replace(setup, config={}) if fleet_unknown else setup
+              for name, setup in SETUPS.items()}
     try:
-        with e2e_stack(tmp, REPOSITORIES, signer=SIGNER, expiries=EXPIRIES) as s:
+        with e2e_stack(tmp, REPOSITORIES, signer=SIGNER, expiries=EXPIRIES,
+                       setups=setups) as s:
             started.append(s)
             yield s
             stopping = time.monotonic()
@@ -100,6 +160,17 @@ def e2e(stack: Stack) -> Stack:
     return stack
 
 
+@pytest.fixture
+def fleet(fleet_unknown: list[str], request: pytest.FixtureRequest) -> Stack:
+    """The stack, for scenarios of the client views: skipped (before the stack starts) while
+    the configuration loader does not know their keys (issue 16, the "fleet" branch)."""
+    if fleet_unknown:
+        pytest.skip(f"the configuration loader does not know {', '.join(fleet_unknown)} yet "
+                    "(issue 16: client views)")
+    e2e: Stack = request.getfixturevalue("e2e")
+    return e2e
+
+
 def _runbook(stack: Stack, alertname: str) -> str:
     return f"{stack.options.runbook_base_url.rstrip('/')}/{kebab(alertname)}.md"
 
@@ -115,7 +186,7 @@ def _assert_runbook(stack: Stack, alert: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def test_healthy_repositories_raise_no_alert(e2e: Stack) -> None:
+def test_healthy_repositories_raise_no_alert(e2e: Stack, fleet_unknown: list[str]) -> None:
     # Every repository has been probed ok; "healthy" keeps being re-signed (timestamp 1 day,
     # snapshot 7 days, targets 90 days, root 1 year: the simulator's lifetimes). Watch for
     # longer than every shortened "for:"; the production-long ones (slow burn, spool, ...)
@@ -153,6 +224,12 @@ def test_healthy_repositories_raise_no_alert(e2e: Stack) -> None:
     assert lifetime is not None and 6 * 86400 < lifetime <= 7 * 86400
     e2e.record("healthy", f"re-signed every 2 s for {window:g}s -> no alert at all",
                time.monotonic() - t0)
+    if not fleet_unknown:  # the client views ran all along, and passed
+        for name, clients in (("fleet-new", {"returning", "new"}),
+                              ("fleet-boot", {"returning", "new", "bootstrap-root-v1",
+                                              "bootstrap-root-v2"})):
+            expected = {(ep, c) for ep in e2e.repos[name].endpoints for c in clients}
+            assert _views(e2e, name, 1) == expected, name
 
 
 def test_re_signing_stopped_tickets_then_pages_before_expiry(e2e: Stack) -> None:
@@ -455,6 +532,138 @@ def test_recovery_sends_resolved_notifications(e2e: Stack) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# 7. part of the fleet cannot update (issue 16) -> TufClientViewFailing pages, returning green
+# --------------------------------------------------------------------------------------------
+
+#: The page's budget: the next run of the view (one new_client_interval), the confirming run
+#: within the alert's for:, then scrape, evaluation and group_wait as for the other scenarios.
+FLEET_TIMEOUT = NOTIFY_TIMEOUT + 2 * parse_duration(NEW_CLIENT_INTERVAL)
+
+
+def _views(e2e: Stack, repository: str, value: int) -> set[tuple[str, str]]:
+    """(endpoint, client) of the views of ``repository`` whose last verdict is ``value``."""
+    return {(r["metric"]["endpoint"], r["metric"]["client"]) for r in e2e.prometheus.query(
+        f'tuf_client_update_success{{repository="{repository}"}} == {value}')}
+
+
+def _wait_views_ok(e2e: Stack, repository: str, clients: set[str]) -> None:
+    endpoints = e2e.repos[repository].endpoints
+    wanted = {(endpoint, client) for endpoint in endpoints for client in clients}
+    poll(lambda: _views(e2e, repository, 1) >= wanted, NOTIFY_TIMEOUT,
+         f"the views {sorted(clients)} of {repository} ok in Prometheus",
+         diagnose=lambda: e2e.diagnose(repository))
+
+
+def _views_ran_since(e2e: Stack, repository: str, since: float, clients: set[str]) -> bool:
+    """Every view of ``clients`` of ``repository`` finished a run after unix time ``since``."""
+    ran = {(r["metric"]["endpoint"], r["metric"]["client"]) for r in e2e.prometheus.query(
+        f'tuf_client_last_check_timestamp_seconds{{repository="{repository}"}} > {since:.3f}')}
+    return ran >= {(ep, c) for ep in e2e.repos[repository].endpoints for c in clients}
+
+
+def _assert_returning_stayed_green(e2e: Stack, repository: str, since: float) -> None:
+    """The returning view of every endpoint of ``repository`` passed all along since
+    ``since`` (time.monotonic()), and no endpoint alert was sent for it."""
+    window = f"{int(time.monotonic() - since) + 1}s"
+    for selector in (f'tuf_probe_success{{repository="{repository}"}}',
+                     f'tuf_client_update_success{{repository="{repository}", '
+                     'client="returning"}'):
+        dipped = e2e.prometheus.query(f"min_over_time({selector}[{window}]) < 1")
+        assert not dipped, f"the returning view of {repository} failed: {dipped}"
+    endpoint_alerts = [n.summary() for n, a in e2e.recorder.matching(since, repository=repository)
+                       if a["labels"].get("alertname") in ("TufEndpointVerificationFailing",
+                                                           "TufVerificationMassFailure")]
+    assert not endpoint_alerts, endpoint_alerts
+
+
+def test_snapshot_broken_for_new_clients_pages_for_the_new_view(fleet: Stack) -> None:
+    e2e = fleet
+    sim = e2e.repos["fleet-new"]
+    _wait_views_ok(e2e, "fleet-new", {"returning", "new"})
+    t0 = time.monotonic()
+    # Same version, same length, timestamp unchanged: returning clients never fetch it again.
+    for endpoint in sim.endpoints:
+        sim.server.inject("corrupt-signature", endpoint=endpoint)
+    try:
+        note, alert = e2e.recorder.wait_for(t0, FLEET_TIMEOUT, receiver="page",
+                                            alertname="TufClientViewFailing",
+                                            repository="fleet-new")
+        e2e.record("fleet-new", f"snapshot signature broken -> page for new clients "
+                   f"(interval {NEW_CLIENT_INTERVAL}, for: {e2e.options.client_view_failure_for})",
+                   note.received - t0)
+        assert alert["labels"]["client"] == "new"
+        assert alert["labels"]["severity"] == "page"
+        _assert_runbook(e2e, alert)
+        assert note.payload["groupLabels"] == {"alertname": "TufClientViewFailing",
+                                               "repository": "fleet-new"}
+
+        # Both endpoints serve the broken copy: both pages arrive in the repository's group.
+        def both_endpoints() -> bool:
+            return {a["labels"]["endpoint"] for _, a in e2e.recorder.matching(
+                t0, alertname="TufClientViewFailing", repository="fleet-new")} == \
+                set(sim.endpoints)
+
+        poll(both_endpoints, FLEET_TIMEOUT, "the page for every endpoint of fleet-new",
+             diagnose=lambda: e2e.diagnose("fleet-new"))
+        clients = {a["labels"]["client"] for _, a in e2e.recorder.matching(
+            t0, alertname="TufClientViewFailing", repository="fleet-new")}
+        assert clients == {"new"}
+        # python-tuf's verdict: the snapshot's signature.
+        assert e2e.prometheus.query(
+            'tuf_client_update_failures_total{repository="fleet-new", client="new", '
+            'reason="bad_signature", role="snapshot"} > 0')
+        _assert_returning_stayed_green(e2e, "fleet-new", t0)
+    finally:
+        t1 = time.monotonic()
+        sim.server.clear()
+    note, _ = e2e.recorder.wait_for(t1, FLEET_TIMEOUT, status="resolved", receiver="page",
+                                    alertname="TufClientViewFailing", repository="fleet-new")
+    e2e.record("fleet-new", "fault cleared -> resolved", note.received - t1)
+
+
+def test_missing_intermediate_root_pages_for_bootstrap_root_v1_only(fleet: Stack) -> None:
+    e2e = fleet
+    sim = e2e.repos["fleet-boot"]
+    assert sim.repo.latest.root_versions() == [1, 2, 3]
+    views = {"returning", "new", "bootstrap-root-v1", "bootstrap-root-v2"}
+    _wait_views_ok(e2e, "fleet-boot", views)
+    t0 = time.monotonic()
+    fault_time = time.time()
+    sim.server.inject("root-missing", version=2)  # 2.root.json: 404
+    try:
+        note, alert = e2e.recorder.wait_for(t0, FLEET_TIMEOUT, receiver="page",
+                                            alertname="TufClientViewFailing",
+                                            repository="fleet-boot")
+        e2e.record("fleet-boot", "2.root.json missing -> page for bootstrap-root-v1",
+                   note.received - t0)
+        assert alert["labels"]["client"] == "bootstrap-root-v1"
+        assert alert["labels"]["endpoint"] == "primary"
+        _assert_runbook(e2e, alert)
+        # Every view has run since the fault: only the client starting from root 1 fails.
+        poll(lambda: _views_ran_since(e2e, "fleet-boot", fault_time, views), FLEET_TIMEOUT,
+             "every view of fleet-boot run after the fault",
+             diagnose=lambda: e2e.diagnose("fleet-boot"))
+        assert _views(e2e, "fleet-boot", 0) == {("primary", "bootstrap-root-v1")}
+        assert _views(e2e, "fleet-boot", 1) == {("primary", c) for c in views} - {
+            ("primary", "bootstrap-root-v1")}
+        # python-tuf took the 404 as the end of the chain: root 1 does not know the timestamp
+        # key rotated in root 2.
+        assert e2e.prometheus.query(
+            'tuf_client_update_failures_total{repository="fleet-boot", '
+            'client="bootstrap-root-v1", reason="bad_signature", role="timestamp"} > 0')
+        assert {a["labels"]["client"] for _, a in e2e.recorder.matching(
+            t0, alertname="TufClientViewFailing", repository="fleet-boot")} == \
+            {"bootstrap-root-v1"}
+        _assert_returning_stayed_green(e2e, "fleet-boot", t0)
+    finally:
+        t1 = time.monotonic()
+        sim.server.clear()
+    note, _ = e2e.recorder.wait_for(t1, FLEET_TIMEOUT, status="resolved", receiver="page",
+                                    alertname="TufClientViewFailing", repository="fleet-boot")
+    e2e.record("fleet-boot", "2.root.json restored -> resolved", note.received - t1)
+
+
+# --------------------------------------------------------------------------------------------
 # Dashboards: every panel query returns data from the live Prometheus
 # --------------------------------------------------------------------------------------------
 
@@ -508,7 +717,8 @@ def _panel_queries(dashboard: Any, board: str) -> Iterator[tuple[str, str]]:
             yield from _panel_queries(item, board)
 
 
-def test_every_dashboard_panel_query_returns_data(e2e: Stack, tmp_path: Path) -> None:
+def test_every_dashboard_panel_query_returns_data(e2e: Stack, tmp_path: Path,
+                                                 fleet_unknown: list[str]) -> None:
     repositories = sorted(e2e.repos)
     endpoints = sorted({ep for r in e2e.repos.values() for ep in r.endpoints})
     # Plain names: a regex alternation needs no escaping (PromQL refuses Go-invalid "\-").
@@ -531,12 +741,13 @@ def test_every_dashboard_panel_query_returns_data(e2e: Stack, tmp_path: Path) ->
         poll(lambda: e2e.prometheus.query(
             'tuf_probe_success{repository="dashboards", endpoint="mirror-1"} == 0'),
             NOTIFY_TIMEOUT, "the dashboards mirror failing in Prometheus")
-        _check_queries(e2e, filled)
+        _check_queries(e2e, filled, fleet_unknown)
     finally:
         sim.server.clear()
 
 
-def _check_queries(e2e: Stack, filled: list[tuple[str, str, str]]) -> None:
+def _check_queries(e2e: Stack, filled: list[tuple[str, str, str]],
+                   fleet_unknown: list[str]) -> None:
 
     errors = []
     for where, _, expr in filled:
@@ -551,6 +762,9 @@ def _check_queries(e2e: Stack, filled: list[tuple[str, str, str]]) -> None:
                 if not e2e.prometheus.query(f'count({{__name__="{n}"}})')}
 
     def explained(expr: str) -> str | None:
+        if fleet_unknown and 'client!="returning"' in expr:
+            return "no client view but returning: the configuration loader does not know " \
+                   f"{', '.join(fleet_unknown)} yet"
         gone = absent(promql_metric_names(expr))
         reasons = {MAY_BE_ABSENT[n] for n in gone if n in MAY_BE_ABSENT}
         return "; ".join(sorted(reasons)) if reasons and gone <= set(MAY_BE_ABSENT) else None
