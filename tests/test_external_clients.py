@@ -9,22 +9,31 @@ through the forwarder with urllib, against the simulated repository of ``conftes
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
 import tracemalloc
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
+import yaml
 from conftest import Sim, poll
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
+from exporter import cli
 from exporter.config.model import Client, ClientMode
+from exporter.probe import install
 from exporter.probe.external import OUTPUT_BOUND, Forwarder, client_dir, run_client
 from exporter.probe.results import ProbeResult
+from exporter.serve.service import Service
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -277,3 +286,151 @@ def test_the_forwarder_passes_statuses_on_and_refuses_paths_outside_the_endpoint
         assert requests.get(forwarder.base_url + "/other/x", timeout=5).status_code == 404
         assert [(r.role, r.status) for r in forwarder.records] == [
             ("timestamp", 200), ("root", 404)]
+
+
+def _service_config(sim: Sim, path: Path, fake: Path, notes: Path) -> Path:
+    primary = sim.server.endpoint_urls("primary")
+    client = {"command": [sys.executable, str(fake)], "interval": "1s", "mode": "returning"}
+    document = {
+        "state_dir": str(path.parent / "state"),
+        "jitter": 0,
+        "client_concurrency": 2,
+        "clients": [
+            {**client, "name": "hang", "timeout": "3s",
+             "env": {"FAKE": "hang", "FAKE_OUT": str(notes)}},
+            {**client, "name": "flood", "timeout": "20s", "env": {"FAKE": "flood"}},
+        ],
+        "repositories": [{
+            "name": "sim", "metadata_url": primary[0], "targets_url": primary[1],
+            "trusted_root": str(sim.trusted_root), "interval": "1s", "timeout": "3s",
+            "canary_targets": ["files/a.txt"],
+        }],
+    }
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def test_hanging_and_flooding_clients_never_delay_the_python_tuf_probes_or_a_scrape(
+        sim: Sim, fake: Path, tmp_path: Path) -> None:
+    notes = tmp_path / "notes"
+    service = Service(_service_config(sim, tmp_path / "config.yml", fake, notes),
+                      first_run_within=0.1)
+    service.start()
+    try:
+        poll(lambda: notes.is_file() and "child" in notes.read_text(), timeout=20)
+        # while the hanging client hangs (3 s) and the flood runs: probes on time, scrapes fast
+        changes: list[float] = []
+        last = None
+        slowest_scrape = 0.0
+        until = time.monotonic() + 4.0
+        while time.monotonic() < until:
+            t0 = time.monotonic()
+            samples = _scrape(service)
+            slowest_scrape = max(slowest_scrape, time.monotonic() - t0)
+            now = _value(samples, "tuf_exporter_last_probe_timestamp_seconds",
+                         endpoint="primary")
+            if now is not None and now != last:
+                changes.append(time.monotonic())
+                last = now
+            time.sleep(0.05)
+        gaps = [b - a for a, b in itertools.pairwise(changes)]
+        assert len(changes) >= 3 and max(gaps) < 2.5, gaps  # every 1 s, as configured
+        assert slowest_scrape < 1.0, slowest_scrape
+
+        def both_failed() -> dict[str, dict[str, str]] | None:
+            samples = _scrape(service)
+            failed = {labels["client"]: labels for labels, value in
+                      samples.get("tuf_client_update_failures_total", []) if value > 0}
+            return failed if {"hang", "flood"} <= set(failed) else None
+
+        failed = poll(both_failed, timeout=30)
+        assert failed["hang"]["reason"] == "client_timeout"
+        assert (failed["flood"]["reason"], failed["flood"]["role"]) == ("client_rejected", "root")
+        samples = _scrape(service)
+        assert _value(samples, "tuf_client_update_success", client="hang") == 0
+        assert _value(samples, "tuf_client_update_success", client="returning") == 1
+        # the python-tuf probe's own series stay the returning view's alone
+        assert len(samples["tuf_probe_success"]) == 1
+        log = service.store.endpoint_log("sim", "primary")
+        assert log.latest is not None and log.latest.client == "returning"
+    finally:
+        service.stop()
+
+
+def _scrape(service: Service) -> dict[str, list[tuple[dict[str, str], float]]]:
+    text = generate_latest(service.registry).decode()
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            out.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return out
+
+
+def _value(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str
+           ) -> float | None:
+    for got, value in samples.get(name, []):
+        if all(got.get(k) == want for k, want in labels.items()):
+            return value
+    return None
+
+
+# --- tuf-exporter clients install ------------------------------------------------------------
+
+STAND_IN_ADAPTER = "import tuf, tuf.ngclient, sys; print('adapter on tuf', tuf.__version__)\n"
+
+
+def test_clients_install_refuses_an_unknown_client_and_a_used_directory(tmp_path: Path,
+                                                                        capsys: Any) -> None:
+    assert cli.main(["clients", "install", "python-tuf", "--dir", str(tmp_path / "d")]) == 2
+    assert "expected python-tuf==X.Y.Z or tuf-js" in capsys.readouterr().err
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "file").write_text("mine")
+    adapter = tmp_path / "adapter.py"
+    adapter.write_text(STAND_IN_ADAPTER)
+    with pytest.raises(install.InstallError, match="exists and is not empty"):
+        install.install_python_tuf("7.0.1", tmp_path / "used", adapter=adapter)
+    assert (tmp_path / "used" / "file").read_text() == "mine"  # nothing lost
+
+
+@pytest.mark.install
+@pytest.mark.skipif(not os.environ.get("TUF_EXPORTER_INSTALL_TESTS"),
+                    reason="a real pip install (> 30 s): set TUF_EXPORTER_INSTALL_TESTS=1")
+@pytest.mark.timeout(600)
+def test_clients_install_python_tuf_makes_a_pinned_environment_with_the_adapter(
+        tmp_path: Path) -> None:
+    """A real install (pip, from the configured index) of the release the project runs."""
+    import tuf
+
+    adapter = tmp_path / "python_tuf_client.py"
+    adapter.write_text(STAND_IN_ADAPTER)
+    installed = install.install_python_tuf(tuf.__version__, tmp_path / "client", adapter=adapter)
+    line = installed.config_line()
+    command = yaml.safe_load(line)["command"]
+    assert command == [str(tmp_path / "client" / "venv" / "bin" / "python"),
+                       str(tmp_path / "client" / "python_tuf_client.py")]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60)
+    assert done.stdout.strip() == f"adapter on tuf {tuf.__version__}"
+    with pytest.raises(install.InstallError, match="not empty"):
+        install.install_python_tuf(tuf.__version__, tmp_path / "client", adapter=adapter)
+
+
+def test_clients_install_tuf_js_copies_the_adapter_and_runs_npm_ci(tmp_path: Path) -> None:
+    source = tmp_path / "tuf-js"
+    source.mkdir()
+    for name in install.TUF_JS_FILES:
+        (source / name).write_text(f"// {name}\n")
+    npm = tmp_path / "npm"
+    npm.write_text(f"#!{sys.executable}\nimport os, sys\nos.mkdir('node_modules')\n"
+                   "open('node_modules/argv', 'w').write(' '.join(sys.argv[1:]))\n")
+    npm.chmod(0o755)
+    installed = install.install_tuf_js(tmp_path / "client", npm=str(npm), source=source)
+    client = tmp_path / "client"
+    assert (client / "node_modules" / "argv").read_text() == "ci --no-audit --no-fund"
+    assert sorted(p.name for p in client.iterdir()) == sorted(
+        [*install.TUF_JS_FILES, "node_modules"])
+    assert installed.command[1] == str(client / "tuf-client.mjs")
+    failing = tmp_path / "npm-fails"
+    failing.write_text(f"#!{sys.executable}\nimport sys\nsys.exit('npm ERR! no network')\n")
+    failing.chmod(0o755)
+    with pytest.raises(install.InstallError, match=r"npm ci failed.*no network"):
+        install.install_tuf_js(tmp_path / "other", npm=str(failing), source=source)

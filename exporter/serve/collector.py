@@ -40,6 +40,8 @@ def _code_class(status: int | None) -> str:
 class _Key:
     repository: str
     endpoint: str
+    #: The client view; the python-tuf probe's is ``returning``.
+    client: str = CLIENT_RETURNING
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,10 @@ class ProbeStore:
         self._recent_failures: dict[_Key, deque[ProbeResult]] = {}
         self._probes: Counter[tuple[str, str, str]] = Counter()
         self._failures: Counter[tuple[str, str, str, str]] = Counter()
+        #: Failed verdicts of the other client views (external clients): (repository,
+        #: endpoint, client, reason, role).
+        self._view_failures: Counter[tuple[str, str, str, str, str]] = Counter()
+        self._views: frozenset[tuple[str, str, str]] = frozenset()
         self._http: Counter[tuple[str, str, str]] = Counter()
         self._retries: Counter[tuple[str, str]] = Counter()
         self._skipped: Counter[tuple[str, str]] = Counter()
@@ -78,11 +84,19 @@ class ProbeStore:
             {(str(cause),): 0 for cause in ErrorCause})
         self._in_flight = 0
 
-    def expect(self, endpoints: Iterable[tuple[str, str]]) -> None:
-        """Declare the configured endpoints: their counters exist (at 0) before any probe,
-        and the state of endpoints no longer configured is dropped."""
+    def expect(self, endpoints: Iterable[tuple[str, str]],
+               views: Iterable[tuple[str, str, str]] = ()) -> None:
+        """Declare the configured endpoints and the (repository, endpoint, client) of their
+        external client views: the endpoints' counters exist (at 0) before any probe, and the
+        state of endpoints and views no longer configured is dropped."""
         wanted = set(endpoints)
         with self._lock:
+            self._views = frozenset(views)
+            for key in [k for k in self._latest if k.client != CLIENT_RETURNING
+                        and (k.repository, k.endpoint, k.client) not in self._views]:
+                del self._latest[key]
+            for failed in [k for k in self._view_failures if k[:3] not in self._views]:
+                del self._view_failures[failed]
             for repository, endpoint in wanted:
                 for result in ("success", "failure"):
                     self._probes[(repository, endpoint, result)] += 0
@@ -115,6 +129,9 @@ class ProbeStore:
         endpoint's last verdict, facts and last-probe time as they were, so nothing about the
         repository changes because of the host.
         """
+        if result.client != CLIENT_RETURNING:
+            self._record_view(result)
+            return
         repo, endpoint = result.repository, result.endpoint
         key = _Key(repo, endpoint)
         seen = replace(result, delegated={})  # as this probe saw it; bounded in size
@@ -146,6 +163,28 @@ class ProbeStore:
                 self._http[(repo, endpoint, _code_class(request.status))] += 1
                 self._retries[(repo, endpoint)] += request.retries
 
+    def _record_view(self, result: ProbeResult) -> None:
+        """Keep the verdict of an external client view (``tuf_client_*`` only: the
+        ``tuf_probe_*`` series, the in-flight count and the status page's endpoint log are
+        the python-tuf probe's). A run stopped by a fault of this host reached no verdict: it
+        is counted in ``tuf_exporter_errors_total`` and leaves the view as it was."""
+        key = _Key(result.repository, result.endpoint, result.client)
+        with self._lock:
+            if result.reason is Reason.EXPORTER_ERROR:
+                self._exporter_errors[(str(result.cause or ErrorCause.INTERNAL),)] += 1
+                return
+            self._latest[key] = result
+            if not result.success:
+                self._view_failures[(result.repository, result.endpoint, result.client,
+                                     str(result.reason or "other"),
+                                     str(result.role or "root"))] += 1
+
+    def view_failures(self) -> dict[tuple[str, str, str, str, str], int]:
+        """Failed verdicts of the external client views, by (repository, endpoint, client,
+        reason, role)."""
+        with self._lock:
+            return dict(self._view_failures)
+
     def exporter_error(self, cause: ErrorCause) -> None:
         """Count a fault of this host outside a probe's verdict (history, spool, ...)."""
         with self._lock:
@@ -157,7 +196,7 @@ class ProbeStore:
             self._skipped[(repository, endpoint)] += 1
 
     def latest(self) -> list[ProbeResult]:
-        """The latest result of every endpoint."""
+        """The latest result of every endpoint and client view."""
         with self._lock:
             return list(self._latest.values())
 
@@ -233,7 +272,8 @@ class ExporterCollector(Collector):
         (latest, probes, failures, http, retries, skipped, exporter_errors,
          in_flight) = self._store.snapshot()
         yield from _probe_families(latest, now)
-        yield from _counter_families(probes, failures, http, retries, skipped, exporter_errors)
+        yield from _counter_families(probes, failures, http, retries, skipped, exporter_errors,
+                                     self._store.view_failures())
         info = family("tuf_exporter_build_info")
         info.add_metric([__version__], 1)
         yield info
@@ -265,8 +305,13 @@ def _probe_families(latest: list[ProbeResult], now: float) -> Iterator[Metric]:
         "tuf_client_update_success", "tuf_client_last_check_timestamp_seconds",
     )
     fam = {name: family(name) for name in names}
-    for r in sorted(latest, key=lambda r: (r.repository, r.endpoint)):
+    for r in sorted(latest, key=lambda r: (r.repository, r.endpoint, r.client)):
         base = [r.repository, r.endpoint]
+        view = [*base, r.client]
+        fam["tuf_client_update_success"].add_metric(view, 1 if r.success else 0)
+        fam["tuf_client_last_check_timestamp_seconds"].add_metric(view, r.finished_at)
+        if r.client != CLIENT_RETURNING:
+            continue  # every other series is the python-tuf probe's
         fam["tuf_probe_success"].add_metric(base, 1 if r.success else 0)
         fam["tuf_probe_duration_seconds"].add_metric(base, r.duration_seconds)
         for phase in r.phases:
@@ -298,9 +343,6 @@ def _probe_families(latest: list[ProbeResult], now: float) -> Iterator[Metric]:
             )
         fam["tuf_target_download_duration_seconds"].add_metric(base, r.target_download_seconds)
         fam["tuf_exporter_last_probe_timestamp_seconds"].add_metric(base, r.finished_at)
-        view = [*base, r.client]
-        fam["tuf_client_update_success"].add_metric(view, 1 if r.success else 0)
-        fam["tuf_client_last_check_timestamp_seconds"].add_metric(view, r.finished_at)
     yield from fam.values()
 
 
@@ -323,6 +365,7 @@ def _counter_families(
     retries: dict[tuple[str, str], int],
     skipped: dict[tuple[str, str], int],
     exporter_errors: dict[tuple[str], int],
+    view_failures: dict[tuple[str, str, str, str, str], int],
 ) -> Iterator[Metric]:
     pairs: list[tuple[str, dict[Any, int]]] = [
         ("tuf_probes_total", probes),
@@ -341,4 +384,6 @@ def _counter_families(
     views = family("tuf_client_update_failures_total")
     for (repository, endpoint, reason, role), value in sorted(failures.items()):
         views.add_metric([repository, endpoint, CLIENT_RETURNING, reason, role], value)
+    for labels, value in sorted(view_failures.items()):  # the external clients' own
+        views.add_metric(list(labels), value)
     yield views

@@ -24,7 +24,15 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from prometheus_client.core import Metric
 
 from exporter.catalogue import family
-from exporter.config.model import Config, ConfigError, Endpoint, Repository, Signer, load_config
+from exporter.config.model import (
+    Client,
+    Config,
+    ConfigError,
+    Endpoint,
+    Repository,
+    Signer,
+    load_config,
+)
 from exporter.events.model import Event, EventKind
 from exporter.events.shipper import Shipper
 from exporter.events.spool import Spool
@@ -32,6 +40,7 @@ from exporter.generate.alerts import AlertOptions
 from exporter.history.cadence import CadenceTracker, online_roles
 from exporter.history.recorder import Finding, HistoryStore, configured_endpoints
 from exporter.probe.classify import exporter_error_result
+from exporter.probe.external import run_client
 from exporter.probe.prober import Prober, TrustedRootError, load_trusted_root, temporary_directory
 from exporter.probe.results import ErrorCause, ProbeResult, Reason
 from exporter.probe.signers import CachedKeySource, SignerMonitor
@@ -84,6 +93,7 @@ def verification_event(result: ProbeResult) -> Event:
         durations={"probe": result.duration_seconds,
                    **{f"phase.{p.phase}": p.seconds for p in result.phases}},
         details={"success": result.success, "reused_verdict": result.reused_verdict,
+                 "client": result.client,
                  **({} if result.cause is None else {"cause": str(result.cause)}),
                  "delegations": result.delegations.count,
                  "delegations_failing": result.delegations.failing},
@@ -93,6 +103,12 @@ def verification_event(result: ProbeResult) -> Event:
 def _endpoint_keys(config: Config) -> set[tuple[str, str]]:
     """(repository, endpoint) of every endpoint ``config`` names."""
     return {(r.name, e.name) for r in config.repositories for e in r.endpoints}
+
+
+def _client_views(config: Config) -> set[tuple[str, str, str]]:
+    """(repository, endpoint, client) of every external client view ``config`` names."""
+    return {(r.name, e.name, c) for r in config.repositories for e in r.endpoints
+            for c in r.clients}
 
 
 class Membership:
@@ -201,8 +217,11 @@ class Service:
             self.store, lambda: self.config, history_metrics=self.history.metrics,
             signer_results=self.signers.results, options=alert_options,
         )
+        #: Bounds external client processes (``client_concurrency``, sized at start).
+        self.client_slots = threading.Semaphore(config.client_concurrency)
         self.scheduler = Scheduler(
-            self._probe, self.store.skipped, config.workers, run_signer=self._probe_signer
+            self._probe, self.store.skipped, config.workers, run_signer=self._probe_signer,
+            run_client=self._probe_client, client_workers=config.client_concurrency,
         )
         self.collector.add_source(self.scheduler.metrics)
         self.collector.add_source(self._thread_metrics)
@@ -275,7 +294,7 @@ class Service:
         stays on disk for ``history_retention`` (see ``HistoryStore.configure``)."""
         keys = _endpoint_keys(config)
         with self.members.changing(keys):
-            self.store.expect(keys)
+            self.store.expect(keys, _client_views(config))
             self.prober.forget(keys)
             self.signers.configure(config.signers)
             self.keys.retain({s.repository for s in config.signers})
@@ -337,6 +356,31 @@ class Service:
             "role": None if result.role is None else str(result.role),
             "detail": result.message, "duration_seconds": round(result.duration_seconds, 4),
             "reused_verdict": result.reused_verdict,
+        })
+        return result
+
+    def _probe_client(self, client: Client, repo: Repository, endpoint: Endpoint) -> ProbeResult:
+        """Run an external client against one endpoint and record its verdict: the store
+        (``tuf_client_*``) and an event; the history and cadence are python-tuf's alone."""
+        root = self._loaded.trusted_roots[repo.name]
+        result = run_client(client, repo, endpoint, root, self.config.state_dir,
+                            self.client_slots)
+        with self.members.recording(repo.name, endpoint.name) as configured:
+            view = (repo.name, endpoint.name, client.name)
+            if not configured or view not in _client_views(self.config):
+                log.info("client %s on %s/%s finished after its removal; not recorded",
+                         client.name, repo.name, endpoint.name)
+                return result
+            self.store.record(result)
+            if not self.spool.emit(verification_event(result)):
+                self.store.exporter_error(ErrorCause.SPOOL)
+        level = logging.INFO if result.success else logging.WARNING
+        log.log(level, "client %s", "succeeded" if result.success else "failed", extra={
+            "repository": repo.name, "endpoint": endpoint.name, "client": client.name,
+            "reason": None if result.reason is None else str(result.reason),
+            "cause": None if result.cause is None else str(result.cause),
+            "role": None if result.role is None else str(result.role),
+            "detail": result.message, "duration_seconds": round(result.duration_seconds, 4),
         })
         return result
 
