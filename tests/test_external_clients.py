@@ -434,3 +434,20 @@ def test_clients_install_tuf_js_copies_the_adapter_and_runs_npm_ci(tmp_path: Pat
     failing.chmod(0o755)
     with pytest.raises(install.InstallError, match=r"npm ci failed.*no network"):
         install.install_tuf_js(tmp_path / "other", npm=str(failing), source=source)
+
+
+def test_the_probe_command_runs_the_configured_clients_too(
+        plain: Sim, fake: Path, tmp_path: Path, capsys: Any) -> None:
+    config = _service_config(plain, tmp_path / "config.yml", fake, tmp_path / "notes")
+    document = yaml.safe_load(config.read_text())
+    document["clients"] = [{"name": "ok", "command": [sys.executable, str(fake)],
+                            "timeout": "20s", "env": {"FAKE": "ok"}},
+                           {"name": "rejects", "command": [sys.executable, str(fake)],
+                            "timeout": "20s", "env": {"FAKE": "reject"}}]
+    config.write_text(yaml.safe_dump(document))
+    assert cli.main(["probe", "--config", str(config), "--json"]) == 1  # one client rejects
+    [repository] = json.loads(capsys.readouterr().out)["repositories"]
+    verdicts = {e["client"]: (e["success"], e["reason"], e["role"])
+                for e in repository["endpoints"]}
+    assert verdicts == {"returning": (True, None, None), "ok": (True, None, None),
+                        "rejects": (False, "client_rejected", "snapshot")}
