@@ -159,8 +159,12 @@ def test_success_fetches_through_the_forwarder_and_records_every_request(
     assert (base / "metadata" / "timestamp.json").is_file()
     assert [p.name for p in base.iterdir()] == ["metadata"]
     out.unlink()
+    left = base / "run-left-by-a-crash"  # an exporter killed mid-run leaves its run directory
+    (left / "home").mkdir(parents=True)
+    os.utime(left, (time.time() - 2 * 86400, time.time() - 2 * 86400))
     assert _run(plain, client).success
     assert "init" not in out.read_text()
+    assert not left.exists()
 
 
 def test_new_mode_inits_a_fresh_directory_every_run(plain: Sim, fake: Path, tmp_path: Path

@@ -78,6 +78,8 @@ OUTPUT_BOUND = 64 * 1024
 MESSAGE_TAIL = 4096
 #: Seconds between SIGTERM and SIGKILL to a client's process group at its timeout.
 KILL_GRACE = 2.0
+#: Age in seconds past which a run directory is taken as left behind by a stopped exporter.
+STALE_RUN = 86400.0
 #: Seconds the forwarder keeps an idle client connection open.
 _IDLE = 30.0
 _READ = 64 * 1024
@@ -470,8 +472,13 @@ class _Dirs:
 
 @contextlib.contextmanager
 def _run_dirs(base: Path, client: Client, trusted_root: bytes) -> Iterator[_Dirs]:
-    """The run's directories below ``base``, removed afterwards."""
+    """The run's directories below ``base``, removed afterwards. Run directories a stopped
+    exporter left behind (older than :data:`STALE_RUN`) are removed first."""
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for stale in base.glob("run-*"):
+        with contextlib.suppress(OSError):  # gone already, or not ours to judge: leave it
+            if time.time() - stale.stat().st_mtime > STALE_RUN:
+                shutil.rmtree(stale, ignore_errors=True)
     run = Path(tempfile.mkdtemp(prefix="run-", dir=base))
     try:
         dirs = _Dirs(run, run / "home", run / "tmp", run / "targets",
