@@ -54,7 +54,7 @@ class MetricSpec:
 #: no verdict, kept out of the SLO and the repository alerts.
 EXPORTER_ERROR = "exporter_error"
 
-#: Fixed failure reasons of the prober (``reason`` label values).
+#: Fixed failure reasons of the prober and of external client views (``reason`` label values).
 REASONS: tuple[str, ...] = (
     "expired",
     "bad_signature",
@@ -67,6 +67,9 @@ REASONS: tuple[str, ...] = (
     "target_not_found",
     "other",
     EXPORTER_ERROR,
+    "client_rejected",
+    "client_timeout",
+    "client_error",
 )
 
 #: Faults of this host (``cause`` label of tuf_exporter_errors_total and

@@ -18,10 +18,18 @@ from typing import Any
 
 from exporter import __version__, logs
 from exporter.config.durations import parse_duration
-from exporter.config.model import ConfigError, Endpoint, Repository, load_config, parse_shard
+from exporter.config.model import (
+    Config,
+    ConfigError,
+    Endpoint,
+    Repository,
+    load_config,
+    parse_shard,
+)
 from exporter.config.roots import TrustedRootError, load_bootstrap_roots, load_trusted_root
 from exporter.generate.alerts import AlertOptions
 from exporter.history.store import HistoryError
+from exporter.probe.external import run_client
 from exporter.probe.prober import Prober, temporary_directory
 from exporter.probe.results import ProbeResult, rfc3339
 from exporter.serve.service import Loaded, Service
@@ -89,11 +97,53 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     with ThreadPoolExecutor(max_workers=max(1, min(config.workers, len(jobs)))) as pool:
         views = list(pool.map(lambda job: every_view(*job), jobs))
+    external = _run_clients(config, repos, loaded.trusted_roots)
+    for results in views:  # an external client's view goes with its endpoint's
+        results += [r for r in external
+                    if (r.repository, r.endpoint) == (results[0].repository, results[0].endpoint)]
     if args.json:
         print(json.dumps(_as_json(views), indent=2))
     else:
         _print_table([result for results in views for result in results])
     return EXIT_OK if all(r.success for results in views for r in results) else EXIT_FAILED
+
+
+def _run_clients(config: Config, repos: Sequence[Repository],
+                 roots: dict[str, bytes]) -> list[ProbeResult]:
+    """One run of every external client of ``repos`` against each endpoint, at most
+    ``client_concurrency`` at once."""
+    jobs = [(config.client(name), repo, endpoint)
+            for repo in repos for name in repo.clients for endpoint in repo.endpoints]
+    if not jobs:
+        return []
+    slots = threading.Semaphore(config.client_concurrency)
+    with ThreadPoolExecutor(max_workers=min(config.client_concurrency, len(jobs))) as pool:
+        return list(pool.map(lambda job: run_client(
+            job[0], job[1], job[2], roots[job[1].name], config.state_dir, slots), jobs))
+
+
+def cmd_clients_install(args: argparse.Namespace) -> int:
+    """Install a shipped external client in a directory of its own; print its ``command:``."""
+    from exporter.probe import install
+
+    try:
+        kind, version = install.parse_spec(args.spec)
+    except ValueError as exc:
+        print(f"tuf-exporter: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if kind == "tuf-js":
+            installed = install.install_tuf_js(args.dir)
+        else:
+            assert version is not None
+            also = tuple(args.also) if args.also is not None else install.DEFAULT_ALSO
+            installed = install.install_python_tuf(version, args.dir, also)
+    except install.InstallError as exc:
+        print(f"tuf-exporter: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"# {installed.description}; in the configuration's clients: list:")
+    print(installed.config_line())
+    return EXIT_OK
 
 
 def _as_json(views: Sequence[Sequence[ProbeResult]]) -> dict[str, Any]:
@@ -311,6 +361,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--fault-endpoint", default="primary",
                       choices=["primary", "mirror-lagging", "mirror-ok"])
     demo.set_defaults(func=cmd_demo)
+
+    clients = sub.add_parser("clients", help="external TUF clients (tuf-conformance client CLI)")
+    clients_sub = clients.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    clients_install = clients_sub.add_parser(
+        "install", help="install a shipped client in a directory and print its command: line")
+    clients_install.add_argument("spec", metavar="python-tuf==X.Y.Z|tuf-js",
+                                 help="which client: a python-tuf release, or tuf-js")
+    clients_install.add_argument("--dir", type=Path, required=True,
+                                 help="a new (or empty) directory to install it in")
+    clients_install.add_argument(
+        "--also", action="append", metavar="REQUIREMENT",
+        help="python-tuf only: what pip installs beside tuf (repeatable; default "
+             "securesystemslib[crypto]; e.g. 'securesystemslib[crypto,pynacl]==0.25.0' for "
+             "python-tuf 2.x to 4.x)")
+    clients_install.set_defaults(func=cmd_clients_install)
 
     dashboards = sub.add_parser("dashboards", help="Grafana dashboards")
     dash_sub = dashboards.add_subparsers(dest="action", required=True, parser_class=_Parser)

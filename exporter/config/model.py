@@ -88,6 +88,48 @@ class Policy:
     max_version_jump: int = 1000
 
 
+class ClientMode(StrEnum):
+    """How an external client keeps its trusted metadata between runs."""
+
+    RETURNING = "returning"  #: one metadata directory per endpoint, kept between runs
+    NEW = "new"  #: a fresh metadata directory every run, from the trusted root
+
+
+#: Client view names that belong to the exporter's own python-tuf views (issue 16); an external
+#: client may not take them (``bootstrap-root-<anything>`` is refused too).
+RESERVED_CLIENT_NAMES: tuple[str, ...] = ("returning", "new")
+_CLIENT_NAME = re.compile(r"[a-z0-9-]{1,63}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class Client:
+    """An external TUF client speaking tuf-conformance's client CLI (``CLIENT-CLI.md``).
+
+    Run by :func:`exporter.probe.external.run_client` as one more client view of every
+    endpoint of the repositories that list it; ``name`` is its ``client`` label.
+    """
+
+    name: str
+    #: The program and its first arguments; the protocol's flags and command are appended.
+    command: tuple[str, ...]
+    interval: float = 600.0
+    #: Deadline of one run (``init``, ``refresh`` and every ``download`` together), seconds.
+    timeout: float = 60.0
+    mode: ClientMode = ClientMode.RETURNING
+    #: Targets downloaded after the refresh; None: the repository's ``canary_targets``.
+    canary_targets: tuple[str, ...] | None = None
+    #: Variables added to the client's environment (which holds nothing else of the
+    #: exporter's but ``PATH`` and ``LANG``).
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def targets_for(self, repository: Repository) -> tuple[str, ...]:
+        """The canary targets of a run against ``repository``."""
+        if self.canary_targets is None:
+            return repository.canary_targets
+        return self.canary_targets
+
+
 @dataclass(frozen=True)
 class Repository:
     """One TUF repository and its mirrors."""
@@ -114,6 +156,8 @@ class Repository:
     new_client_interval: float = 600.0
     #: root.json files clients in the field start from; each is the view ``bootstrap-root-v<N>``.
     bootstrap_roots: tuple[Path, ...] = ()
+    #: Names of the external clients (``Config.clients``) run against every endpoint.
+    clients: tuple[str, ...] = ()
 
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:
@@ -179,7 +223,18 @@ class Config:
     shard_count: int = 1
     opensearch: OpenSearch | None = None
     events: Events = field(default_factory=Events)
+    #: External clients; each repository lists those it runs (all of them by default).
+    clients: tuple[Client, ...] = ()
+    #: External client processes running at once, at most.
+    client_concurrency: int = 2
     source: Path | None = None
+
+    def client(self, name: str) -> Client:
+        """The external client called ``name``; KeyError when there is none."""
+        for client in self.clients:
+            if client.name == name:
+                return client
+        raise KeyError(name)
 
     def repository(self, name: str) -> Repository:
         """The repository called ``name``; KeyError when there is none."""
@@ -423,7 +478,83 @@ def _policy(reader: _Reader | None) -> Policy:
     return policy
 
 
-def _repository(reader: _Reader, base: Path) -> Repository:
+def _client_name(value: Any) -> str:
+    name = _string(value)
+    if not _CLIENT_NAME.fullmatch(name):
+        raise ValueError(f"a client name is 1 to 63 of a-z, 0-9 and '-', got {name!r}")
+    if name in RESERVED_CLIENT_NAMES or name.startswith("bootstrap-root-"):
+        raise ValueError(f"{name!r} is the name of one of the exporter's own client views "
+                         "(returning, new, bootstrap-root-*)")
+    return name
+
+
+def _command(base: Path) -> Callable[[Any], tuple[str, ...]]:
+    """An argv list; a program given as a relative path with a ``/`` is taken from ``base``
+    (a bare name is looked up on ``PATH``)."""
+    def convert(value: Any) -> tuple[str, ...]:
+        argv = _strings(value)
+        if not argv:
+            raise ValueError("needs at least the program")
+        program = argv[0]
+        if "/" in program and not Path(program).expanduser().is_absolute():
+            program = str(base / program)
+        return (str(Path(program).expanduser()) if "/" in program else program, *argv[1:])
+
+    return convert
+
+
+def _env(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError("expected a mapping of variable names to strings")
+    out: dict[str, str] = {}
+    for key, node in value.items():
+        text = node.value if isinstance(node, Node) else node
+        if not _ENV_NAME.fullmatch(str(key)):
+            raise ValueError(f"{key!r} is not an environment variable name")
+        if not isinstance(text, str) or "\0" in text:
+            raise ValueError(f"the value of {key} must be a string (quote numbers), "
+                             f"got {text!r}")
+        out[str(key)] = text
+    return out
+
+
+def _client(reader: _Reader, base: Path) -> Client:
+    client = Client(
+        name=reader.require("name", _client_name),
+        command=reader.require("command", _command(base)),
+        interval=reader.get("interval", _positive_duration, 600.0),
+        timeout=reader.get("timeout", _positive_duration, 60.0),
+        mode=reader.get("mode", ClientMode, ClientMode.RETURNING),
+        canary_targets=reader.optional("canary_targets", _target_paths),
+        env=reader.get("env", _env, {}),
+    )
+    reader.done()
+    return client
+
+
+def _repository_clients(reader: _Reader, defined: tuple[str, ...]) -> tuple[str, ...]:
+    """The repository's ``clients`` list: names of top-level clients; absent: all of them."""
+    node = reader.raw("clients")
+    if node is None:
+        return defined if "clients" not in reader.items else ()
+    if not isinstance(node.value, list):
+        raise reader.error("clients", "must be a list of client names")
+    names: list[str] = []
+    for i, item in enumerate(node.value):
+        field_name = f"{reader.path}.clients[{i}]"
+        if not isinstance(item.value, str) or item.value not in defined:
+            known = ", ".join(defined) or "none is defined"
+            raise ConfigError.at(reader.source, item.line, field_name,
+                                 f"no client is called {item.value!r} in the top-level "
+                                 f"'clients' (defined: {known})")
+        if item.value in names:
+            raise ConfigError.at(reader.source, item.line, field_name,
+                                 f"client {item.value!r} is listed twice")
+        names.append(item.value)
+    return tuple(names)
+
+
+def _repository(reader: _Reader, base: Path, clients: tuple[str, ...] = ()) -> Repository:
     name = reader.require("name", _name)
     primary = _endpoint(reader, "primary")
     mirrors = []
@@ -457,6 +588,7 @@ def _repository(reader: _Reader, base: Path) -> Repository:
         policy=_policy(reader.child("policy")),
         new_client_interval=reader.get("new_client_interval", _duration, 600.0),
         bootstrap_roots=reader.get("bootstrap_roots", _paths(base), ()),
+        clients=_repository_clients(reader, clients),
     )
     reader.done()
     return repo
@@ -526,10 +658,17 @@ def parse_config(text: str, source: str = "<config>", base: Path | None = None) 
     defaults = Config(repositories=())
     shard = root.get("shard", parse_shard, (0, 1))
     state_dir = root.get("state_dir", _path(base), base / "state")
+    clients: list[Client] = []
+    for client_reader in root.children("clients"):
+        client = _client(client_reader, base)
+        if any(c.name == client.name for c in clients):
+            raise client_reader.error("name", f"client name {client.name!r} is used twice")
+        clients.append(client)
+    client_names = tuple(c.name for c in clients)
     repos: list[Repository] = []
     seen: set[str] = set()
     for repo_reader in root.children("repositories"):
-        repo = _repository(repo_reader, base)
+        repo = _repository(repo_reader, base, client_names)
         if repo.name in seen:
             raise repo_reader.error("name", f"repository name {repo.name!r} is used twice")
         seen.add(repo.name)
@@ -557,6 +696,8 @@ def parse_config(text: str, source: str = "<config>", base: Path | None = None) 
         shard_count=shard[1],
         opensearch=_opensearch(root.child("opensearch"), base),
         events=_events(root.child("events"), base),
+        clients=tuple(clients),
+        client_concurrency=root.get("client_concurrency", _int(1), defaults.client_concurrency),
         source=Path(source) if source != "<config>" else None,
     )
     root.done()

@@ -52,8 +52,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import IO, Any
-from urllib.parse import urljoin, urlsplit
+from typing import IO, Any, Protocol
+from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 import urllib3
@@ -116,6 +116,26 @@ def redirect_allowed(
         return True
     default = new_port == _DEFAULT_PORTS[new.scheme]
     return (host, new_port) in allowed or (default and (host, None) in allowed)
+
+
+def url_role(url: str, targets_url: str) -> str:
+    """What a request of an endpoint fetches: ``"target"`` for a URL below ``targets_url``,
+    else the metadata role its file name names (``2.root.json`` -> ``root``, ``timestamp.json``
+    -> ``timestamp``, ``3.django.json`` -> ``django``; percent-escapes decoded)."""
+    if url.startswith(targets_url):
+        return "target"
+    name = unquote(urlsplit(url).path.rsplit("/", 1)[-1]).removesuffix(".json")
+    head, _, rest = name.partition(".")
+    return rest if head.isdigit() and rest else name
+
+
+class Sink(Protocol):
+    """Where :meth:`Fetcher.download_into` streams a body: a binary file, or anything with
+    its ``write``."""
+
+    def write(self, data: bytes, /) -> int:
+        """Write ``data``; the number of bytes written."""
+        ...
 
 
 class DeadlineExceeded(Exception):  # noqa: N818 - it is the cause of a SlowRetrievalError
@@ -360,7 +380,7 @@ class Fetcher(FetcherInterface):
             temp_file.seek(0)
             yield temp_file
 
-    def download_into(self, url: str, max_length: int, out: IO[bytes]) -> int:
+    def download_into(self, url: str, max_length: int, out: Sink) -> int:
         """Stream the body of ``url`` into ``out``; return its length in bytes.
 
         The body is not kept (not in :attr:`bodies`, and ``on_metadata`` is not called): at
@@ -580,7 +600,7 @@ def _parse_date(value: str | None) -> datetime | None:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def _copy_capped(chunks: Iterable[bytes], max_length: int, out: IO[bytes]) -> int:
+def _copy_capped(chunks: Iterable[bytes], max_length: int, out: Sink) -> int:
     """Write ``chunks`` to ``out``; the number of bytes. ``DownloadLengthMismatchError`` (worded
     as ngclient words it) as soon as more than ``max_length`` bytes arrived."""
     received = 0

@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
 import requests
 from tuf.api import exceptions
@@ -60,7 +60,7 @@ from exporter.probe.classify import (
     role_from_message,
     role_of,
 )
-from exporter.probe.fetcher import Fetcher, FetchMemo, new_session
+from exporter.probe.fetcher import Fetcher, FetchMemo, new_session, url_role
 from exporter.probe.inspector import CachedFile, FileIdentity, Inspected, Inspector, file_identity
 from exporter.probe.results import (
     CLIENT_NEW,
@@ -308,11 +308,7 @@ class _Run:
     # -- classification of URLs -------------------------------------------------------------
 
     def _classify(self, url: str) -> str:
-        if url.startswith(self.endpoint.targets_url):
-            return "target"
-        name = unquote(urlsplit(url).path.rsplit("/", 1)[-1]).removesuffix(".json")
-        head, _, rest = name.partition(".")
-        return rest if head.isdigit() and rest else name
+        return url_role(url, self.endpoint.targets_url)
 
     # -- stale cache files ----------------------------------------------------------------------
 

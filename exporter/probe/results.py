@@ -32,6 +32,13 @@ class Reason(StrEnum):
     #: A fault of this host, not of the repository (disk full, no descriptors left, out of
     #: memory, a bug of ours): the probe reached no verdict. See :class:`ErrorCause`.
     EXPORTER_ERROR = "exporter_error"
+    #: An external client (issue 17) refused the repository: a protocol command exited 1.
+    CLIENT_REJECTED = "client_rejected"
+    #: An external client did not finish within its ``timeout``; its process group was killed.
+    CLIENT_TIMEOUT = "client_timeout"
+    #: An external client could not be started, exited with a status other than 0 and 1, or
+    #: was killed by a signal: the program failed, no verdict of it on the repository.
+    CLIENT_ERROR = "client_error"
 
 
 class ErrorCause(StrEnum):

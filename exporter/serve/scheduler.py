@@ -5,6 +5,10 @@ is never probed twice at once (a probe still running when the next is due is ski
 counted), ``coalesce`` so a stalled clock does not cause a burst. Jobs run in a bounded thread
 pool; each probe carries its own deadline (the repository's ``timeout``), so one repository that
 never answers holds at most one worker for at most its timeout and never delays the others.
+External clients (issue 17) run as one job per (client, repository, endpoint) every client
+``interval`` in a pool of their own (:data:`CLIENTS_EXECUTOR`, ``client_concurrency`` threads,
+sized at start), so a client that hangs until its timeout never delays a python-tuf probe; their
+exceptions are counted as ``thread="probe_worker"``.
 
 Each endpoint of a repository with ``new_client_interval`` above 0 has a second job on that
 interval, the view pass (the client views ``new`` and ``bootstrap-root-v<N>``, issue 16), on
@@ -41,7 +45,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client.core import Metric
 
 from exporter import catalogue
-from exporter.config.model import Config, Endpoint, Repository, Signer
+from exporter.config.model import Client, Config, Endpoint, Repository, Signer
 from exporter.probe.classify import exporter_fault
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,7 @@ log = logging.getLogger(__name__)
 ProbeJob = Callable[[Repository, Endpoint], object]
 ViewJob = Callable[[Repository, Endpoint], object]
 SignerJob = Callable[[Signer], object]
+ClientJob = Callable[[Client, Repository, Endpoint], object]
 SkipHook = Callable[[str, str], None]
 
 
@@ -103,12 +108,22 @@ def _signer_job_id(name: str) -> str:
     return f"signer\x00{name}"
 
 
+def _client_job_id(client: str, repository: str, endpoint: str) -> str:
+    return f"client\x00{client}\x00{repository}\x00{endpoint}"
+
+
+#: The executor of external client runs: its own pool (``client_concurrency`` threads), so a
+#: client that hangs until its timeout never holds a worker of the python-tuf probes.
+CLIENTS_EXECUTOR = "clients"
+
+
 @dataclass(frozen=True)
 class _Job:
     names: tuple[str, ...]
     interval: float
     func: Callable[..., None]
     args: tuple[Any, ...]
+    executor: str = "default"
 
 
 class Scheduler:
@@ -121,16 +136,20 @@ class Scheduler:
         workers: int,
         run_signer: SignerJob | None = None,
         run_views: ViewJob | None = None,
+        run_client: ClientJob | None = None,
+        client_workers: int = 2,
     ) -> None:
         self._run = run
         self._run_signer = run_signer
         self._run_views = run_views
+        self._run_client = run_client
         self._on_skip = on_skip
         self._errors_lock = threading.Lock()
         self._errors: Counter[tuple[str, str]] = Counter()
         self._scheduler = _SurvivingScheduler(
             lambda exc: self._count("scheduler", exc),
-            executors={"default": ThreadPoolExecutor(max_workers=workers)},
+            executors={"default": ThreadPoolExecutor(max_workers=workers),
+                       CLIENTS_EXECUTOR: ThreadPoolExecutor(max_workers=client_workers)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone=UTC,
         )
@@ -169,6 +188,16 @@ class Scheduler:
                         ("views", repo.name, endpoint.name), repo.new_client_interval,
                         self._guarded_views, (repo, endpoint),
                     )
+        if self._run_client is not None:
+            for repo in config.repositories:
+                for name in repo.clients:
+                    client = config.client(name)
+                    for endpoint in repo.endpoints:
+                        wanted[_client_job_id(name, repo.name, endpoint.name)] = _Job(
+                            ("client", f"{name} on {repo.name}/{endpoint.name}"),
+                            client.interval, self._guarded_client, (client, repo, endpoint),
+                            CLIENTS_EXECUTOR,
+                        )
         if self._run_signer is not None:
             for signer in config.signers:
                 wanted[_signer_job_id(signer.name)] = _Job(
@@ -194,7 +223,7 @@ class Scheduler:
             first = now + timedelta(seconds=random.uniform(0, first_run_within))
             self._scheduler.add_job(
                 job.func, trigger, args=list(job.args), id=job_id, name="/".join(job.names),
-                next_run_time=first,
+                next_run_time=first, executor=job.executor,
             )
             self._jobs[job_id] = job.names
 
@@ -225,6 +254,14 @@ class Scheduler:
             log.exception("signer probe %s crashed", signer.name)
             self._count("signer_worker", exc)
 
+    def _guarded_client(self, client: Client, repo: Repository, endpoint: Endpoint) -> None:
+        assert self._run_client is not None
+        try:
+            self._run_client(client, repo, endpoint)
+        except Exception as exc:  # the worker survives; run again next time
+            log.exception("client %s on %s/%s crashed", client.name, repo.name, endpoint.name)
+            self._count("probe_worker", exc)
+
     def errors(self) -> dict[tuple[str, str], int]:
         """Exceptions survived, by (thread, cause)."""
         with self._errors_lock:
@@ -246,6 +283,9 @@ class Scheduler:
             return
         if names[0] == "views":
             log.warning("view pass of %s/%s skipped: the previous one still runs", *names[1:])
+            return
+        if names[0] == "client":
+            log.warning("client %s skipped: the previous run still runs", names[1])
             return
         log.warning("probe of %s/%s skipped: the previous one still runs", *names)
         self._on_skip(*names)

@@ -24,7 +24,15 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from prometheus_client.core import Metric
 
 from exporter.catalogue import family
-from exporter.config.model import Config, ConfigError, Endpoint, Repository, Signer, load_config
+from exporter.config.model import (
+    Client,
+    Config,
+    ConfigError,
+    Endpoint,
+    Repository,
+    Signer,
+    load_config,
+)
 from exporter.config.roots import TrustedRootError, load_bootstrap_roots, load_trusted_root
 from exporter.events.model import Event, EventKind
 from exporter.events.shipper import Shipper
@@ -33,6 +41,7 @@ from exporter.generate.alerts import AlertOptions
 from exporter.history.cadence import CadenceTracker, online_roles
 from exporter.history.recorder import Finding, HistoryStore, configured_endpoints
 from exporter.probe.classify import exporter_error_result
+from exporter.probe.external import run_client
 from exporter.probe.prober import Prober, temporary_directory
 from exporter.probe.results import (
     CLIENT_NEW,
@@ -136,12 +145,14 @@ def client_view_event(previous: ProbeResult | None, result: ProbeResult) -> Even
 
 
 def _client_views(config: Config, roots: dict[str, dict[int, bytes]]) -> set[tuple[str, str, str]]:
-    """(repository, endpoint, client) of every view ``config`` asks for besides returning."""
+    """(repository, endpoint, client) of every view ``config`` asks for besides returning: the
+    python-tuf views ``new`` and ``bootstrap-root-v<N>`` (unless ``new_client_interval`` is 0)
+    and the external clients the repository lists."""
     views = set()
     for repo in config.repositories:
-        if repo.new_client_interval <= 0:
-            continue
-        clients = [CLIENT_NEW, *map(bootstrap_client_name, roots.get(repo.name, {}))]
+        clients = list(repo.clients)
+        if repo.new_client_interval > 0:
+            clients += [CLIENT_NEW, *map(bootstrap_client_name, roots.get(repo.name, {}))]
         views |= {(repo.name, e.name, c) for e in repo.endpoints for c in clients}
     return views
 
@@ -257,9 +268,12 @@ class Service:
             self.store, lambda: self.config, history_metrics=self.history.metrics,
             signer_results=self.signers.results, options=alert_options,
         )
+        #: Bounds external client processes (``client_concurrency``, sized at start).
+        self.client_slots = threading.Semaphore(config.client_concurrency)
         self.scheduler = Scheduler(
             self._probe, self.store.skipped, config.workers, run_signer=self._probe_signer,
             run_views=self._probe_views,
+            run_client=self._probe_client, client_workers=config.client_concurrency,
         )
         self.collector.add_source(self.scheduler.metrics)
         self.collector.add_source(self._thread_metrics)
@@ -457,6 +471,41 @@ class Service:
                         "requests": len(result.requests),
                         "memo_requests": sum(1 for r in result.requests if r.memo)})
         return results
+
+    def _probe_client(self, client: Client, repo: Repository, endpoint: Endpoint) -> ProbeResult:
+        """Run an external client against one endpoint and record its verdict: the store
+        (``tuf_client_*``) and an event; the history and cadence are python-tuf's alone."""
+        loaded = self._loaded
+        root = loaded.trusted_roots[repo.name]
+        self.store.started()
+        result = run_client(client, repo, endpoint, root, self.config.state_dir,
+                            self.client_slots)
+        with self.members.recording(repo.name, endpoint.name) as configured:
+            view = (repo.name, endpoint.name, client.name)
+            if not configured or view not in _client_views(loaded.config,
+                                                           loaded.bootstrap_roots):
+                log.info("client %s on %s/%s finished after its removal; not recorded",
+                         client.name, repo.name, endpoint.name)
+                self.store.discard()
+                return result
+            previous = self.store.endpoint_log(repo.name, endpoint.name, client.name).latest
+            self.store.record_view([result])
+            events = [verification_event(result)]
+            change = client_view_event(previous, result)
+            if change is not None:
+                events.append(change)
+            for event in events:
+                if not self.spool.emit(event):
+                    self.store.exporter_error(ErrorCause.SPOOL)
+        level = logging.INFO if result.success else logging.WARNING
+        log.log(level, "client %s", "succeeded" if result.success else "failed", extra={
+            "repository": repo.name, "endpoint": endpoint.name, "client": client.name,
+            "reason": None if result.reason is None else str(result.reason),
+            "cause": None if result.cause is None else str(result.cause),
+            "role": None if result.role is None else str(result.role),
+            "detail": result.message, "duration_seconds": round(result.duration_seconds, 4),
+        })
+        return result
 
     def _verified_metadata_dir(self, repository: str) -> Path | None:
         """Where python-tuf keeps the metadata it verified last for the repository's primary."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -247,3 +248,64 @@ def test_a_bootstrap_root_python_tuf_cannot_use_is_a_configuration_error(
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert files[-1] in done.stderr
+CLIENTS = """
+clients:
+  - name: tuf-js
+    command: [node, adapters/tuf-client.mjs]
+  - name: python-tuf-5
+    command: [./venv/bin/python, client.py, -v]
+    interval: 1h
+    timeout: 2m
+    mode: new
+    canary_targets: [files/a.txt]
+    env: {NODE_OPTIONS: "--max-old-space-size=128"}
+client_concurrency: 3
+repositories:
+  - name: all
+    metadata_url: https://tuf.example/
+    trusted_root: root.json
+    canary_targets: [x/y.txt]
+  - name: one
+    metadata_url: https://tuf.example/
+    trusted_root: root.json
+    clients: [python-tuf-5]
+  - name: none
+    metadata_url: https://tuf.example/
+    trusted_root: root.json
+    clients: []
+"""
+
+
+def test_external_clients_defaults_and_which_repository_runs_which(tmp_path: Path) -> None:
+    config = parse_config(CLIENTS, "c.yml", tmp_path)
+    js, py = config.clients
+    assert js.command == ("node", "adapters/tuf-client.mjs")  # a bare program: from PATH
+    assert (js.interval, js.timeout, str(js.mode), js.canary_targets, dict(js.env)) == (
+        600.0, 60.0, "returning", None, {})
+    assert py.command == (str(tmp_path / "venv/bin/python"), "client.py", "-v")
+    assert (py.interval, py.timeout, str(py.mode), py.canary_targets) == (
+        3600.0, 120.0, "new", ("files/a.txt",))
+    assert dict(py.env) == {"NODE_OPTIONS": "--max-old-space-size=128"}
+    assert config.client_concurrency == 3
+    assert [r.clients for r in config.repositories] == [
+        ("tuf-js", "python-tuf-5"), ("python-tuf-5",), ()]
+    assert js.targets_for(config.repository("all")) == ("x/y.txt",)  # the repository's
+    assert py.targets_for(config.repository("all")) == ("files/a.txt",)
+    assert parse_config(MINIMAL, "c.yml", tmp_path).client_concurrency == 2
+
+
+@pytest.mark.parametrize(("name", "error"), [
+    ("new", "own client views"), ("bootstrap-root-v1", "own client views"),
+    ("Tuf_JS", "a-z, 0-9 and '-'"), ("", "non-empty string"),
+])
+def test_external_client_names_are_refused(tmp_path: Path, name: str, error: str) -> None:
+    text = CLIENTS.replace("name: tuf-js", f"name: {name!r}").replace(
+        "    clients: [python-tuf-5]\n", "").replace("    clients: []\n", "")
+    with pytest.raises(ConfigError, match=r"c\.yml:3: clients\[0\]\.name: .*" + re.escape(error)):
+        parse_config(text, "c.yml", tmp_path)
+
+
+def test_an_external_client_needs_a_command(tmp_path: Path) -> None:
+    text = "clients:\n  - name: c\n    command: []\n" + MINIMAL
+    with pytest.raises(ConfigError, match=r"c\.yml:3: clients\[0\]\.command: needs at least"):
+        parse_config(text, "c.yml", tmp_path)

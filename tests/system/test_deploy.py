@@ -1133,6 +1133,7 @@ def test_prometheusrule_spec_passes_promtool(tmp_path: Path) -> None:
 
 DOC = ROOT / "docs" / "configuration.md"
 MINIMAL = """
+clients: [{name: c, command: [c]}]
 repositories:
   - name: r
     metadata_url: https://repo.example/
@@ -1148,11 +1149,12 @@ REQUIRED = {
     "repositories", "repositories[].name", "repositories[].metadata_url",
     "repositories[].trusted_root", "repositories[].mirrors[].name",
     "repositories[].mirrors[].metadata_url", "signers[].name", "signers[].uri",
-    "signers[].repository", "signers[].role", "opensearch.hosts",
+    "signers[].repository", "signers[].role", "opensearch.hosts", "clients[].name",
+    "clients[].command",
 }
 # optional sections: their default is "absent" / "all defaults", their keys are listed too
 SECTIONS = {"repositories[].mirrors", "repositories[].limits", "repositories[].policy",
-            "signers", "opensearch", "events"}
+            "signers", "opensearch", "events", "clients"}
 
 
 def _accepted_keys() -> list[str]:
@@ -1246,7 +1248,7 @@ def test_reference_defaults_match_the_model() -> None:
         match = re.fullmatch(r"`([^`]+)`", cell)
         assert match, f"{key}: a default is `value`, *required*, none or derived: {cell}"
         assert _same(yaml.safe_load(match.group(1)), actual), (key, cell, actual)
-    assert derived == 7
+    assert derived == 9
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,628 @@
+"""External TUF clients (issue 17): run a program speaking tuf-conformance's client CLI
+(``CLIENT-CLI.md``: ``init``, ``refresh``, ``download``; exit 0 or 1) as one client view of an
+endpoint, contained.
+
+:func:`run_client` is the one entry point: (client, repository, endpoint, trusted root,
+``state_dir``) -> a :class:`~exporter.probe.results.ProbeResult` whose ``client`` is the
+client's name. A run:
+
+* takes one of the ``slots`` (a semaphore sized by ``client_concurrency``) for its whole length,
+  so at most that many client processes exist at once;
+* runs ``init`` (``returning`` mode: only while the endpoint's metadata directory below
+  ``state_dir/clients`` is new or empty, and it is emptied again when ``init`` fails; ``new``
+  mode: into a fresh directory every run), ``refresh``, then one ``download`` per canary target,
+  each as a child process in its own session and process group, with ``stdin`` closed;
+* gives the client its own directories below ``state_dir`` (``HOME``, ``TMPDIR``, the target
+  directory, and in ``new`` mode the metadata directory), removed after the run;
+* passes an explicit environment: ``PATH`` and ``LANG`` of the exporter, ``HOME`` and ``TMPDIR``
+  of the run, then the client's configured ``env``; nothing else of the exporter's environment
+  (credentials such as ``OPENSEARCH_PASSWORD`` never reach a client);
+* ends at the client's ``timeout`` (one deadline for all its commands): the whole process group
+  gets SIGTERM, then SIGKILL after :data:`KILL_GRACE` seconds; the group is killed too when its
+  leader exits, so nothing a client started outlives its command;
+* keeps at most :data:`OUTPUT_BOUND` bytes of each of stdout and stderr, the tail, and counts
+  the bytes before it (a client printing 100 MB costs a pipe's worth of memory);
+* points the client at a loopback forwarder (:class:`Forwarder`) that fetches every request from
+  the endpoint with the exporter's own :class:`~exporter.probe.fetcher.Fetcher` (the
+  repository's timeouts, retries, length limits and redirect policy) and records it: the run's
+  request log, and the role a failure is attributed to, come from the exporter's side, never
+  from the client's output.
+
+Verdicts (``reason``): ``client_rejected`` (a command exited 1: the client refused the
+repository), ``client_timeout``, ``client_error`` (the program could not be started, exited with
+another status, or died by a signal). ``role`` is what the last request of the failing command
+fetched (:func:`exporter.probe.classify.role_of`); when that command made no request:
+``root`` for ``init`` and ``refresh``, ``target`` for ``download``. A fault of this host (no disk
+for the run's directories, no descriptor for a pipe) or a bug of ours is ``exporter_error``
+with its cause, as for python-tuf probes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import IO
+from urllib.parse import unquote
+
+from tuf.api import exceptions
+
+from exporter.config.model import Client, ClientMode, Endpoint, Limits, Repository, safe_name
+from exporter.probe.classify import describe, exporter_error_result, host_fault, role_of
+from exporter.probe.fetcher import Fetcher, new_session, url_role
+from exporter.probe.results import (
+    FailedRole,
+    ProbeResult,
+    Reason,
+    RequestRecord,
+    TargetResult,
+)
+
+log = logging.getLogger(__name__)
+
+#: Bytes of each of stdout and stderr kept per command (the tail).
+OUTPUT_BOUND = 64 * 1024
+#: Bytes of the failing command's output tail put in the result's message (and so the event).
+MESSAGE_TAIL = 4096
+#: Seconds between SIGTERM and SIGKILL to a client's process group at its timeout.
+KILL_GRACE = 2.0
+#: Age in seconds past which a run directory is taken as left behind by a stopped exporter.
+STALE_RUN = 86400.0
+#: Seconds the forwarder keeps an idle client connection open.
+_IDLE = 30.0
+_READ = 64 * 1024
+_POLL = 0.05
+
+
+def clients_dir(state_dir: Path) -> Path:
+    """Where external clients keep their directories: ``<state_dir>/clients``."""
+    return state_dir / "clients"
+
+
+def client_dir(state_dir: Path, client: str, repository: str, endpoint: str) -> Path:
+    """The directory of one client view of one endpoint (names sanitized): ``metadata/`` (the
+    ``returning`` mode's trusted metadata) and the ``run-*`` directories of running runs."""
+    return clients_dir(state_dir) / client / safe_name(repository) / safe_name(endpoint)
+
+
+# ---------------------------------------------------------------------------------------------
+# Child processes
+
+
+class _Tail:
+    """The last ``bound`` bytes of a stream and the count of those before them."""
+
+    def __init__(self, bound: int) -> None:
+        self._bound = bound
+        self._buf = bytearray()
+        self.total = 0
+
+    def add(self, data: bytes) -> None:
+        self.total += len(data)
+        self._buf += data
+        if len(self._buf) > 2 * self._bound:  # trim in batches: amortized O(1) per byte
+            del self._buf[: len(self._buf) - self._bound]
+
+    def output(self) -> Output:
+        tail = bytes(self._buf[-self._bound:])
+        return Output(tail, self.total - len(tail))
+
+
+@dataclass(frozen=True)
+class Output:
+    """What was kept of one output stream: its ``tail`` (at most the bound) and how many bytes
+    came before it (``dropped``)."""
+
+    tail: bytes
+    dropped: int
+
+    def text(self, limit: int = OUTPUT_BOUND) -> str:
+        """The last ``limit`` bytes of the tail as text (invalid UTF-8 replaced), with a note
+        of how many bytes came before them."""
+        kept = self.tail[-limit:]
+        before = self.dropped + len(self.tail) - len(kept)
+        text = kept.decode("utf-8", errors="replace")
+        return f"[{before} earlier bytes not kept] {text}" if before else text
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of a run, as it ended.
+
+    ``status`` is the exit status (negative: killed by that signal; None: not started or not
+    reaped), ``timed_out`` whether the deadline killed it, ``start_error`` why it could not be
+    started.
+    """
+
+    command: str
+    status: int | None
+    timed_out: bool
+    stdout: Output
+    stderr: Output
+    seconds: float
+    start_error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Exited 0 in time."""
+        return self.status == 0 and not self.timed_out
+
+
+def _signal_group(pgid: int, signum: int) -> bool:
+    """Send ``signum`` to the process group; False when the group is gone."""
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # only when the group id was reused by another user's group
+        return False
+    return True
+
+
+def _terminate(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM to the process group, up to ``grace`` seconds for it to go, then SIGKILL."""
+    pgid = proc.pid
+    if _signal_group(pgid, signal.SIGTERM):
+        until = time.monotonic() + grace
+        while time.monotonic() < until:
+            proc.poll()  # reap the leader, so an exited group is seen as gone
+            if not _signal_group(pgid, 0):
+                break
+            time.sleep(_POLL)
+    _signal_group(pgid, signal.SIGKILL)
+
+
+def run_process(
+    argv: Sequence[str],
+    *,
+    command: str,
+    cwd: Path,
+    env: dict[str, str],
+    deadline: float,
+    bound: int = OUTPUT_BOUND,
+    grace: float = KILL_GRACE,
+) -> Step:
+    """Run ``argv`` in its own session and process group until it exits or ``deadline``
+    (monotonic seconds) passes; the group is killed either way (SIGTERM, ``grace`` seconds,
+    SIGKILL at the deadline; SIGKILL to what is left once the leader exited).
+
+    stdout and stderr are read as they come; the last ``bound`` bytes of each are kept.
+    Raises only for a fault of this host (no descriptor or memory for the child:
+    :func:`~exporter.probe.classify.host_fault`); a program that cannot be started (missing,
+    not executable) is a :class:`Step` with ``start_error``.
+    """
+    t0 = time.monotonic()
+    out, err = _Tail(bound), _Tail(bound)
+    try:
+        proc = subprocess.Popen(  # noqa: S603 - the configured client, argv without a shell
+            list(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
+        )
+    except OSError as exc:
+        if host_fault(exc) is not None:
+            raise
+        return Step(command, None, False, out.output(), err.output(),
+                    time.monotonic() - t0, describe(exc))
+    timed_out = False
+    finished_at: float | None = None  # when the leader exited or was killed
+    assert proc.stdout is not None and proc.stderr is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ, out)
+        selector.register(proc.stderr, selectors.EVENT_READ, err)
+        try:
+            while selector.get_map():
+                now = time.monotonic()
+                if finished_at is None and now >= deadline:
+                    timed_out = True
+                    _terminate(proc, grace)
+                    finished_at = time.monotonic()
+                elif finished_at is None and proc.poll() is not None:
+                    _signal_group(proc.pid, signal.SIGKILL)  # what the leader left behind
+                    finished_at = now
+                if finished_at is not None and time.monotonic() - finished_at > 1.0:
+                    break  # a process outside the group holds the pipe: stop reading it
+                wait = _POLL if finished_at is not None else min(_POLL, max(deadline - now, 0))
+                for key, _ in selector.select(timeout=wait):
+                    stream: IO[bytes] = key.fileobj  # type: ignore[assignment]
+                    data = os.read(stream.fileno(), _READ)
+                    if data:
+                        key.data.add(data)
+                    else:
+                        selector.unregister(stream)
+        finally:
+            if proc.poll() is None:  # an exception of ours, or pipes closed before the exit
+                remaining = deadline - time.monotonic()
+                try:
+                    proc.wait(max(remaining, 0))
+                except subprocess.TimeoutExpired:
+                    timed_out = True
+                    _terminate(proc, grace)
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
+    return Step(command, proc.returncode, timed_out, out.output(), err.output(),
+                time.monotonic() - t0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The forwarder: the client's only way to the endpoint, and the run's request log
+
+
+def max_length(role: str, limits: Limits) -> int:
+    """The length cap of a file fetched as ``role`` (a role name or ``"target"``): the
+    repository's ``limits``, as the python-tuf probe applies them."""
+    caps = {
+        "root": limits.root_max_length,
+        "timestamp": limits.timestamp_max_length,
+        "snapshot": limits.snapshot_max_length,
+        "target": limits.target_max_length,
+    }
+    return caps.get(role, limits.targets_max_length)  # targets and delegated roles
+
+
+class _ChunkedWriter:
+    """Writes a response body with chunked transfer encoding; the status line and headers go
+    out with the first chunk (or at :meth:`finish` for an empty body). A body cut short is
+    never terminated, so the client sees an incomplete response, not a short file."""
+
+    def __init__(self, handler: _Handler) -> None:
+        self._handler = handler
+        self.started = False
+
+    def _start(self) -> None:
+        if not self.started:
+            self.started = True
+            self._handler.send_response(200)
+            self._handler.send_header("Content-Type", "application/octet-stream")
+            self._handler.send_header("Transfer-Encoding", "chunked")
+            self._handler.end_headers()
+
+    def write(self, data: bytes) -> int:
+        self._start()
+        if data:
+            self._handler.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
+        return len(data)
+
+    def finish(self) -> None:
+        self._start()
+        self._handler.wfile.write(b"0\r\n\r\n")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    forwarder: Forwarder
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = _IDLE
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Requests are recorded by the fetcher, not logged one by one."""
+
+    def _plain(self, status: int, text: str) -> None:
+        body = text.encode("utf-8", errors="replace")
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        forwarder = self.server.forwarder
+        url = forwarder.upstream(self.path)
+        if url is None:
+            self._plain(404, "not a path this forwarder serves")
+            return
+        writer = _ChunkedWriter(self)
+        try:
+            forwarder.fetch(url, writer)
+        except exceptions.DownloadHTTPError as exc:
+            status = exc.status_code if 400 <= exc.status_code < 600 else 502
+            self._fail(writer, status, str(exc))
+            return
+        except exceptions.SlowRetrievalError as exc:
+            self._fail(writer, 504, str(exc))
+            return
+        except exceptions.DownloadError as exc:  # length cap, refused connection, ...
+            self._fail(writer, 502, str(exc))
+            return
+        except OSError:  # the client went away (or this host has a fault): drop the connection
+            self.close_connection = True
+            return
+        writer.finish()
+
+    def _fail(self, writer: _ChunkedWriter, status: int, text: str) -> None:
+        if writer.started:  # cut short: leave the chunked body unterminated
+            self.close_connection = True
+            return
+        self._plain(status, text)
+
+
+class Forwarder:
+    """A loopback HTTP server (127.0.0.1, an ephemeral port) for one run of one client:
+    ``GET /metadata/<path>`` and ``GET /targets/<path>`` are fetched from the endpoint's
+    metadata and targets URLs with the exporter's :class:`~exporter.probe.fetcher.Fetcher` (the
+    repository's connect and read timeouts, retries, ``allowed_redirect_hosts``, and the length
+    caps of ``limits`` by what the URL fetches) and streamed back with chunked encoding. The
+    status of a failed fetch is passed on (404 stays 404; a refused connection is 502, a
+    timeout 504). Every fetch is a :class:`~exporter.probe.results.RequestRecord` in
+    :attr:`records`. Paths with a ``..`` segment, a query or a fragment are refused (404)
+    before any request. Use as a context manager; closing stops the server.
+    """
+
+    METADATA = "/metadata/"
+    TARGETS = "/targets/"
+
+    def __init__(self, repository: Repository, endpoint: Endpoint, deadline: float,
+                 tmp_dir: Path | None = None) -> None:
+        self._endpoint = endpoint
+        self._limits = repository.limits
+        self._session = new_session(4)
+        self._fetcher = Fetcher(
+            self._session,
+            lambda url: url_role(url, endpoint.targets_url),
+            connect_timeout=repository.connect_timeout,
+            read_timeout=repository.read_timeout,
+            deadline=deadline,
+            retries=repository.retries,
+            allowed_redirect_hosts=repository.allowed_redirect_hosts,
+            tmp_dir=tmp_dir,
+        )
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.forwarder = self
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        name="client-forwarder", daemon=True)
+        self._thread.start()
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:<port>``."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def metadata_url(self) -> str:
+        """The ``--metadata-url`` to give the client."""
+        return self.base_url + self.METADATA
+
+    @property
+    def targets_url(self) -> str:
+        """The ``--target-base-url`` to give the client."""
+        return self.base_url + self.TARGETS
+
+    @property
+    def records(self) -> list[RequestRecord]:
+        """The requests forwarded so far, in the order they started."""
+        return sorted(self._fetcher.records, key=lambda r: r.started)
+
+    def upstream(self, path: str) -> str | None:
+        """The endpoint URL a request path forwards to; None for a path not served."""
+        if "?" in path or "#" in path:
+            return None
+        for prefix, base in ((self.METADATA, self._endpoint.metadata_url),
+                             (self.TARGETS, self._endpoint.targets_url)):
+            if path.startswith(prefix):
+                rest = path[len(prefix):]
+                segments = rest.split("/")
+                if not rest or any(unquote(s) in ("", ".", "..") for s in segments):
+                    return None
+                return base + rest
+        return None
+
+    def fetch(self, url: str, out: _ChunkedWriter) -> int:
+        """Stream ``url`` into ``out`` (within the cap of what it fetches); its length."""
+        role = url_role(url, self._endpoint.targets_url)
+        return self._fetcher.download_into(url, max_length(role, self._limits), out)
+
+    def close(self) -> None:
+        """Stop the server and close the session."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._session.close()
+
+    def __enter__(self) -> Forwarder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# A run
+
+
+def client_environment(client: Client, home: Path, tmp: Path) -> dict[str, str]:
+    """The whole environment of a client's processes: ``PATH`` and ``LANG`` of the exporter
+    (``os.defpath`` and ``C.UTF-8`` when unset), ``HOME`` and ``TMPDIR`` of the run, then the
+    client's ``env`` (which may override any of them)."""
+    env = {
+        "PATH": os.environ.get("PATH") or os.defpath,
+        "LANG": os.environ.get("LANG") or "C.UTF-8",
+        "HOME": str(home),
+        "TMPDIR": str(tmp),
+    }
+    env.update(client.env)
+    return env
+
+
+@dataclass
+class _Dirs:
+    run: Path
+    home: Path
+    tmp: Path
+    targets: Path
+    metadata: Path
+    root: Path
+
+
+@contextlib.contextmanager
+def _run_dirs(base: Path, client: Client, trusted_root: bytes) -> Iterator[_Dirs]:
+    """The run's directories below ``base``, removed afterwards. Run directories a stopped
+    exporter left behind (older than :data:`STALE_RUN`) are removed first."""
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for stale in base.glob("run-*"):
+        with contextlib.suppress(OSError):  # gone already, or not ours to judge: leave it
+            if time.time() - stale.stat().st_mtime > STALE_RUN:
+                shutil.rmtree(stale, ignore_errors=True)
+    run = Path(tempfile.mkdtemp(prefix="run-", dir=base))
+    try:
+        dirs = _Dirs(run, run / "home", run / "tmp", run / "targets",
+                     run / "metadata" if client.mode is ClientMode.NEW else base / "metadata",
+                     run / "trusted-root.json")
+        for path in (dirs.home, dirs.tmp, dirs.targets):
+            path.mkdir(mode=0o700)
+        dirs.root.write_bytes(trusted_root)
+        yield dirs
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def _failed_role(step: Step, records: Sequence[RequestRecord]) -> FailedRole | None:
+    """The role a failed command is attributed to: what its last request fetched."""
+    if records:
+        return role_of(records[-1].role)
+    return FailedRole.TARGET if step.command == "download" else FailedRole.ROOT
+
+
+def _verdict(step: Step) -> tuple[Reason, str]:
+    """The reason of a failed command and the first words of its message."""
+    if step.start_error is not None:
+        return Reason.CLIENT_ERROR, f"{step.command} could not be started: {step.start_error}"
+    if step.timed_out:
+        return Reason.CLIENT_TIMEOUT, f"{step.command} did not finish in time; its process " \
+            "group was killed"
+    if step.status == 1:
+        return Reason.CLIENT_REJECTED, f"{step.command} exited with status 1"
+    if step.status is not None and step.status < 0:
+        return Reason.CLIENT_ERROR, f"{step.command} was killed by signal {-step.status}"
+    return Reason.CLIENT_ERROR, f"{step.command} exited with status {step.status}"
+
+
+def _message(step: Step, head: str) -> str:
+    """``head`` and the output tail most likely to say why (stderr, else stdout)."""
+    stream = step.stderr if step.stderr.tail.strip() or step.stderr.dropped else step.stdout
+    name = "stderr" if stream is step.stderr else "stdout"
+    tail = stream.text(MESSAGE_TAIL).strip()
+    return f"{head} after {step.seconds:.1f} s; {name}: {tail}" if tail else \
+        f"{head} after {step.seconds:.1f} s; no output"
+
+
+def run_client(
+    client: Client,
+    repository: Repository,
+    endpoint: Endpoint,
+    trusted_root: bytes,
+    state_dir: Path,
+    slots: threading.Semaphore | None = None,
+) -> ProbeResult:
+    """Run ``client`` against ``endpoint`` once (see the module's docstring); never raises.
+
+    ``slots`` bounds the client processes of every run that shares it; the run's ``timeout``
+    starts once a slot is taken. The result's ``requests`` are the forwarder's records,
+    ``targets`` one :class:`~exporter.probe.results.TargetResult` per canary downloaded.
+    """
+    started_at = datetime.now(UTC)
+    t0 = time.monotonic()
+    with slots if slots is not None else contextlib.nullcontext():
+        try:
+            return _Run(client, repository, endpoint, trusted_root, state_dir).run()
+        except Exception as exc:
+            log.warning("client %s on %s/%s stopped by a fault of the exporter: %s",
+                        client.name, repository.name, endpoint.name, describe(exc),
+                        exc_info=True)
+            result = exporter_error_result(repository.name, endpoint.name, started_at,
+                                           time.monotonic() - t0, exc)
+            return replace(result, client=client.name)
+
+
+class _Run:
+    """One run of one client against one endpoint."""
+
+    def __init__(self, client: Client, repository: Repository, endpoint: Endpoint,
+                 trusted_root: bytes, state_dir: Path) -> None:
+        self.client = client
+        self.repo = repository
+        self.endpoint = endpoint
+        self.trusted_root = trusted_root
+        self.base = client_dir(state_dir, client.name, repository.name, endpoint.name)
+        self.started_at = datetime.now(UTC)
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + client.timeout
+        self.tmp = state_dir / "tmp"
+
+    def run(self) -> ProbeResult:
+        self.tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with _run_dirs(self.base, self.client, self.trusted_root) as dirs, \
+                Forwarder(self.repo, self.endpoint, self.deadline, self.tmp) as forwarder:
+            env = client_environment(self.client, dirs.home, dirs.tmp)
+            argv = list(self.client.command)
+            meta = ["--metadata-dir", str(dirs.metadata)]
+            steps: list[tuple[list[str], str, str | None]] = []
+            fresh = not dirs.metadata.is_dir() or not any(dirs.metadata.iterdir())
+            if fresh:
+                dirs.metadata.mkdir(parents=True, exist_ok=True, mode=0o700)
+                steps.append(([*argv, *meta, "init", str(dirs.root)], "init", None))
+            remote = ["--metadata-url", forwarder.metadata_url]
+            steps.append(([*argv, *meta, *remote, "refresh"], "refresh", None))
+            for canary in self.client.targets_for(self.repo):
+                steps.append(([*argv, *meta, *remote, "--target-name", canary,
+                               "--target-base-url", forwarder.targets_url,
+                               "--target-dir", str(dirs.targets), "download"],
+                              "download", canary))
+            targets: list[TargetResult] = []
+            for command_argv, command, target in steps:
+                before = len(forwarder.records)
+                step = run_process(command_argv, command=command, cwd=dirs.run, env=env,
+                                   deadline=self.deadline)
+                records = forwarder.records[before:]
+                if target is not None:
+                    length = sum(r.bytes for r in records if r.role == "target")
+                    targets.append(TargetResult(target, step.ok, None if step.ok else
+                                                _verdict(step)[0], None, length or None,
+                                                step.seconds))
+                if not step.ok:
+                    if command == "init" and self.client.mode is ClientMode.RETURNING:
+                        shutil.rmtree(dirs.metadata, ignore_errors=True)  # init again next run
+                    return self._failure(step, records, forwarder.records, tuple(targets))
+            return self._result(True, forwarder.records, tuple(targets))
+
+    def _failure(self, step: Step, step_records: Sequence[RequestRecord],
+                 records: Sequence[RequestRecord], targets: tuple[TargetResult, ...]
+                 ) -> ProbeResult:
+        reason, head = _verdict(step)
+        role = _failed_role(step, step_records)
+        log.warning("client %s on %s/%s: %s", self.client.name, self.repo.name,
+                    self.endpoint.name, head, extra={
+                        "client": self.client.name, "repository": self.repo.name,
+                        "endpoint": self.endpoint.name, "command": step.command,
+                        "reason": str(reason), "role": None if role is None else str(role),
+                        "status": step.status, "stdout": step.stdout.text(),
+                        "stderr": step.stderr.text(),
+                    })
+        return self._result(False, records, targets, reason, role, _message(step, head))
+
+    def _result(self, success: bool, records: Sequence[RequestRecord],
+                targets: tuple[TargetResult, ...], reason: Reason | None = None,
+                role: FailedRole | None = None, message: str | None = None) -> ProbeResult:
+        dates = [r.server_date for r in records if r.server_date is not None]
+        return ProbeResult(
+            self.repo.name, self.endpoint.name, success, self.started_at,
+            time.monotonic() - self.t0, reason=reason, role=role, message=message,
+            targets=targets, requests=tuple(records),
+            server_date=max(dates) if dates else None, client=self.client.name,
+        )

@@ -1,0 +1,459 @@
+"""External TUF clients (issue 17): a run of a program speaking tuf-conformance's client CLI is
+contained (its own process group killed at the timeout, bounded output, explicit environment,
+a bounded number at once) and measured from the exporter's side (the loopback forwarder's
+request log names the failing role).
+
+The clients here are tiny Python programs written by the tests (``FAKE_CLIENT``), that fetch
+through the forwarder with urllib, against the simulated repository of ``conftest.sim``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from support import Sim, poll
+
+from exporter import cli
+from exporter.config.model import Client, ClientMode
+from exporter.probe import install
+from exporter.probe.external import OUTPUT_BOUND, Forwarder, client_dir, run_client
+from exporter.probe.results import ProbeResult
+from exporter.serve.service import Service
+
+pytestmark = pytest.mark.timeout(120)
+
+FAKE_CLIENT = r'''
+import json, os, shutil, subprocess, sys, time, urllib.error, urllib.request
+
+args = sys.argv[1:]
+command = args[-1] if args[-1] in ("refresh", "download") else args[-2]
+opts = {args[i]: args[i + 1] for i in range(0, len(args) - 1, 2) if args[i].startswith("--")}
+behaviour = os.environ.get("FAKE", "ok")
+out = os.environ.get("FAKE_OUT")
+
+
+def note(line):
+    if out:
+        fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, (line + "\n").encode())
+        os.close(fd)
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read()
+
+
+note(f"start {command} {time.monotonic()}")
+if behaviour == "env":
+    note(json.dumps(dict(os.environ)))
+if command == "init":
+    os.makedirs(opts["--metadata-dir"], exist_ok=True)
+    shutil.copyfile(args[-1], os.path.join(opts["--metadata-dir"], "root.json"))
+    sys.exit(0)
+if behaviour == "sleep":
+    time.sleep(0.5)
+if behaviour == "hang":
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)"])
+    note(f"child {child.pid}")
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(1000)
+if behaviour == "flood":
+    chunk = b"x" * 1024 * 1024
+    for _ in range(100):
+        sys.stdout.buffer.write(chunk)
+    sys.stdout.buffer.write(b"\nthe last line of stdout\n")
+    sys.stdout.flush()
+    sys.exit(1)
+base = opts["--metadata-url"]
+try:
+    get(base + "99.root.json")
+except urllib.error.HTTPError as error:
+    assert error.code == 404, error.code
+timestamp = get(base + "timestamp.json")
+snapshot = get(base + "snapshot.json")
+if behaviour == "reject":
+    print("role: targets (a client's words are not trusted)", file=sys.stderr)
+    print("snapshot refused", file=sys.stderr)
+    sys.exit(1)
+targets = get(base + "targets.json")
+with open(os.path.join(opts["--metadata-dir"], "timestamp.json"), "wb") as f:
+    f.write(timestamp)
+if command == "download":
+    name = opts["--target-name"]
+    data = get(opts["--target-base-url"] + name)
+    path = os.path.join(opts["--target-dir"], name.replace("/", "_"))
+    with open(path, "wb") as f:
+        f.write(data)
+    note(f"downloaded {name} {len(data)}")
+note(f"end {command} {time.monotonic()}")
+'''
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Path:
+    path = tmp_path / "fake_client.py"
+    path.write_text(FAKE_CLIENT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def plain(sim: Sim) -> Sim:
+    """The simulated repository without consistent snapshots: the fake client fetches
+    ``snapshot.json`` and targets by their plain names."""
+    sim.repo.set_consistent_snapshot(False)
+    sim.repo.publish()
+    return sim
+
+
+def _client(fake: Path, behaviour: str = "ok", out: Path | None = None, **changes: object
+            ) -> Client:
+    env = {"FAKE": behaviour, **({"FAKE_OUT": str(out)} if out is not None else {})}
+    client = Client("fake", (sys.executable, str(fake)), timeout=20.0, env=env)
+    return replace(client, **changes)  # type: ignore[arg-type]
+
+
+def _run(sim: Sim, client: Client) -> ProbeResult:
+    repo = sim.config()
+    return run_client(client, repo, repo.primary, sim.trusted_root.read_bytes(), sim.state_dir)
+
+
+def test_success_fetches_through_the_forwarder_and_records_every_request(
+        plain: Sim, fake: Path, tmp_path: Path) -> None:
+    out = tmp_path / "notes"
+    client = _client(fake, out=out)
+    result = _run(plain, client)
+    assert result.success, result.message
+    assert result.client == "fake"
+    requests_ = result.requests
+    # refresh, then one download per canary (each refreshes again), all seen by the exporter
+    roles = [r.role for r in requests_]
+    assert roles[:4] == ["root", "timestamp", "snapshot", "targets"]
+    assert roles.count("target") == 2 and roles.count("timestamp") == 3
+    assert [r.status for r in requests_][:2] == [404, 200]
+    assert all(r.url.startswith(tuple(plain.server.endpoint_urls("primary"))) for r in requests_)
+    targets = result.targets
+    assert [(t.path, t.success, t.length) for t in targets] == [
+        ("files/a.txt", True, len(b"hello from a\n")), ("team/b.txt", True, len(b"hello from b\n"))]
+    notes = out.read_text().splitlines()
+    assert [n.split()[1] for n in notes if n.startswith("start")] == [
+        "init", "refresh", "download", "download"]
+    # returning mode: the metadata directory stays, init is not run again; run dirs are gone
+    base = client_dir(plain.state_dir, "fake", "sim", "primary")
+    assert (base / "metadata" / "timestamp.json").is_file()
+    assert [p.name for p in base.iterdir()] == ["metadata"]
+    out.unlink()
+    left = base / "run-left-by-a-crash"  # an exporter killed mid-run leaves its run directory
+    (left / "home").mkdir(parents=True)
+    os.utime(left, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+    assert _run(plain, client).success
+    assert "init" not in out.read_text()
+    assert not left.exists()
+
+
+def test_new_mode_inits_a_fresh_directory_every_run(plain: Sim, fake: Path, tmp_path: Path
+                                                    ) -> None:
+    out = tmp_path / "notes"
+    client = _client(fake, out=out, mode=ClientMode.NEW, canary_targets=())
+    assert _run(plain, client).success
+    assert _run(plain, client).success
+    starts = [n.split()[1] for n in out.read_text().splitlines() if n.startswith("start")]
+    assert starts == ["init", "refresh", "init", "refresh"]
+    assert list(client_dir(plain.state_dir, "fake", "sim", "primary").iterdir()) == []
+
+
+def test_a_rejection_is_attributed_to_the_last_role_the_exporter_forwarded(
+        plain: Sim, fake: Path) -> None:
+    result = _run(plain, _client(fake, "reject"))
+    assert not result.success
+    assert (str(result.reason), str(result.role)) == (
+        "client_rejected", "snapshot")
+    assert "refresh exited with status 1" in (result.message or "")
+    assert "snapshot refused" in (result.message or "")
+
+
+def test_a_client_that_cannot_start_is_a_client_error(plain: Sim, tmp_path: Path) -> None:
+    client = Client("missing", (str(tmp_path / "no-such-client"),), timeout=5.0)
+    result = _run(plain, client)
+    assert (str(result.reason), str(result.role)) == (
+        "client_error", "root")
+    assert "init could not be started" in (result.message or "")
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (and is no longer running, a zombie left to init counts)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def test_a_hanging_client_and_its_child_are_killed_with_the_group_at_the_timeout(
+        plain: Sim, fake: Path, tmp_path: Path) -> None:
+    out = tmp_path / "notes"
+    client = _client(fake, "hang", out=out, timeout=2.0)
+    t0 = time.monotonic()
+    result = _run(plain, client)
+    elapsed = time.monotonic() - t0
+    assert (str(result.reason), str(result.role)) == (
+        "client_timeout", "root")
+    # 2 s of timeout, 2 s of grace (the client ignores SIGTERM), then SIGKILL
+    assert 2.0 <= elapsed < 8.0, elapsed
+    child = int(next(n for n in out.read_text().splitlines() if n.startswith("child")).split()[1])
+    poll(lambda: _gone(child), timeout=5.0)
+
+
+def test_a_client_printing_100_mb_is_bounded_and_reported(plain: Sim, fake: Path) -> None:
+    tracemalloc.start()
+    try:
+        result = _run(plain, _client(fake, "flood"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (str(result.reason), str(result.role)) == (
+        "client_rejected", "root")
+    message = result.message or ""
+    assert "the last line of stdout" in message
+    assert "earlier bytes not kept" in message and len(message) < 5000
+    dropped = int(message.split("[", 1)[1].split()[0])
+    assert dropped == 100 * 1024 * 1024 + len("\nthe last line of stdout\n") - 4096
+    assert peak < 8 * OUTPUT_BOUND, peak  # a few tails' worth, not 100 MB
+
+
+def test_the_environment_is_explicit(plain: Sim, fake: Path, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENSEARCH_PASSWORD", "not for clients")
+    out = tmp_path / "notes"
+    assert _run(plain, _client(fake, "env", out=out, canary_targets=())).success
+    env = json.loads(next(line for line in out.read_text().splitlines() if line.startswith("{")))
+    assert "OPENSEARCH_PASSWORD" not in env
+    assert set(env) - {"PWD", "LC_CTYPE"} == {"PATH", "LANG", "HOME", "TMPDIR", "FAKE",
+                                              "FAKE_OUT"}
+    assert env["PATH"] == os.environ["PATH"]
+    assert Path(env["HOME"]).parent.parent == client_dir(plain.state_dir, "fake", "sim",
+                                                         "primary")
+
+
+def test_the_concurrency_bound_holds(plain: Sim, fake: Path, tmp_path: Path) -> None:
+    out = tmp_path / "notes"
+    client = _client(fake, "sleep", out=out, mode=ClientMode.NEW, canary_targets=())
+    slots = threading.Semaphore(2)
+    repo = plain.config()
+    endpoints = [*repo.endpoints, *repo.endpoints]
+    results: list[ProbeResult] = []
+    threads = [threading.Thread(target=lambda e=e: results.append(run_client(
+        client, repo, e, plain.trusted_root.read_bytes(), plain.state_dir / str(id(e)),
+        slots))) for e in endpoints]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(results) == 4 and all(r.success for r in results)
+    events = []
+    for line in out.read_text().splitlines():
+        kind, command, moment = line.split()
+        if command == "refresh":
+            events.append((float(moment), 1 if kind == "start" else -1))
+    running, most = 0, 0
+    for _, change in sorted(events):
+        running += change
+        most = max(most, running)
+    assert most == 2
+
+
+def test_the_forwarder_passes_statuses_on_and_refuses_paths_outside_the_endpoint(
+        plain: Sim) -> None:
+    repo = plain.config()
+    with Forwarder(repo, repo.primary, time.monotonic() + 10) as forwarder:
+        ok = requests.get(forwarder.metadata_url + "timestamp.json", timeout=5)
+        assert ok.status_code == 200 and json.loads(ok.content)["signed"]["_type"] == "timestamp"
+        assert requests.get(forwarder.metadata_url + "9.root.json", timeout=5).status_code == 404
+        for path in ("../secret", "%2e%2e/x", "a//b", "timestamp.json?x=1"):
+            assert requests.get(forwarder.metadata_url + path, timeout=5).status_code == 404
+        assert requests.get(forwarder.base_url + "/other/x", timeout=5).status_code == 404
+        assert [(r.role, r.status) for r in forwarder.records] == [
+            ("timestamp", 200), ("root", 404)]
+
+
+def _service_config(sim: Sim, path: Path, fake: Path, notes: Path) -> Path:
+    primary = sim.server.endpoint_urls("primary")
+    client = {"command": [sys.executable, str(fake)], "interval": "1s", "mode": "returning"}
+    document = {
+        "state_dir": str(path.parent / "state"),
+        "jitter": 0,
+        "client_concurrency": 2,
+        "clients": [
+            {**client, "name": "hang", "timeout": "3s",
+             "env": {"FAKE": "hang", "FAKE_OUT": str(notes)}},
+            {**client, "name": "flood", "timeout": "20s", "env": {"FAKE": "flood"}},
+        ],
+        "repositories": [{
+            "name": "sim", "metadata_url": primary[0], "targets_url": primary[1],
+            "trusted_root": str(sim.trusted_root), "interval": "1s", "timeout": "3s",
+            "canary_targets": ["files/a.txt"],
+        }],
+    }
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def test_hanging_and_flooding_clients_never_delay_the_python_tuf_probes_or_a_scrape(
+        sim: Sim, fake: Path, tmp_path: Path) -> None:
+    notes = tmp_path / "notes"
+    service = Service(_service_config(sim, tmp_path / "config.yml", fake, notes),
+                      first_run_within=0.1)
+    service.start()
+    try:
+        poll(lambda: notes.is_file() and "child" in notes.read_text(), timeout=20)
+        # while the hanging client hangs (3 s) and the flood runs: probes on time, scrapes fast
+        changes: list[float] = []
+        last = None
+        slowest_scrape = 0.0
+        until = time.monotonic() + 4.0
+        while time.monotonic() < until:
+            t0 = time.monotonic()
+            samples = _scrape(service)
+            slowest_scrape = max(slowest_scrape, time.monotonic() - t0)
+            now = _value(samples, "tuf_exporter_last_probe_timestamp_seconds",
+                         endpoint="primary")
+            if now is not None and now != last:
+                changes.append(time.monotonic())
+                last = now
+            time.sleep(0.05)
+        gaps = [b - a for a, b in itertools.pairwise(changes)]
+        assert len(changes) >= 3 and max(gaps) < 2.5, gaps  # every 1 s, as configured
+        assert slowest_scrape < 1.0, slowest_scrape
+
+        def both_failed() -> dict[str, dict[str, str]] | None:
+            samples = _scrape(service)
+            failed = {labels["client"]: labels for labels, value in
+                      samples.get("tuf_client_update_failures_total", []) if value > 0}
+            return failed if {"hang", "flood"} <= set(failed) else None
+
+        failed = poll(both_failed, timeout=30)
+        assert failed["hang"]["reason"] == "client_timeout"
+        assert (failed["flood"]["reason"], failed["flood"]["role"]) == ("client_rejected", "root")
+        samples = _scrape(service)
+        assert _value(samples, "tuf_client_update_success", client="hang") == 0
+        assert _value(samples, "tuf_client_update_success", client="returning") == 1
+        # the python-tuf probe's own series stay the returning view's alone
+        assert len(samples["tuf_probe_success"]) == 1
+        log = service.store.endpoint_log("sim", "primary")
+        assert log.latest is not None and log.latest.client == "returning"
+    finally:
+        service.stop()
+
+
+def _scrape(service: Service) -> dict[str, list[tuple[dict[str, str], float]]]:
+    text = generate_latest(service.registry).decode()
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            out.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return out
+
+
+def _value(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str
+           ) -> float | None:
+    for got, value in samples.get(name, []):
+        if all(got.get(k) == want for k, want in labels.items()):
+            return value
+    return None
+
+
+# --- tuf-exporter clients install ------------------------------------------------------------
+
+STAND_IN_ADAPTER = "import tuf, tuf.ngclient, sys; print('adapter on tuf', tuf.__version__)\n"
+
+
+def test_clients_install_refuses_an_unknown_client_and_a_used_directory(tmp_path: Path,
+                                                                        capsys: Any) -> None:
+    assert cli.main(["clients", "install", "python-tuf", "--dir", str(tmp_path / "d")]) == 2
+    assert "expected python-tuf==X.Y.Z or tuf-js" in capsys.readouterr().err
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "file").write_text("mine")
+    adapter = tmp_path / "adapter.py"
+    adapter.write_text(STAND_IN_ADAPTER)
+    with pytest.raises(install.InstallError, match="exists and is not empty"):
+        install.install_python_tuf("7.0.1", tmp_path / "used", adapter=adapter)
+    assert (tmp_path / "used" / "file").read_text() == "mine"  # nothing lost
+
+
+@pytest.mark.install
+@pytest.mark.skipif(not os.environ.get("TUF_EXPORTER_INSTALL_TESTS"),
+                    reason="a real pip install (> 30 s): set TUF_EXPORTER_INSTALL_TESTS=1")
+@pytest.mark.timeout(600)
+def test_clients_install_python_tuf_makes_a_pinned_environment_with_the_adapter(
+        tmp_path: Path) -> None:
+    """A real install (pip, from the configured index) of the release the project runs."""
+    import tuf
+
+    adapter = tmp_path / "python_tuf_client.py"
+    adapter.write_text(STAND_IN_ADAPTER)
+    installed = install.install_python_tuf(tuf.__version__, tmp_path / "client", adapter=adapter)
+    line = installed.config_line()
+    command = yaml.safe_load(line)["command"]
+    assert command == [str(tmp_path / "client" / "venv" / "bin" / "python"),
+                       str(tmp_path / "client" / "python_tuf_client.py")]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60)
+    assert done.stdout.strip() == f"adapter on tuf {tuf.__version__}"
+    with pytest.raises(install.InstallError, match="not empty"):
+        install.install_python_tuf(tuf.__version__, tmp_path / "client", adapter=adapter)
+
+
+def test_clients_install_tuf_js_copies_the_adapter_and_runs_npm_ci(tmp_path: Path) -> None:
+    source = tmp_path / "tuf-js"
+    source.mkdir()
+    for name in install.TUF_JS_FILES:
+        (source / name).write_text(f"// {name}\n")
+    npm = tmp_path / "npm"
+    npm.write_text(f"#!{sys.executable}\nimport os, sys\nos.mkdir('node_modules')\n"
+                   "open('node_modules/argv', 'w').write(' '.join(sys.argv[1:]))\n")
+    npm.chmod(0o755)
+    installed = install.install_tuf_js(tmp_path / "client", npm=str(npm), source=source)
+    client = tmp_path / "client"
+    assert (client / "node_modules" / "argv").read_text() == "ci --no-audit --no-fund"
+    assert sorted(p.name for p in client.iterdir()) == sorted(
+        [*install.TUF_JS_FILES, "node_modules"])
+    assert installed.command[1] == str(client / "tuf-client.mjs")
+    failing = tmp_path / "npm-fails"
+    failing.write_text(f"#!{sys.executable}\nimport sys\nsys.exit('npm ERR! no network')\n")
+    failing.chmod(0o755)
+    with pytest.raises(install.InstallError, match=r"npm ci failed.*no network"):
+        install.install_tuf_js(tmp_path / "other", npm=str(failing), source=source)
+
+
+def test_the_probe_command_runs_the_configured_clients_too(
+        plain: Sim, fake: Path, tmp_path: Path, capsys: Any) -> None:
+    config = _service_config(plain, tmp_path / "config.yml", fake, tmp_path / "notes")
+    document = yaml.safe_load(config.read_text())
+    document["clients"] = [{"name": "ok", "command": [sys.executable, str(fake)],
+                            "timeout": "20s", "env": {"FAKE": "ok"}},
+                           {"name": "rejects", "command": [sys.executable, str(fake)],
+                            "timeout": "20s", "env": {"FAKE": "reject"}}]
+    config.write_text(yaml.safe_dump(document))
+    assert cli.main(["probe", "--config", str(config), "--json"]) == 1  # one client rejects
+    [repository] = json.loads(capsys.readouterr().out)["repositories"]
+    [endpoint] = repository["endpoints"]  # the returning view, with its other views
+    verdicts = {e["client"]: (e["success"], e["reason"], e["role"])
+                for e in [endpoint, *endpoint["views"]]}
+    assert verdicts == {"returning": (True, None, None), "new": (True, None, None),
+                        "ok": (True, None, None),
+                        "rejects": (False, "client_rejected", "snapshot")}
