@@ -1,5 +1,5 @@
-"""A real TUF repository (python-tuf Metadata API, ed25519 keys) served over HTTP
-on 127.0.0.1 with mirrors and injectable faults, for tests, demos and benchmarks.
+"""A real TUF repository (python-tuf Metadata API; ed25519 keys, other schemes on rotation)
+served over HTTP on 127.0.0.1 with mirrors and injectable faults, for tests, demos and benchmarks.
 
 Typical use::
 
@@ -14,6 +14,7 @@ Typical use::
 
 from exporter.simulator.faults import FAULTS, ActiveFault, FaultInfo, View
 from exporter.simulator.repository import (
+    KEY_SCHEMES,
     ROOT,
     SNAPSHOT,
     TARGETS,
@@ -26,6 +27,7 @@ from exporter.simulator.server import PRIMARY, SimulatorServer, closed_port
 
 __all__ = [
     "FAULTS",
+    "KEY_SCHEMES",
     "PRIMARY",
     "ROOT",
     "SNAPSHOT",

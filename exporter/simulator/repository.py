@@ -65,6 +65,20 @@ DEFAULT_THRESHOLDS: Mapping[str, int] = MappingProxyType(
 
 Expiry = datetime | timedelta
 
+#: The signing schemes :meth:`SimulatedRepository.rotate_keys` can make keys for: securesystemslib's
+#: names (``Key.scheme``), each with the key type and curve or padding it implies. ``ed25519`` is
+#: every key's default; the others are what hardware and cloud signers give (e.g. cloud KMS RSA
+#: keys sign ``rsa-pkcs1v15-sha256``), and clients do not all verify them (docs/clients.md).
+KEY_SCHEMES: tuple[str, ...] = (
+    "ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "rsassa-pss-sha256",
+    "rsa-pkcs1v15-sha256",
+)
+#: RSA key size in bits (what cloud KMS RSA_SIGN_*_2048 keys have; quicker to make than 3072).
+RSA_KEY_BITS = 2048
+
 _SERIALIZER = JSONSerializer(compact=True)
 _CANONICAL = CanonicalJSONSerializer()
 _VERSIONED = re.compile(r"^metadata/(\d+)\.(.+)\.json$")
@@ -97,6 +111,24 @@ def target_file(path: str, sha256: str, consistent_snapshot: bool = True) -> str
         return f"targets/{path}"
     dirname, sep, basename = path.rpartition("/")
     return f"targets/{dirname}{sep}{sha256}.{basename}"
+
+
+def generate_signer(scheme: str = "ed25519") -> CryptoSigner:
+    """Return a new private key (a :class:`CryptoSigner`) whose public key has ``scheme``, one
+    of :data:`KEY_SCHEMES` (``ecdsa-sha2-nistp384`` is a P-384 key, the RSA schemes
+    :data:`RSA_KEY_BITS`-bit keys). ValueError names the schemes for any other."""
+    _check_scheme(scheme)
+    if scheme == "ed25519":
+        return CryptoSigner.generate_ed25519()
+    if scheme.startswith("ecdsa-"):
+        return CryptoSigner.generate_ecdsa(scheme=scheme)
+    return CryptoSigner.generate_rsa(scheme=scheme, size=RSA_KEY_BITS)
+
+
+def _check_scheme(scheme: str) -> None:
+    if scheme not in KEY_SCHEMES:
+        raise ValueError(f"unknown key scheme {scheme!r}: expected one of "
+                         f"{', '.join(KEY_SCHEMES)}")
 
 
 def sign_metadata(
@@ -181,7 +213,8 @@ class RepositoryState(Mapping[str, bytes]):
 
 
 class SimulatedRepository:
-    """A TUF repository with real ed25519 keys, published as immutable states.
+    """A TUF repository with real keys (ed25519; :meth:`rotate_keys` makes others),
+    published as immutable states.
 
     Mutators (``add_target``, ``delegate``, ``rotate_keys``, ``set_expiry``,
     ``bump_version`` ...) only change the in-memory model; ``publish()`` (or
@@ -499,15 +532,20 @@ class SimulatedRepository:
         add: int = 1,
         remove: Sequence[str] | int = 0,
         threshold: int | None = None,
+        scheme: str = "ed25519",
     ) -> list[str]:
         """Add ``add`` new keys to ``role`` and revoke ``remove`` (key ids, or the
         N oldest); optionally set a new threshold. Returns the new key ids.
+
+        ``scheme`` is the signing scheme of the new keys, one of :data:`KEY_SCHEMES` (see
+        :func:`generate_signer`); ValueError for another, before anything changes.
 
         For top-level roles this changes root (next publish writes a new root
         version, signed by the old and the new root keys when root itself is
         rotated); for named delegations it changes the delegator. The rotated
         role is re-signed with its new keys on the next publish.
         """
+        _check_scheme(scheme)
         with self._lock:
             current = self._signers[role]
             revoke = list(current)[:remove] if isinstance(remove, int) else list(remove)
@@ -520,7 +558,7 @@ class SimulatedRepository:
                 if parent.delegations is None or parent.delegations.roles is None:
                     raise ValueError("keys of succinct hash bins cannot be rotated")
                 delegator = parent
-            new = [self._new_signer() for _ in range(add)]
+            new = [self._new_signer(scheme) for _ in range(add)]
             for s in new:
                 delegator.add_key(s.public_key, role)
                 current[s.public_key.keyid] = s
@@ -595,8 +633,8 @@ class SimulatedRepository:
 
     # -------------------------------------------------------------- internals
 
-    def _new_signer(self) -> CryptoSigner:
-        signer = CryptoSigner.generate_ed25519()
+    def _new_signer(self, scheme: str = "ed25519") -> CryptoSigner:
+        signer = generate_signer(scheme)
         self._keyring[signer.public_key.keyid] = signer
         return signer
 
@@ -713,6 +751,7 @@ class SimulatedRepository:
 
 __all__ = [
     "DEFAULT_EXPIRY",
+    "KEY_SCHEMES",
     "ROOT",
     "SNAPSHOT",
     "TARGETS",
@@ -720,6 +759,7 @@ __all__ = [
     "TOP_LEVEL_ROLES",
     "RepositoryState",
     "SimulatedRepository",
+    "generate_signer",
     "metadata_file",
     "served_metadata_file",
     "sign_metadata",

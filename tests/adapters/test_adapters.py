@@ -20,12 +20,10 @@ from pathlib import Path
 
 import pytest
 import tuf
-from cryptography.hazmat.primitives.asymmetric import ec
-from securesystemslib.signer import CryptoSigner, SSlibKey
 from support import Sim, serve
 
 from exporter.adapters import PYTHON_TUF_CLIENT, TUF_JS_CLIENT, TUF_JS_DIR
-from exporter.simulator import TIMESTAMP, SimulatedRepository, SimulatorServer
+from exporter.simulator import TIMESTAMP, SimulatedRepository
 
 RUN_TIMEOUT = 60.0  # seconds one adapter command may take before the test fails
 
@@ -146,40 +144,21 @@ def test_failures_exit_1(adapter: str, sim: Sim, tmp_path: Path) -> None:
 # ------------------------------------------------------------------------ divergence
 
 
-def _rsa_pkcs1v15() -> CryptoSigner:
-    return CryptoSigner.generate_rsa(scheme="rsa-pkcs1v15-sha256")
-
-
-def _ecdsa_p384() -> CryptoSigner:
-    private = ec.generate_private_key(ec.SECP384R1())
-    return CryptoSigner(private, SSlibKey.from_crypto(private.public_key(),
-                                                      scheme="ecdsa-sha2-nistp384"))
-
-
 @pytest.fixture
 def kms_timestamp(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Sim]:
-    """A served repository whose timestamp key was rotated (root v2) to ``request.param``'s
-    key type: the simulator makes ed25519 keys, so its key factory is swapped for the one
-    rotation."""
+    """A served repository whose timestamp key was rotated (root v2) to a key with the
+    signing scheme ``request.param`` (the simulator's ``rotate_keys(scheme=...)``); clients
+    start from root v1."""
     repo = SimulatedRepository()
     repo.add_target("files/a.txt", b"hello from a\n")
     repo.publish()
-    root = repo.write_trusted_root(tmp_path / "root.json")
-    signer: CryptoSigner = request.param()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(repo, "_new_signer", lambda: signer)
-        repo.rotate_keys(TIMESTAMP, add=1, remove=1)
-    repo.publish()
-    assert repo.root_keys(TIMESTAMP) == [signer.public_key]
-    server = SimulatorServer(repo).start()
-    try:
-        yield Sim(repo, server, root, tmp_path / "state")
-    finally:
-        server.stop()
+    repo.rotate_keys(TIMESTAMP, add=1, remove=1, scheme=request.param)
+    assert [key.scheme for key in repo.root_keys(TIMESTAMP)] == [request.param]
+    yield from serve(repo, tmp_path)
 
 
-@pytest.mark.parametrize("kms_timestamp", [_rsa_pkcs1v15, _ecdsa_p384],
-                         ids=["rsa-pkcs1v15-sha256", "ecdsa-sha2-nistp384"], indirect=True)
+@pytest.mark.parametrize("kms_timestamp", ["rsa-pkcs1v15-sha256", "ecdsa-sha2-nistp384"],
+                         indirect=True)
 def test_tuf_js_rejects_timestamp_key_python_tuf_accepts(kms_timestamp: Sim,
                                                         tmp_path: Path) -> None:
     """Divergence: a timestamp role signed with an RSA PKCS#1 v1.5 / SHA-256 key (what cloud

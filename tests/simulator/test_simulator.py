@@ -11,14 +11,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from securesystemslib.signer import Signer
 from tuf.api import exceptions as exc
 from tuf.api.metadata import Metadata
 from tuf.api.serialization import DeserializationError, SerializationError
+from tuf.api.serialization.json import CanonicalJSONSerializer
 from tuf.ngclient import Updater
 from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
-from exporter.simulator import FAULTS, SimulatedRepository, SimulatorServer, closed_port
+from exporter.simulator import (
+    FAULTS,
+    KEY_SCHEMES,
+    SimulatedRepository,
+    SimulatorServer,
+    closed_port,
+)
+from exporter.simulator.repository import generate_signer
 
 TIMEOUT = 0.4  # client socket timeout for the slow faults
 
@@ -166,6 +176,53 @@ def test_key_rotation(repo: SimulatedRepository, server: SimulatorServer, tmp_pa
     assert full_update(make_updater(server, tmp_path, warm=True), "delegated/one.txt") == b"one"
     assert full_update(make_updater(server, tmp_path / "fresh")) == b"hello world"
     assert state.root_versions() == [1, 2]
+
+
+@pytest.mark.parametrize("scheme", [s for s in KEY_SCHEMES if s != "ed25519"])
+def test_key_rotation_to_another_scheme(repo: SimulatedRepository, server: SimulatorServer,
+                                        tmp_path: Path, scheme: str) -> None:
+    """rotate_keys(scheme=...): root v2 lists the new timestamp key with that scheme (and the
+    key type it implies), the timestamp is signed by it alone, and python-tuf (which verifies
+    every scheme of KEY_SCHEMES) follows the rotation, warm and fresh."""
+    full_update(make_updater(server, tmp_path))
+    old = repo.keyids("timestamp")
+    (new,) = repo.rotate_keys("timestamp", add=1, remove=1, scheme=scheme)
+    state = repo.publish()
+    assert state.versions["root"] == 2
+    root = state.signed("root").signed
+    assert root.roles["timestamp"].keyids == [new]
+    key = root.keys[new]
+    assert key.scheme == scheme
+    assert key.keytype == ("rsa" if scheme.startswith("rsa") else "ecdsa")
+    assert repo.root_keys("timestamp") == [key]
+    timestamp = state.signed("timestamp")
+    assert list(timestamp.signatures) == [new] and not set(old) & set(timestamp.signatures)
+    root.verify_delegate("timestamp", CanonicalJSONSerializer().serialize(timestamp.signed),
+                         timestamp.signatures)
+    # the new key is in the keyring like every other (exported, re-signed with)
+    assert repo.signer_for(new) is not None
+    assert full_update(make_updater(server, tmp_path, warm=True)) == b"hello world"
+    assert full_update(make_updater(server, tmp_path / "fresh")) == b"hello world"
+
+
+def test_key_rotation_to_an_unknown_scheme_changes_nothing(repo: SimulatedRepository) -> None:
+    before = repo.keyids("timestamp")
+    with pytest.raises(ValueError, match=r"unknown key scheme 'rsa-pkcs1v15-sha512'.*ed25519"):
+        repo.rotate_keys("timestamp", remove=1, scheme="rsa-pkcs1v15-sha512")
+    assert repo.keyids("timestamp") == before
+    assert repo.publish().versions["root"] == 1
+
+
+def test_generate_signer_makes_every_scheme() -> None:
+    for scheme in KEY_SCHEMES:
+        signer = generate_signer(scheme)
+        assert signer.public_key.scheme == scheme
+        signer.public_key.verify_signature(signer.sign(b"payload"), b"payload")
+    p384 = load_pem_public_key(
+        generate_signer("ecdsa-sha2-nistp384").public_key.keyval["public"].encode())
+    assert isinstance(p384, ec.EllipticCurvePublicKey) and p384.curve.name == "secp384r1"
+    with pytest.raises(ValueError, match="unknown key scheme"):
+        generate_signer("ed448")
 
 
 def test_export_private_key(repo: SimulatedRepository, tmp_path: Path) -> None:
