@@ -42,7 +42,7 @@ from exporter.probe.results import CLIENT_RETURNING, ProbeResult, Reason, Reques
 from exporter.probe.signers import SignerResult
 from exporter.serve.collector import EndpointLog, ProbeStore
 
-__all__ = ["Page", "StatusPage", "reason_alert"]
+__all__ = ["Page", "StatusPage", "reason_alert", "view_reason_alert"]
 
 #: Requests shown per probe on the endpoint page (a delegation sweep can make thousands).
 MAX_REQUESTS_SHOWN = 200
@@ -56,11 +56,21 @@ _REASON_ALERTS: Mapping[Reason, str] = {
     Reason.EXPORTER_ERROR: "TufExporterErrors",
 }
 _FAILING_ALERT = "TufEndpointVerificationFailing"
+#: The alert that pages for a failing client view other than returning (any reason but a fault
+#: of the exporter, which is no verdict on the view).
+_VIEW_FAILING_ALERT = "TufClientViewFailing"
 
 
 def reason_alert(reason: Reason | None) -> str:
     """The alert whose runbook covers a failed verdict with ``reason``."""
     return _REASON_ALERTS.get(reason, _FAILING_ALERT) if reason is not None else _FAILING_ALERT
+
+
+def view_reason_alert(reason: Reason | None) -> str:
+    """The alert whose runbook covers a failed verdict with ``reason`` of a client view other
+    than ``returning`` (issue 16; an external client's too): TufClientViewFailing, the alert
+    that pages for it, except for a fault of the exporter (:func:`reason_alert`'s)."""
+    return reason_alert(reason) if reason == Reason.EXPORTER_ERROR else _VIEW_FAILING_ALERT
 
 
 @dataclass(frozen=True)
@@ -237,7 +247,7 @@ class StatusPage:
                 return Page(404, _document("Not found", f"<p>{_e(text)}</p>", now))
             latest = log.latest
             notes = () if latest.success else (
-                _Note(str(latest.reason or Reason.OTHER), reason_alert(latest.reason)),)
+                _Note(str(latest.reason or Reason.OTHER), view_reason_alert(latest.reason)),)
             row = _Row(repository, endpoint, row.primary, log,
                        State.OK if latest.success else State.FAILING, notes, None, None, client)
             return Page(200, _document(f"{repository} / {endpoint} / {client}",
@@ -357,7 +367,8 @@ class StatusPage:
 
     def _view_table(self, now: float) -> str:
         """One row per client view besides ``returning`` that has a verdict, failing first
-        (then by repository, endpoint in configuration order, client)."""
+        (then by repository, endpoint in configuration order, client); a failing one links
+        the runbook of :func:`view_reason_alert`."""
         judged = []
         for repo in self._config().repositories:
             for order, endpoint in enumerate(repo.endpoints):
@@ -378,7 +389,7 @@ class StatusPage:
             link = "endpoint?" + urlencode({"repository": latest.repository,
                                             "endpoint": latest.endpoint, "client": client})
             reason = "" if latest.success else self._note(
-                _Note(str(latest.reason or Reason.OTHER), reason_alert(latest.reason)))
+                _Note(str(latest.reason or Reason.OTHER), view_reason_alert(latest.reason)))
             cells = [
                 f'<span class="state">{_STATE_TEXT[state]}</span>',
                 _e(latest.repository),

@@ -28,7 +28,7 @@ from exporter.probe.results import (
 )
 from exporter.probe.signers import SignerReason, SignerResult
 from exporter.serve.collector import RECENT_FAILURES, RECENT_PROBES, ProbeStore
-from exporter.serve.status_page import StatusPage, reason_alert
+from exporter.serve.status_page import StatusPage, reason_alert, view_reason_alert
 from exporter.serve.web import ExporterServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,9 +110,9 @@ def test_failing_rows_come_first_with_reason_role_and_runbook() -> None:
 def test_every_failure_reason_links_an_existing_runbook() -> None:
     names = set(alerts.alert_names())
     for reason in (*Reason, None):
-        alert = reason_alert(reason)
-        assert alert in names, reason
-        assert (RUNBOOKS / f"{alerts.kebab(alert)}.md").is_file(), reason
+        for alert in (reason_alert(reason), view_reason_alert(reason)):
+            assert alert in names, reason
+            assert (RUNBOOKS / f"{alerts.kebab(alert)}.md").is_file(), reason
     page = _page(ProbeStore(), _config())
     assert page.runbook_url("TufMetadataExpired") == next(
         r["annotations"]["runbook_url"]
@@ -299,27 +299,41 @@ def test_expiry_warnings_are_relative_to_the_normal_lifetime_as_the_alerts_are()
 
 
 def test_client_views_have_a_row_each_failing_first() -> None:
-    """Issue 16: one row per client view besides returning, under its endpoint."""
+    """Issue 16: one row per client view besides returning, under its endpoint; an external
+    client (issue 17) is a view like the others, named by its client name. A failing view
+    links the runbook of the alert that pages for it, TufClientViewFailing."""
     from dataclasses import replace
 
     store = ProbeStore()
     store.record(_ok("primary"))
     store.record(_ok("mirror"))
+    tuf_js = replace(_failed("primary", reason=Reason.CLIENT_REJECTED,
+                             message="refresh exited with status 1 after 0.4 s; stderr: "
+                             "timestamp was signed by 0/1 keys"), client="tuf-js")
     store.record_view([replace(_ok("primary"), client="new"),
-                       replace(_ok("primary"), client="bootstrap-root-v1")])
+                       replace(_ok("primary"), client="bootstrap-root-v1"), tuf_js])
     store.record_view([replace(_ok("mirror"), client="new"),
                        replace(_failed("mirror", reason=Reason.MISSING,
                                        message="HTTP 404 for 2.root.json"),
-                               client="bootstrap-root-v1")])
-    result = _page(store, _config("mirror")).overview()
+                               client="bootstrap-root-v1"),
+                       replace(_ok("mirror"), client="tuf-js")])
+    options = AlertOptions(runbook_base_url="https://runbooks.example/tuf/")
+    result = _page(store, _config("mirror"), options=options).overview()
     assert [state for state, _ in _rows(result.html)] == ["ok", "ok"]  # endpoints unchanged
     views = _rows(result.html, "views")
     cells = [re.findall(r"<td[^>]*>(.*?)</td>", row, re.S) for _, row in views]
     assert [(state, c[2], re.sub("<[^>]+>", "", c[3])) for (state, _), c in zip(
         views, cells, strict=True)] == [
-        ("failing", "mirror", "bootstrap-root-v1"), ("ok", "primary", "bootstrap-root-v1"),
-        ("ok", "primary", "new"), ("ok", "mirror", "new")]
-    assert "missing" in cells[0][4] and "HTTP 404 for 2.root.json" in cells[0][8]
+        ("failing", "primary", "tuf-js"), ("failing", "mirror", "bootstrap-root-v1"),
+        ("ok", "primary", "bootstrap-root-v1"), ("ok", "primary", "new"),
+        ("ok", "mirror", "new"), ("ok", "mirror", "tuf-js")]
+    view_runbook = 'href="https://runbooks.example/tuf/tuf-client-view-failing.md"'
+    assert "client_rejected" in cells[0][4] and view_runbook in cells[0][4]
+    assert cells[0][5] == "timestamp"
+    assert "timestamp was signed by 0/1 keys" in cells[0][8]
+    assert "missing" in cells[1][4] and view_runbook in cells[1][4]
+    assert "HTTP 404 for 2.root.json" in cells[1][8]
+    cells = cells[1:]
     page = _page(store, _config("mirror"))
     link = re.search(r'href="(endpoint\?[^"]+)"', cells[0][3])
     assert link is not None
@@ -328,5 +342,9 @@ def test_client_views_have_a_row_each_failing_first() -> None:
     assert "client view bootstrap-root-v1" in detail.html
     assert "HTTP 404 for 2.root.json" in detail.html
     assert page.endpoint("repository=repo&endpoint=mirror&client=nope").status == 404
+    detail = _page(store, _config("mirror"), options=options).endpoint(
+        "repository=repo&endpoint=primary&client=tuf-js")
+    assert detail.status == 200 and "client view tuf-js" in detail.html
+    assert "client_rejected" in detail.html and view_runbook in detail.html
     empty = _page(ProbeStore(), _config()).overview().html
     assert "No client view has been probed yet" in empty
