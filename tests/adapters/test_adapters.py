@@ -20,21 +20,12 @@ from pathlib import Path
 
 import pytest
 import tuf
-from support import Sim, serve
+from support import Sim, serve, tuf_js_argv
 
-from exporter.adapters import PYTHON_TUF_CLIENT, TUF_JS_CLIENT, TUF_JS_DIR
+from exporter.adapters import PYTHON_TUF_CLIENT
 from exporter.simulator import TIMESTAMP, SimulatedRepository
 
 RUN_TIMEOUT = 60.0  # seconds one adapter command may take before the test fails
-
-
-def _tuf_js_argv() -> list[str]:
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed: the tuf-js adapter needs Node.js 20.17+ and npm")
-    if not (TUF_JS_DIR / "node_modules" / "tuf-js" / "package.json").is_file():
-        pytest.skip(f"tuf-js adapter not installed: run `npm ci --prefix {TUF_JS_DIR}`")
-    return [node, str(TUF_JS_CLIENT)]
 
 
 def _python_tuf_argv() -> list[str]:
@@ -42,7 +33,7 @@ def _python_tuf_argv() -> list[str]:
 
 
 ADAPTERS: dict[str, Callable[[], list[str]]] = {
-    "tuf-js": _tuf_js_argv,
+    "tuf-js": tuf_js_argv,
     "python-tuf": _python_tuf_argv,
 }
 

@@ -4,6 +4,7 @@ tests import helpers from here, never from ``conftest`` or from another test mod
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +15,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from exporter.adapters import TUF_JS_CLIENT, TUF_JS_DIR
 from exporter.config.model import Endpoint, Mode, Repository
 from exporter.simulator import SimulatedRepository, SimulatorServer
 
@@ -78,6 +82,27 @@ def hash_bins(tmp_path: Path, count: int, *, succinct: bool, targets: int,
     for i in range(targets):
         repo.add_target(f"bins/file-{i}.txt", f"content {i}\n".encode())
     yield from serve(repo, tmp_path)
+
+
+def tuf_js_unavailable() -> str | None:
+    """Why the shipped tuf-js adapter cannot run on this machine (no ``node`` on PATH, or its
+    ``node_modules`` not installed), as a skip reason; None when it can."""
+    if shutil.which("node") is None:
+        return "node is not installed: the tuf-js adapter needs Node.js 20.17+ and npm"
+    if not (TUF_JS_DIR / "node_modules" / "tuf-js" / "package.json").is_file():
+        return (f"tuf-js adapter not installed: run `npm ci --prefix {TUF_JS_DIR}` "
+                "(scripts/test does)")
+    return None
+
+
+def tuf_js_argv() -> list[str]:
+    """``[node, TUF_JS_CLIENT]``, absolute paths; skips the test when
+    :func:`tuf_js_unavailable` says why it cannot run."""
+    reason = tuf_js_unavailable()
+    node = shutil.which("node")
+    if reason is not None or node is None:
+        pytest.skip(reason or "node is not installed")
+    return [node, str(TUF_JS_CLIENT)]
 
 
 def poll(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
