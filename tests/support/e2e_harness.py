@@ -28,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -554,10 +554,14 @@ def e2e_stack(
     startup_timeout: float = 60.0,
     expiries: Mapping[str, Mapping[str, Expiry]] | None = None,
     setups: Mapping[str, RepoSetup] | None = None,
+    clients: Sequence[Mapping[str, Any]] = (),
 ) -> Iterator[Stack]:
     """Start everything; ``repositories`` maps a name to its number of mirrors, ``expiries``
     a name to the lifetimes its roles are signed for (default: the simulator's), ``setups``
     a name to how its repository and configuration differ (:class:`RepoSetup`).
+
+    ``clients``: the configuration's top-level ``clients:`` entries (external clients); a
+    repository runs only those its setup's ``config`` lists under ``clients`` (none otherwise).
 
     ``signer`` is ``(repository, role)``: a ``signers:`` entry probing a file key exported
     from that role of that repository.
@@ -581,6 +585,10 @@ def e2e_stack(
             "jitter": 0,
             "repositories": [r.config() for r in repos.values()],
         }
+        if clients:
+            config["clients"] = [dict(c) for c in clients]
+            for entry in config["repositories"]:
+                entry.setdefault("clients", [])
         signer_keyid = None
         if signer is not None:
             repo_name, role = signer

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import re
+import shutil
 import sys
 import threading
 import time
@@ -22,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
+from support import tuf_js_unavailable
 from support.e2e_harness import (
     REPO_ROOT,
     PromQLError,
@@ -33,6 +36,7 @@ from support.e2e_harness import (
     poll,
 )
 
+from exporter.adapters import TUF_JS_CLIENT
 from exporter.config.durations import parse_duration
 from exporter.config.model import parse_config
 from exporter.config.yamlfile import ConfigError
@@ -54,7 +58,7 @@ pytestmark = [
 #: scenario repository -> number of mirrors
 REPOSITORIES = {"healthy": 1, "resign": 0, "expiry": 1, "lag": 1, "mass": 2, "burn": 2,
                 "equivocation": 1, "signer": 1, "recovery": 1, "dashboards": 1,
-                "fleet-new": 1, "fleet-boot": 0}
+                "fleet-new": 1, "fleet-boot": 0, "divergence": 0}
 SIGNER = ("signer", "timestamp")
 #: "resign" signs its timestamp for minutes: its re-signing stops within one test.
 RESIGN_LIFETIME = 150.0
@@ -78,6 +82,24 @@ SETUPS = {
     # the dashboards' panels about failing client views other than returning need one
     "dashboards": RepoSetup(config={"new_client_interval": NEW_CLIENT_INTERVAL}),
 }
+
+#: "divergence" (issue 17): an external client view, the shipped tuf-js adapter, beside the
+#: exporter's own views. Left out (and its scenario skipped) where node or the adapter's
+#: node_modules is missing; scripts/test installs them.
+TUF_JS_MISSING = tuf_js_unavailable()
+TUF_JS = "tuf-js"
+#: As often as the new view, so the alert's for: (3 s) is again between one and two runs. No
+#: canary: a run is one node process (refresh) after the first init, about 0.3 s of CPU; the
+#: divergence is in the refresh.
+EXTERNAL_CLIENTS: tuple[dict[str, Any], ...] = () if TUF_JS_MISSING else ({
+    "name": TUF_JS, "command": [shutil.which("node"), str(TUF_JS_CLIENT)],
+    "interval": NEW_CLIENT_INTERVAL, "timeout": "20s", "canary_targets": []},)
+SETUPS["divergence"] = RepoSetup(config={
+    "new_client_interval": NEW_CLIENT_INTERVAL,
+    **({} if TUF_JS_MISSING else {"clients": [TUF_JS]})})
+#: The timestamp key's scheme that python-tuf 7 verifies and tuf-js 5.0.1 does not (cloud KMS
+#: RSA keys sign with it): docs/clients.md, "Divergences".
+DIVERGENT_SCHEME = "rsa-pkcs1v15-sha256"
 
 #: From an injected fault to the receiver: probe (1 s) + scrape (1 s) + rule evaluation (1 s)
 #: + ``for:`` + group_wait (1 s); generous for 2 loaded cores.
@@ -126,7 +148,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, fleet_unknown: list[str],
               for name, setup in SETUPS.items()}
     try:
         with e2e_stack(tmp, REPOSITORIES, signer=SIGNER, expiries=EXPIRIES,
-                       setups=setups) as s:
+                       setups=setups, clients=() if fleet_unknown else EXTERNAL_CLIENTS) as s:
             started.append(s)
             yield s
             stopping = time.monotonic()
@@ -225,9 +247,11 @@ def test_healthy_repositories_raise_no_alert(e2e: Stack, fleet_unknown: list[str
     e2e.record("healthy", f"re-signed every 2 s for {window:g}s -> no alert at all",
                time.monotonic() - t0)
     if not fleet_unknown:  # the client views ran all along, and passed
+        divergence = {"returning", "new"} | (set() if TUF_JS_MISSING else {TUF_JS})
         for name, clients in (("fleet-new", {"returning", "new"}),
                               ("fleet-boot", {"returning", "new", "bootstrap-root-v1",
-                                              "bootstrap-root-v2"})):
+                                              "bootstrap-root-v2"}),
+                              ("divergence", divergence)):
             expected = {(ep, c) for ep in e2e.repos[name].endpoints for c in clients}
             assert _views(e2e, name, 1) == expected, name
 
@@ -561,13 +585,14 @@ def _views_ran_since(e2e: Stack, repository: str, since: float, clients: set[str
     return ran >= {(ep, c) for ep in e2e.repos[repository].endpoints for c in clients}
 
 
-def _assert_returning_stayed_green(e2e: Stack, repository: str, since: float) -> None:
-    """The returning view of every endpoint of ``repository`` passed all along since
-    ``since`` (time.monotonic()), and no endpoint alert was sent for it."""
+def _assert_returning_stayed_green(e2e: Stack, repository: str, since: float,
+                                   also: tuple[str, ...] = ()) -> None:
+    """The returning view (and the views ``also``) of every endpoint of ``repository`` passed
+    all along since ``since`` (time.monotonic()), and no endpoint alert was sent for it."""
     window = f"{int(time.monotonic() - since) + 1}s"
     for selector in (f'tuf_probe_success{{repository="{repository}"}}',
-                     f'tuf_client_update_success{{repository="{repository}", '
-                     'client="returning"}'):
+                     *(f'tuf_client_update_success{{repository="{repository}", '
+                       f'client="{client}"}}' for client in ("returning", *also))):
         dipped = e2e.prometheus.query(f"min_over_time({selector}[{window}]) < 1")
         assert not dipped, f"the returning view of {repository} failed: {dipped}"
     endpoint_alerts = [n.summary() for n, a in e2e.recorder.matching(since, repository=repository)
@@ -661,6 +686,105 @@ def test_missing_intermediate_root_pages_for_bootstrap_root_v1_only(fleet: Stack
     note, _ = e2e.recorder.wait_for(t1, FLEET_TIMEOUT, status="resolved", receiver="page",
                                     alertname="TufClientViewFailing", repository="fleet-boot")
     e2e.record("fleet-boot", "2.root.json restored -> resolved", note.received - t1)
+
+
+# --------------------------------------------------------------------------------------------
+# 8. one client implementation cannot verify the repository (issue 17) -> page for that client
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(TUF_JS_MISSING is not None, reason=TUF_JS_MISSING or "")
+def test_timestamp_key_tuf_js_cannot_verify_pages_for_tuf_js_only(fleet: Stack,
+                                                                  tmp_path: Path) -> None:
+    e2e = fleet
+    sim = e2e.repos["divergence"]
+    views = {"returning", "new", TUF_JS}
+    _wait_views_ok(e2e, "divergence", views)
+    # The timestamp key rotated as a careful operator does: the RSA key added (root 2, the
+    # timestamp signed by both keys), then the ed25519 key revoked (root 3, the RSA key signs
+    # alone). A client between two files of one publish never meets a timestamp its root does
+    # not know, so every view that can verify the RSA key stays green throughout.
+    t_add = time.time()
+    sim.repo.rotate_keys("timestamp", add=1, scheme=DIVERGENT_SCHEME)
+    sim.repo.publish()
+    poll(lambda: _views_ran_since(e2e, "divergence", t_add, views), FLEET_TIMEOUT,
+         "every view of divergence run with the RSA key added",
+         diagnose=lambda: e2e.diagnose("divergence"))
+    assert _views(e2e, "divergence", 1) >= {("primary", c) for c in views}
+    t0 = time.monotonic()
+    fault_time = time.time()
+    sim.repo.rotate_keys("timestamp", add=0, remove=1)
+    sim.repo.publish()
+    assert [key.scheme for key in sim.repo.root_keys("timestamp")] == [DIVERGENT_SCHEME]
+    try:
+        note, alert = e2e.recorder.wait_for(t0, FLEET_TIMEOUT, receiver="page",
+                                            alertname="TufClientViewFailing",
+                                            repository="divergence")
+        e2e.record("divergence", f"timestamp signed with {DIVERGENT_SCHEME} -> {TUF_JS} page",
+                   note.received - t0)
+        assert alert["labels"]["client"] == TUF_JS
+        assert alert["labels"]["endpoint"] == "primary"
+        assert alert["labels"]["severity"] == "page"
+        _assert_runbook(e2e, alert)
+        # Every view has run since the fault: only tuf-js fails.
+        poll(lambda: _views_ran_since(e2e, "divergence", fault_time, views), FLEET_TIMEOUT,
+             "every view of divergence run after the fault",
+             diagnose=lambda: e2e.diagnose("divergence"))
+        assert _views(e2e, "divergence", 0) == {("primary", TUF_JS)}
+        assert _views(e2e, "divergence", 1) == {("primary", "returning"), ("primary", "new")}
+        # tuf-js exited 1 after fetching the timestamp (the exporter's forwarder saw it last).
+        assert e2e.prometheus.query(
+            f'tuf_client_update_failures_total{{repository="divergence", client="{TUF_JS}", '
+            'reason="client_rejected", role="timestamp"} > 0')
+        assert _oncall_matrix(e2e, "divergence", tmp_path) == {
+            "divergence / returning": 1.0, "divergence / new": 1.0,
+            f"divergence / {TUF_JS}": 0.0}
+        row = _status_page_view_row(e2e, "divergence", TUF_JS)
+        assert row["state"] == "failing", row
+        assert row["Reason"].startswith("client_rejected"), row
+        assert row["Role"] == "timestamp", row
+        assert "timestamp was signed by 0/1 keys" in row["Message"], row
+        assert {a["labels"]["client"] for _, a in e2e.recorder.matching(
+            t0, alertname="TufClientViewFailing", repository="divergence")} == {TUF_JS}
+        _assert_returning_stayed_green(e2e, "divergence", t0, also=("new",))
+    finally:
+        t1 = time.monotonic()
+        # Back to an ed25519 timestamp key (root 4): tuf-js follows the root chain and passes.
+        sim.repo.rotate_keys("timestamp", add=1, remove=1)
+        sim.repo.publish()
+    note, _ = e2e.recorder.wait_for(t1, FLEET_TIMEOUT, status="resolved", receiver="page",
+                                    alertname="TufClientViewFailing", repository="divergence")
+    e2e.record("divergence", "timestamp key rotated back to ed25519 -> resolved",
+               note.received - t1)
+
+
+def _oncall_matrix(e2e: Stack, repository: str, tmp: Path) -> dict[str, float]:
+    """The on-call dashboard's client view x endpoint matrix of ``repository``, as Prometheus
+    answers its query now: view ("<repository> / <client>") -> value."""
+    queries = [(where, expr) for path in build_dashboards(tmp / "dashboards")
+               for where, expr in _panel_queries(json.loads(path.read_text(encoding="utf-8")),
+                                                 path.stem)
+               if "Client view x endpoint" in where]
+    assert len(queries) == 1, queries
+    expr = _fill(queries[0][1], {"repository": repository, "endpoint": ".*",
+                                 "datasource": "prometheus"})
+    return {r["metric"]["view"]: float(r["value"][1]) for r in e2e.prometheus.query(expr)}
+
+
+def _status_page_view_row(e2e: Stack, repository: str, client: str) -> dict[str, str]:
+    """The row of ``client``'s view in the status page's client view table (column -> text,
+    and ``state``: the row's class)."""
+    html = requests.get(f"{e2e.exporter_url}/", timeout=5).text
+    table = html.split('id="views"', 1)[1].split("</table>", 1)[0]
+    head = [re.sub(r"<[^>]+>", "", h).strip()
+            for h in re.findall(r"<th[^>]*>(.*?)</th>", table, re.S)]
+    for state, body in re.findall(r'<tr class="(\w+)">(.*?)</tr>', table, re.S):
+        cells = [re.sub(r"<[^>]+>", "", c).strip()
+                 for c in re.findall(r"<td[^>]*>(.*?)</td>", body, re.S)]
+        row = dict(zip(head, cells, strict=True))
+        if row.get("Repository") == repository and row.get("Client") == client:
+            return {"state": state, **row}
+    raise AssertionError(f"no row for the view {client} of {repository} in the status page")
 
 
 # --------------------------------------------------------------------------------------------
