@@ -1328,6 +1328,22 @@ def test_reference_complete_example_is_valid_and_uses_every_key() -> None:
     assert set(_accepted_keys()) - used == set()
 
 
+def test_reference_yaml_examples_are_configurations() -> None:
+    """Every YAML block of the reference is a whole configuration the parser accepts (the
+    examples of "Plugging in another client" included), with what the block says."""
+    text = DOC.read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    assert len(blocks) >= 4, "the reference lost its YAML examples"
+    for block in blocks:
+        config = parse_config(block, "docs/configuration.md")
+        assert config.repositories, block
+        document = yaml.safe_load(block)
+        for repo, entry in zip(config.repositories, document["repositories"], strict=True):
+            assert repo.clients == tuple(entry.get("clients", [c.name for c in config.clients]))
+        assert [list(c.command) for c in config.clients] == [
+            entry["command"] for entry in document.get("clients", [])], block
+
+
 def test_readme_configuration_keys_are_in_the_reference() -> None:
     """Keys named in the README's configuration section are documented here too."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
