@@ -307,8 +307,9 @@ def oncall() -> Dashboard:
                '"repository", "client")', row_field="view", column_field="endpoint", w=12,
                description="One row per repository and client view (returning: the probe's "
                "cached client; new: an empty cache; bootstrap-root-v<N>: a client shipped "
-               "with root N), one column per endpoint. A view other than returning FAILING "
-               "where returning is ok pages (TufClientViewFailing)."),
+               "with root N; any other name: an external client of the configuration's "
+               "clients:, e.g. tuf-js), one column per endpoint. A view other than returning "
+               "FAILING where returning is ok pages (TufClientViewFailing)."),
         table("Failing client views with reason and role (1h)",
               [t(f"sum by (repository, endpoint, client, reason, role) "
                  f"(increase({other_views_failures}[1h])) > 0", instant=True, fmt="table")],
