@@ -7,8 +7,8 @@ event spool is as durable, so an event drained from the outbox into the spool is
 by the outbox's commit being undone). Every observation is written in one ``BEGIN IMMEDIATE``
 transaction, so a reader never sees half an observation.
 
-Detection (what the rows *mean*) lives in :mod:`exporter.history.recorder`; this module only knows
-tables, rows and SQL. Times are stored as Unix seconds (REAL).
+Detection (what the rows *mean*) lives in :mod:`exporter.history._observation`; this module only
+knows tables, rows and SQL. Times are stored as Unix seconds (REAL).
 """
 
 from __future__ import annotations
