@@ -26,7 +26,6 @@ bounded (see :class:`ExporterServer`), so slow or idle clients cannot take the d
 and threads that probes need; each response goes out in a single write.
 """
 
-
 from __future__ import annotations
 
 import gzip
