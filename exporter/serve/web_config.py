@@ -53,7 +53,6 @@ _CLIENT_AUTH_TYPES: Final = (
 )
 _VERIFYING_AUTH_TYPES: Final = ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert")
 # Headers exporter-toolkit lets a web config add, with their allowed values (None: any).
-# Headers exporter-toolkit lets a web config add, with their allowed values (None: any).
 _ALLOWED_HEADERS: Final[Mapping[str, tuple[str, ...] | None]] = {
     "Strict-Transport-Security": None,
     "X-Content-Type-Options": ("nosniff",),
