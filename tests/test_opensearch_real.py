@@ -18,7 +18,8 @@ import pytest
 
 from exporter.config.model import OpenSearch
 from exporter.events.model import Event, EventKind
-from exporter.events.shipper import Backoff, OpenSearchSink, Shipper
+from exporter.events.opensearch_sink import OpenSearchSink
+from exporter.events.shipper import Backoff, Shipper
 from exporter.events.spool import Spool
 
 URL = os.environ.get("OPENSEARCH_URL")

@@ -18,19 +18,16 @@ from opensearch_fake import FakeOpenSearch, wait_until
 
 from exporter import catalogue
 from exporter.config.model import Config, OpenSearch
+from exporter.events.file_sink import FileSink
 from exporter.events.model import Event, EventKind
-from exporter.events.shipper import (
-    Backoff,
-    FileSink,
-    ItemResult,
+from exporter.events.opensearch_sink import (
     OpenSearchSink,
-    Outcome,
-    Shipper,
     index_template,
     read_credentials,
-    redact,
     timevalue,
 )
+from exporter.events.shipper import Backoff, Shipper
+from exporter.events.sinks import ItemResult, Outcome, redact
 from exporter.events.spool import Spool
 
 T0 = datetime(2024, 5, 1, 23, 59, 58, tzinfo=UTC)
@@ -316,7 +313,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from exporter.config.model import OpenSearch
 from exporter.events.model import Event, EventKind
-from exporter.events.shipper import Backoff, OpenSearchSink, Shipper
+from exporter.events.opensearch_sink import OpenSearchSink
+from exporter.events.shipper import Backoff, Shipper
 from exporter.events.spool import Spool
 
 spool = Spool(Path(sys.argv[1]))
