@@ -15,13 +15,8 @@ import requests
 from conftest import Sim
 from tuf.api import exceptions
 
-from exporter.probe.fetcher import (
-    Fetcher,
-    _parse_date,
-    new_session,
-    redirect_allowed,
-    redirect_origin,
-)
+from exporter.config.redirects import redirect_origin
+from exporter.probe.fetcher import Fetcher, _parse_date, new_session, redirect_allowed
 from exporter.probe.results import rfc3339
 
 
