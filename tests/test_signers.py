@@ -27,7 +27,7 @@ from tuf.api.serialization.json import CanonicalJSONSerializer
 
 from exporter import catalogue
 from exporter.config.model import Signer as SignerConfig
-from exporter.events.model import Event, EventKind
+from exporter.events.model import Event, EventKind, signer_probe_event
 from exporter.probe.prober import Prober
 from exporter.probe.signers import (
     CHALLENGE_PREFIX,
@@ -548,20 +548,20 @@ def test_a_signer_removed_while_probed_records_nothing(
     assert not [m for m in monitor.metrics() for s in m.samples if s.labels.get("signer")]
 
 
-def test_to_event(repo: SimulatedRepository, tmp_path: Path) -> None:
+def test_signer_probe_event(repo: SimulatedRepository, tmp_path: Path) -> None:
     public = repo.export_private_key("timestamp", tmp_path / "ts.pem")
     signer = config(f"file2:{tmp_path / 'ts.pem'}")
     first = probe_signer(signer, key_source(repo), NOW)
     second = probe_signer(signer, key_source(repo), NOW)  # same time, same key
-    event = first.to_event()
+    event = signer_probe_event(first)
     assert event.kind is EventKind.SIGNER_PROBE
     assert (event.repository, event.role, event.keyids) == ("sim", "timestamp", (public.keyid,))
     assert event.details["signer"] == "ts-signer" and event.details["up"] is True
     assert event.versions == {"delegator": 1}
     assert first.challenge_sha256 is not None
     assert event.hashes == {"challenge.sha256": first.challenge_sha256}
-    assert event.event_id != second.to_event().event_id  # every probe is its own event
+    assert event.event_id != signer_probe_event(second).event_id  # every probe is its own event
     assert Event.from_document(event.to_document()) == event
     (tmp_path / "ts.pem").unlink()
-    down = probe_signer(signer, key_source(repo), NOW).to_event()
+    down = signer_probe_event(probe_signer(signer, key_source(repo), NOW))
     assert down.reason == "key_unavailable" and down.details["up"] is False

@@ -25,7 +25,7 @@ from prometheus_client.core import Metric
 
 from exporter.catalogue import family
 from exporter.config.model import Config, ConfigError, Endpoint, Repository, Signer, load_config
-from exporter.events.model import Event, EventKind
+from exporter.events.model import Event, EventKind, signer_probe_event
 from exporter.events.shipper import Shipper
 from exporter.events.spool import Spool
 from exporter.generate.alerts import AlertOptions
@@ -352,7 +352,7 @@ class Service:
         result = self.signers.probe(signer.name, self.keys)
         if not self.signers.configured(signer.name):
             return  # removed while it was probed: its result was not recorded either
-        self.spool.emit(result.to_event())
+        self.spool.emit(signer_probe_event(result))
         level = logging.INFO if result.up and result.authorized is not False else logging.WARNING
         log.log(level, "signer probe", extra={"signer_probe": result.to_event_fields()})
 
