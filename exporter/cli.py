@@ -17,13 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from exporter import __version__, logs
-from exporter.config.durations import parse_duration
-from exporter.config.model import Config, ConfigError, load_config, parse_shard
-from exporter.generate.alerts import AlertOptions
-from exporter.history.store import HistoryError
-from exporter.probe.prober import Prober, TrustedRootError, load_trusted_root, temporary_directory
-from exporter.probe.results import ProbeResult, rfc3339
-from exporter.serve.service import Service
+from exporter.config import Config, ConfigError, load_config, parse_duration, parse_shard
+from exporter.generate import AlertOptions
+from exporter.history import HistoryError
+from exporter.probe import (
+    Prober,
+    ProbeResult,
+    TrustedRootError,
+    load_trusted_root,
+    rfc3339,
+    temporary_directory,
+)
+from exporter.serve import Service
 from exporter.simulator import FAULTS
 
 log = logging.getLogger("exporter")
@@ -123,7 +128,7 @@ DEFAULT_LISTEN = ":9929"
 
 def _serve(service: Service, args: argparse.Namespace, banner: Callable[[str], None]) -> int:
     """Run ``service`` behind the HTTP server until SIGTERM or SIGINT; SIGHUP reloads."""
-    from exporter.serve.web import ExporterServer, WebConfigError, raise_open_files_limit
+    from exporter.serve import ExporterServer, WebConfigError, raise_open_files_limit
 
     raise_open_files_limit()  # before the server sizes its connection cap from it
     try:
@@ -208,7 +213,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_dashboards(args: argparse.Namespace) -> int:
     """Write the generated Grafana dashboards."""
-    from exporter.generate.dashboards import build_dashboards
+    from exporter.generate import build_dashboards
 
     for path in build_dashboards(args.out):
         print(path)
@@ -217,7 +222,7 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
 
 def cmd_alerts(args: argparse.Namespace) -> int:
     """Write the generated Prometheus rules and the Alertmanager example."""
-    from exporter.generate.alerts import build_alerts
+    from exporter.generate import build_alerts
 
     options = AlertOptions.from_yaml(args.config) if args.config else None
     for path in build_alerts(args.out, options):

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from opensearch_fake import FakeOpenSearch
 
-from exporter.config.model import Endpoint, Mode, Repository
-from exporter.events.spool import Spool
+from exporter.config import Endpoint, Mode, Repository
+from exporter.events import Spool
 from exporter.simulator import SimulatedRepository, SimulatorServer
 
 # ../shared from the project's root; from a git worktree (/work/wt/<name>) one level further up.

@@ -11,8 +11,8 @@ import pytest
 from prometheus_client.core import Metric
 
 from exporter import catalogue
-from exporter.config.model import Policy
-from exporter.history.cadence import (
+from exporter.config import Policy
+from exporter.history import (
     CONFIGURED_GRACE_SECONDS,
     LEARNED_TOLERANCE,
     CadenceTracker,

@@ -37,11 +37,10 @@ import pytest
 import yaml
 
 from exporter import cli
-from exporter.config.durations import parse_duration
-from exporter.config.model import Config, ConfigError, parse_config
-from exporter.generate.alerts import AlertOptions
-from exporter.probe.prober import load_trusted_root
-from exporter.serve.web import ExporterServer, parse_listen_address
+from exporter.config import Config, ConfigError, parse_config, parse_duration
+from exporter.generate import AlertOptions
+from exporter.probe import load_trusted_root
+from exporter.serve import ExporterServer, parse_listen_address
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -31,9 +31,9 @@ from e2e_harness import (
     poll,
 )
 
-from exporter.config.durations import parse_duration
+from exporter.config import parse_duration
+from exporter.generate import build_dashboards
 from exporter.generate.alerts import kebab, promql_metric_names
-from exporter.generate.dashboards import build_dashboards
 
 _MISSING = [name for name, found in (
     ("prometheus", find_binary("prometheus")),

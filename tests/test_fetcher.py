@@ -15,9 +15,9 @@ import requests
 from conftest import Sim
 from tuf.api import exceptions
 
-from exporter.config.redirects import redirect_origin
+from exporter.config import redirect_origin
+from exporter.probe import rfc3339
 from exporter.probe.fetcher import Fetcher, _parse_date, new_session, redirect_allowed
-from exporter.probe.results import rfc3339
 
 
 def test_on_metadata_sees_each_complete_metadata_body_before_the_caller(sim: Sim) -> None:

@@ -131,6 +131,35 @@ def test_no_module_imports_a_layer_above_its_own() -> None:
     assert not found, "imports against the layers:\n" + "\n".join(found)
 
 
+def private_imports(source: str, module: str, is_package: bool = False) -> list[str]:
+    """The imports of ``module`` that reach a private module (``_name``) of another package."""
+    found = []
+    for target in imported_modules(source, module, is_package):
+        parts = target.split(".")
+        private = [i for i, part in enumerate(parts) if part.startswith("_")]
+        owner = ".".join(parts[: private[0]]) if private else ""
+        if private and module != owner and not module.startswith(owner + "."):
+            found.append(f"{module} imports {target}, private to {owner}")
+    return found
+
+
+def test_private_modules_are_imported_only_inside_their_package() -> None:
+    tests = Path(__file__).resolve().parent
+    sources = [(name, path) for name, path in modules()] + [
+        (f"tests.{path.stem}", path) for path in sorted(tests.rglob("*.py"))
+    ]
+    found = [
+        line
+        for name, path in sources
+        for line in private_imports(path.read_text(encoding="utf-8"), name,
+                                    path.name == "__init__.py")
+    ]
+    assert not found, "import the package's public names instead:\n" + "\n".join(found)
+    planted = "from exporter.history._rules import PRIMARY\n"
+    assert private_imports(planted, "exporter.serve.service")
+    assert not private_imports(planted, "exporter.history.recorder")
+
+
 @pytest.mark.parametrize(
     ("module", "source"),
     [

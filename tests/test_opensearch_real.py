@@ -16,11 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config.model import OpenSearch
-from exporter.events.model import Event, EventKind
-from exporter.events.opensearch_sink import OpenSearchSink
-from exporter.events.shipper import Backoff, Shipper
-from exporter.events.spool import Spool
+from exporter.config import OpenSearch
+from exporter.events import Backoff, Event, EventKind, OpenSearchSink, Shipper, Spool
 
 URL = os.environ.get("OPENSEARCH_URL")
 

@@ -21,9 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tuf.api.metadata import Metadata
 
 from exporter.catalogue import METRICS, Subsystem, sample_names
-from exporter.config.model import Endpoint, Repository
-from exporter.probe.results import ProbeResult
-from exporter.serve.service import Service
+from exporter.config import Endpoint, Repository
+from exporter.probe import ProbeResult
+from exporter.serve import Service
 from exporter.simulator import closed_port
 
 

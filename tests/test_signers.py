@@ -26,9 +26,9 @@ from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import CanonicalJSONSerializer
 
 from exporter import catalogue
-from exporter.config.model import Signer as SignerConfig
-from exporter.events.model import Event, EventKind, signer_probe_event
-from exporter.probe.prober import Prober
+from exporter.config import Signer as SignerConfig
+from exporter.events import Event, EventKind, signer_probe_event
+from exporter.probe import Prober
 from exporter.probe.signers import (
     CHALLENGE_PREFIX,
     AuthorizedKeys,

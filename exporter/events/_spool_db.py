@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
-from exporter.config.model import Events
+from exporter.config import Events
 from exporter.events.model import Event
-from exporter.probe.results import ErrorCause, StoreError
+from exporter.probe import ErrorCause, StoreError
 from exporter.sqlite_files import connect, is_corruption, move_aside, open_database
 
 log = logging.getLogger("exporter.events.spool")  # the spool logs as one, whatever module

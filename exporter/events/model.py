@@ -21,10 +21,10 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from exporter.probe.results import rfc3339
+from exporter.probe import rfc3339
 
 if TYPE_CHECKING:
-    from exporter.probe.signers import SignerResult
+    from exporter.probe import SignerResult
 
 #: Version of the document schema written by :meth:`Event.to_document`. Bump it on any change
 #: that is not purely additive; :meth:`Event.from_document` refuses newer documents.

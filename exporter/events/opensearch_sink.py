@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from exporter.config.model import OpenSearch
+from exporter.config import OpenSearch
 from exporter.events.sinks import ItemResult, Outcome, SinkError, redact
 
 log = logging.getLogger("exporter.events.shipper")  # the shipper and its sinks log as one

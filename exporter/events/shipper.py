@@ -58,7 +58,7 @@ from typing import Any, Protocol
 from prometheus_client.core import Metric
 
 from exporter import catalogue
-from exporter.config.model import Config
+from exporter.config import Config
 from exporter.events.file_sink import FileSink
 from exporter.events.model import Event
 from exporter.events.opensearch_sink import OpenSearchSink

@@ -63,7 +63,7 @@ from typing import Any
 from prometheus_client.core import Metric
 
 from exporter import catalogue
-from exporter.config.model import Events
+from exporter.config import Events
 from exporter.events._spool_db import (
     MAX_ERROR_CHARS,
     SPOOL_FILE,

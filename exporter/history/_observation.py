@@ -66,7 +66,7 @@ from datetime import datetime
 from typing import Any
 
 from exporter.catalogue import TOP_LEVEL_ROLES
-from exporter.config.model import Policy
+from exporter.config import Policy
 from exporter.history import store as db
 from exporter.history._rules import (
     _ANOMALIES,
@@ -89,7 +89,7 @@ from exporter.history._state import KNOWN_CACHE, _Anchor, _Known, _RepoState
 from exporter.history.cadence import ExpectedPeriod, expected_period
 from exporter.history.findings import Finding, FindingKind
 from exporter.history.store import CurrentRow, RootRow
-from exporter.probe.results import FailedRole, ProbeResult, RoleFacts, rfc3339
+from exporter.probe import FailedRole, ProbeResult, RoleFacts, rfc3339
 
 
 class _Observation:

@@ -11,10 +11,10 @@ import statistics
 from collections.abc import Iterable, Mapping
 
 from exporter.catalogue import TOP_LEVEL_ROLES
-from exporter.config.model import Config
+from exporter.config import Config
 from exporter.history import store as db
 from exporter.history.store import CurrentRow
-from exporter.probe.results import ProbeResult, RoleFacts, RoleKeys
+from exporter.probe import ProbeResult, RoleFacts, RoleKeys
 
 #: Name of the primary endpoint in ProbeResult.endpoint.
 PRIMARY = "primary"

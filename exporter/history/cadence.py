@@ -39,7 +39,7 @@ from enum import StrEnum
 from prometheus_client.core import Metric
 
 from exporter.catalogue import family
-from exporter.config.model import ALWAYS_ONLINE, Policy
+from exporter.config import ALWAYS_ONLINE, Policy
 
 #: Multiplier of a configured period.
 CONFIGURED_TOLERANCE = 1.0

@@ -13,8 +13,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from exporter.events.model import Event, EventKind
-from exporter.probe.results import RoleKeys, rfc3339
+from exporter.events import Event, EventKind
+from exporter.probe import RoleKeys, rfc3339
 
 __all__ = ["Finding", "FindingKind", "RootVersion", "Severity"]
 

@@ -23,8 +23,8 @@ from typing import Any
 from prometheus_client.metrics_core import Metric
 
 from exporter.catalogue import family
-from exporter.config.model import Config, Policy
-from exporter.events.model import Event
+from exporter.config import Config, Policy
+from exporter.events import Event
 from exporter.history import store as db
 from exporter.history._observation import _Observation
 from exporter.history._rules import (
@@ -40,28 +40,16 @@ from exporter.history._rules import (
     configured_endpoints,
 )
 from exporter.history._state import _load_state, _RepoState
-from exporter.history.findings import Finding, FindingKind, RootVersion, Severity
+from exporter.history.findings import Finding, RootVersion
 from exporter.history.store import (
     FILENAME,
     HistoryCorruptError,
-    HistoryError,
     HistoryRecoveredError,
     OnCorrupt,
 )
-from exporter.probe.results import ProbeResult, RoleKeys
+from exporter.probe import ProbeResult, RoleKeys
 
-__all__ = [
-    "FILENAME",
-    "Finding",
-    "FindingKind",
-    "HistoryCorruptError",
-    "HistoryError",
-    "HistoryRecoveredError",
-    "HistoryStore",
-    "RootVersion",
-    "Severity",
-    "configured_endpoints",
-]
+__all__ = ["HistoryStore"]
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from exporter.probe.results import ErrorCause, StoreError
+from exporter.probe import ErrorCause, StoreError
 from exporter.sqlite_files import connect, is_corruption, move_aside, open_database
 
 log = logging.getLogger(__name__)

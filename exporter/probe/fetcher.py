@@ -58,7 +58,7 @@ from tuf.api import exceptions
 from tuf.ngclient import FetcherInterface
 
 from exporter import __version__
-from exporter.config.redirects import redirect_origin
+from exporter.config import redirect_origin
 from exporter.probe.results import RequestRecord
 
 _CHUNK = 64 * 1024

@@ -24,17 +24,28 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from prometheus_client.core import Metric
 
 from exporter.catalogue import family
-from exporter.config.model import Config, ConfigError, Endpoint, Repository, Signer, load_config
-from exporter.events.model import Event, EventKind, signer_probe_event
-from exporter.events.shipper import Shipper
-from exporter.events.spool import Spool
-from exporter.generate.alerts import AlertOptions
-from exporter.history.cadence import CadenceTracker, online_roles
-from exporter.history.recorder import Finding, HistoryStore, configured_endpoints
-from exporter.probe.classify import exporter_error_result
-from exporter.probe.prober import Prober, TrustedRootError, load_trusted_root, temporary_directory
-from exporter.probe.results import ErrorCause, ProbeResult, Reason
-from exporter.probe.signers import CachedKeySource, SignerMonitor
+from exporter.config import Config, ConfigError, Endpoint, Repository, Signer, load_config
+from exporter.events import Event, EventKind, Shipper, Spool, signer_probe_event
+from exporter.generate import AlertOptions
+from exporter.history import (
+    CadenceTracker,
+    Finding,
+    HistoryStore,
+    configured_endpoints,
+    online_roles,
+)
+from exporter.probe import (
+    CachedKeySource,
+    ErrorCause,
+    Prober,
+    ProbeResult,
+    Reason,
+    SignerMonitor,
+    TrustedRootError,
+    exporter_error_result,
+    load_trusted_root,
+    temporary_directory,
+)
 from exporter.serve import sharding
 from exporter.serve.collector import ExporterCollector, ProbeStore
 from exporter.serve.scheduler import Scheduler

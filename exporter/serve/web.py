@@ -50,7 +50,6 @@ from exporter.serve._responses import (
     _NOT_FOUND,
     _READ_ONLY,
     _RELOAD_METHODS,
-    REALM,
     _html,
     _landing_page,
     _method_not_allowed,
@@ -59,8 +58,6 @@ from exporter.serve._responses import (
     _text,
 )
 from exporter.serve.web_config import (
-    RateLimit,
-    TLSServerConfig,
     WebConfig,
     WebConfigError,
     load_web_config,
@@ -71,14 +68,8 @@ if TYPE_CHECKING:
 
 
 __all__ = [
-    "REALM",
     "ExporterServer",
-    "RateLimit",
-    "TLSServerConfig",
-    "WebConfig",
-    "WebConfigError",
     "connection_limit",
-    "load_web_config",
     "parse_listen_address",
     "raise_open_files_limit",
 ]

@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from exporter.config.durations import parse_duration
-from exporter.config.yamlfile import ConfigError, read_yaml
+from exporter.config import ConfigError, parse_duration, read_yaml
 
 __all__ = ["RateLimit", "TLSServerConfig", "WebConfig", "WebConfigError", "load_web_config"]
 
