@@ -1106,6 +1106,17 @@ def test_metrics_match_the_catalogue_and_expose(store: HistoryStore) -> None:
     assert 'tuf_mirror_lag_versions{endpoint="m1",repository="repo",role="timestamp"} 10.0' in text
 
 
+def test_the_store_is_a_collector_of_its_own(store: HistoryStore) -> None:
+    """Registered as it is (as the service does), it serves every history family."""
+    scenario(store)
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(store)
+    text = generate_latest(registry).decode()
+    for spec in catalogue.by_subsystem(catalogue.Subsystem.HISTORY):
+        assert f"# HELP {spec.name} " in text, spec.name
+    assert 'tuf_anomalies_total{endpoint="m1",kind="equivocation",repository="repo"} 1.0' in text
+
+
 # ---------------------------------------------------------------------------------------------
 # Cost of an observation
 

@@ -93,6 +93,22 @@ def _both_probed(service: Service) -> dict[str, list[tuple[dict[str, str], float
     return samples if len(done) == 2 else None
 
 
+def test_history_signers_cadence_and_shipper_are_collectors_of_their_own(
+    service: Service,
+) -> None:
+    """The service registers each subsystem's collector; its own collector does not reach
+    into them, and /metrics serves each family once."""
+    own = {m.name for m in service.collector.collect()}
+    served = [f.name for f in
+              text_string_to_metric_families(generate_latest(service.registry).decode())]
+    assert len(served) == len(set(served)), "a family is served twice"
+    for subsystem in (service.history, service.signers, service.cadence, service.shipper):
+        names = {m.name for m in subsystem.collect()}
+        assert names, subsystem
+        assert not names & own, f"the service's collector still serves {names & own}"
+        assert names <= set(served)
+
+
 def test_every_catalogue_metric_is_served_with_the_metadata_values(
     service: Service, sim: Sim
 ) -> None:

@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,7 @@ import pytest
 import softhsm
 from conftest import Sim
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector
 from securesystemslib.signer import Key, SecretsHandler, Signer
 from tuf.api.metadata import Metadata
 from tuf.api.serialization import DeserializationError
@@ -74,17 +72,9 @@ def config(uri: str, role: str = "timestamp", **changes: Any) -> SignerConfig:
     return SignerConfig(**fields)
 
 
-class Source(Collector):
-    def __init__(self, metrics: Iterable[Metric]) -> None:
-        self._metrics = list(metrics)
-
-    def collect(self) -> Iterator[Metric]:
-        return iter(self._metrics)
-
-
 def exposition(monitor: SignerMonitor) -> str:
     registry = CollectorRegistry()
-    registry.register(Source(monitor.metrics()))
+    registry.register(monitor)  # the monitor is a collector of its own
     return generate_latest(registry).decode()
 
 

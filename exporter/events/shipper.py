@@ -471,10 +471,8 @@ class Shipper:
         return [*families, shipped, errors, last]
 
     def collect(self) -> Iterator[Metric]:
-        """prometheus_client collector interface: ``REGISTRY.register(shipper)``."""
+        """prometheus_client's collector interface (the service registers the shipper): the
+        families of :meth:`metrics`. No ``describe()``: a registry with ``auto_describe``
+        learns the names from one collection, so ``/metrics?name[]=`` finds them."""
         yield from self.metrics()
-
-    def describe(self) -> Iterator[Metric]:
-        """No up-front description: families are built at collection time."""
-        return iter(())
 

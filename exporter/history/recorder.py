@@ -538,6 +538,11 @@ class HistoryStore:
             bodies = db.recent_findings(conn, repository, start, limit)
         return [json.loads(b) for b in bodies]
 
+    def collect(self) -> Iterator[Metric]:
+        """prometheus_client's collector interface (the service registers the store): the
+        families of :meth:`metrics` at the current time."""
+        yield from self.metrics()
+
     def metrics(self, now: datetime | None = None) -> Iterator[Metric]:
         """The history metric families, from the in-memory snapshot (no SQL, no waiting).
 

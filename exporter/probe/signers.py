@@ -557,9 +557,9 @@ def probe_signer(
 class SignerMonitor:
     """Runs the probes of the configured signers and keeps their latest results and counters.
 
-    Thread safe. :meth:`metrics` is a collector source: it yields the ``tuf_signer_*``
-    families of the active probes (``tuf_signer_cadence_ok`` comes from
-    :class:`exporter.history.cadence.CadenceTracker`).
+    Thread safe. A prometheus_client collector (:meth:`collect`, registered by the service):
+    it yields the ``tuf_signer_*`` families of the active probes (``tuf_signer_cadence_ok``
+    comes from :class:`exporter.history.cadence.CadenceTracker`).
     """
 
     def __init__(self, signers: Iterable[config.Signer] = (), *,
@@ -626,6 +626,10 @@ class SignerMonitor:
         """The latest result of every signer probed so far."""
         with self._lock:
             return list(self._latest.values())
+
+    def collect(self) -> Iterator[Metric]:
+        """prometheus_client's collector interface: the families of :meth:`metrics`."""
+        yield from self.metrics()
 
     def metrics(self) -> Iterator[Metric]:
         """The ``tuf_signer_*`` families of the active probes, built from the catalogue."""
