@@ -20,6 +20,13 @@ log = logging.getLogger("exporter.events.shipper")  # the shipper and its sinks 
 class FileSink:
     """Appends one canonical JSON document per line, fsynced; rotates by size.
 
+    In: the file's ``path``, ``max_bytes`` (size before rotation), ``backups`` (rotated files
+    kept), ``remember`` (ids of the last documents kept to skip duplicates). :meth:`send` /
+    :meth:`send_serialized` return an ``ok`` :class:`~exporter.events.sinks.ItemResult` per
+    document once the batch is on disk; a write that fails raises
+    :class:`~exporter.events.sinks.SinkError` (cause ``file_error``) and leaves the file as it
+    was, so the shipper retries the whole batch.
+
     ``path`` is rotated to ``path.1`` (``path.1`` to ``path.2``, ...) before a batch that would
     take it over ``max_bytes``; ``backups`` rotated files are kept. At start the tail of the
     current file is read back: a partial last line (a crash mid-write) is cut off, and ids of

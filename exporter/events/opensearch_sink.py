@@ -171,7 +171,18 @@ def _status(info: Mapping[str, Any]) -> int | None:
 
 
 class OpenSearchSink:
-    """Bulk-creates documents in ``<prefix>-YYYY.MM.DD`` (UTC date of the event's time)."""
+    """Bulk-creates documents in ``<prefix>-YYYY.MM.DD`` (UTC date of the event's time).
+
+    In: the ``opensearch`` settings (hosts, index prefix, retention in seconds, TLS, the
+    credentials read by :func:`read_credentials`); ``timeout`` in seconds per request;
+    ``max_chunk_bytes`` bounds one bulk request. :meth:`setup` installs the ISM retention
+    policy and the index template (raises :class:`~exporter.events.sinks.SinkError`, cause
+    ``setup``, to be retried). :meth:`send` / :meth:`send_serialized` take one batch and
+    return one :class:`~exporter.events.sinks.ItemResult` per document, in order: ``ok``
+    (stored, or a 409: already there), ``retry`` (connection, 429, 5xx, a failed request) or
+    ``reject`` (a 400: this document cannot be indexed). They never raise for a document's
+    fate; passwords never appear in errors (:func:`~exporter.events.sinks.redact`).
+    """
 
     name = "opensearch"
 

@@ -106,7 +106,16 @@ class Backoff:
 
 
 class Shipper:
-    """Ships spooled events to a sink in batches, on its own thread, until stopped."""
+    """Ships spooled events to a sink in batches, on its own thread, until stopped.
+
+    In: the :class:`~exporter.events.spool.Spool` to read, the :class:`Sink` to write,
+    ``batch_size`` (events), ``batch_interval`` and ``burst_idle`` (seconds), the retry
+    :class:`Backoff`, and optionally the ``outbox`` whose events are moved into the spool
+    first (the history store). Out: events in the sink, each exactly once; the
+    ``tuf_exporter_events_*`` and ``tuf_exporter_shipper_*`` families (:meth:`collect`).
+    Errors: none escape the thread (see "Survival" above); :meth:`stop` returns whether the
+    spool was drained.
+    """
 
     def __init__(
         self,

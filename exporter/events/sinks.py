@@ -50,7 +50,13 @@ class SinkError(Exception):
 
 
 class Sink(Protocol):
-    """Where shipped events end up."""
+    """Where shipped events end up: :class:`~exporter.events.opensearch_sink.OpenSearchSink`
+    or :class:`~exporter.events.file_sink.FileSink`.
+
+    The shipper calls :meth:`setup` until it succeeds, then :meth:`send` per batch; a sink
+    raises :class:`SinkError` (with its ``cause``) when it cannot take a batch at all, and
+    otherwise answers each document with an :class:`ItemResult`.
+    """
 
     name: str
 

@@ -175,12 +175,22 @@ class Prober:
         endpoint: Endpoint,
         trusted_root: bytes | None = None,
     ) -> ProbeResult:
-        """Run one full client refresh of ``endpoint``; never raises.
+        """Run one full client refresh of ``endpoint`` of ``repository``; never raises.
 
-        A fault of this host (disk full, no descriptors, out of memory) or an exception of
-        our own code cuts the probe short: the result is ``exporter_error`` with its cause
-        (:func:`exporter.probe.classify.exporter_error_result`), never a repository reason, and the
-        endpoint's last verdict is left as it was.
+        In: the configured repository (its mode, limits, canary targets, policy) and one of
+        its endpoints; ``trusted_root``, the bytes of the root to start from (default: read
+        ``repository.trusted_root`` from disk). Probes of one endpoint run one at a time
+        (a second call waits); probes of different endpoints run in parallel.
+
+        Out: a :class:`~exporter.probe.results.ProbeResult`: ``success`` and, on failure, the
+        :class:`~exporter.probe.results.Reason` and failed role as python-tuf decided; the facts
+        of every role read (versions, expiry as aware UTC datetimes, sizes in bytes, signature
+        counts), every HTTP request, and durations in seconds (``duration_seconds``, phases).
+
+        Errors: none raised. A fault of this host (disk full, no descriptors, out of memory)
+        or an exception of our own code cuts the probe short: the result is
+        ``exporter_error`` with its cause (:func:`exporter.probe.classify.exporter_error_result`),
+        never a repository reason, and the endpoint's last verdict is left as it was.
         """
         started_at, t0 = datetime.now(UTC), time.monotonic()
         run: _Run | None = None

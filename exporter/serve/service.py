@@ -159,6 +159,19 @@ class Membership:
 class Service:
     """The running exporter, minus its HTTP front (see :mod:`exporter.serve.web`).
 
+    In: the path of the configuration file (read at construction, then on :meth:`reload`);
+    ``first_run_within`` (seconds) spreads the first probes; ``history_on_corrupt`` is
+    ``"raise"`` or ``"rename"`` (move a corrupt history database aside and start afresh);
+    ``shard`` (index, count) probes only this replica's share of the endpoints;
+    ``alert_options`` are the thresholds the status page shows. :meth:`start` starts the
+    shipper and the scheduler; :meth:`stop` stops them and closes the stores.
+
+    Out: ``registry`` for ``/metrics`` and ``status_page`` for ``/``; events go to the spool
+    in ``state_dir``. Errors at construction: :class:`~exporter.config.ConfigError` (file,
+    line, key), :class:`~exporter.probe.TrustedRootError`, :class:`~exporter.history.HistoryError`.
+    :meth:`reload` never raises: a bad file gives ``(False, reason)`` and the configuration in
+    force stays.
+
     ``registry`` holds the exporter's families plus prometheus_client's process (``process_*``:
     memory, CPU, open and max descriptors, start time), platform (``python_info``) and
     garbage-collector (``python_gc_*``) collectors; ``status_page`` renders ``/`` from the same
