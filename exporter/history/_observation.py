@@ -55,7 +55,11 @@ a forged file with a huge version cannot poison the rollback baseline or hide la
 
 Delegated targets roles are not tracked (their number can be huge; their names never become
 labels).
+
+This module is longer than most for one job: :class:`_Observation` applies every rule above to
+one result, each rule a method reading the same state and writing to the same transaction.
 """
+
 from __future__ import annotations
 
 import sqlite3

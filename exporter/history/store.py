@@ -8,7 +8,9 @@ by the outbox's commit being undone). Every observation is written in one ``BEGI
 transaction, so a reader never sees half an observation.
 
 Detection (what the rows *mean*) lives in :mod:`exporter.history._observation`; this module only
-knows tables, rows and SQL. Times are stored as Unix seconds (REAL).
+knows tables, rows and SQL. Times are stored as Unix seconds (REAL). It is longer than most
+modules because it is the one place for every statement of the history database, next to the
+schema they depend on.
 """
 
 from __future__ import annotations
