@@ -15,9 +15,8 @@ from pathlib import Path
 from tuf.api.metadata import Metadata
 from tuf.ngclient import Updater, UpdaterConfig
 
-from exporter.config.model import Endpoint, Limits, Mode, Repository
-from exporter.probe.prober import Prober
-from exporter.probe.results import ProbeResult
+from exporter.config import Endpoint, Limits, Mode, Repository
+from exporter.probe import Prober, ProbeResult
 
 
 @dataclass(frozen=True)

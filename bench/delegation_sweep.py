@@ -24,7 +24,7 @@ from bench.common import (
     timed_probe,
 )
 from bench.simproc import SimProcess, Spec
-from exporter.probe.prober import Prober
+from exporter.probe import Prober
 
 _BIN_FILE = re.compile(r"^metadata/\d+\.bin-[0-9a-f]+\.json$")
 

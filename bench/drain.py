@@ -41,8 +41,8 @@ from typing import Any
 from bench.common import Goal, Row, scratch
 from bench.events import _probe_result
 from bench.service_run import rss_growth, rss_mb
-from exporter.config.model import OpenSearch
-from exporter.events.spool import Spool
+from exporter.config import OpenSearch
+from exporter.events import Spool
 from exporter.serve.service import verification_event
 
 #: Events in the backlog.
@@ -214,7 +214,7 @@ def build_backlog(path: Path, count: int) -> tuple[int, float]:
 
 def _drain_child(spec: dict[str, Any]) -> dict[str, Any]:
     """In a fresh process: drain the spool into the endpoint; the rate and RSS samples."""
-    from exporter.events.shipper import OpenSearchSink, Shipper
+    from exporter.events import OpenSearchSink, Shipper
 
     url, count = str(spec["url"]), int(spec["count"])
     spool = Spool(Path(spec["spool"]), max_bytes=1 << 40)
@@ -242,7 +242,7 @@ def _drain_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _baseline_child(spec: dict[str, Any]) -> dict[str, Any]:
     """In a fresh process: the sink alone, the spool's documents sent from memory."""
-    from exporter.events.shipper import OpenSearchSink
+    from exporter.events import OpenSearchSink
 
     count = int(spec["count"])
     spool = Spool(Path(spec["spool"]), max_bytes=1 << 40)

@@ -27,12 +27,9 @@ from pathlib import Path
 
 from bench.common import Goal, Row, median, repository, scratch
 from bench.simproc import SimProcess, Spec
-from exporter.config.model import Config, OpenSearch
-from exporter.events.model import canonical_json
-from exporter.events.shipper import OpenSearchSink, Shipper
-from exporter.events.spool import Spool
-from exporter.probe.prober import Prober
-from exporter.probe.results import ProbeResult
+from exporter.config import Config, OpenSearch
+from exporter.events import OpenSearchSink, Shipper, Spool, canonical_json
+from exporter.probe import Prober, ProbeResult
 from exporter.serve.service import verification_event
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

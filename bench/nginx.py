@@ -29,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import unquote
 
-from exporter.simulator.faults import View
+from exporter.simulator import View
 
 #: Where Debian puts nginx.
 _CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx")

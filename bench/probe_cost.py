@@ -31,8 +31,8 @@ from bench.common import (
     timed_probe,
 )
 from bench.simproc import SimProcess, Spec
-from exporter.config.model import Repository
-from exporter.probe.prober import Prober
+from exporter.config import Repository
+from exporter.probe import Prober
 
 
 def _label(count: int) -> str:

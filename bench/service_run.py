@@ -178,7 +178,7 @@ def worker(
 ) -> None:
     """The exporter process. ``mode`` is ``endpoints`` (measure a steady run) or ``scrape``."""
     from exporter import logs
-    from exporter.serve.service import Service
+    from exporter.serve import Service
 
     devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     logs.setup("info", devnull)

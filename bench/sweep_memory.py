@@ -32,8 +32,8 @@ CONSTANT_MB = 48.0
 
 def _child(spec: dict[str, object]) -> dict[str, object]:
     """One probe in this (fresh) process; the peak resident memory before and after."""
-    from exporter.config.model import Limits
-    from exporter.probe.prober import Prober
+    from exporter.config import Limits
+    from exporter.probe import Prober
 
     urls = spec["urls"]
     assert isinstance(urls, list)

@@ -78,6 +78,17 @@ EXPORTER_ERROR_CAUSES: tuple[str, ...] = (
     "disk", "descriptors", "memory", "history", "spool", "internal",
 )
 
+#: The client view of the existing probe: a python-tuf client whose cache holds what it verified
+#: last time (issue 16). Every ``tuf_probe_*`` metric is this view's.
+CLIENT_RETURNING = "returning"
+#: The client view of a first install: python-tuf, an empty cache, the configured trusted root.
+CLIENT_NEW = "new"
+
+
+def bootstrap_client_name(version: int) -> str:
+    """The client view that starts from an embedded root of ``version``: ``bootstrap-root-v<N>``."""
+    return f"bootstrap-root-v{version}"
+
 #: ``result`` label values of tuf_probes_total; ``exporter_error`` is no verdict.
 PROBE_RESULTS: tuple[str, ...] = ("success", "failure", EXPORTER_ERROR)
 

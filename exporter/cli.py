@@ -26,12 +26,12 @@ from exporter.config.model import (
     load_config,
     parse_shard,
 )
-from exporter.config.roots import TrustedRootError, load_bootstrap_roots, load_trusted_root
 from exporter.generate.alerts import AlertOptions
 from exporter.history.store import HistoryError
 from exporter.probe.external import run_client
 from exporter.probe.prober import Prober, temporary_directory
 from exporter.probe.results import ProbeResult, rfc3339
+from exporter.probe.roots import TrustedRootError, load_bootstrap_roots, load_trusted_root
 from exporter.serve.service import Loaded, Service
 from exporter.simulator import FAULTS
 
@@ -192,7 +192,7 @@ DEFAULT_LISTEN = ":9929"
 
 def _serve(service: Service, args: argparse.Namespace, banner: Callable[[str], None]) -> int:
     """Run ``service`` behind the HTTP server until SIGTERM or SIGINT; SIGHUP reloads."""
-    from exporter.serve.web import ExporterServer, WebConfigError, raise_open_files_limit
+    from exporter.serve import ExporterServer, WebConfigError, raise_open_files_limit
 
     raise_open_files_limit()  # before the server sizes its connection cap from it
     try:
@@ -277,7 +277,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_dashboards(args: argparse.Namespace) -> int:
     """Write the generated Grafana dashboards."""
-    from exporter.generate.dashboards import build_dashboards
+    from exporter.generate import build_dashboards
 
     for path in build_dashboards(args.out):
         print(path)
@@ -286,7 +286,7 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
 
 def cmd_alerts(args: argparse.Namespace) -> int:
     """Write the generated Prometheus rules and the Alertmanager example."""
-    from exporter.generate.alerts import build_alerts
+    from exporter.generate import build_alerts
 
     options = AlertOptions.from_yaml(args.config) if args.config else None
     for path in build_alerts(args.out, options):

@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from exporter.probe.results import rfc3339
+from exporter.probe import rfc3339
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
            "error": logging.ERROR}

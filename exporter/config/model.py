@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from exporter.config.durations import parse_duration
+from exporter.config.redirects import redirect_origin
 from exporter.config.yamlfile import ConfigError as ConfigError
 from exporter.config.yamlfile import Node, parse_yaml
-from exporter.probe.fetcher import redirect_origin
 
 T = TypeVar("T")
 

@@ -19,9 +19,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from exporter.probe.results import rfc3339
+from exporter.probe import rfc3339
+
+if TYPE_CHECKING:
+    from exporter.probe import SignerResult
 
 #: Version of the document schema written by :meth:`Event.to_document`. Bump it on any change
 #: that is not purely additive; :meth:`Event.from_document` refuses newer documents.
@@ -226,6 +229,33 @@ class Event:
         if stored is not None and stored != event.event_id:
             raise ValueError(f"event_id {stored!r} does not match the document's content")
         return event
+
+
+def signer_probe_event(result: SignerResult) -> Event:
+    """The ``signer_probe`` event of one signing probe (from :mod:`exporter.probe.signers`).
+
+    Its identity includes the challenge hash, so every probe is a distinct event, even for two
+    signers probed at the same time. Durations in seconds (``probe``, and ``sign`` when the
+    signer signed); ``details`` holds the signer's name, ``up`` and ``authorized``.
+    """
+    durations = {"probe": result.duration_seconds}
+    if result.sign_seconds is not None:
+        durations["sign"] = result.sign_seconds
+    return Event(
+        kind=EventKind.SIGNER_PROBE,
+        time=result.started_at,
+        repository=result.repository,
+        role=result.role,
+        versions={} if result.metadata_version is None else {
+            "delegator": result.metadata_version},
+        hashes={} if result.challenge_sha256 is None else {
+            "challenge.sha256": result.challenge_sha256},
+        keyids=() if result.keyid is None else (result.keyid,),
+        reason=None if result.reason is None else str(result.reason),
+        message=result.message,
+        durations=durations,
+        details={"signer": result.signer, "up": result.up, "authorized": result.authorized},
+    )
 
 
 @runtime_checkable

@@ -21,9 +21,9 @@ from typing import Any
 import yaml
 
 from exporter import catalogue
+from exporter.catalogue import CLIENT_RETURNING
 from exporter.config.durations import parse_duration
 from exporter.config.yamlfile import ConfigError, read_yaml
-from exporter.probe.results import CLIENT_RETURNING
 
 RECORDING_RULES_FILE = "recording_rules.yml"
 ALERT_RULES_FILE = "alert_rules.yml"

@@ -34,6 +34,7 @@ from grafanalib.core import (
 from grafanalib.core import Panel as _GPanel
 
 from exporter import catalogue
+from exporter.catalogue import CLIENT_RETURNING
 from exporter.generate.alerts import (
     BUILTIN_METRICS,
     DASHBOARD_WINDOWS,
@@ -46,7 +47,6 @@ from exporter.generate.alerts import (
     sli_record_name,
     write_files,
 )
-from exporter.probe.results import CLIENT_RETURNING
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SEL = '{repository=~"$repository", endpoint=~"$endpoint"}'

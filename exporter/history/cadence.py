@@ -39,7 +39,7 @@ from enum import StrEnum
 from prometheus_client.core import Metric
 
 from exporter.catalogue import family
-from exporter.config.model import ALWAYS_ONLINE, Policy
+from exporter.config import ALWAYS_ONLINE, Policy
 
 #: Multiplier of a configured period.
 CONFIGURED_TOLERANCE = 1.0
@@ -143,7 +143,8 @@ class CadenceTracker:
     """The latest last-change time and expected period of every online role (thread safe).
 
     The service calls :meth:`update` after each probe of a repository's primary; a scrape
-    calls :meth:`metrics`, which re-evaluates everything against the current time.
+    calls :meth:`collect` (a prometheus_client collector), which re-evaluates everything
+    against the current time.
     """
 
     def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
@@ -204,6 +205,11 @@ class CadenceTracker:
                      None if steady is None else steady[0] + max(0.0, steady_now - steady[1]))
             for (repo, role), (last, period, steady) in inputs
         ]
+
+    def collect(self) -> Iterator[Metric]:
+        """prometheus_client's collector interface (the service registers the tracker): the
+        families of :meth:`metrics` at the current time."""
+        yield from self.metrics()
 
     def metrics(self, now: datetime | None = None) -> Iterator[Metric]:
         """``tuf_signer_cadence_ok`` of every role whose period and last change are known."""

@@ -7,8 +7,10 @@ event spool is as durable, so an event drained from the outbox into the spool is
 by the outbox's commit being undone). Every observation is written in one ``BEGIN IMMEDIATE``
 transaction, so a reader never sees half an observation.
 
-Detection (what the rows *mean*) lives in :mod:`exporter.history.recorder`; this module only knows
-tables, rows and SQL. Times are stored as Unix seconds (REAL).
+Detection (what the rows *mean*) lives in :mod:`exporter.history._observation`; this module only
+knows tables, rows and SQL. Times are stored as Unix seconds (REAL). It is longer than most
+modules because it is the one place for every statement of the history database, next to the
+schema they depend on.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from exporter.probe.results import ErrorCause, StoreError
+from exporter.probe import ErrorCause, StoreError
 from exporter.sqlite_files import connect, is_corruption, move_aside, open_database
 
 log = logging.getLogger(__name__)

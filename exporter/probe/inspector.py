@@ -42,7 +42,7 @@ from securesystemslib.signer import Signature
 from tuf.api.metadata import Delegations, Root, RootVerificationResult, Targets
 
 from exporter.catalogue import TOP_LEVEL_ROLES
-from exporter.config.model import Limits
+from exporter.config import Limits
 from exporter.probe.fingerprints import KeyFingerprints
 from exporter.probe.results import RoleFacts, RoleKeys
 

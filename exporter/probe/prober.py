@@ -50,7 +50,6 @@ from tuf.ngclient import Updater, UpdaterConfig
 
 from exporter.catalogue import TOP_LEVEL_ROLES
 from exporter.config.model import Endpoint, Mode, Policy, Repository, safe_name
-from exporter.config.roots import TrustedRootError, load_trusted_root
 from exporter.probe import delegations
 from exporter.probe.classify import (
     describe,
@@ -74,6 +73,7 @@ from exporter.probe.results import (
     TargetResult,
     bootstrap_client_name,
 )
+from exporter.probe.roots import TrustedRootError, load_trusted_root
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +170,22 @@ class Prober:
         endpoint: Endpoint,
         trusted_root: bytes | None = None,
     ) -> ProbeResult:
-        """Run one full client refresh of ``endpoint``; never raises.
+        """Run one full client refresh of ``endpoint`` of ``repository``; never raises.
 
-        A fault of this host (disk full, no descriptors, out of memory) or an exception of
-        our own code cuts the probe short: the result is ``exporter_error`` with its cause
-        (:func:`exporter.probe.classify.exporter_error_result`), never a repository reason, and the
-        endpoint's last verdict is left as it was.
+        In: the configured repository (its mode, limits, canary targets, policy) and one of
+        its endpoints; ``trusted_root``, the bytes of the root to start from (default: read
+        ``repository.trusted_root`` from disk). Probes of one endpoint run one at a time
+        (a second call waits); probes of different endpoints run in parallel.
+
+        Out: a :class:`~exporter.probe.results.ProbeResult`: ``success`` and, on failure, the
+        :class:`~exporter.probe.results.Reason` and failed role as python-tuf decided; the facts
+        of every role read (versions, expiry as aware UTC datetimes, sizes in bytes, signature
+        counts), every HTTP request, and durations in seconds (``duration_seconds``, phases).
+
+        Errors: none raised. A fault of this host (disk full, no descriptors, out of memory)
+        or an exception of our own code cuts the probe short: the result is
+        ``exporter_error`` with its cause (:func:`exporter.probe.classify.exporter_error_result`),
+        never a repository reason, and the endpoint's last verdict is left as it was.
         """
         started_at, t0 = datetime.now(UTC), time.monotonic()
         run: _Run | None = None
@@ -203,7 +213,7 @@ class Prober:
 
         ``trusted_root`` and ``bootstrap_roots`` (root version -> root.json bytes) are the
         roots of the configuration, already accepted by python-tuf
-        (:mod:`exporter.config.roots`). Each view is a full refresh of python-tuf's ngclient
+        (:mod:`exporter.probe.roots`). Each view is a full refresh of python-tuf's ngclient
         from that root in a fresh, empty cache below ``<state_dir>/tmp`` (removed after the
         view): the root chain, timestamp, snapshot, targets, the delegation sweep when
         ``verify_delegations``, the canaries downloaded and verified by ``download_target``;

@@ -12,6 +12,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Literal, overload
 
+from exporter.catalogue import CLIENT_NEW as CLIENT_NEW
+from exporter.catalogue import CLIENT_RETURNING as CLIENT_RETURNING
+from exporter.catalogue import bootstrap_client_name as bootstrap_client_name
+
 #: Precision of :func:`rfc3339` (the ``timespec`` of :meth:`datetime.isoformat`).
 TimeSpec = Literal["auto", "seconds", "milliseconds", "microseconds"]
 
@@ -230,18 +234,6 @@ class PhaseTiming:
     phase: str
     seconds: float
     network_seconds: float
-
-
-#: The client view of the existing probe: a python-tuf client whose cache holds what it verified
-#: last time (issue 16). Every ``tuf_probe_*`` metric is this view's.
-CLIENT_RETURNING = "returning"
-#: The client view of a first install: python-tuf, an empty cache, the configured trusted root.
-CLIENT_NEW = "new"
-
-
-def bootstrap_client_name(version: int) -> str:
-    """The client view that starts from an embedded root of ``version``: ``bootstrap-root-v<N>``."""
-    return f"bootstrap-root-v{version}"
 
 
 @dataclass(frozen=True)

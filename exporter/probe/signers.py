@@ -48,7 +48,6 @@ from tuf.api.metadata import Metadata, Root, Targets
 
 from exporter.catalogue import TOP_LEVEL_ROLES, family
 from exporter.config import model as config
-from exporter.events.model import Event, EventKind
 from exporter.probe.classify import describe
 from exporter.probe.results import rfc3339
 
@@ -58,7 +57,8 @@ logger = logging.getLogger(__name__)
 #: can start with these bytes.
 CHALLENGE_PREFIX = b"tuf-exporter signer probe v1\x00"
 
-#: The ``kind`` of signer probe events.
+#: The ``kind`` field of signer probe log lines: the kind of their events (see
+#: :func:`exporter.events.model.signer_probe_event`).
 EVENT_KIND = "signer_probe"
 
 _MAX_MESSAGE = 300
@@ -240,28 +240,6 @@ class SignerResult:
     metadata_version: int | None = None
     #: SHA-256 (hex) of the challenge signed: unique per probe (it holds a random nonce).
     challenge_sha256: str | None = None
-
-    def to_event(self) -> Event:
-        """The ``signer_probe`` event of this probe (its identity includes the challenge hash,
-        so every probe is a distinct event, even for two signers probed at the same time)."""
-        durations = {"probe": self.duration_seconds}
-        if self.sign_seconds is not None:
-            durations["sign"] = self.sign_seconds
-        return Event(
-            kind=EventKind.SIGNER_PROBE,
-            time=self.started_at,
-            repository=self.repository,
-            role=self.role,
-            versions={} if self.metadata_version is None else {
-                "delegator": self.metadata_version},
-            hashes={} if self.challenge_sha256 is None else {
-                "challenge.sha256": self.challenge_sha256},
-            keyids=() if self.keyid is None else (self.keyid,),
-            reason=None if self.reason is None else str(self.reason),
-            message=self.message,
-            durations=durations,
-            details={"signer": self.signer, "up": self.up, "authorized": self.authorized},
-        )
 
     def to_event_fields(self) -> dict[str, Any]:
         """A JSON-ready description of the probe for the event pipeline."""
@@ -579,9 +557,9 @@ def probe_signer(
 class SignerMonitor:
     """Runs the probes of the configured signers and keeps their latest results and counters.
 
-    Thread safe. :meth:`metrics` is a collector source: it yields the ``tuf_signer_*``
-    families of the active probes (``tuf_signer_cadence_ok`` comes from
-    :class:`exporter.history.cadence.CadenceTracker`).
+    Thread safe. A prometheus_client collector (:meth:`collect`, registered by the service):
+    it yields the ``tuf_signer_*`` families of the active probes (``tuf_signer_cadence_ok``
+    comes from :class:`exporter.history.cadence.CadenceTracker`).
     """
 
     def __init__(self, signers: Iterable[config.Signer] = (), *,
@@ -648,6 +626,10 @@ class SignerMonitor:
         """The latest result of every signer probed so far."""
         with self._lock:
             return list(self._latest.values())
+
+    def collect(self) -> Iterator[Metric]:
+        """prometheus_client's collector interface: the families of :meth:`metrics`."""
+        yield from self.metrics()
 
     def metrics(self) -> Iterator[Metric]:
         """The ``tuf_signer_*`` families of the active probes, built from the catalogue."""

@@ -3,8 +3,9 @@
 Probes never run at scrape time. The scheduler records each probe's result in a
 :class:`ProbeStore`; a scrape reads the latest results and counters under a short lock, and
 computes expiry margins against the current time, so they are never stale between probes.
-Other subsystems (history, signers, events) contribute their own families through
-``sources``; every family is built from the metric catalogue.
+The history, the signer monitor, the cadence tracker and the shipper are collectors of their
+own, registered by the service; ``sources`` add the few families of the service itself (the
+scheduler's, its threads'). Every family is built from the metric catalogue.
 """
 
 from __future__ import annotations

@@ -33,13 +33,12 @@ from exporter.config.model import (
     Signer,
     load_config,
 )
-from exporter.config.roots import TrustedRootError, load_bootstrap_roots, load_trusted_root
-from exporter.events.model import Event, EventKind
+from exporter.events.model import Event, EventKind, signer_probe_event
 from exporter.events.shipper import Shipper
 from exporter.events.spool import Spool
 from exporter.generate.alerts import AlertOptions
+from exporter.history import Finding, HistoryStore, configured_endpoints
 from exporter.history.cadence import CadenceTracker, online_roles
-from exporter.history.recorder import Finding, HistoryStore, configured_endpoints
 from exporter.probe.classify import exporter_error_result
 from exporter.probe.external import run_client
 from exporter.probe.prober import Prober, temporary_directory
@@ -50,6 +49,7 @@ from exporter.probe.results import (
     Reason,
     bootstrap_client_name,
 )
+from exporter.probe.roots import TrustedRootError, load_bootstrap_roots, load_trusted_root
 from exporter.probe.signers import CachedKeySource, SignerMonitor
 from exporter.serve import sharding
 from exporter.serve.collector import ExporterCollector, ProbeStore
@@ -215,6 +215,19 @@ class Membership:
 class Service:
     """The running exporter, minus its HTTP front (see :mod:`exporter.serve.web`).
 
+    In: the path of the configuration file (read at construction, then on :meth:`reload`);
+    ``first_run_within`` (seconds) spreads the first probes; ``history_on_corrupt`` is
+    ``"raise"`` or ``"rename"`` (move a corrupt history database aside and start afresh);
+    ``shard`` (index, count) probes only this replica's share of the endpoints;
+    ``alert_options`` are the thresholds the status page shows. :meth:`start` starts the
+    shipper and the scheduler; :meth:`stop` stops them and closes the stores.
+
+    Out: ``registry`` for ``/metrics`` and ``status_page`` for ``/``; events go to the spool
+    in ``state_dir``. Errors at construction: :class:`~exporter.config.ConfigError` (file,
+    line, key), :class:`~exporter.config.TrustedRootError`, :class:`~exporter.history.HistoryError`.
+    :meth:`reload` never raises: a bad file gives ``(False, reason)`` and the configuration in
+    force stays.
+
     ``registry`` holds the exporter's families plus prometheus_client's process (``process_*``:
     memory, CPU, open and max descriptors, start time), platform (``python_info``) and
     garbage-collector (``python_gc_*``) collectors; ``status_page`` renders ``/`` from the same
@@ -255,12 +268,11 @@ class Service:
         self.signers = SignerMonitor(config.signers)
         self.keys = CachedKeySource(self._verified_metadata_dir)
         self.cadence = CadenceTracker()
-        self.collector.add_source(self.history.metrics)
-        self.collector.add_source(self.signers.metrics)
-        self.collector.add_source(self.cadence.metrics)
-        self.collector.add_source(self.shipper.metrics)
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self.collector)
+        # each subsystem is its own collector (a duplicate family name fails here, at start)
+        for subsystem in (self.history, self.signers, self.cadence, self.shipper):
+            self.registry.register(subsystem)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
@@ -519,7 +531,7 @@ class Service:
         result = self.signers.probe(signer.name, self.keys)
         if not self.signers.configured(signer.name):
             return  # removed while it was probed: its result was not recorded either
-        self.spool.emit(result.to_event())
+        self.spool.emit(signer_probe_event(result))
         level = logging.INFO if result.up and result.authorized is not False else logging.WARNING
         log.log(level, "signer probe", extra={"signer_probe": result.to_event_fields()})
 

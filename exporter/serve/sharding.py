@@ -35,7 +35,7 @@ import hashlib
 from dataclasses import replace
 from enum import StrEnum
 
-from exporter.config.model import Config, Repository
+from exporter.config import Config, Repository
 
 __all__ = ["PRIMARY", "ShardKey", "owner", "owns", "select"]
 

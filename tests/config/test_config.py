@@ -235,7 +235,7 @@ def test_bootstrap_roots_are_loaded_by_version(tmp_path: Path) -> None:
 def test_a_bootstrap_root_python_tuf_cannot_use_is_a_configuration_error(
     tmp_path: Path, files: list[str], message: str
 ) -> None:
-    from exporter.config.roots import TrustedRootError
+    from exporter.probe.roots import TrustedRootError
     from exporter.serve.service import load
 
     roots = _roots(tmp_path)

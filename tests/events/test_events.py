@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from exporter.events.model import (
+from exporter.events import (
     SCHEMA_VERSION,
     Emitter,
     Event,
@@ -22,7 +22,7 @@ from exporter.events.model import (
     parse_time,
 )
 from exporter.logs import JSONFormatter
-from exporter.probe.results import rfc3339
+from exporter.probe import rfc3339
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 

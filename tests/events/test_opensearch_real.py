@@ -16,10 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config.model import OpenSearch
-from exporter.events.model import Event, EventKind
-from exporter.events.shipper import Backoff, OpenSearchSink, Shipper
-from exporter.events.spool import Spool
+from exporter.config import OpenSearch
+from exporter.events import Backoff, Event, EventKind, OpenSearchSink, Shipper, Spool
 
 URL = os.environ.get("OPENSEARCH_URL")
 

@@ -17,21 +17,15 @@ import pytest
 from support.opensearch_fake import FakeOpenSearch, wait_until
 
 from exporter import catalogue
-from exporter.config.model import Config, OpenSearch
-from exporter.events.model import Event, EventKind
-from exporter.events.shipper import (
-    Backoff,
-    FileSink,
-    ItemResult,
+from exporter.config import Config, OpenSearch
+from exporter.events import Backoff, Event, EventKind, FileSink, Shipper, Spool
+from exporter.events.opensearch_sink import (
     OpenSearchSink,
-    Outcome,
-    Shipper,
     index_template,
     read_credentials,
-    redact,
     timevalue,
 )
-from exporter.events.spool import Spool
+from exporter.events.sinks import ItemResult, Outcome, redact
 
 T0 = datetime(2024, 5, 1, 23, 59, 58, tzinfo=UTC)
 FAST = Backoff(initial=0.02, maximum=0.2)
@@ -314,10 +308,11 @@ _CHILD = """
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from exporter.config.model import OpenSearch
-from exporter.events.model import Event, EventKind
-from exporter.events.shipper import Backoff, OpenSearchSink, Shipper
-from exporter.events.spool import Spool
+from exporter.config import OpenSearch
+from exporter.events import Event, EventKind
+from exporter.events import OpenSearchSink
+from exporter.events import Backoff, Shipper
+from exporter.events import Spool
 
 spool = Spool(Path(sys.argv[1]))
 t0 = datetime(2024, 5, 1, tzinfo=UTC)
@@ -635,9 +630,9 @@ def test_a_bug_in_a_step_is_counted_and_the_shipper_goes_on(
 def test_finding_events_move_from_the_history_outbox_and_a_failure_waits_in_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from exporter.config.model import Policy
-    from exporter.history.recorder import HistoryStore
-    from exporter.probe.results import ProbeResult, RoleFacts
+    from exporter.config import Policy
+    from exporter.history import HistoryStore
+    from exporter.probe import ProbeResult, RoleFacts
 
     def probe(version: int, seconds: float) -> ProbeResult:
         role = RoleFacts(name="timestamp", version=version, expires=T0 + timedelta(days=1),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.events.model import Emitter, Event, EventKind
+from exporter.events import Emitter, Event, EventKind
 from exporter.events.spool import WAL_AUTOCHECKPOINT_PAGES, Spool
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
@@ -184,8 +184,8 @@ _WRITER = """
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from exporter.events.model import Event, EventKind
-from exporter.events.spool import Spool
+from exporter.events import Event, EventKind
+from exporter.events import Spool
 
 spool = Spool(Path(sys.argv[1]))
 t0 = datetime(2024, 5, 1, tzinfo=UTC)

@@ -14,7 +14,7 @@ from exporter.catalogue import (
     MetricType,
     markdown_reference,
 )
-from exporter.probe.results import ErrorCause, FailedRole, Reason
+from exporter.probe import ErrorCause, FailedRole, Reason
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 _BASE_UNITS = ("_seconds", "_bytes", "_total", "_timestamp_seconds")

@@ -8,11 +8,12 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 
 from exporter import catalogue
-from exporter.config.model import Policy
-from exporter.history.cadence import (
+from exporter.config import Policy
+from exporter.history import (
     CONFIGURED_GRACE_SECONDS,
     LEARNED_TOLERANCE,
     CadenceTracker,
@@ -122,6 +123,21 @@ def test_configured_cadence_stops_and_resumes() -> None:
     assert step(at(5000)) == 1
     assert tracker.statuses(at(5000))[0].period == ExpectedPeriod(300.0,
                                                                    PeriodSource.CONFIGURED)
+
+
+def test_the_tracker_is_a_collector_of_its_own() -> None:
+    """Registered as it is (as the service does), it serves tuf_signer_cadence_ok now."""
+    tracker = CadenceTracker()
+    now = datetime.now(UTC)
+    policy = Policy(cadence={"timestamp": 300.0})
+    tracker.update("sim", "timestamp", now - timedelta(seconds=10), policy, None, now)
+    tracker.update("sim", "snapshot", now - timedelta(days=1), Policy(cadence={"snapshot": 60.0}),
+                   None, now)
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(tracker)
+    text = generate_latest(registry).decode()
+    assert 'tuf_signer_cadence_ok{repository="sim",role="timestamp"} 1.0' in text
+    assert 'tuf_signer_cadence_ok{repository="sim",role="snapshot"} 0.0' in text
 
 
 def test_learned_cadence_stops_and_resumes() -> None:

@@ -21,19 +21,21 @@ from prometheus_client.metrics_core import Metric
 from support import Sim
 
 from exporter import catalogue
-from exporter.config.model import Policy
-from exporter.history import store as history_store
-from exporter.history.cadence import CONFIGURED_GRACE_SECONDS, evaluate, expected_period
-from exporter.history.recorder import (
+from exporter.config import Policy
+from exporter.history import (
+    CONFIGURED_GRACE_SECONDS,
     Finding,
     FindingKind,
     HistoryCorruptError,
     HistoryStore,
     Severity,
+    evaluate,
+    expected_period,
 )
-from exporter.probe.prober import Prober
-from exporter.probe.results import (
+from exporter.history import store as history_store
+from exporter.probe import (
     FailedRole,
+    Prober,
     ProbeResult,
     Reason,
     RequestRecord,
@@ -586,9 +588,9 @@ CHILD = textwrap.dedent(
     import sys
     from datetime import UTC, datetime, timedelta
     from pathlib import Path
-    from exporter.config.model import Policy
-    from exporter.history.recorder import HistoryStore
-    from exporter.probe.results import ProbeResult, RoleFacts
+    from exporter.config import Policy
+    from exporter.history import HistoryStore
+    from exporter.probe import ProbeResult, RoleFacts
 
     t0 = datetime(2027, 1, 1, tzinfo=UTC)
     store = HistoryStore.open(Path(sys.argv[1]))
@@ -1104,6 +1106,17 @@ def test_metrics_match_the_catalogue_and_expose(store: HistoryStore) -> None:
     assert 'tuf_mirror_lag_versions{endpoint="m1",repository="repo",role="timestamp"} 10.0' in text
 
 
+def test_the_store_is_a_collector_of_its_own(store: HistoryStore) -> None:
+    """Registered as it is (as the service does), it serves every history family."""
+    scenario(store)
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(store)
+    text = generate_latest(registry).decode()
+    for spec in catalogue.by_subsystem(catalogue.Subsystem.HISTORY):
+        assert f"# HELP {spec.name} " in text, spec.name
+    assert 'tuf_anomalies_total{endpoint="m1",kind="equivocation",repository="repo"} 1.0' in text
+
+
 # ---------------------------------------------------------------------------------------------
 # Cost of an observation
 
@@ -1306,8 +1319,7 @@ def test_stored_versions_keep_their_value_and_order(version: int) -> None:
 def test_a_findings_event_commits_with_it_and_leaves_the_outbox_only_once_spooled(
     tmp_path: Path,
 ) -> None:
-    from exporter.events.model import Event
-    from exporter.events.spool import Spool
+    from exporter.events import Event, Spool
 
     with HistoryStore.open(tmp_path / "h.sqlite") as store, Spool(tmp_path / "s.sqlite") as spool:
         store.observe(online("primary", 1), POLICY, at(0))

@@ -8,9 +8,8 @@ import pytest
 from support import Sim, poll
 from tuf.api import exceptions
 
+from exporter.probe import FailedRole, Prober
 from exporter.probe.classify import role_from_message
-from exporter.probe.prober import Prober
-from exporter.probe.results import FailedRole
 
 
 @pytest.mark.parametrize(("message", "role"), [

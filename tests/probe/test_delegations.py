@@ -16,11 +16,9 @@ from securesystemslib.signer import CryptoSigner
 from support import Sim, hash_bins, serve
 from tuf.api.metadata import SuccinctRoles, Targets
 
-from exporter.config.model import Limits, Mode
-from exporter.probe import delegations
+from exporter.config import Limits, Mode
+from exporter.probe import Prober, ProbeResult, delegations
 from exporter.probe.fetcher import Fetcher
-from exporter.probe.prober import Prober
-from exporter.probe.results import ProbeResult
 from exporter.simulator import SimulatedRepository
 
 BINS = 16

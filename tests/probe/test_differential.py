@@ -29,9 +29,8 @@ from typing import Any
 import pytest
 from support import Clock, Sim, serve
 
-from exporter.config.model import Repository
-from exporter.probe.prober import Prober
-from exporter.probe.results import ProbeResult
+from exporter.config import Repository
+from exporter.probe import Prober, ProbeResult
 from exporter.simulator import FAULTS, SimulatedRepository
 
 #: Lifetimes short enough that the clock crosses them often (seconds).

@@ -8,16 +8,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector
 from securesystemslib.signer import Key, SecretsHandler, Signer
 from support import Sim, softhsm
 from tuf.api.metadata import Metadata
@@ -25,9 +23,9 @@ from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import CanonicalJSONSerializer
 
 from exporter import catalogue
-from exporter.config.model import Signer as SignerConfig
-from exporter.events.model import Event, EventKind
-from exporter.probe.prober import Prober
+from exporter.config import Signer as SignerConfig
+from exporter.events import Event, EventKind, signer_probe_event
+from exporter.probe import Prober
 from exporter.probe.signers import (
     CHALLENGE_PREFIX,
     AuthorizedKeys,
@@ -73,17 +71,9 @@ def config(uri: str, role: str = "timestamp", **changes: Any) -> SignerConfig:
     return SignerConfig(**fields)
 
 
-class Source(Collector):
-    def __init__(self, metrics: Iterable[Metric]) -> None:
-        self._metrics = list(metrics)
-
-    def collect(self) -> Iterator[Metric]:
-        return iter(self._metrics)
-
-
 def exposition(monitor: SignerMonitor) -> str:
     registry = CollectorRegistry()
-    registry.register(Source(monitor.metrics()))
+    registry.register(monitor)  # the monitor is a collector of its own
     return generate_latest(registry).decode()
 
 
@@ -547,20 +537,20 @@ def test_a_signer_removed_while_probed_records_nothing(
     assert not [m for m in monitor.metrics() for s in m.samples if s.labels.get("signer")]
 
 
-def test_to_event(repo: SimulatedRepository, tmp_path: Path) -> None:
+def test_signer_probe_event(repo: SimulatedRepository, tmp_path: Path) -> None:
     public = repo.export_private_key("timestamp", tmp_path / "ts.pem")
     signer = config(f"file2:{tmp_path / 'ts.pem'}")
     first = probe_signer(signer, key_source(repo), NOW)
     second = probe_signer(signer, key_source(repo), NOW)  # same time, same key
-    event = first.to_event()
+    event = signer_probe_event(first)
     assert event.kind is EventKind.SIGNER_PROBE
     assert (event.repository, event.role, event.keyids) == ("sim", "timestamp", (public.keyid,))
     assert event.details["signer"] == "ts-signer" and event.details["up"] is True
     assert event.versions == {"delegator": 1}
     assert first.challenge_sha256 is not None
     assert event.hashes == {"challenge.sha256": first.challenge_sha256}
-    assert event.event_id != second.to_event().event_id  # every probe is its own event
+    assert event.event_id != signer_probe_event(second).event_id  # every probe is its own event
     assert Event.from_document(event.to_document()) == event
     (tmp_path / "ts.pem").unlink()
-    down = probe_signer(signer, key_source(repo), NOW).to_event()
+    down = signer_probe_event(probe_signer(signer, key_source(repo), NOW))
     assert down.reason == "key_unavailable" and down.details["up"] is False

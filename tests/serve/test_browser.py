@@ -113,7 +113,11 @@ def exporter(failing_mirror: Sim, runbooks: str, tmp_path: Path) -> Iterator[str
                 page = requests.get(url, timeout=2).text
             except requests.ConnectionError:
                 return False
-            return page.count('<tr class="failing">') == 1 and '<tr class="ok">' in page
+            # the endpoints table (the client views' table follows it) has its verdicts,
+            # and the failing mirror's view pass ran
+            endpoints, _, views = page.partition("<h2>Client views</h2>")
+            return (endpoints.count('<tr class="failing">') == 1
+                    and '<tr class="ok">' in endpoints and '<tr class="failing">' in views)
 
         poll(probed, timeout=60, interval=0.2)
         yield url
@@ -178,6 +182,11 @@ def test_a_person_sees_the_failing_mirror_first_and_can_follow_it(
     assert second.startswith("OK") and "primary" in second, second
     summary = browser.find_element(By.CSS_SELECTOR, ".summary").text
     assert summary == "2 endpoints: 1 failing, 0 warning, 0 not probed yet, 1 ok", summary
+    # every client view too (issue 16): the failing mirror fails a new client as well, first
+    views = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "#views tbody tr")]
+    assert views and views[0].startswith("FAILING") and "mirror1" in views[0], views
+    assert " new " in f" {views[0]} " and "expired" in views[0], views
+    assert any(v.startswith("OK") and "primary" in v for v in views), views
     shot = _screenshot(browser, tmp_path, "status-page")
 
     # the runbook link of the failure reason opens the runbook

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config.model import Config, Endpoint, Repository, Signer
+from exporter.config import Config, Endpoint, Repository, Signer
 from exporter.serve.sharding import PRIMARY, ShardKey, owner, select
 
 REPOS = 300

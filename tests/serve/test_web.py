@@ -28,14 +28,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from support.pki import PKI
 
-from exporter.serve import web
-from exporter.serve.web import (
+from exporter.serve import (
     ExporterServer,
     WebConfigError,
     connection_limit,
     load_web_config,
     parse_listen_address,
     raise_open_files_limit,
+    web,
 )
 
 pytestmark = pytest.mark.timeout(60)

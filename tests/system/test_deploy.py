@@ -39,8 +39,8 @@ import yaml
 from exporter import cli
 from exporter.config.durations import parse_duration
 from exporter.config.model import Config, ConfigError, parse_config
-from exporter.config.roots import load_trusted_root
 from exporter.generate.alerts import AlertOptions
+from exporter.probe.roots import load_trusted_root
 from exporter.serve.web import ExporterServer, parse_listen_address
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -25,8 +25,8 @@ import yaml
 from support import Sim
 from support.opensearch_fake import FakeOpenSearch, wait_until
 
-from exporter.events.model import parse_time
-from exporter.history.recorder import Finding, FindingKind
+from exporter.events import parse_time
+from exporter.history import Finding, FindingKind
 
 _CHILD = r'''
 import os, signal, sys, time
@@ -36,10 +36,10 @@ point = os.environ.get("CRASH_AT", "")
 spooled_log = os.open(os.environ["SPOOLED_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
 from exporter.history import store as history_store
-from exporter.history.recorder import HistoryStore
-from exporter.serve.service import Service
-from exporter.events.shipper import Backoff, Shipper
-from exporter.events.spool import Spool
+from exporter.history import HistoryStore
+from exporter.serve import Service
+from exporter.events import Backoff, Shipper
+from exporter.events import Spool
 
 
 def crash(name):

@@ -29,13 +29,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import Sim, free_port, poll, stop_process
 from tuf.api import exceptions
 
-from exporter.config.model import Endpoint
+from exporter.config import Endpoint
+from exporter.probe import ErrorCause, Prober, ProbeResult, Reason
 from exporter.probe.classify import exporter_error_result, host_fault, reason_of
 from exporter.probe.inspector import Inspected, Inspector
-from exporter.probe.prober import Prober
-from exporter.probe.results import ErrorCause, ProbeResult, Reason
+from exporter.serve import Service
 from exporter.serve.collector import ProbeStore
-from exporter.serve.service import Service
 from exporter.simulator import closed_port
 
 ROOT = Path(__file__).resolve().parents[2]
