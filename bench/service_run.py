@@ -250,7 +250,7 @@ def _steady(
         last = times[-1] if times else window_start - limit
         if window_end - last > limit:  # a probe that was due never started
             summary.late += 1
-    summary.skipped = sum(service.store.snapshot()[5].values())
+    summary.skipped = sum(service.store.snapshot().skipped.values())
 
 
 def _scrape(

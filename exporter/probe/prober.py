@@ -66,6 +66,7 @@ from exporter.probe.results import (
     CLIENT_RETURNING,
     DelegationSummary,
     FailedRole,
+    Failure,
     PhaseTiming,
     ProbeResult,
     Reason,
@@ -435,7 +436,7 @@ class _Run:
         download_dir = cache / "download"
         metadata_dir.mkdir(parents=True, exist_ok=True)
         updater: Updater | None = None
-        failure: tuple[Reason, FailedRole | None, str] | None = None
+        failure: Failure | None = None
         sweep: delegations.SweepResult | None = None
         targets: list[TargetResult] = []
         self.marks["refresh"] = time.monotonic()
@@ -471,11 +472,12 @@ class _Run:
                     if reason_of(error) is Reason.EXPORTER_ERROR:
                         raise error  # ours, whichever role it hit first
                 name, error = next(iter(sweep.failures.items()))
-                reason, _, message = self._classified(error)
-                failure = (reason, FailedRole.DELEGATED, f"delegated role {name!r}: {message}")
+                classified = self._classified(error)
+                failure = Failure(classified.reason, FailedRole.DELEGATED,
+                                  f"delegated role {name!r}: {classified.message}")
         self.marks["swept"] = time.monotonic()
         self.state.last_targetinfo = {}
-        if updater is not None and (failure is None or failure[1] is FailedRole.DELEGATED):
+        if updater is not None and (failure is None or failure.role is FailedRole.DELEGATED):
             targets = self._canaries(updater, download_dir)
         self.marks["downloaded"] = time.monotonic()
         updater = None  # python-tuf's parsed metadata is not needed past this point
@@ -536,7 +538,8 @@ class _Run:
                     results.append(
                         TargetResult(path, False, Reason.TARGET_NOT_FOUND,
                                      f"no role delegated for {path!r} lists it",
-                                     duration_seconds=time.monotonic() - start)
+                                     duration_seconds=time.monotonic() - start,
+                                     role=FailedRole.TARGET)
                     )
                     continue
                 limit = self.repo.limits.target_max_length
@@ -544,19 +547,23 @@ class _Run:
                     results.append(TargetResult(
                         path, False, Reason.LENGTH_OR_HASH_MISMATCH,
                         f"{path}: {info.length} bytes, more than target_max_length ({limit})",
-                        length=info.length, duration_seconds=time.monotonic() - start))
+                        length=info.length, duration_seconds=time.monotonic() - start,
+                        role=FailedRole.TARGET))
                     continue
                 if known is None:
                     self.state.last_targetinfo[path] = info
                 results.append(self._download(updater, info, download_dir, start))
             except Exception as exc:  # noqa: BLE001 - classified below
-                reason, role, message = self._classified(exc)
-                message = f"{path}: {message}"
-                if role is not None and role is not FailedRole.TARGET:
+                failed = self._classified(exc)
+                role = failed.role or FailedRole.TARGET
+                message = f"{path}: {failed.message}"
+                if role is not FailedRole.TARGET:
                     message = f"{role.value}: {message}"
+                if role is FailedRole.DELEGATED and failed.reason is Reason.TARGET_NOT_FOUND:
+                    role = FailedRole.TARGET  # no delegated role lists it: the target's
                 results.append(
-                    TargetResult(path, False, reason, message,
-                                 duration_seconds=time.monotonic() - start)
+                    TargetResult(path, False, failed.reason, message,
+                                 duration_seconds=time.monotonic() - start, role=role)
                 )
         return results
 
@@ -578,14 +585,15 @@ class _Run:
             return TargetResult(info.path, True, length=info.length,
                                 duration_seconds=time.monotonic() - start)
         except Exception as exc:  # noqa: BLE001 - classified
-            reason, _, message = self._classified(exc)
-            return TargetResult(info.path, False, reason, f"{info.path}: {message}",
-                                length=info.length, duration_seconds=time.monotonic() - start)
+            failed = self._classified(exc)
+            return TargetResult(info.path, False, failed.reason, f"{info.path}: {failed.message}",
+                                length=info.length, duration_seconds=time.monotonic() - start,
+                                role=FailedRole.TARGET)
         finally:
             if name is not None:
                 Path(name).unlink(missing_ok=True)
 
-    def _classified(self, exc: BaseException) -> tuple[Reason, FailedRole | None, str]:
+    def _classified(self, exc: BaseException) -> Failure:
         """python-tuf's reason and the role for a failure; a fault of this host is raised
         again, to end the probe as ``exporter_error`` (see :meth:`Prober.probe`)."""
         reason = reason_of(exc)
@@ -594,7 +602,7 @@ class _Run:
         role = role_from_message(exc, role_of(self.fetcher.last_started))
         if role is None:
             role = FailedRole.ROOT
-        return reason, role, describe(exc)
+        return Failure(reason, role, describe(exc))
 
     # -- reuse of the last verdict --------------------------------------------------------------
 
@@ -763,7 +771,7 @@ class _Run:
 
     def _verdict(
         self,
-        failure: tuple[Reason, FailedRole | None, str] | None,
+        failure: Failure | None,
         targets: list[TargetResult],
         roles: Mapping[str, RoleFacts],
         delegated: Mapping[str, RoleFacts],
@@ -780,9 +788,9 @@ class _Run:
             failure = _first_target_failure(targets)
         return self._result(
             failure is None,
-            None if failure is None else failure[0],
-            None if failure is None else failure[1],
-            None if failure is None else failure[2],
+            None if failure is None else failure.reason,
+            None if failure is None else failure.role,
+            None if failure is None else failure.message,
             roles=roles,
             delegated=delegated,
             summary=summary,
@@ -921,20 +929,12 @@ def _verdict_config(repository: Repository, endpoint: Endpoint) -> Repository:
                    primary=endpoint)
 
 
-def _first_target_failure(
-    targets: list[TargetResult],
-) -> tuple[Reason, FailedRole | None, str] | None:
+def _first_target_failure(targets: list[TargetResult]) -> Failure | None:
+    """The first failing canary's failure, with the role its result carries."""
     for target in targets:
         if not target.success:
-            reason = target.reason or Reason.OTHER
-            role = FailedRole.TARGET
-            message = target.message or ""
-            if reason is not Reason.TARGET_NOT_FOUND and message.startswith("delegated: "):
-                role = FailedRole.DELEGATED
-            for top in TOP_LEVEL_ROLES:
-                if message.startswith(f"{top}: "):
-                    role = FailedRole(top)
-            return reason, role, message
+            return Failure(target.reason or Reason.OTHER, target.role or FailedRole.TARGET,
+                           target.message or "")
     return None
 
 

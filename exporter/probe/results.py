@@ -206,6 +206,20 @@ class TargetResult:
     message: str | None = None
     length: int | None = None
     duration_seconds: float = 0.0
+    #: The role a failure is attributed to: ``target`` (the download or its hashes), or the
+    #: metadata role python-tuf failed on while looking the target up (``delegated`` for a
+    #: delegated role, a top-level role by name). None on success.
+    role: FailedRole | None = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a refresh or a canary failed, as a value: python-tuf's reason, the role the failure
+    is attributed to and python-tuf's words (``message``, shown to people, never parsed)."""
+
+    reason: Reason
+    role: FailedRole | None
+    message: str
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,31 @@ class EndpointLog:
     failures: tuple[ProbeResult, ...]
 
 
+@dataclass(frozen=True)
+class StoreSnapshot:
+    """What one scrape reads from a :class:`ProbeStore`, copied at one instant. Counter keys are
+    label values in the order of the metric's labels in the catalogue."""
+
+    #: The latest result of every client view of every endpoint.
+    latest: list[ProbeResult]
+    #: tuf_probes_total: (repository, endpoint, result) -> count.
+    probes: dict[tuple[str, str, str], int]
+    #: tuf_probe_failures_total: (repository, endpoint, reason, role) -> count.
+    failures: dict[tuple[str, str, str, str], int]
+    #: tuf_probe_http_requests_total: (repository, endpoint, code class) -> count.
+    http: dict[tuple[str, str, str], int]
+    #: tuf_probe_retries_total: (repository, endpoint) -> count.
+    retries: dict[tuple[str, str], int]
+    #: tuf_exporter_probes_skipped_total: (repository, endpoint) -> count.
+    skipped: dict[tuple[str, str], int]
+    #: tuf_exporter_errors_total: (cause,) -> count.
+    exporter_errors: dict[tuple[str], int]
+    #: Probes and view passes running now.
+    in_flight: int
+    #: tuf_client_update_failures_total: (repository, endpoint, client, reason, role) -> count.
+    client_failures: dict[tuple[str, str, str, str, str], int]
+
+
 class ProbeStore:
     """The latest result of every client view of every endpoint, its recent probes and
     failures, and the cumulative probe counters (thread safe).
@@ -224,30 +249,19 @@ class ProbeStore:
                            if (k.repository, k.endpoint) == (repository, endpoint)
                            and k.client != CLIENT_RETURNING})
 
-    def snapshot(self) -> tuple[
-        list[ProbeResult],
-        dict[tuple[str, str, str], int],
-        dict[tuple[str, str, str, str], int],
-        dict[tuple[str, str, str], int],
-        dict[tuple[str, str], int],
-        dict[tuple[str, str], int],
-        dict[tuple[str], int],
-        int,
-        dict[tuple[str, str, str, str, str], int],
-    ]:
-        """Everything a scrape needs, copied under one short lock: the latest result of every
-        view, the counters, the probes in flight and the failures of every view."""
+    def snapshot(self) -> StoreSnapshot:
+        """Everything a scrape needs, copied under one short lock."""
         with self._lock:
-            return (
-                list(self._latest.values()),
-                dict(self._probes),
-                dict(self._failures),
-                dict(self._http),
-                dict(self._retries),
-                dict(self._skipped),
-                dict(self._exporter_errors),
-                self._in_flight,
-                dict(self._client_failures),
+            return StoreSnapshot(
+                latest=list(self._latest.values()),
+                probes=dict(self._probes),
+                failures=dict(self._failures),
+                http=dict(self._http),
+                retries=dict(self._retries),
+                skipped=dict(self._skipped),
+                exporter_errors=dict(self._exporter_errors),
+                in_flight=self._in_flight,
+                client_failures=dict(self._client_failures),
             )
 
 
@@ -286,16 +300,14 @@ class ExporterCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """Called by prometheus_client on every scrape."""
         now = time.time()
-        (latest, probes, failures, http, retries, skipped, exporter_errors,
-         in_flight, client_failures) = self._store.snapshot()
-        yield from _probe_families(latest, now)
-        yield from _counter_families(probes, failures, http, retries, skipped, exporter_errors,
-                                     client_failures)
+        snap = self._store.snapshot()
+        yield from _probe_families(snap.latest, now)
+        yield from _counter_families(snap)
         info = family("tuf_exporter_build_info")
         info.add_metric([__version__], 1)
         yield info
         flight = family("tuf_exporter_probes_in_flight")
-        flight.add_metric([], in_flight)
+        flight.add_metric([], snap.in_flight)
         yield flight
         if self._config_status is not None:
             ok, when = self._config_status()
@@ -375,29 +387,19 @@ def _root_families(
         fam["tuf_root_rejected_version"].add_metric(base, root.rejected_root.version)
 
 
-def _counter_families(
-    probes: dict[tuple[str, str, str], int],
-    failures: dict[tuple[str, str, str, str], int],
-    http: dict[tuple[str, str, str], int],
-    retries: dict[tuple[str, str], int],
-    skipped: dict[tuple[str, str], int],
-    exporter_errors: dict[tuple[str], int],
-    client_failures: dict[tuple[str, str, str, str, str], int],
-) -> Iterator[Metric]:
+def _counter_families(snap: StoreSnapshot) -> Iterator[Metric]:
+    """Every counter family of the store, each sample keyed by its label values."""
     pairs: list[tuple[str, dict[Any, int]]] = [
-        ("tuf_probes_total", probes),
-        ("tuf_probe_failures_total", failures),
-        ("tuf_probe_http_requests_total", http),
-        ("tuf_probe_retries_total", retries),
-        ("tuf_exporter_probes_skipped_total", skipped),
-        ("tuf_exporter_errors_total", exporter_errors),
+        ("tuf_probes_total", snap.probes),
+        ("tuf_probe_failures_total", snap.failures),
+        ("tuf_probe_http_requests_total", snap.http),
+        ("tuf_probe_retries_total", snap.retries),
+        ("tuf_exporter_probes_skipped_total", snap.skipped),
+        ("tuf_exporter_errors_total", snap.exporter_errors),
+        ("tuf_client_update_failures_total", snap.client_failures),
     ]
     for name, values in pairs:
         metric = family(name)
         for labels, value in sorted(values.items()):
             metric.add_metric(list(labels), value)
         yield metric
-    views = family("tuf_client_update_failures_total")
-    for labels, value in sorted(client_failures.items()):
-        views.add_metric(list(labels), value)
-    yield views

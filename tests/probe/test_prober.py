@@ -20,7 +20,7 @@ from tuf.api.metadata import Metadata, Targets
 from exporter import cli
 from exporter.config.model import Mode
 from exporter.probe.prober import Prober
-from exporter.probe.results import ProbeResult
+from exporter.probe.results import FailedRole, ProbeResult, Reason
 from exporter.simulator import FAULTS, closed_port
 
 # fault -> (endpoint, inject parameters, expected reason, expected role); None = success
@@ -947,3 +947,19 @@ def test_probe_command_reports_every_view(
     assert cli.main(["probe", "--config", str(config)]) == 0
     assert [line.split()[2] for line in capsys.readouterr().out.splitlines()[1:]] == [
         "returning", "returning"]
+
+
+def test_a_canary_failure_keeps_its_role_as_a_value_not_in_its_message() -> None:
+    """Issue 15: the role of a failing canary travels in the result; the message is for people
+    and is never parsed (a path that looks like a role prefix changes nothing)."""
+    from exporter.probe.prober import _first_target_failure
+    from exporter.probe.results import Failure, TargetResult
+
+    looks_like_a_role = TargetResult("root: x", False, Reason.LENGTH_OR_HASH_MISMATCH,
+                                     "root: x: hash mismatch", role=FailedRole.TARGET)
+    assert _first_target_failure([TargetResult("a", True), looks_like_a_role]) == Failure(
+        Reason.LENGTH_OR_HASH_MISMATCH, FailedRole.TARGET, "root: x: hash mismatch")
+    expired = TargetResult("team/b.txt", False, Reason.EXPIRED, "team/b.txt: expired",
+                           role=FailedRole.DELEGATED)
+    assert _first_target_failure([expired]) == Failure(
+        Reason.EXPIRED, FailedRole.DELEGATED, "team/b.txt: expired")

@@ -213,7 +213,9 @@ def test_the_store_keeps_the_last_verdict_through_exporter_errors(sim: Sim) -> N
                                   OSError(errno.ENOSPC, "No space left on device"))
     store.started()
     store.record(fault)
-    latest, probes, failures, _, _, _, errors, in_flight, _ = store.snapshot()
+    snap = store.snapshot()
+    latest, probes, failures = snap.latest, snap.probes, snap.failures
+    errors, in_flight = snap.exporter_errors, snap.in_flight
     assert latest == [good] and in_flight == 0
     assert probes[("sim", "primary", "exporter_error")] == 1
     assert probes[("sim", "primary", "failure")] == 0
