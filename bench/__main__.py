@@ -1,4 +1,4 @@
-"""``python -m bench``: run every benchmark case and print the table (issue #10).
+"""``python -m bench``: run every benchmark case and print the table (issues #10, #16, #17).
 
 ``python -m bench --case NAME [--case NAME ...] [--quick]`` runs some cases; ``--quick`` uses
 smaller sizes and fewer repetitions. ``--long`` runs the many-endpoints case for 10 minutes
@@ -35,6 +35,7 @@ def _cases(long: bool) -> dict[str, Callable[[bool], list[Row]]]:
         probe_cost,
         scrape,
         sweep_memory,
+        views,
     )
 
     return {
@@ -45,10 +46,11 @@ def _cases(long: bool) -> dict[str, Callable[[bool], list[Row]]]:
         "events": events.run,
         "memory": sweep_memory.run,
         "drain": drain.run,
+        "views": views.run,
     }
 
 
-CASE_NAMES = ("probe", "delegations", "endpoints", "scrape", "events", "memory", "drain")
+CASE_NAMES = ("probe", "delegations", "endpoints", "scrape", "events", "memory", "drain", "views")
 
 
 def machine() -> str:
