@@ -1,4 +1,4 @@
-"""``python -m bench``: run every benchmark case and print the table (issue #10).
+"""``python -m bench``: run every benchmark case and print the table (issues #10, #16, #17).
 
 ``python -m bench --case NAME [--case NAME ...] [--quick]`` runs some cases; ``--quick`` uses
 smaller sizes and fewer repetitions. ``--long`` runs the many-endpoints case for 10 minutes
@@ -35,6 +35,7 @@ def _cases(long: bool) -> dict[str, Callable[[bool], list[Row]]]:
         probe_cost,
         scrape,
         sweep_memory,
+        views,
     )
 
     return {
@@ -45,10 +46,11 @@ def _cases(long: bool) -> dict[str, Callable[[bool], list[Row]]]:
         "events": events.run,
         "memory": sweep_memory.run,
         "drain": drain.run,
+        "views": views.run,
     }
 
 
-CASE_NAMES = ("probe", "delegations", "endpoints", "scrape", "events", "memory", "drain")
+CASE_NAMES = ("probe", "delegations", "endpoints", "scrape", "events", "memory", "drain", "views")
 
 
 def machine() -> str:
@@ -73,6 +75,15 @@ def machine() -> str:
     )
 
 
+def _load() -> str:
+    """The load averages of this machine (the benchmarks share it), or why not."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError as exc:
+        return f"unknown ({exc})"
+    return f"{one:.1f}, {five:.1f}, {fifteen:.1f} on {os.cpu_count()} cores"
+
+
 SERVER_NOTES = {
     "nginx": "- Server: Debian's nginx on loopback (`--server nginx`, one worker, HTTP/1.1 "
              "keep-alive, sendfile) serving the simulator's published files from disk; ours and "
@@ -84,17 +95,24 @@ SERVER_NOTES = {
 }
 
 
-def _report(rows: list[Row], command: str, seconds: float, long: bool) -> str:
+def _report(rows: list[Row], command: str, seconds: float, long: bool,
+            cases: list[str]) -> str:
     missed = [row.case for row in rows if row.met is False]
     lines = [
-        "# Benchmark results (issues #10, #18)",
+        "# Benchmark results (issues #10, #16, #17, #18)",
         "",
         f"- Date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"- Machine: {machine()}",
+        f"- Load average (1, 5, 15 min) at the end: {_load()}",
         f"- Command: `{command}` (took {seconds:.0f} s)",
-        "- Many endpoints ran for "
-        + ("10 minutes (`--long`)." if long else
-           "150 s (2.5 min, the issue asks for flatness over 10 min: run `--long` for that)."),
+    ]
+    if "endpoints" in cases:
+        lines.append(
+            "- Many endpoints ran for "
+            + ("10 minutes (`--long`)." if long else
+               "150 s (2.5 min, the issue asks for flatness over 10 min: run `--long` for that).")
+        )
+    lines += [
         "- Medians over the repetitions shown; ratio = ours / baseline measured in the same run.",
         SERVER_NOTES[simproc.server_name()],
         "",
@@ -133,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     seconds = time.monotonic() - started
     command = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])
-    report = _report(rows, command.strip(), seconds, args.long)
+    report = _report(rows, command.strip(), seconds, args.long, selected)
     print(report)
     if not args.case and not args.quick and not args.no_write:
         RESULTS.write_text(report)

@@ -226,6 +226,8 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value:.1f} %"
     if unit == "/s":
         return f"{value:,.0f}/s"
+    if unit == "/min":
+        return f"{value:.1f}/min"
     return f"{value:g} {unit}".strip()
 
 

@@ -17,8 +17,9 @@ import multiprocessing.connection
 import os
 import socket
 import statistics
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,17 @@ def write_config(
     endpoints: int,
     canary: bool = True,
     hung_url: str | None = None,
+    clients: Sequence[Mapping[str, Any]] = (),
+    client_repositories: int = 0,
+    new_client_interval: float | None = None,
 ) -> Path:
-    """Write ``config.yaml`` for ``endpoints`` endpoints spread over ``repositories``."""
+    """Write ``config.yaml`` for ``endpoints`` endpoints spread over ``repositories``.
+
+    ``clients`` are top-level external client entries (``clients:``), run against every
+    endpoint of the first ``client_repositories`` repositories (the others list none);
+    ``new_client_interval`` is set on every repository when given (0 turns the views
+    ``new`` and ``bootstrap-root-v<N>`` off).
+    """
     root = directory / "root.json"
     root.write_bytes(built.trusted_root)
     names = list(built.urls)[:endpoints]
@@ -67,7 +77,10 @@ def write_config(
                  "targets_url": built.urls[name][1]}
                 for name in group[1:]
             ],
+            "clients": [c["name"] for c in clients] if r < client_repositories else [],
         })
+        if new_client_interval is not None:
+            repos[-1]["new_client_interval"] = new_client_interval
     if hung_url is not None:
         repos.append({
             "name": "hung", "metadata_url": hung_url, "trusted_root": str(root),
@@ -79,6 +92,8 @@ def write_config(
         "jitter": JITTER,
         "repositories": repos,
     }
+    if clients:
+        config["clients"] = [dict(c) for c in clients]
     path = directory / "config.yaml"
     path.write_text(json.dumps(config, indent=1))  # JSON is YAML
     return path
@@ -124,6 +139,13 @@ class Summary:
     scrape_samples: int = 0
     scrape_during_hang: list[float] = field(default_factory=list)
     hang_pending: bool = False
+    #: CPU of the exited child processes (external clients) per wall second over the window.
+    children_cpu_share: float = 0.0
+    #: External client runs that started in the window: (seconds, success, reason).
+    client_runs: list[tuple[float, bool, str]] = field(default_factory=list)
+    #: External client views configured, and those without a run in the window.
+    client_views: int = 0
+    client_views_idle: int = 0
 
 
 def plain_registry(registry: CollectorRegistry) -> CollectorRegistry:
@@ -176,13 +198,31 @@ def worker(
     mode: str,
     conn: multiprocessing.connection.Connection,
 ) -> None:
-    """The exporter process. ``mode`` is ``endpoints`` (measure a steady run) or ``scrape``."""
+    """The exporter process. ``mode`` is ``endpoints`` (measure a steady run), ``clients`` (the
+    same, and the external client runs noted too) or ``scrape``."""
     from exporter import logs
-    from exporter.serve import Service
+    from exporter.config.model import Client, Endpoint, Repository
+    from exporter.probe.results import ProbeResult
+    from exporter.serve import service as service_module
+    from exporter.serve.service import Service
 
     devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     logs.setup("info", devnull)
-    service = Service(Path(config_path), first_run_within=INTERVAL if mode == "endpoints" else 5)
+    steady = mode in ("endpoints", "clients")
+    service = Service(Path(config_path), first_run_within=INTERVAL if steady else 5)
+    runs: list[tuple[float, float, bool, str, tuple[str, str, str]]] = []
+    from exporter.probe.external import run_client  # what the service module calls
+
+    def observed_client(client: Client, repository: Repository, endpoint: Endpoint,
+                        trusted_root: bytes, state_dir: Path,
+                        slots: threading.Semaphore | None = None) -> ProbeResult:
+        """The service's own client run, with each result noted."""
+        result = run_client(client, repository, endpoint, trusted_root, state_dir, slots)
+        runs.append((result.started_at.timestamp(), result.duration_seconds, result.success,
+                     str(result.reason or ""), (client.name, repository.name, endpoint.name)))
+        return result
+
+    service_module.run_client = observed_client  # type: ignore[attr-defined]
     expected = {(r.name, e.name) for r in service.config.repositories for e in r.endpoints
                 if r.name != "hung"}
     starts: dict[tuple[str, str], list[tuple[float, bool, bool]]] = {}
@@ -202,8 +242,15 @@ def worker(
     began = time.time()
     summary = Summary(len(expected), 0.0, 0.0, 0, 0, 0, 0, 0, 0)
     try:
-        if mode == "endpoints":
-            _steady(service, starts, summary, began, duration, warmup)
+        if steady:
+            window_start = _steady(service, starts, summary, began, duration, warmup)
+            views = {(c, r.name, e.name) for r in service.config.repositories
+                     for c in r.clients for e in r.endpoints}
+            seen = {key for at, _, _, _, key in runs if at >= window_start}
+            summary.client_views = len(views)
+            summary.client_views_idle = len(views - seen)
+            summary.client_runs = [(seconds, ok, reason) for at, seconds, ok, reason, _ in
+                                   list(runs) if at >= window_start]
         else:
             _scrape(service, starts, expected, summary, duration)
         summary.max_rss_mb = peak_rss_mb()
@@ -220,18 +267,22 @@ def _steady(
     began: float,
     duration: float,
     warmup: float,
-) -> None:
+) -> float:
+    """Measure from ``warmup`` seconds after ``began`` to ``duration``; the window's start."""
     time.sleep(warmup)
     window_start = time.time()
     cpu_start = time.process_time()
+    children_start = _children_cpu()
     while time.time() < began + duration:
         summary.rss_samples.append((time.time() - began, rss_mb()))
         time.sleep(min(5.0, max(0.0, began + duration - time.time())))
     window_end = time.time()
     cpu = time.process_time() - cpu_start
+    children = _children_cpu() - children_start
     summary.rss_samples.append((window_end - began, rss_mb()))
     summary.window_seconds = window_end - window_start
     summary.cpu_share = cpu / summary.window_seconds
+    summary.children_cpu_share = children / summary.window_seconds
     limit = INTERVAL * (1 + JITTER) + 2.0
     for key in {(r.name, e.name) for r in service.config.repositories for e in r.endpoints}:
         runs = sorted(starts.get(key, []))
@@ -251,6 +302,13 @@ def _steady(
         if window_end - last > limit:  # a probe that was due never started
             summary.late += 1
     summary.skipped = sum(service.store.snapshot().skipped.values())
+    return window_start
+
+
+def _children_cpu() -> float:
+    """CPU seconds of the child processes of this process that have exited (external clients)."""
+    times = os.times()
+    return times.children_user + times.children_system
 
 
 def _scrape(

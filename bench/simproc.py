@@ -63,6 +63,9 @@ class Spec:
     #: Serve every delegated role padded to this many bytes (the ``padded-delegations``
     #: fault: signatures intact, python-tuf accepts them); 0: not padded.
     padded: int = 0
+    #: Root key rotations published after the first state (each a new root version signed by
+    #: the old and the new root keys): the current root is version ``root_rotations + 1``.
+    root_rotations: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ class Built:
     bin_targets: dict[str, str] = field(default_factory=dict)
     #: A target path present in the repository (a canary).
     canary: str = ""
+    #: The current root.json (``trusted_root`` is version 1); equal to it without rotations.
+    current_root: bytes = b""
 
 
 def _targets_for_bins(repo: SimulatedRepository, bins: list[str]) -> dict[str, str]:
@@ -113,6 +118,9 @@ class _Child:
             repo.delegate(f"r{i}")
         repo.add_targets({f"files/{i}.txt": f"content {i}\n".encode() for i in range(spec.targets)})
         repo.publish()
+        for _ in range(spec.root_rotations):
+            repo.rotate_keys("root", add=1, remove=1)
+            repo.publish()
         server = SimulatorServer(repo)
         self.repo, self.server = repo, server
         if server_kind == "nginx":
@@ -125,7 +133,8 @@ class _Child:
                 server.add_mirror(f"mirror{i:04d}")
             urls = {name: server.endpoint_urls(name) for name in server.endpoints}
         canary = "files/0.txt" if spec.targets else next(iter(bin_targets.values()), "")
-        return Built(urls, repo.trusted_root_bytes(), bin_targets, canary)
+        return Built(urls, repo.trusted_root_bytes(), bin_targets, canary,
+                     repo.latest.metadata("root"))
 
     def _nginx(self, spec: Spec, directory: Path) -> dict[str, tuple[str, str]]:
         """Write the primary's view to disk, mirrors as links to it, and start nginx."""

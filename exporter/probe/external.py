@@ -46,6 +46,7 @@ import selectors
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -305,6 +306,16 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     forwarder: Forwarder
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Log an exception of a request's thread instead of printing it on stderr (which
+        ``socketserver`` does): a client that drops its connection (reset, broken pipe) is
+        routine and logged at DEBUG; anything else is a bug of ours, logged at WARNING."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            log.debug("client of the forwarder went away: %s", describe(error))
+            return
+        log.warning("forwarder request from %s failed", client_address, exc_info=True)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -385,7 +396,7 @@ class Forwarder:
         )
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.forwarder = self
-        self._thread = threading.Thread(target=self._server.serve_forever,
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(_POLL,),
                                         name="client-forwarder", daemon=True)
         self._thread.start()
 
@@ -430,7 +441,9 @@ class Forwarder:
         return self._fetcher.download_into(url, max_length(role, self._limits), out)
 
     def close(self) -> None:
-        """Stop the server and close the session."""
+        """Stop the server and close the session; the server loop notices within
+        :data:`_POLL` seconds (``serve_forever``'s poll interval, 0.5 s by default, was a third
+        of a python-tuf adapter run's overhead)."""
         self._server.shutdown()
         self._server.server_close()
         self._session.close()

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -290,6 +293,31 @@ def test_the_forwarder_passes_statuses_on_and_refuses_paths_outside_the_endpoint
         assert requests.get(forwarder.base_url + "/other/x", timeout=5).status_code == 404
         assert [(r.role, r.status) for r in forwarder.records] == [
             ("timestamp", 200), ("root", 404)]
+
+
+def test_a_client_resetting_its_connection_is_logged_not_printed(
+        plain: Sim, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
+    repo = plain.config()
+    caplog.set_level(logging.DEBUG, logger="exporter.probe.external")
+    with Forwarder(repo, repo.primary, time.monotonic() + 10) as forwarder:
+        port = int(forwarder.base_url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # closed with SO_LINGER 0: a reset while the handler waits for a request line
+        poll(lambda: any("went away" in r.getMessage() for r in caplog.records), timeout=10)
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_closing_a_forwarder_does_not_wait_half_a_second(plain: Sim) -> None:
+    repo = plain.config()
+    took = []
+    for _ in range(5):  # serve_forever's default poll (0.5 s) made each close wait 0-0.5 s
+        forwarder = Forwarder(repo, repo.primary, time.monotonic() + 10)
+        assert requests.get(forwarder.metadata_url + "timestamp.json", timeout=5).ok
+        start = time.monotonic()
+        forwarder.close()
+        took.append(time.monotonic() - start)
+    assert sum(took) < 0.6, took
 
 
 def _service_config(sim: Sim, path: Path, fake: Path, notes: Path) -> Path:
