@@ -64,6 +64,7 @@ from exporter.config.model import Client, ClientMode, Endpoint, Limits, Reposito
 from exporter.probe.classify import describe, exporter_error_result, host_fault, role_of
 from exporter.probe.fetcher import Fetcher, new_session, url_role
 from exporter.probe.results import (
+    ErrorCause,
     FailedRole,
     ProbeResult,
     Reason,
@@ -618,6 +619,13 @@ class _Run:
                  records: Sequence[RequestRecord], targets: tuple[TargetResult, ...]
                  ) -> ProbeResult:
         reason, head = _verdict(step)
+        if step.start_error is not None:
+            # the configured program is missing or not executable: a fault of this host's
+            # setup, never the repository's; the view keeps its last verdict (exporter_error)
+            log.warning("client %s on %s/%s: %s", self.client.name, self.repo.name,
+                        self.endpoint.name, head)
+            return replace(self._result(False, records, targets, Reason.EXPORTER_ERROR, None,
+                                        head), cause=ErrorCause.CLIENT)
         role = _failed_role(step, step_records)
         log.warning("client %s on %s/%s: %s", self.client.name, self.repo.name,
                     self.endpoint.name, head, extra={

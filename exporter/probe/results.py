@@ -59,6 +59,9 @@ class ErrorCause(StrEnum):
     HISTORY = "history"
     #: The event spool failed to take a probe's events.
     SPOOL = "spool"
+    #: A configured external client program could not be started (missing, not executable):
+    #: the exporter host's setup, never the repository (issue 17).
+    CLIENT = "client"
     #: Anything else raised by the exporter's own code (a bug of ours).
     INTERNAL = "internal"
 

@@ -191,11 +191,12 @@ def test_a_rejection_is_attributed_to_the_last_role_the_exporter_forwarded(
     assert "snapshot refused" in (result.message or "")
 
 
-def test_a_client_that_cannot_start_is_a_client_error(plain: Sim, tmp_path: Path) -> None:
+def test_a_client_that_cannot_start_is_a_fault_of_this_host(plain: Sim, tmp_path: Path) -> None:
+    """A missing or non-executable program says nothing about the repository: exporter_error
+    with cause ``client`` (the view keeps its last verdict, TufExporterErrors tickets it)."""
     client = Client("missing", (str(tmp_path / "no-such-client"),), timeout=5.0)
     result = _run(plain, client)
-    assert (str(result.reason), str(result.role)) == (
-        "client_error", "root")
+    assert (str(result.reason), str(result.cause)) == ("exporter_error", "client")
     assert "init could not be started" in (result.message or "")
 
 
