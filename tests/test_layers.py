@@ -36,11 +36,13 @@ _BOTTOM = frozenset({"catalogue", "config", "sqlite_files"})
 
 #: Layer -> the layers its modules may import (besides itself and the package root).
 ALLOWED: dict[str, frozenset[str]] = {
-    ROOT: frozenset(),
+    ROOT: frozenset({"compat"}),
     "catalogue": _BOTTOM,
     "config": _BOTTOM,
     "sqlite_files": _BOTTOM,
     "adapters": frozenset(),
+    # the 0.1 import paths (aliases made at import time; no static import of another layer)
+    "compat": frozenset(),
     "probe": frozenset({"config", "catalogue", "adapters"}),
     "events": frozenset({"probe", "config", "catalogue", "sqlite_files"}),
     "history": frozenset({"probe", "events", "config", "catalogue", "sqlite_files"}),
