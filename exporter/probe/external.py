@@ -35,6 +35,10 @@ fetched (:func:`exporter.probe.classify.role_of`); when that command made no req
 ``root`` for ``init`` and ``refresh``, ``target`` for ``download``. A fault of this host (no disk
 for the run's directories, no descriptor for a pipe) or a bug of ours is ``exporter_error``
 with its cause, as for python-tuf probes.
+
+It is longer than most modules (about 630 lines) because containment is its one job: the child
+processes, the forwarder and the run share one deadline, one set of directories and one request
+log, and a run is only contained when all three hold.
 """
 
 from __future__ import annotations

@@ -20,6 +20,10 @@ nonce and the time. A probe signature can therefore never be replayed as a metad
 
 Secrets (PINs, passphrases) are read from the environment or a file only when the signer asks
 for them, are never logged, and are scrubbed from every message a result carries.
+
+It is longer than most modules (about 650 lines) because answering "can this signer sign now?"
+is one job: the authorized keys, the challenge, the secrets and their scrubbing, the probe and
+the monitor that runs it per signer are steps of that one answer, sharing its result type.
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ endless, slow, silent, reset) install a :class:`Rule` returning a
 
 ``FAULTS`` maps the kebab-case fault names to :class:`FaultInfo`, including the
 outcome a bare python-tuf ngclient ``Updater`` sees.
+
+It is longer than most modules (about 680 lines) because the catalogue is its one job: each
+fault's description, expected outcome and implementation sit together, so what a fault claims
+and what it does cannot drift apart.
 """
 
 from __future__ import annotations
