@@ -6,6 +6,11 @@ numbers (SLO target and window, thresholds, ``for:`` durations, webhook URLs, ..
 :class:`AlertOptions`, which can be loaded from a small YAML file, so an end-to-end test runs
 the very same code with shorter durations.
 
+The rules come in families, each its own module: the SLO (``_rules_slo``: SLI recording rules
+and burn-rate alerts), the repository (``_rules_repository``), the signers (``_rules_signers``)
+and the exporter itself (``_rules_exporter``), on a shared vocabulary (``_rules_common``). This
+module keeps :class:`AlertOptions`, assembles the files and writes them.
+
 Regenerate the committed files with ``python -m exporter.generate.alerts --out alerts``.
 """
 
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,83 +26,35 @@ from typing import Any
 import yaml
 
 from exporter import catalogue
-from exporter.catalogue import CLIENT_RETURNING
 from exporter.config.durations import parse_duration
 from exporter.config.yamlfile import ConfigError, read_yaml
+from exporter.generate._rules_common import BUILTIN_METRICS as BUILTIN_METRICS
+from exporter.generate._rules_common import PAGE as PAGE
+from exporter.generate._rules_common import TICKET as TICKET
+from exporter.generate._rules_common import _num as _num
+from exporter.generate._rules_common import builtin as builtin
+from exporter.generate._rules_common import kebab as kebab
+from exporter.generate._rules_common import m as m
+from exporter.generate._rules_common import promql_metric_names as promql_metric_names
+from exporter.generate._rules_exporter import _exporter_alerts
+from exporter.generate._rules_repository import COMPROMISE_KINDS as COMPROMISE_KINDS
+from exporter.generate._rules_repository import _repository_alerts
+from exporter.generate._rules_repository import (
+    client_view_failing_expr as client_view_failing_expr,
+)
+from exporter.generate._rules_repository import expiry_threshold as expiry_threshold
+from exporter.generate._rules_repository import expiry_threshold_expr as expiry_threshold_expr
+from exporter.generate._rules_signers import _signer_alerts
+from exporter.generate._rules_slo import DASHBOARD_WINDOWS as DASHBOARD_WINDOWS
+from exporter.generate._rules_slo import _sli_rules, _slo_alerts
+from exporter.generate._rules_slo import error_budget_record_name as error_budget_record_name
+from exporter.generate._rules_slo import sli_record_name as sli_record_name
 
 RECORDING_RULES_FILE = "recording_rules.yml"
 ALERT_RULES_FILE = "alert_rules.yml"
 ALERTMANAGER_FILE = "alertmanager.example.yml"
 
-#: Label used by every alert to pick its Alertmanager route.
-PAGE = "page"
-TICKET = "ticket"
-
-#: Anomaly kinds that suggest a compromised or misused signing key.
-COMPROMISE_KINDS: tuple[str, ...] = ("equivocation", "unknown_signer")
-
-#: Metrics outside the catalogue that rules and dashboards may use: Prometheus' own ``up``, and
-#: the standard families of prometheus_client's process, platform and GC collectors, which
-#: the service registers next to its own (see :class:`exporter.serve.service.Service`).
-BUILTIN_METRICS: frozenset[str] = frozenset({
-    "up",
-    "process_open_fds", "process_max_fds", "process_resident_memory_bytes",
-    "process_virtual_memory_bytes", "process_cpu_seconds_total", "process_start_time_seconds",
-    "python_info", "python_gc_objects_collected_total", "python_gc_objects_uncollectable_total",
-    "python_gc_collections_total",
-})
-
-
-def builtin(name: str) -> str:
-    """Return ``name`` after checking it is one of :data:`BUILTIN_METRICS` (KeyError otherwise)."""
-    if name not in BUILTIN_METRICS:
-        raise KeyError(f"{name} is neither a catalogue metric nor a known builtin metric")
-    return name
-
 _DURATION = re.compile(r"(?:\d+(?:ms|s|m|h|d|w|y))+")
-
-
-def m(name: str) -> str:
-    """Return ``name`` after checking it is a catalogue metric (KeyError otherwise)."""
-    return catalogue.spec(name).name
-
-
-_PROMQL_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
-_PROMQL_BRACES = re.compile(r"\{[^{}]*\}|\[[^\[\]]*\]")
-_PROMQL_GROUPING = re.compile(
-    r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)", re.IGNORECASE)
-_PROMQL_IDENT = re.compile(r"(?<![\w.$])([A-Za-z_:][\w:]*)(\s*\()?")
-_PROMQL_KEYWORDS = frozenset({
-    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
-    "bool", "offset", "inf", "nan", "start", "end",
-})
-
-
-def promql_metric_names(expr: str) -> set[str]:
-    """Metric (or recording rule) names an expression selects.
-
-    A small tokenizer, not a parser: it drops strings, label matchers, range and subquery
-    brackets and grouping clauses, then keeps identifiers that are neither keywords nor
-    function calls. Grafana variables (``$repository``) inside matchers vanish with them.
-    """
-    text = _PROMQL_STRING.sub('""', expr)
-    previous = None
-    while previous != text:
-        previous = text
-        text = _PROMQL_BRACES.sub(" ", text)
-    text = _PROMQL_GROUPING.sub(" ", text)
-    names = set()
-    for match in _PROMQL_IDENT.finditer(text):
-        name, call = match.groups()
-        if call or name.lower() in _PROMQL_KEYWORDS:
-            continue
-        names.add(name)
-    return names
-
-
-def kebab(name: str) -> str:
-    """``TufMetadataExpired`` -> ``tuf-metadata-expired`` (runbook file names)."""
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", name).lower()
 
 
 def _check_duration(name: str, value: str) -> str:
@@ -349,63 +306,11 @@ def _option_at_fault(
 # Recording rules
 # --------------------------------------------------------------------------------------------
 
-#: Aggregation levels of the SLI, with the windows recorded at that level.
-_REPO = ("repository",)
-_REPO_EP = ("repository", "endpoint")
-
-
-def sli_record_name(level: Sequence[str], window: str) -> str:
-    """``repository:tuf_probe_success:ratio_rate5m`` (the ``level:metric:operations`` form)."""
-    return f"{'_'.join(level)}:tuf_probe_success:ratio_rate{window}"
-
-
-def error_budget_record_name() -> str:
-    return "repository:tuf_probe_error_budget:remaining_ratio"
-
-
-def _sli_expr(level: Sequence[str], window: str) -> str:
-    by = ", ".join(level)
-    probes = m("tuf_probes_total")
-    # Verdicts only: a probe stopped by a fault of the exporter's host (result="exporter_error")
-    # says nothing about the repository and spends none of its error budget.
-    total = f'sum by ({by}) (rate({probes}{{result!="{catalogue.EXPORTER_ERROR}"}}[{window}]))'
-    success = f'sum by ({by}) (rate({probes}{{result="success"}}[{window}]))'
-    # "or 0 * total": a repository with only failures (no success series yet) is 0, not absent.
-    # "/ (total > 0)": no traffic gives no sample rather than NaN.
-    return f"(\n  {success}\n  or\n  0 * {total}\n)\n/\n({total} > 0)\n"
-
-
-#: SLI windows recorded whatever the burn-rate alerts use: the dashboards chart them.
-DASHBOARD_WINDOWS = ("1h",)
-
-
-def _windows(options: AlertOptions) -> list[str]:
-    seen: set[str] = set(DASHBOARD_WINDOWS)
-    for alert in options.burn_alerts:
-        for w in alert.windows:
-            seen.update((w.long, w.short))
-    seen.add(options.slo_window)
-    return sorted(seen, key=parse_duration)
-
 
 def recording_rules(options: AlertOptions) -> dict[str, Any]:
     """The recording-rule file as a mapping."""
-    windows = _windows(options)
-    endpoint_windows = [w for w in windows if w in ("5m", "1h", "1d")] or windows[:1]
-    rules: list[dict[str, Any]] = []
-    for window in windows:
-        rules.append({"record": sli_record_name(_REPO, window), "expr": _sli_expr(_REPO, window)})
-    for window in endpoint_windows:
-        rules.append({"record": sli_record_name(_REPO_EP, window),
-                      "expr": _sli_expr(_REPO_EP, window)})
-    slo_ratio = sli_record_name(_REPO, options.slo_window)
-    rules.append({
-        "record": error_budget_record_name(),
-        "expr": f"1 - (1 - {slo_ratio}) / {_num(options.error_budget)}\n",
-        "labels": {"slo_window": options.slo_window},
-    })
     return {"groups": [{"name": "tuf-exporter-sli", "interval": options.recording_interval,
-                        "rules": rules}]}
+                        "rules": _sli_rules(options)}]}
 
 
 def recording_rule_names(options: AlertOptions | None = None) -> set[str]:
@@ -419,263 +324,8 @@ def recording_rule_names(options: AlertOptions | None = None) -> set[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _num(value: float) -> str:
-    """A short, exact-looking number for PromQL: 2592000 rather than 2.592e+06."""
-    if float(value).is_integer():
-        return str(int(value))
-    return f"{value:.10g}"
-
-
-def _alert(
-    options: AlertOptions,
-    name: str,
-    expr: str,
-    severity: str,
-    for_: str,
-    summary: str,
-    description: str,
-) -> dict[str, Any]:
-    rule: dict[str, Any] = {"alert": name, "expr": expr.strip() + "\n"}
-    if parse_duration(for_) > 0:
-        rule["for"] = for_
-    rule["labels"] = {"severity": severity}
-    rule["annotations"] = {
-        "summary": summary,
-        "description": description,
-        "runbook_url": f"{options.runbook_base_url.rstrip('/')}/{kebab(name)}.md",
-    }
-    return rule
-
-
-def _slo_alerts(o: AlertOptions) -> list[dict[str, Any]]:
-    out = []
-    budget = _num(o.error_budget)
-    for alert in o.burn_alerts:
-        parts = []
-        for w in alert.windows:
-            threshold = f"({_num(w.factor)} * {budget})"
-            parts.append(
-                f"(\n  (1 - {sli_record_name(_REPO, w.long)}) > {threshold}\n  and\n"
-                f"  (1 - {sli_record_name(_REPO, w.short)}) > {threshold}\n)")
-        windows = ", ".join(f"{_num(w.factor)}x over {w.long} and {w.short}"
-                            for w in alert.windows)
-        out.append(_alert(
-            o, alert.name, "\nor\n".join(parts), alert.severity, alert.for_,
-            "{{ $labels.repository }} burns its verification error budget "
-            + ("fast" if alert.severity == PAGE else "steadily"),
-            "Verification failures of {{ $labels.repository }} are burning the "
-            f"{_num(o.slo_target * 100)}% / {o.slo_window} SLO error budget ({windows}); "
-            "error ratio {{ $value | humanizePercentage }}.",
-        ))
-    return out
-
-
-def expiry_threshold_expr(role: str, ratio: float, floor: float, cap: float) -> str:
-    """PromQL for the expiry warning threshold of ``role``, in seconds, per repository.
-
-    ``ratio`` of the role's normal lifetime as signed (``tuf_metadata_normal_lifetime_seconds``,
-    learned by the history store), clamped to [``floor``, ``cap``]. Relative, so a 1-day
-    timestamp, a 7-day snapshot and a 1-year root all stay quiet between two healthy
-    signings; clamped, so a long-lived role is never warned about months ahead (``cap``) and a
-    very short-lived one still leaves time to act (``floor``).
-    """
-    lifetime = f'{m("tuf_metadata_normal_lifetime_seconds")}{{role="{role}"}}'
-    return (f"clamp({_num(ratio)} * max by (repository, role) ({lifetime}), "
-            f"{_num(floor)}, {_num(cap)})")
-
-
-def expiry_threshold(ratio: float, floor: float, cap: float, lifetime: float | None) -> float:
-    """The threshold of :func:`expiry_threshold_expr` in seconds, for one role, in Python (the
-    status page marks rows with it): ``ratio`` x ``lifetime`` clamped to [``floor``, ``cap``],
-    and ``cap`` while the normal lifetime is not known. Keep the two in step."""
-    if lifetime is None:
-        return cap
-    return min(max(ratio * lifetime, floor), cap)
-
-
-def _expiry_expr(ratio: float, floor: float, caps: Mapping[str, float]) -> str:
-    margin = m("tuf_metadata_expiry_margin_seconds")
-    lifetime = m("tuf_metadata_normal_lifetime_seconds")
-    parts = []
-    for role in catalogue.TOP_LEVEL_ROLES:
-        expiring = f'({margin}{{role="{role}"}} > 0)'
-        threshold = expiry_threshold_expr(role, ratio, floor, caps[role])
-        parts.append(
-            f"(\n  {expiring}\n  < on (repository, role) group_left ()\n  {threshold}\n)")
-        # normal lifetime not known (yet): the longest warning
-        parts.append(f"(\n  {expiring} < {_num(caps[role])}\n"
-                     f'  unless on (repository, role)\n  {lifetime}{{role="{role}"}}\n)')
-    return "\nor\n".join(parts)
-
-
-def client_view_failing_expr() -> str:
-    """PromQL of TufClientViewFailing: one sample per (repository, endpoint, client) whose
-    client view (``tuf_client_update_success``, issue 16) is 0 while the ``returning`` view of
-    the same endpoint is 1.
-
-    Nothing when ``returning`` fails too (TufEndpointVerificationFailing and
-    TufVerificationMassFailure are about that), nor for a view without a series yet (the
-    ``== 0`` selects existing samples only). A probe stopped by a fault of the exporter
-    (``exporter_error``) is no verdict and leaves the gauge as it was, so it cannot fire this.
-    """
-    success = m("tuf_client_update_success")
-    return (f'{success}{{client!="{CLIENT_RETURNING}"}} == 0\n'
-            "and on (repository, endpoint)\n"
-            f'{success}{{client="{CLIENT_RETURNING}"}} == 1')
-
-
 def _symptom_alerts(o: AlertOptions) -> list[dict[str, Any]]:
-    success = m("tuf_probe_success")
-    where = "{{ $labels.role }} metadata of {{ $labels.repository }} on {{ $labels.endpoint }}"
-    kinds = "|".join(COMPROMISE_KINDS)
-    job = f'up{{job="{o.exporter_job}"}}'
-    return [
-        _alert(o, "TufMetadataExpiringSoon",
-               _expiry_expr(o.expiry_ticket_lifetime_ratio, o.expiry_ticket_min_seconds,
-                            o.expiry_ticket_seconds), TICKET,
-               o.expiry_ticket_for, f"{where} expires soon",
-               f"{where} expires in {{{{ $value | humanizeDuration }}}}; re-sign it before "
-               "clients refuse it."),
-        _alert(o, "TufMetadataExpiringCritical",
-               _expiry_expr(o.expiry_page_lifetime_ratio, o.expiry_page_min_seconds,
-                            o.expiry_page_seconds), PAGE,
-               o.expiry_page_for, f"{where} is about to expire",
-               f"{where} expires in {{{{ $value | humanizeDuration }}}}; once expired every "
-               "client refuses to update from this repository."),
-        # negated, so $value is the time since expiry
-        _alert(o, "TufMetadataExpired",
-               f"-1 * {m('tuf_metadata_expiry_margin_seconds')} >= 0", PAGE, o.expired_for,
-               f"{where} has expired",
-               f"{where} expired {{{{ $value | humanizeDuration }}}} ago; clients refuse to "
-               "update from it (an expired timestamp blocks every update)."),
-        _alert(o, "TufVerificationMassFailure",
-               f"(\n  count by (repository) ({success} == 0)\n  /\n"
-               f"  count by (repository) ({success})\n) >= {_num(o.mass_failure_ratio)}",
-               PAGE, o.mass_failure_for,
-               "{{ $labels.repository }}: most endpoints fail verification",
-               "{{ $value | humanizePercentage }} of the endpoints of {{ $labels.repository }} "
-               "fail the TUF client refresh or canary downloads: clients cannot update."),
-        _alert(o, "TufEndpointVerificationFailing", f"{success} == 0", TICKET,
-               o.endpoint_failure_for,
-               "{{ $labels.repository }} on {{ $labels.endpoint }} fails verification",
-               "The TUF client probe of {{ $labels.repository }} on {{ $labels.endpoint }} has "
-               "failed for a while; see tuf_probe_failures_total for the reason and role."),
-        _alert(o, "TufClientViewFailing", client_view_failing_expr(), PAGE,
-               o.client_view_failure_for,
-               "{{ $labels.client }} clients cannot update from {{ $labels.repository }} on "
-               "{{ $labels.endpoint }}",
-               "The {{ $labels.client }} client view of {{ $labels.repository }} on "
-               "{{ $labels.endpoint }} fails while returning clients (the probe's cached "
-               "client) update: part of the fleet cannot update (new: first installs with "
-               "an empty cache; bootstrap-root-v<N>: clients shipped with root version N). "
-               "See tuf_client_update_failures_total for the reason and role."),
-        _alert(o, "TufMirrorLagging",
-               f"{m('tuf_mirror_lag_seconds')} > {_num(o.mirror_lag_seconds)}", TICKET,
-               o.mirror_lag_for,
-               "Mirror {{ $labels.endpoint }} of {{ $labels.repository }} lags the primary",
-               "Mirror {{ $labels.endpoint }} of {{ $labels.repository }} has been behind the "
-               "primary for {{ $value | humanizeDuration }}."),
-        _alert(o, "TufRollbackDetected",
-               f"increase({m('tuf_rollbacks_detected_total')}[{o.event_window}]) > 0", PAGE, "0s",
-               f"Rollback or freeze of {where}",
-               f"{where} went back to an older version or froze past its re-signing cadence "
-               f"({{{{ $value | humanize }}}} times in {o.event_window}): possible rollback or "
-               "freeze attack, or a broken mirror."),
-        _alert(o, "TufPossibleKeyCompromise",
-               f'increase({m("tuf_anomalies_total")}{{kind=~"{kinds}"}}[{o.event_window}]) > 0',
-               PAGE, "0s",
-               "{{ $labels.kind }} on {{ $labels.repository }} ({{ $labels.endpoint }}): "
-               "possible key compromise",
-               "{{ $labels.repository }} on {{ $labels.endpoint }} showed {{ $labels.kind }} "
-               "(two different metadata files with the same version, or a signature by a key "
-               "nobody knows): treat as a possible signing key compromise."),
-        _alert(o, "TufMetadataAnomaly",
-               f'increase({m("tuf_anomalies_total")}{{kind!~"{kinds}"}}[{o.event_window}]) > 0',
-               TICKET, "0s",
-               "{{ $labels.kind }} on {{ $labels.repository }} ({{ $labels.endpoint }})",
-               "{{ $labels.repository }} on {{ $labels.endpoint }} showed the anomaly "
-               "{{ $labels.kind }} {{ $value | humanize }} times in the last "
-               + o.event_window + "."),
-        _alert(o, "TufSignerDown", f"{m('tuf_signer_up')} == 0", TICKET, o.signer_down_for,
-               "Signer {{ $labels.signer }} ({{ $labels.repository }}/{{ $labels.role }}) "
-               "cannot sign",
-               "The signing probe of {{ $labels.signer }} for the {{ $labels.role }} role of "
-               "{{ $labels.repository }} has not produced a valid signature for "
-               + o.signer_down_for + "."),
-        _alert(o, "TufSignerOffCadence", f"{m('tuf_signer_cadence_ok')} == 0", TICKET,
-               o.signer_cadence_for,
-               "{{ $labels.role }} of {{ $labels.repository }} is not re-signed on time",
-               "The online role {{ $labels.role }} of {{ $labels.repository }} was not re-signed "
-               "within its expected period."),
-        _alert(o, "TufSignerKeyUnauthorized", f"{m('tuf_signer_key_authorized')} == 0", PAGE,
-               o.signer_unauthorized_for,
-               "Signer {{ $labels.signer }} key is not authorized for {{ $labels.repository }}/"
-               "{{ $labels.role }}",
-               "The key of signer {{ $labels.signer }} is not among the keys the current "
-               "metadata of {{ $labels.repository }} authorizes for {{ $labels.role }}: its "
-               "signatures will not count."),
-        _alert(o, "TufExporterDown", f"{job} == 0\nor\nabsent({job})", PAGE, o.exporter_down_for,
-               f"tuf-exporter (job {o.exporter_job}) is not scraped",
-               "Prometheus cannot scrape {{ with $labels.instance }}target {{ . }} of {{ end }}"
-               f"job {o.exporter_job} (or has no target for it): no TUF repository is watched "
-               "and no TUF alert can fire."),
-        _alert(o, "TufProbesStalled",
-               f"time() - {m('tuf_exporter_last_probe_timestamp_seconds')} "
-               f"> {_num(o.probe_stall_seconds)}", TICKET, o.probe_stall_for,
-               "Probes of {{ $labels.repository }} on {{ $labels.endpoint }} stalled",
-               "The last probe of {{ $labels.repository }} on {{ $labels.endpoint }} finished "
-               "{{ $value | humanizeDuration }} ago; its metrics are stale."),
-        _alert(o, "TufDelegationSweepTruncated",
-               f"{m('tuf_delegation_sweep_truncated')} == 1", TICKET, o.delegation_truncated_for,
-               "Delegations of {{ $labels.repository }} on {{ $labels.endpoint }} are only "
-               "partly watched",
-               "The delegation tree of {{ $labels.repository }} on {{ $labels.endpoint }} has "
-               "more roles than limits.max_delegations: the roles past the limit are not "
-               "verified, so a broken or expiring one goes unnoticed."),
-        _alert(o, "TufEventSpoolGrowing",
-               f"deriv({m('tuf_exporter_events_spooled')}[{o.spool_growth_window}]) > 0\nand\n"
-               f"{m('tuf_exporter_events_spooled')} > {_num(o.spool_backlog_min)}",
-               TICKET, o.spool_growth_for,
-               "tuf-exporter event spool is growing",
-               "Events are piling up in the durable spool of {{ $labels.instance }} "
-               f"(growing for {o.spool_growth_for}): the event sink is slow or unreachable."),
-        _alert(o, "TufEventsDropped",
-               f"increase({m('tuf_exporter_events_dropped_total')}[{o.events_dropped_window}])"
-               " > 0", TICKET, "0s",
-               "tuf-exporter drops events ({{ $labels.cause }})",
-               "{{ $value | humanize }} events were dropped in " + o.events_dropped_window
-               + " because of {{ $labels.cause }}; the audit trail has gaps."),
-        _alert(o, "TufExporterErrors",
-               f"increase({m('tuf_exporter_errors_total')}[{o.exporter_errors_window}]) > 0",
-               TICKET, "0s",
-               "tuf-exporter fails on its own host ({{ $labels.cause }})",
-               "{{ $labels.instance }} had {{ $value | humanize }} faults of its own ("
-               "{{ $labels.cause }}) in the last " + o.exporter_errors_window + ": probes they "
-               "stopped reached no verdict (reason exporter_error), and the repositories' "
-               "last verdicts and alerts are as they were."),
-        _alert(o, "TufExporterThreadDown", f"{m('tuf_exporter_thread_up')} == 0", PAGE,
-               o.thread_down_for,
-               "tuf-exporter thread {{ $labels.thread }} died on {{ $labels.instance }}",
-               "The {{ $labels.thread }} thread of {{ $labels.instance }} is dead (it survives "
-               "its own errors, so this is a bug or the process is out of resources): "
-               "scheduler: nothing is probed and no TUF alert can fire; shipper: events pile "
-               "up in the spool. /-/ready fails; restart the exporter."),
-        _alert(o, "TufExporterDescriptorsNearLimit",
-               f'{builtin("process_open_fds")}{{job="{o.exporter_job}"}}\n/\n'
-               f'{builtin("process_max_fds")}{{job="{o.exporter_job}"}}\n'
-               f"> {_num(o.descriptors_ratio)}",
-               TICKET, o.descriptors_for,
-               "tuf-exporter {{ $labels.instance }} is running out of file descriptors",
-               "{{ $labels.instance }} has {{ $value | humanizePercentage }} of its open-file "
-               f"limit in use (for {o.descriptors_for}): once none is left, probes stop with "
-               "reason exporter_error (cause descriptors) and no repository is watched."),
-        _alert(o, "TufExporterConfigReloadFailed",
-               f"{m('tuf_exporter_config_last_reload_successful')} == 0", TICKET,
-               o.config_reload_for,
-               "tuf-exporter failed to reload its configuration",
-               "The last configuration reload of {{ $labels.instance }} failed; it keeps "
-               "running with the previous configuration."),
-    ]
+    return [*_repository_alerts(o), *_signer_alerts(o), *_exporter_alerts(o)]
 
 
 def alert_rules(options: AlertOptions) -> dict[str, Any]:

@@ -19,6 +19,10 @@ It is built to stay cheap on package-index-sized files:
   rather than as bytes: the inspector remembers the content hash of every file it read, by
   identity, so an unchanged file whose facts are known is not even opened (a warm probe of
   4,096 hash bins where one changed reads one file, not 4,096).
+
+It is longer than most modules (about 640 lines) because its one job is reading those facts
+cheaply: the plain-JSON reads, the canonical-encoding shortcut and its check, and the caches by
+content hash and file identity are how the facts are read, not a separate concern.
 """
 
 from __future__ import annotations

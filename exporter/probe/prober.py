@@ -25,12 +25,17 @@ and ``bootstrap-root-v<N>``, a client whose embedded root is version N (python-t
 chain from it, then refreshes as a new client). Each view is a full refresh by its own ngclient
 ``Updater`` in its own empty cache; a pass downloads each URL once (:class:`FetchMemo`) and never
 touches the returning view's cache, verdict, reuse state or delegation memo.
+
+What the prober reads of and writes to the client cache is in ``exporter.probe._client_cache``.
+The rest stays one module of about 870 lines because it is one job: one probe run (``_Run``),
+full or reused, whose steps (fetch hook, ngclient refresh, delegation sweep, canaries, reuse
+test, inspection, verdict) share the run's state and are only correct together; splitting
+``_Run`` would spread that state over modules, not shorten the job.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -51,6 +56,14 @@ from tuf.ngclient import Updater, UpdaterConfig
 from exporter.catalogue import TOP_LEVEL_ROLES
 from exporter.config.model import Endpoint, Mode, Policy, Repository, safe_name
 from exporter.probe import delegations
+from exporter.probe._client_cache import (
+    _cache_files,
+    _cached_file,
+    _CachedFile,
+    _meta_versions,
+    _persist,
+    _root_history,
+)
 from exporter.probe.classify import (
     describe,
     exporter_error_result,
@@ -60,7 +73,7 @@ from exporter.probe.classify import (
     role_of,
 )
 from exporter.probe.fetcher import Fetcher, FetchMemo, new_session, url_role
-from exporter.probe.inspector import CachedFile, FileIdentity, Inspected, Inspector, file_identity
+from exporter.probe.inspector import CachedFile, Inspected, Inspector, file_identity
 from exporter.probe.results import (
     CLIENT_NEW,
     CLIENT_RETURNING,
@@ -89,14 +102,6 @@ def temporary_directory(state_dir: Path) -> Path:
     path = state_dir / "tmp"
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
-
-
-@dataclass(frozen=True)
-class _CachedFile:
-    """A file of the client cache: the version python-tuf accepted, and the file as it was."""
-
-    version: int
-    identity: FileIdentity
 
 
 @dataclass
@@ -832,70 +837,6 @@ class _Run:
             client=self.client,
         )
 
-
-def _persist(metadata_dir: Path, role: str, source: Path) -> None:
-    """Move a verified delegated role, downloaded to ``source``, into the client cache.
-
-    An atomic replace, as ngclient writes its cache; ``source`` is in the sweep's spool
-    directory, on the same file system (a sibling of ``metadata_dir``), so it is a rename:
-    the bytes are not written twice.
-    """
-    source.replace(metadata_dir / f"{quote(role, '')}.json")
-
-
-def _cache_files(
-    metadata_dir: Path, swept: Mapping[str, tuple[bytes | None, tuple[int, int, int]]]
-) -> list[tuple[str, CachedFile]]:
-    """Role name and file of every ``*.json`` file of the client cache, in one directory read.
-
-    ``swept`` is what the delegation sweep of this probe knows of the cache
-    (``SweepResult.cached``): the identity of the file of each role it loaded, wrote or
-    reused, and the bytes it holds when the sweep had them. The sweep checked that identity in
-    this probe, and nothing rewrites those files after it (a probe of an endpoint never runs
-    twice at once), so they are not stat'ed again.
-    """
-    found = []
-    try:
-        with os.scandir(metadata_dir) as entries:
-            for entry in entries:
-                if not entry.name.endswith(".json"):
-                    continue
-                name = unquote(entry.name).removesuffix(".json")
-                known = swept.get(name)
-                if known is not None:
-                    found.append((name, CachedFile(entry.path, known[1], known[0])))
-                    continue
-                try:
-                    identity = file_identity(entry.stat())
-                except OSError as exc:
-                    if host_fault(exc) is not None:
-                        raise
-                    continue
-                found.append((name, CachedFile(entry.path, identity)))
-    except OSError as exc:
-        if host_fault(exc) is not None:
-            raise  # no descriptor for the directory: facts missing for our own fault
-        return []
-    return found
-
-
-def _cached_file(path: Path, version: int) -> _CachedFile:
-    return _CachedFile(version, file_identity(path.stat()))
-
-
-def _meta_versions(body: bytes) -> dict[str, int] | None:
-    """Role -> version as a snapshot's ``meta`` names them, read as plain JSON, unverified."""
-    try:
-        meta = json.loads(body)["signed"]["meta"]
-        return {
-            name.removesuffix(".json"): info["version"]
-            for name, info in meta.items()
-            if type(info.get("version")) is int
-        }
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
-        return None
-
-
 def _summary(inspected: Inspected, sweep: delegations.SweepResult | None) -> DelegationSummary:
     expiries = [facts.expires for facts in inspected.delegated.values()]
     failures = {} if sweep is None else {n: describe(exc) for n, exc in sweep.failures.items()}
@@ -936,25 +877,3 @@ def _first_target_failure(targets: list[TargetResult]) -> Failure | None:
             return Failure(target.reason or Reason.OTHER, target.role or FailedRole.TARGET,
                            target.message or "")
     return None
-
-
-def _root_history(metadata_dir: Path) -> dict[int, CachedFile]:
-    """Root version -> file of every root python-tuf accepted into this cache.
-
-    python-tuf's ngclient keeps each root it accepts (and the bootstrap root) as
-    ``root_history/<version>.root.json``; ``root.json`` links to the trusted one.
-    """
-    found: dict[int, CachedFile] = {}
-    try:
-        with os.scandir(metadata_dir / "root_history") as entries:
-            for entry in entries:
-                head, _, rest = entry.name.partition(".")
-                if rest != "root.json" or not head.isdigit():
-                    continue
-                try:
-                    found[int(head)] = CachedFile(entry.path, file_identity(entry.stat()))
-                except OSError:
-                    continue
-    except OSError:
-        return {}
-    return found

@@ -20,12 +20,14 @@ nonce and the time. A probe signature can therefore never be replayed as a metad
 
 Secrets (PINs, passphrases) are read from the environment or a file only when the signer asks
 for them, are never logged, and are scrubbed from every message a result carries.
+
+The keys a role is authorized to sign with (read from verified metadata or a public key file,
+matched by key material) are in ``exporter.probe._keys``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import secrets as _random
@@ -36,18 +38,21 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from prometheus_client.core import Metric
 from securesystemslib.exceptions import KeyMismatchError, UnverifiedSignatureError
 from securesystemslib.signer import Key, SecretsHandler, Signature, Signer
-from securesystemslib.signer._utils import compute_default_keyid
-from tuf.api.metadata import Metadata, Root, Targets
 
-from exporter.catalogue import TOP_LEVEL_ROLES, family
+from exporter.catalogue import family
 from exporter.config import model as config
+from exporter.probe._keys import AuthorizedKeys as AuthorizedKeys
+from exporter.probe._keys import CachedKeySource as CachedKeySource
+from exporter.probe._keys import KeySource as KeySource
+from exporter.probe._keys import _same_key
+from exporter.probe._keys import authorized_keys_from as authorized_keys_from
+from exporter.probe._keys import load_public_key as load_public_key
+from exporter.probe._keys import match_authorized as match_authorized
 from exporter.probe.classify import describe
 from exporter.probe.results import rfc3339
 
@@ -76,108 +81,6 @@ class SignerReason(StrEnum):
     TIMEOUT = "timeout"  #: loading and signing took longer than the signer's ``timeout``
 
 
-@dataclass(frozen=True)
-class AuthorizedKeys:
-    """The keys a repository's current verified metadata authorizes for one role."""
-
-    #: keyid -> public key, as the delegator lists them for the role.
-    keys: Mapping[str, Key]
-    threshold: int
-    #: Version of the delegating metadata (root for top-level roles).
-    version: int
-
-
-#: ``(repository, role) -> AuthorizedKeys``, or None while no verified metadata is known.
-KeySource = Callable[[str, str], AuthorizedKeys | None]
-
-
-def authorized_keys_from(delegator_metadata: bytes, role: str) -> AuthorizedKeys:
-    """The keys ``role`` is authorized to sign with, read from its delegator's metadata.
-
-    ``delegator_metadata`` is the bytes of root (for top-level roles) or of the delegating
-    targets role (for delegated roles, including succinct hash bins). The bytes are parsed,
-    not verified: pass metadata the prober has already verified. ValueError when the
-    metadata is neither root nor targets, or does not delegate to ``role``.
-    """
-    signed = Metadata.from_bytes(delegator_metadata).signed
-    if not isinstance(signed, Root | Targets):
-        raise ValueError(f"{signed.type} metadata delegates to no role")
-    delegated = signed.get_delegated_role(role)
-    keys = {keyid: signed.get_key(keyid) for keyid in delegated.keyids}
-    return AuthorizedKeys(MappingProxyType(keys), delegated.threshold, signed.version)
-
-
-class CachedKeySource:
-    """A :data:`KeySource` reading the verified metadata python-tuf keeps in a client cache.
-
-    ``metadata_dir_for(repository)`` names the cache's metadata directory (for the service:
-    ``prober.cache_dir(repository, repository.primary) / "metadata"``), or None. ngclient
-    and the prober only ever write metadata there after verifying it, atomically. Top-level
-    roles are looked up in ``root.json``; delegated roles in ``targets.json`` first, then in
-    the other cached targets roles. While a file is briefly missing (a cold-mode probe
-    clears the cache) the last value read is returned; a role no cached metadata delegates to
-    gives None.
-    """
-
-    def __init__(self, metadata_dir_for: Callable[[str], Path | None]) -> None:
-        """See the class documentation."""
-        self._dir_for = metadata_dir_for
-        self._lock = threading.Lock()
-        self._last: dict[tuple[str, str], AuthorizedKeys] = {}
-
-    def __call__(self, repository: str, role: str) -> AuthorizedKeys | None:
-        """The keys the cached metadata of ``repository`` authorizes for ``role``."""
-        directory = self._dir_for(repository)
-        if directory is None:
-            return None
-        try:
-            keys = self._read(directory, role)
-        except FileNotFoundError:
-            with self._lock:
-                return self._last.get((repository, role))
-        except Exception as exc:  # noqa: BLE001 - unreadable metadata means "unknown"
-            logger.warning("cannot read the %s keys of %s from %s: %s", role, repository,
-                           directory, describe(exc))
-            return None
-        with self._lock:
-            if keys is None:
-                self._last.pop((repository, role), None)
-            else:
-                self._last[(repository, role)] = keys
-        return keys
-
-    def retain(self, repositories: Iterable[str]) -> None:
-        """Forget the last values read for repositories other than ``repositories`` (the
-        ones configured signers sign for), so removed repositories leave nothing behind."""
-        keep = set(repositories)
-        with self._lock:
-            for key in [k for k in self._last if k[0] not in keep]:
-                del self._last[key]
-
-    @staticmethod
-    def _read(directory: Path, role: str) -> AuthorizedKeys | None:
-        if role in TOP_LEVEL_ROLES:
-            return authorized_keys_from((directory / "root.json").read_bytes(), role)
-        targets = directory / "targets.json"
-        others = sorted(p for p in directory.glob("*.json")
-                        if p.stem not in TOP_LEVEL_ROLES and p != targets)
-        for path in (targets, *others):
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                if path == targets:
-                    raise
-                continue
-            signed: object = Metadata.from_bytes(data).signed
-            if not isinstance(signed, Targets) or signed.delegations is None:
-                continue
-            try:
-                return authorized_keys_from(data, role)
-            except ValueError:
-                continue
-        return None
-
-
 def make_challenge(now: datetime, nonce: bytes | None = None) -> bytes:
     """A fresh challenge: :data:`CHALLENGE_PREFIX`, 16 random bytes in hex, a space, the time.
 
@@ -186,33 +89,6 @@ def make_challenge(now: datetime, nonce: bytes | None = None) -> bytes:
     nonce = _random.token_bytes(16) if nonce is None else nonce
     moment = rfc3339(now.replace(microsecond=0)) or ""
     return CHALLENGE_PREFIX + nonce.hex().encode("ascii") + b" " + moment.encode("ascii")
-
-
-def load_public_key(path: Path) -> Key:
-    """Read a securesystemslib public key JSON file.
-
-    The file holds one key dict (``keytype``, ``scheme``, ``keyval``) with an optional
-    ``keyid``; without it the default keyid (SHA-256 of the canonical key) is used.
-    """
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object with keytype, scheme and keyval")
-    keyid = data.pop("keyid", None)
-    if keyid is None:
-        keyid = compute_default_keyid(data["keytype"], data["scheme"], data["keyval"])
-    return Key.from_dict(str(keyid), data)
-
-
-def _same_key(a: Key, b: Key) -> bool:
-    return (a.keytype, a.scheme, a.keyval) == (b.keytype, b.scheme, b.keyval)
-
-
-def match_authorized(key: Key, authorized: AuthorizedKeys) -> Key | None:
-    """The authorized key with the same key material as ``key`` (whatever its keyid), if any."""
-    found = authorized.keys.get(key.keyid)
-    if found is not None and _same_key(found, key):
-        return found
-    return next((k for k in authorized.keys.values() if _same_key(k, key)), None)
 
 
 @dataclass(frozen=True)

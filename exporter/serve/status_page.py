@@ -20,6 +20,10 @@ repository, a configuration or an error message is escaped with :func:`html.esca
 Runbook links point at ``{AlertOptions.runbook_base_url}/{alert-name}.md``, the very URL the
 alert rules carry; the thresholds that mark a row as a warning are the alert rules' own
 (:class:`~exporter.generate.alerts.AlertOptions`), so the page and the alerts agree.
+
+It is longer than most modules (about 660 lines) because rendering the two pages is one job:
+the row model, the order of the rows and the HTML fragments read the same rows and the same
+alert thresholds.
 """
 
 from __future__ import annotations

@@ -14,6 +14,11 @@ saying so) a state serves what such a repository serves: ``metadata/N.root.json`
 ``metadata/timestamp.json``, unversioned ``metadata/<role>.json`` of the current
 versions and targets at their plain path ``targets/<dir>/<name>``; no versioned
 non-root metadata and no hash-prefixed targets.
+
+It is longer than most modules (about 770 lines) because a repository a test can drive is one
+job: every operation a test needs (keys and rotations, delegations, targets, expiry, consistent
+snapshot on or off, publishing) is a method of :class:`SimulatedRepository` and works on the
+same metadata and keys.
 """
 
 from __future__ import annotations
