@@ -26,6 +26,7 @@ import io
 import logging
 import os
 import queue
+import re
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -537,7 +538,14 @@ def _in_tree_order(failures: dict[str, Exception], reached: list[str]) -> dict[s
     return dict(sorted(failures.items(), key=lambda item: rank.get(item[0], len(rank))))
 
 
+#: Role names ``quote(name, "")`` leaves as they are (hash bins, most role names).
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.~-]+")
+
+
 def _file_name(role: str) -> str:
+    """The cache file name of ``role``, as ngclient names it (``quote(role, "")``)."""
+    if _PLAIN_NAME.fullmatch(role):
+        return f"{role}.json"  # what quote gives, at a fraction of its cost (one a role a sweep)
     return f"{quote(role, '')}.json"
 
 
