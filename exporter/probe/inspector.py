@@ -106,8 +106,9 @@ class CachedFile(NamedTuple):
     file with this identity vouches for it (the delegation sweep, for the bins it loaded).
 
     ``accepted``, when given, is the key fingerprint (:class:`KeyFingerprints`) of the
-    delegator's keys and threshold under which python-tuf accepted this file's bytes in this
-    probe (the delegation sweep's ``Swept.accepted``). When it is the fingerprint the inspector
+    delegator's keys and threshold under which python-tuf accepted this file's bytes (the
+    delegation sweep's ``Swept.accepted``: in this probe, or in an earlier one whose verdict
+    the sweep reused because it stands unchanged). When it is the fingerprint the inspector
     finds for the delegator, and the file carries signatures by exactly ``threshold`` of the
     authorized keys, python-tuf's acceptance (at least ``threshold`` authorized keys signed
     validly, each counted once) means all of them verified: they are not checked again.
