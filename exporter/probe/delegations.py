@@ -7,8 +7,9 @@ version the snapshot names, and hand the bytes to python-tuf's trusted metadata 
 makes the verdict (signatures against the delegator's keys and threshold, version against
 snapshot, expiry). Downloads of one level run in parallel on the probe's fetcher, streamed to
 files and bounded by the bytes waiting for verification; verification stays sequential, in
-python-tuf, one body in memory at a time. A role delegated by several roles is verified under
-each of them.
+python-tuf, one large body in memory at a time (small ones, see :data:`KEEP_BODY`,
+come back from their download in memory as well). A role delegated by several roles is
+verified under each of them.
 
 A warm sweep reuses the verdicts of the last one (:data:`Memo`) for leaf roles whose snapshot
 entry, delegating keys and cached file are all unchanged: those are not even read from disk,
@@ -171,9 +172,12 @@ def sweep(
     ``workers x default_length`` (a download reserves the length the snapshot gives, else
     ``default_length``, until it is done, then counts what it wrote): when the budget is
     reached, what is spooled is verified and the downloads go on. python-tuf verifies one
-    role at a time, read from its file; a verified file is moved into the cache by
-    ``persist(role, path)`` (``<quoted role>.json`` in ``cache_dir``, replacing the file), and
-    the sweep drops its bytes (unless small, see :data:`KEEP_BODY`). When a spool file cannot
+    role at a time, read from its file (a body of at most :data:`KEEP_BODY` comes back from
+    its download in memory as well, at most :data:`KEEP_BYTES` of them awaiting verification,
+    and is not read back); a verified file is moved into the cache by ``persist(role, path)``
+    (``<quoted role>.json`` in ``cache_dir``, replacing the file: a rename, which keeps the
+    inode, size and mtime the sweep recorded when it wrote the file), and the sweep drops its
+    bytes (unless small, see :data:`KEEP_BODY`). When a spool file cannot
     be written (a fault of this host), that role is downloaded again into memory, so the
     verdict stands and only the memory bound is lost while the disk fails.
 
