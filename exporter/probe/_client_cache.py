@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 from exporter.probe.classify import host_fault
+from exporter.probe.delegations import Swept
 from exporter.probe.inspector import CachedFile, FileIdentity, file_identity
 
 
@@ -38,13 +39,15 @@ def _persist(metadata_dir: Path, role: str, source: Path) -> None:
 
 
 def _cache_files(
-    metadata_dir: Path, swept: Mapping[str, tuple[bytes | None, tuple[int, int, int]]]
+    metadata_dir: Path, swept: Mapping[str, Swept]
 ) -> list[tuple[str, CachedFile]]:
     """Role name and file of every ``*.json`` file of the client cache, in one directory read.
 
     ``swept`` is what the delegation sweep of this probe knows of the cache
     (``SweepResult.cached``): the identity of the file of each role it loaded, wrote or
-    reused, and the bytes it holds when the sweep had them. The sweep checked that identity in
+    reused, the bytes it holds when the sweep had them, and the delegating keys python-tuf
+    accepted them under (the inspector then need not count their signatures again, see
+    ``CachedFile.accepted``). The sweep checked that identity in
     this probe, and nothing rewrites those files after it (a probe of an endpoint never runs
     twice at once), so they are not stat'ed again.
     """
@@ -57,7 +60,8 @@ def _cache_files(
                 name = unquote(entry.name).removesuffix(".json")
                 known = swept.get(name)
                 if known is not None:
-                    found.append((name, CachedFile(entry.path, known[1], known[0])))
+                    cached = CachedFile(entry.path, known.identity, known.data, known.accepted)
+                    found.append((name, cached))
                     continue
                 try:
                     identity = file_identity(entry.stat())

@@ -7,8 +7,9 @@ version the snapshot names, and hand the bytes to python-tuf's trusted metadata 
 makes the verdict (signatures against the delegator's keys and threshold, version against
 snapshot, expiry). Downloads of one level run in parallel on the probe's fetcher, streamed to
 files and bounded by the bytes waiting for verification; verification stays sequential, in
-python-tuf, one body in memory at a time. A role delegated by several roles is verified under
-each of them.
+python-tuf, one large body in memory at a time (small ones, see :data:`KEEP_BODY`,
+come back from their download in memory as well). A role delegated by several roles is
+verified under each of them.
 
 A warm sweep reuses the verdicts of the last one (:data:`Memo`) for leaf roles whose snapshot
 entry, delegating keys and cached file are all unchanged: those are not even read from disk,
@@ -25,13 +26,16 @@ import contextlib
 import io
 import logging
 import os
+import queue
+import re
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
+from typing import BinaryIO, NamedTuple
 from urllib.parse import quote
 
 from tuf.api import exceptions
@@ -69,6 +73,51 @@ KEEP_BODY = 256 << 10
 KEEP_BYTES = 8 << 20
 
 
+class Swept(NamedTuple):
+    """What a sweep knows of the cache file of a role python-tuf accepted (or whose verdict it
+    reused) in this sweep."""
+
+    #: The file's bytes when the sweep had them in memory (within :data:`KEEP_BODY` and
+    #: :data:`KEEP_BYTES`), else None.
+    data: bytes | None
+    #: The identity of the cache file holding the accepted bytes.
+    identity: FileIdentity
+    #: The key fingerprint (:class:`KeyFingerprints`) of the delegator's keys and threshold
+    #: python-tuf accepted those bytes under, for the inspector (``CachedFile.accepted``).
+    accepted: str
+
+
+class _Download(NamedTuple):
+    """A finished download: in the spool file ``path`` (None: held in memory only, the spool
+    could not be written), ``size`` bytes, the file's identity as written (a rename into the
+    cache keeps inode, size and mtime), and its bytes when small enough to keep at hand."""
+
+    path: Path | None
+    size: int
+    identity: FileIdentity | None
+    body: bytes | None
+
+
+class _Tee:
+    """A download's sink: writes to ``out`` and keeps the bytes while they fit in
+    :data:`KEEP_BODY` (``parts`` None past that)."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.parts: list[bytes] | None = []
+        self.size = 0
+
+    def write(self, data: bytes, /) -> int:
+        written = self.out.write(data)
+        self.size += len(data)
+        if self.parts is not None:
+            if self.size <= KEEP_BODY:
+                self.parts.append(bytes(data))
+            else:
+                self.parts = None
+        return written
+
+
 @dataclass
 class SweepResult:
     """Every delegated role visited; failures by role name with the exception raised."""
@@ -80,12 +129,11 @@ class SweepResult:
     #: True when the tree holds more roles than the configured maximum (or more further
     #: delegation paths, see :func:`sweep`).
     truncated: bool = False
-    #: Role -> the identity of the cache file that holds the bytes python-tuf accepted (or whose
-    #: verdict was reused) in this sweep, and those bytes when the sweep had them in memory
-    #: (read from the file or downloaded, within :data:`KEEP_BODY` and :data:`KEEP_BYTES`;
-    #: else None). For the inspector: it need not stat these files, nor read the ones given
-    #: with their bytes.
-    cached: dict[str, tuple[bytes | None, FileIdentity]] = field(default_factory=dict)
+    #: Role -> what the sweep knows of the cache file that holds the bytes python-tuf accepted
+    #: (or whose verdict was reused) in this sweep (:class:`Swept`). For the inspector: it need
+    #: not stat these files, nor read the ones given with their bytes, nor check again the
+    #: signatures python-tuf just counted.
+    cached: dict[str, Swept] = field(default_factory=dict)
     #: Role -> the downloaded file python-tuf rejected, for the inspector's facts, kept up to
     #: the sweep's byte budget until :meth:`discard`.
     rejected: dict[str, Path] = field(default_factory=dict)
@@ -124,9 +172,12 @@ def sweep(
     ``workers x default_length`` (a download reserves the length the snapshot gives, else
     ``default_length``, until it is done, then counts what it wrote): when the budget is
     reached, what is spooled is verified and the downloads go on. python-tuf verifies one
-    role at a time, read from its file; a verified file is moved into the cache by
-    ``persist(role, path)`` (``<quoted role>.json`` in ``cache_dir``, replacing the file), and
-    the sweep drops its bytes (unless small, see :data:`KEEP_BODY`). When a spool file cannot
+    role at a time, read from its file (a body of at most :data:`KEEP_BODY` comes back from
+    its download in memory as well, at most :data:`KEEP_BYTES` of them awaiting verification,
+    and is not read back); a verified file is moved into the cache by ``persist(role, path)``
+    (``<quoted role>.json`` in ``cache_dir``, replacing the file: a rename, which keeps the
+    inode, size and mtime the sweep recorded when it wrote the file), and the sweep drops its
+    bytes (unless small, see :data:`KEEP_BODY`). When a spool file cannot
     be written (a fault of this host), that role is downloaded again into memory, so the
     verdict stands and only the memory bound is lost while the disk fails.
 
@@ -223,14 +274,14 @@ class _Sweep:
                         todo.append((role, parent))
                         continue
                     if memo is not None:
-                        reused = _reusable(memo.get(role), trusted, role, parent, entry, self.keys)
-                        if reused is not None:
-                            result.cached[role] = (None, reused)
+                        verdict = memo.get(role)
+                        reused = _reusable(verdict, trusted, role, parent, entry, self.keys)
+                        if reused is not None and verdict is not None:
+                            result.cached[role] = Swept(None, reused, verdict.keys)
                             continue
-                    cached = read_file(self.cache_dir / _file_name(role))
+                    cached = read_file(entry.path)
                     if cached is not None and _load(trusted, role, parent, cached[0]):
-                        _remember(memo, trusted, role, parent, cached[1], self.keys)
-                        result.cached[role] = (self._keep(cached[0]), cached[1])
+                        self._accept(role, parent, cached[1], cached[0])
                         verified.add(role)
                         continue
                     todo.append((role, parent))
@@ -261,13 +312,19 @@ class _Sweep:
         busy download threads costs far more in GIL hand-offs than it saves (measured: 13x
         slower signature checks). So downloads run until the budget is reached or the level
         is done, then what was spooled is verified on this thread, then the next downloads.
+        Finished downloads come back on a queue (one ``get`` each, not a ``wait`` over every
+        running future). Small bodies (:data:`KEEP_BODY`) come back in memory as well as in
+        their spool file, at most :data:`KEEP_BYTES` of them awaiting verification, so they
+        are not read back from disk.
         """
         verified: list[str] = []
         pending = deque(todo)
-        running: dict[Future[Path | bytes], tuple[str, str, int]] = {}
-        done: list[tuple[str, str, Future[Path | bytes]]] = []
+        finished: queue.SimpleQueue[Future[_Download]] = queue.SimpleQueue()
+        running: dict[Future[_Download], tuple[str, str, int]] = {}
+        done: list[tuple[str, str, _Download | BaseException]] = []
         reserved = 0  # lengths reserved by running downloads
         spooled = 0  # bytes of finished downloads not yet verified
+        held = 0  # bytes of those held in memory
         while pending or running or done:
             while pending and len(running) < self.workers:
                 role, parent = pending[0]
@@ -285,77 +342,98 @@ class _Sweep:
                 path = self.spool_dir / f"{self.spooled}.part"
                 future = pool.submit(self._download, url, length, path)
                 running[future] = (role, parent, length)
+                future.add_done_callback(finished.put)
                 reserved += length
             if running:
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    role, parent, length = running.pop(future)
-                    reserved -= length
-                    done.append((role, parent, future))
-                    if future.exception() is None:
-                        got = future.result()
-                        spooled += len(got) if isinstance(got, bytes) else _size(got)
+                future = finished.get()
+                role, parent, length = running.pop(future)
+                reserved -= length
+                error = future.exception()
+                if error is not None:
+                    done.append((role, parent, error))
+                    continue
+                got = future.result()
+                spooled += got.size
+                if got.body is not None and got.path is not None:
+                    if held + got.size > KEEP_BYTES:
+                        got = got._replace(body=None)  # read back from its file when verified
+                    else:
+                        held += got.size
+                done.append((role, parent, got))
                 continue
             verified += self._verify(done)
             done = []
-            spooled = 0
+            spooled = held = 0
         return verified
 
-    def _download(self, url: str, length: int, path: Path) -> Path | bytes:
-        """The body of ``url`` in the file ``path``, or in memory if that cannot be written."""
+    def _download(self, url: str, length: int, path: Path) -> _Download:
+        """The body of ``url`` in the file ``path`` (and in memory if small), or in memory
+        only if that file cannot be written."""
         try:
             with open(path, "wb") as out:
-                self.fetcher.download_into(url, length, out)
+                tee = _Tee(out)
+                self.fetcher.download_into(url, length, tee)
+                out.flush()
+                identity = file_identity(os.fstat(out.fileno()))
         except OSError as exc:  # writing the spool file: this host's disk, not the repository
             path.unlink(missing_ok=True)
             log.warning("cannot spool delegated metadata to %s (%s); holding it in memory",
                         path, exc)
             buffer = io.BytesIO()
             self.fetcher.download_into(url, length, buffer)
-            return buffer.getvalue()
+            held = buffer.getvalue()
+            return _Download(None, len(held), None, held)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        return path
+        kept = None if tee.parts is None else b"".join(tee.parts)
+        return _Download(path, tee.size, identity, kept)
 
-    def _verify(self, done: list[tuple[str, str, Future[Path | bytes]]]) -> list[str]:
-        """python-tuf's verdict on each finished download, one body in memory at a time."""
+    def _verify(self, done: list[tuple[str, str, _Download | BaseException]]) -> list[str]:
+        """python-tuf's verdict on each finished download, one body read from disk at a time."""
         verified = []
-        for role, parent, future in done:
-            got: Path | bytes | None = None
+        for role, parent, got in done:
             try:
-                got = future.result()
-                data = got if isinstance(got, bytes) else got.read_bytes()
+                if isinstance(got, BaseException):
+                    raise got
+                data = got.body if got.body is not None else _read_spooled(got)
                 self.trusted.update_delegated_targets(data, role, parent)
             except (exceptions.RepositoryError, exceptions.DownloadError, OSError) as exc:
                 self._failed(role, exc)
-                if isinstance(got, Path):
-                    self._reject(role, got)
+                if isinstance(got, _Download) and got.path is not None:
+                    self._reject(role, got.path)
                 continue
             verified.append(role)
             self._store(role, parent, data, got)
             del data
         return verified
 
-    def _store(self, role: str, parent: str, data: bytes, got: Path | bytes) -> None:
+    def _store(self, role: str, parent: str, data: bytes, got: _Download) -> None:
         """Cache a role python-tuf accepted (only verified bytes are cached) and remember it."""
         memo = self.memo
-        if isinstance(got, bytes):  # the spool could not be written: nor can the cache
+        if got.path is None:  # the spool could not be written: nor can the cache
             if memo is not None:
                 memo.pop(role, None)  # the cache may hold an older file: no reuse
             return
         try:
-            self.persist(role, got)
+            self.persist(role, got.path)
         except OSError as exc:  # a full disk costs a re-download, not the verdict
-            got.unlink(missing_ok=True)
+            got.path.unlink(missing_ok=True)
             log.warning("cannot cache verified delegated metadata: %s", exc)
             if memo is not None:
                 memo.pop(role, None)  # the cache may hold an older file: no reuse
             return
-        identity = _stat(self.cache_dir, role)
-        _remember(memo, self.trusted, role, parent, identity, self.keys)
+        # the spool file was renamed into the cache: same inode, size and mtime
+        self._accept(role, parent, got.identity, data)
+
+    def _accept(
+        self, role: str, parent: str, identity: FileIdentity | None, data: bytes
+    ) -> None:
+        """Record that python-tuf accepted ``data``, cached as the file with ``identity``."""
+        keys = _fingerprint(self.keys, self.trusted, role, parent)
+        _remember(self.memo, self.trusted, role, parent, identity, keys)
         if identity is not None:
-            self.result.cached[role] = (self._keep(data), identity)
+            self.result.cached[role] = Swept(self._keep(data), identity, keys)
 
     def _failed(self, role: str, exc: Exception) -> None:
         self.result.failures[role] = exc
@@ -392,7 +470,7 @@ class _Sweep:
             return False
         accepted = role in result.cached
         key = f"{role} (via {parent})"
-        got: Path | bytes | None = None
+        got: _Download | None = None
         try:
             if accepted:
                 data = (self.cache_dir / _file_name(role)).read_bytes()
@@ -400,18 +478,26 @@ class _Sweep:
                 url, length = _location(trusted, self.metadata_url, role, self.default_length)
                 self.spooled += 1
                 got = self._download(url, length, self.spool_dir / f"{self.spooled}.part")
-                data = got if isinstance(got, bytes) else got.read_bytes()
+                data = got.body if got.body is not None else _read_spooled(got)
             trusted.update_delegated_targets(data, role, parent)
         except (exceptions.RepositoryError, exceptions.DownloadError, OSError) as exc:
             result.failures[key] = exc
-            if isinstance(got, Path):
-                got.unlink(missing_ok=True)
+            if got is not None and got.path is not None:
+                got.path.unlink(missing_ok=True)
             return False
         if accepted:
             return False
         if got is not None:
             self._store(role, parent, data, got)
         return True
+
+
+def _read_spooled(got: _Download) -> bytes:
+    """The bytes of a finished download that were not kept in memory."""
+    if got.body is not None:
+        return got.body
+    assert got.path is not None  # a download without a file always has its body
+    return got.path.read_bytes()
 
 
 def _empty(directory: Path) -> None:
@@ -456,7 +542,14 @@ def _in_tree_order(failures: dict[str, Exception], reached: list[str]) -> dict[s
     return dict(sorted(failures.items(), key=lambda item: rank.get(item[0], len(rank))))
 
 
+#: Role names ``quote(name, "")`` leaves as they are (hash bins, most role names).
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.~-]+")
+
+
 def _file_name(role: str) -> str:
+    """The cache file name of ``role``, as ngclient names it (``quote(role, "")``)."""
+    if _PLAIN_NAME.fullmatch(role):
+        return f"{role}.json"  # what quote gives, at a fraction of its cost (one a role a sweep)
     return f"{quote(role, '')}.json"
 
 
@@ -467,13 +560,6 @@ def _listing(cache_dir: Path) -> dict[str, os.DirEntry[str]]:
             return {entry.name: entry for entry in entries}
     except OSError:
         return {}
-
-
-def _stat(cache_dir: Path, role: str) -> FileIdentity | None:
-    try:
-        return file_identity((cache_dir / _file_name(role)).stat())
-    except OSError:
-        return None
 
 
 def _load(trusted: TrustedMetadataSet, role: str, parent: str, data: bytes) -> bool:
@@ -522,10 +608,10 @@ def _remember(
     role: str,
     parent: str,
     identity: FileIdentity | None,
-    keys: KeyFingerprints,
+    keys: str,
 ) -> None:
-    """Record python-tuf's acceptance of ``role``, cached as the file with ``identity``
-    (None: not cached, nothing to reuse)."""
+    """Record python-tuf's acceptance of ``role`` under the delegating keys with fingerprint
+    ``keys``, cached as the file with ``identity`` (None: not cached, nothing to reuse)."""
     if memo is None:
         return
     loaded = trusted[role]
@@ -533,7 +619,7 @@ def _remember(
     if identity is None or not isinstance(loaded, Targets) or meta is None or _children(loaded, 1):
         memo.pop(role, None)  # only leaves are ever reused
         return
-    memo[role] = Verdict(meta, _fingerprint(keys, trusted, role, parent), loaded.expires, identity)
+    memo[role] = Verdict(meta, keys, loaded.expires, identity)
 
 
 def _location(

@@ -28,6 +28,7 @@ content hash and file identity are how the facts are read, not a separate concer
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import hashlib
 import json
@@ -107,11 +108,20 @@ class CachedFile(NamedTuple):
 
     ``data``, when given, is the file's content, already in memory: whoever read or wrote the
     file with this identity vouches for it (the delegation sweep, for the bins it loaded).
+
+    ``accepted``, when given, is the key fingerprint (:class:`KeyFingerprints`) of the
+    delegator's keys and threshold under which python-tuf accepted this file's bytes (the
+    delegation sweep's ``Swept.accepted``: in this probe, or in an earlier one whose verdict
+    the sweep reused because it stands unchanged). When it is the fingerprint the inspector
+    finds for the delegator, and the file carries signatures by exactly ``threshold`` of the
+    authorized keys, python-tuf's acceptance (at least ``threshold`` authorized keys signed
+    validly, each counted once) means all of them verified: they are not checked again.
     """
 
     path: str
     identity: FileIdentity
     data: bytes | None = None
+    accepted: str | None = None
 
 
 def file_identity(st: os.stat_result) -> FileIdentity:
@@ -369,9 +379,12 @@ class Inspector:
             context = contexts.of(delegator, name)
         except _UNREADABLE:  # the delegator's keyids for the role cannot even be sorted
             return None, None
+        accepted = isinstance(data, CachedFile) and data.accepted == context
         return self._compute(
             name, known, data, context,
-            lambda body, digest: _read_facts(name, body, digest, delegator, delegator_name),
+            lambda body, digest: _read_facts(
+                name, body, digest, delegator, delegator_name, accepted=accepted
+            ),
         )
 
     def _compute(
@@ -396,8 +409,11 @@ class Inspector:
             hit = self._cached(name, digest, context)
             if hit is not None:
                 return hit
-        with _gc_paused(len(body)):
+        if len(body) < _GC_PAUSE_BYTES:  # no context manager a hash bin: it cost 15 %
             facts, read_as = read(body, digest)
+        else:
+            with _gc_paused(len(body)):
+                facts, read_as = read(body, digest)
         if facts is None:
             return None, None
         with self._lock:
@@ -460,7 +476,7 @@ def _read(data: bytes, digest: str) -> _Doc | None:
         signed = document["signed"]
         kind = signed["_type"]
         version = signed["version"]
-        expires = datetime.strptime(signed["expires"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        expires = _expires(signed["expires"])
         signatures = {s["keyid"]: Signature.from_dict(dict(s)) for s in document["signatures"]}
         if not isinstance(version, int) or isinstance(version, bool):
             return None
@@ -480,6 +496,15 @@ def _read(data: bytes, digest: str) -> _Doc | None:
     return _Doc(
         digest, len(data), kind, version, expires, signatures, signed, delegator, canonical
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _expires(text: str) -> datetime:
+    """An ``expires`` string as python-tuf reads it (``Signed._common_fields_from_dict``);
+    memoized: thousands of hash bins signed in one go share one expiry string. Raises
+    ``ValueError`` (not cached) for a string python-tuf would refuse, ``TypeError`` for a
+    non-string."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 @contextmanager
@@ -509,11 +534,15 @@ def _read_facts(
     delegator: Root | Targets | None,
     delegator_name: str,
     previous: Root | None = None,
+    *,
+    accepted: bool = False,
 ) -> tuple[RoleFacts | None, Root | Targets | None]:
     """Facts of one file and the file as a delegator; nothing else of the parse survives.
 
     For root, ``delegator`` is ignored (a root is its own delegator) and ``previous`` is the
-    previous root version, if known. (None, None) when the file cannot be read or checked.
+    previous root version, if known. ``accepted``: python-tuf accepted these bytes under
+    ``delegator``'s keys and threshold in this probe (see ``CachedFile.accepted``). (None,
+    None) when the file cannot be read or checked.
     """
     doc = _read(data, digest)
     if doc is None or not _is_type(doc.type, name):
@@ -524,7 +553,7 @@ def _read_facts(
                 return None, None
             facts = _root_facts(doc, doc.delegator, previous)
         else:
-            facts = _facts(name, doc, delegator, delegator_name)
+            facts = _facts(name, doc, delegator, delegator_name, accepted=accepted)
     except _UNREADABLE:
         return None, None
     return facts, doc.delegator
@@ -556,9 +585,21 @@ def _payloads(signed: dict[str, Any] | None, *, canonical: bool = True) -> Itera
 
 
 def _facts(
-    name: str, doc: _Doc, delegator: Root | Targets | None, delegator_name: str
+    name: str,
+    doc: _Doc,
+    delegator: Root | Targets | None,
+    delegator_name: str,
+    *,
+    accepted: bool = False,
 ) -> RoleFacts:
-    """Facts of a role other than root, its signatures counted against ``delegator``."""
+    """Facts of a role other than root, its signatures counted against ``delegator``.
+
+    The count is python-tuf's ``get_verification_result``, except when python-tuf accepted
+    these very bytes under ``delegator``'s keys and threshold (``accepted``) and exactly
+    ``threshold`` authorized keys signed: ``verify_delegate`` passed only because at least
+    ``threshold`` of them verified, so every one did (TUF specification 5.6.3/5.7.3, counted
+    by python-tuf; a hash bin signed by its one key is not verified a second time).
+    """
     signed_by: tuple[str, ...] = ()
     unknown: tuple[str, ...] = tuple(sorted(doc.signatures))
     threshold = 0
@@ -572,7 +613,9 @@ def _facts(
             unknown = tuple(sorted(k for k in doc.signatures if k not in authorized))
             threshold = role.threshold
             present = {k for k in doc.signatures if k in authorized}
-            for payload in _payloads(doc.signed, canonical=doc.canonical):
+            if accepted and len(present) == threshold:
+                signed_by = tuple(sorted(present))
+            for payload in () if signed_by else _payloads(doc.signed, canonical=doc.canonical):
                 result = delegator.get_verification_result(name, payload, doc.signatures)
                 signed_by = tuple(sorted(result.signed))
                 if set(result.signed) == present:

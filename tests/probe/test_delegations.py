@@ -354,3 +354,44 @@ def test_a_delegation_declaring_2_to_the_32_hash_bins_is_swept_within_the_limit(
         assert not result.success  # the four bins it visited do not exist
     finally:
         served.close()
+
+
+def _counting_verifications(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The role names ``Targets.get_verification_result`` is called for, python-tuf's
+    ``verify_delegate`` and the inspector's counts alike."""
+    calls: list[str] = []
+    real = Targets.get_verification_result
+
+    def counted(self: Targets, delegated_role: str, payload: bytes, signatures: Any) -> Any:
+        calls.append(delegated_role)
+        return real(self, delegated_role, payload, signatures)
+
+    monkeypatch.setattr(Targets, "get_verification_result", counted)
+    return calls
+
+
+def test_each_bins_signature_is_counted_once_per_probe_and_never_read_back(
+    bins: Sim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _counting_verifications(monkeypatch)
+    read_back: list[str] = []
+    real_read = Path.read_bytes
+
+    def reading(path: Path) -> bytes:
+        if path.suffix == ".part":  # a spool file of the sweep
+            read_back.append(path.name)
+        return real_read(path)
+
+    monkeypatch.setattr(Path, "read_bytes", reading)
+    prober = Prober(bins.state_dir)
+    cold = _probe(bins, prober)
+    assert cold.success, cold.message
+    bin_calls = [name for name in calls if name.startswith("bin-")]
+    # python-tuf's verify_delegate, once a bin; the inspector takes its verdict for the count
+    assert sorted(bin_calls) == sorted(cold.delegated) and len(cold.delegated) == BINS
+    assert all(facts.signatures_valid == 1 for facts in cold.delegated.values())
+    assert read_back == []  # small bins come back from the download in memory
+    # the facts are those a fresh inspector counts from the cache files
+    fresh = Prober(bins.state_dir / "fresh")
+    again = _probe(bins, fresh)
+    assert again.delegated == cold.delegated

@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 from securesystemslib.formats import encode_canonical
-from securesystemslib.signer import CryptoSigner
+from securesystemslib.signer import CryptoSigner, Signature
 from tuf.api import exceptions
 from tuf.api.metadata import Delegations, Metadata, Root, SuccinctRoles, Targets
 from tuf.api.serialization import SerializationError
 from tuf.api.serialization.json import CanonicalJSONSerializer
 
+from exporter.probe.fingerprints import KeyFingerprints
 from exporter.probe.inspector import CachedFile, Inspector, file_identity
 from exporter.simulator import SimulatedRepository
 from exporter.simulator.repository import metadata_file
@@ -510,3 +511,74 @@ def test_hostile_delegations_give_no_facts_for_the_role_concerned(
     for facts in {**inspected.roles, **inspected.delegated}.values():
         json.dumps(facts.to_json())
     assert "timestamp" in inspected.roles
+
+
+# ---------------------------------------------------------------------------------------------
+# Files python-tuf accepted in this probe (CachedFile.accepted): no second signature count
+
+
+def _verifications(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    real = Targets.get_verification_result
+
+    def counted(self: Targets, delegated_role: str, payload: bytes, signatures: Any) -> Any:
+        calls.append(delegated_role)
+        return real(self, delegated_role, payload, signatures)
+
+    monkeypatch.setattr(Targets, "get_verification_result", counted)
+    return calls
+
+
+def _accepted(files: dict[str, bytes | CachedFile], role: str, data: bytes, keys: str
+              ) -> dict[str, bytes | CachedFile]:
+    cached = files[role]
+    assert isinstance(cached, CachedFile)
+    return files | {role: CachedFile(cached.path, cached.identity, data, keys)}
+
+
+def test_a_role_python_tuf_accepted_under_the_same_keys_is_not_counted_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = _team_repository()
+    expected = Inspector().inspect(_files(repo)).delegated["team"]
+    assert expected.signatures_valid == 1
+    targets = Metadata[Targets].from_bytes(_files(repo)["targets"]).signed
+    keys = KeyFingerprints().of(targets, "team")
+    files = _on_disk(tmp_path, _files(repo))
+    calls = _verifications(monkeypatch)
+    facts = Inspector().inspect(_accepted(files, "team", _files(repo)["team"], keys))
+    assert facts.delegated["team"] == expected
+    assert "team" not in calls
+    # accepted under other keys (the delegator changed since): counted by python-tuf again
+    facts = Inspector().inspect(_accepted(files, "team", _files(repo)["team"], "other"))
+    assert facts.delegated["team"] == expected
+    assert calls.count("team") == 1
+
+
+def test_an_accepted_role_with_more_authorized_signatures_than_its_threshold_is_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = _team_repository()
+    files = _files(repo)
+    # team: two authorized keys, threshold 1; the second key's signature does not verify
+    extra = CryptoSigner.generate_ed25519()
+    targets = Metadata[Targets].from_bytes(files["targets"])
+    delegations = targets.signed.delegations
+    assert delegations is not None and delegations.roles is not None
+    delegations.keys[extra.public_key.keyid] = extra.public_key
+    delegations.roles["team"].keyids.append(extra.public_key.keyid)
+    targets.signatures.clear()
+    for signer in repo.signers("targets"):
+        targets.sign(signer, append=True)
+    team = Metadata[Targets].from_bytes(files["team"])
+    bad = Signature(extra.public_key.keyid, "00" * 64)
+    team.signatures[bad.keyid] = bad
+    files = files | {"targets": targets.to_bytes(), "team": team.to_bytes()}
+    keys = KeyFingerprints().of(targets.signed, "team")
+    calls = _verifications(monkeypatch)
+    facts = Inspector().inspect(
+        _accepted(_on_disk(tmp_path, files), "team", files["team"], keys)
+    ).delegated["team"]
+    assert calls.count("team") >= 1
+    assert facts.signed_by == tuple(repo.keyids("team"))
+    assert facts.threshold == 1
