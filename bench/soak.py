@@ -179,6 +179,13 @@ def _top(older: tracemalloc.Snapshot, newer: tracemalloc.Snapshot, title: str) -
     return "\n".join(lines)
 
 
+def _dump(path: Path, n: int) -> Path:
+    """Take a snapshot, write it next to ``path`` and let it go."""
+    file = path.with_suffix(f".{n}.snapshot")
+    tracemalloc.take_snapshot().dump(str(file))
+    return file
+
+
 def sample_loop(
     service: Any,
     timeliness: Timeliness,
@@ -191,7 +198,8 @@ def sample_loop(
     malloc, sqlite = _native()
     trace = bool(options.get("trace"))
     path = Path(options["csv"])
-    snapshots: list[tracemalloc.Snapshot] = []
+    #: snapshot files (dumped, not kept: a snapshot holds a copy of every trace)
+    snapshots: list[Path] = []
     page = os.sysconf("SC_PAGE_SIZE")
     warm = warmup(duration)
     expected = {(r.name, e.name) for r in service.config.repositories for e in r.endpoints}
@@ -204,9 +212,9 @@ def sample_loop(
             t = now - began
             if trace and not snapshots and t >= warm:
                 tracemalloc.start(1)
-                snapshots.append(tracemalloc.take_snapshot())
+                snapshots.append(_dump(path, 0))
             elif trace and len(snapshots) == 1 and t >= warm + (duration - warm) / 2:
-                snapshots.append(tracemalloc.take_snapshot())
+                snapshots.append(_dump(path, 1))
             with open("/proc/self/statm") as statm:
                 rss = int(statm.read().split()[1]) * page / 1e6
             smaps = smaps_rollup()
@@ -244,12 +252,15 @@ def sample_loop(
                          failed_other=timeliness.failed_other, recovered=timeliness.recovered)
     summary.skipped = sum(service.store.snapshot()[5].values())
     if trace and snapshots:
-        snapshots.append(tracemalloc.take_snapshot())
+        snapshots.append(_dump(path, 2))
+        tracemalloc.stop()
+        loaded = [tracemalloc.Snapshot.load(str(file)) for file in snapshots]
         parts = [_top(a, b, title) for (a, b), title in zip(
-            itertools.pairwise(snapshots), ("warm-up end -> middle", "middle -> end"),
+            itertools.pairwise(loaded), ("warm-up end -> middle", "middle -> end"),
             strict=False)]
         path.with_suffix(".tracemalloc.txt").write_text("\n\n".join(parts) + "\n")
-        tracemalloc.stop()
+        for file in snapshots:
+            file.unlink()
 
 
 def _schedule(
