@@ -6,6 +6,11 @@ instead of the default 150 seconds. ``--server nginx`` (the default) serves the 
 repositories with Debian's nginx (installed with apt-get where missing), ``--server simulator``
 with the simulator's own HTTP/1.0 server, for comparison. A full run (every case, not quick)
 writes the table to ``bench/RESULTS.md`` unless ``--no-write``.
+
+``python -m bench --case soak [--minutes N] [--trace]`` runs the one-hour soak
+(:mod:`bench.soak`; ``--minutes`` shortens it, ``--trace`` adds tracemalloc diffs). It is not
+part of the default run and not in the test suite; its rows are recorded in the "Soak" section
+of ``bench/RESULTS.md`` by hand.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from bench.common import Row, table
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
-def _cases(long: bool) -> dict[str, Callable[[bool], list[Row]]]:
+def _cases(
+    long: bool, minutes: float = 60.0, trace: bool = False
+) -> dict[str, Callable[[bool], list[Row]]]:
     from bench import (
         delegation_sweep,
         drain,
@@ -34,6 +41,7 @@ def _cases(long: bool) -> dict[str, Callable[[bool], list[Row]]]:
         events,
         probe_cost,
         scrape,
+        soak,
         sweep_memory,
         views,
     )
@@ -47,10 +55,13 @@ def _cases(long: bool) -> dict[str, Callable[[bool], list[Row]]]:
         "memory": sweep_memory.run,
         "drain": drain.run,
         "views": views.run,
+        "soak": lambda quick: soak.run(quick, minutes=minutes, trace=trace),
     }
 
 
 CASE_NAMES = ("probe", "delegations", "endpoints", "scrape", "events", "memory", "drain", "views")
+#: Cases run only when named with ``--case``.
+EXTRA_CASES = ("soak",)
 
 
 def machine() -> str:
@@ -127,18 +138,24 @@ def _report(rows: list[Row], command: str, seconds: float, long: bool,
 def main(argv: list[str] | None = None) -> int:
     """Run the selected cases, print the table, maybe write RESULTS.md."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--case", action="append", choices=CASE_NAMES,
+    parser.add_argument("--case", action="append", choices=CASE_NAMES + EXTRA_CASES,
                         help="run only this case (repeatable); default: all")
     parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
     parser.add_argument("--long", action="store_true",
                         help="run the many-endpoints case for 10 minutes")
+    parser.add_argument("--minutes", type=float, default=60.0,
+                        help="length of the soak case in minutes (default 60)")
+    parser.add_argument("--trace", action="store_true",
+                        help="soak: tracemalloc diffs of the allocation sites after warm-up")
     parser.add_argument("--server", choices=simproc.SERVERS, default=simproc.SERVERS[0],
                         help="what serves the repositories (default: nginx)")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
     args = parser.parse_args(argv)
     selected = args.case or list(CASE_NAMES)
     simproc.use_server(args.server)
-    cases = _cases(args.long)
+    if args.minutes <= 0:
+        parser.error("--minutes must be positive")
+    cases = _cases(args.long, args.minutes, args.trace)
     started = time.monotonic()
     rows: list[Row] = []
     for name in selected:

@@ -10,16 +10,25 @@ refresh from the trusted root) are warm-up and not measured.
 Goals (absolute): CPU under 25 % of one core, 100 % of probes on time (started within
 ``interval * (1 + jitter) + 2 s`` of the previous one, successful, none skipped), resident
 memory under 300 MB and flat (the median of the last third of the samples at most 5 % above
-the median of the first third).
+the median of the first third). Flat is judged only on the samples after :data:`SETTLED`:
+until every endpoint's ring of ``RECENT_PROBES`` recent probes (the status page's) is full,
+resident memory grows by design (about 4 MB per interval for 1,000 endpoints, 10 intervals);
+a run too short to reach it (the default 150 s) reports the growth as information. The
+one-hour soak (:mod:`bench.soak`) is the test of flatness.
 """
 
 from __future__ import annotations
 
-from bench.common import Goal, Row, scratch
-from bench.service_run import INTERVAL, rss_growth, run_service, write_config
+from exporter.collector import RECENT_PROBES
+
+from bench.common import INFO, Goal, Row, scratch
+from bench.service_run import INTERVAL, JITTER, rss_growth, run_service, write_config
 from bench.simproc import SimProcess, Spec
 
 WARMUP = INTERVAL + 5.0
+#: Seconds until the rings of recent probes are full: the first probe within the first
+#: interval, then ``RECENT_PROBES - 1`` more, each at most ``interval * (1 + jitter)`` later.
+SETTLED = INTERVAL * (1 + (RECENT_PROBES - 1) * (1 + JITTER)) + 5.0
 
 
 def run(quick: bool, *, long: bool = False) -> list[Row]:
@@ -32,8 +41,13 @@ def run(quick: bool, *, long: bool = False) -> list[Row]:
     label = f"4 {count} endpoints every {INTERVAL:g} s ({summary.window_seconds:.0f} s window)"
     due = summary.on_time + summary.late + summary.failed + summary.skipped
     on_time = 100.0 * summary.on_time / due if due else 0.0
-    first, last = rss_growth(summary.rss_samples, WARMUP)
+    settled = duration >= SETTLED + 120  # two minutes or more of settled samples
+    first, last = rss_growth(summary.rss_samples, SETTLED if settled else WARMUP)
     growth = 100.0 * (last - first) / first if first else 0.0
+    after = sum(1 for t, _ in summary.rss_samples if t >= (SETTLED if settled else WARMUP))
+    when = (f"after the recent-probe rings filled ({SETTLED:.0f} s)" if settled else
+            f"while the recent-probe rings fill (until {SETTLED:.0f} s): information, "
+            "run --long or the soak")
     detail = (f"{summary.probes} probes, {summary.reused} reused, {summary.late} late, "
               f"{summary.failed} failed, {summary.skipped} skipped")
     return [
@@ -44,6 +58,6 @@ def run(quick: bool, *, long: bool = False) -> list[Row]:
         Row(f"{label}: resident memory (peak)", summary.max_rss_mb, "MB", None, "",
             Goal("value<=", 300.0, "< 300 MB"), 1),
         Row(f"{label}: resident memory growth after warm-up", growth, "%", None, "",
-            Goal("value<=", 5.0, "flat (<= 5 %)"), len(summary.rss_samples),
-            note=f"{first:.0f} MB -> {last:.0f} MB"),
+            Goal("value<=", 5.0, "flat (<= 5 %)") if settled else INFO, after,
+            note=f"{first:.0f} MB -> {last:.0f} MB, {when}"),
     ]

@@ -146,6 +146,8 @@ class Summary:
     #: External client views configured, and those without a run in the window.
     client_views: int = 0
     client_views_idle: int = 0
+    #: What a mode measures beyond these (the soak's samples and failure counts).
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def plain_registry(registry: CollectorRegistry) -> CollectorRegistry:
@@ -197,9 +199,12 @@ def worker(
     warmup: float,
     mode: str,
     conn: multiprocessing.connection.Connection,
+    options: dict[str, Any] | None = None,
 ) -> None:
     """The exporter process. ``mode`` is ``endpoints`` (measure a steady run), ``clients`` (the
-    same, and the external client runs noted too) or ``scrape``."""
+    same, and the external client runs noted too), ``scrape`` or ``soak``
+    (:func:`bench.soak.sample_loop`, with ``options``)."""
+    from bench import soak
     from exporter import logs
     from exporter.config.model import Client, Endpoint, Repository
     from exporter.probe.results import ProbeResult
@@ -226,15 +231,20 @@ def worker(
     expected = {(r.name, e.name) for r in service.config.repositories for e in r.endpoints
                 if r.name != "hung"}
     starts: dict[tuple[str, str], list[tuple[float, bool, bool]]] = {}
+    timeliness = soak.Timeliness(time.time() + warmup, set((options or {}).get("failing", ())))
 
     probe = service.prober.probe
 
     def observed(repo: Any, endpoint: Any, trusted_root: bytes | None = None) -> Any:
         """The service's own probe, with each result noted for the on-time check."""
         result = probe(repo, endpoint, trusted_root)
-        starts.setdefault((result.repository, result.endpoint), []).append(
-            (result.started_at.timestamp(), result.success, result.reused_verdict)
-        )
+        key = (result.repository, result.endpoint)
+        if mode == "soak":  # counted, not kept: the soak measures this process's memory
+            timeliness.add(key, result.started_at.timestamp(), result.success,
+                           result.reused_verdict)
+        else:
+            starts.setdefault(key, []).append(
+                (result.started_at.timestamp(), result.success, result.reused_verdict))
         return result
 
     service.prober.probe = observed  # type: ignore[method-assign,assignment]
@@ -251,6 +261,8 @@ def worker(
             summary.client_views_idle = len(views - seen)
             summary.client_runs = [(seconds, ok, reason) for at, seconds, ok, reason, _ in
                                    list(runs) if at >= window_start]
+        elif mode == "soak":
+            soak.sample_loop(service, timeliness, summary, began, duration, options or {})
         else:
             _scrape(service, starts, expected, summary, duration)
         summary.max_rss_mb = peak_rss_mb()
@@ -351,18 +363,26 @@ def run_service(
     warmup: float,
     mode: str,
     release: Callable[[], None] | None = None,
+    *,
+    during: Callable[[], None] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Summary:
     """Run :func:`worker` in a spawned process and return its summary.
 
-    ``release()`` is called once the summary arrived, before waiting for the child to stop
-    (closing a hung server there lets the hung probe, and so the service, end at once).
+    ``during()`` runs in this process while the child runs (the soak's fault schedule);
+    ``options`` go to the worker. ``release()`` is called once the summary arrived, before
+    waiting for the child to stop (closing a hung server there lets the hung probe, and so the
+    service, end at once).
     """
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
-    process = context.Process(target=worker, args=(str(config), duration, warmup, mode, child))
+    process = context.Process(target=worker,
+                              args=(str(config), duration, warmup, mode, child, options))
     process.start()
     child.close()
     try:
+        if during is not None:
+            during()
         if not parent.poll(duration + 300):
             raise RuntimeError("the service process did not report")
         summary: Summary = parent.recv()

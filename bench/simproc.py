@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -96,6 +97,18 @@ def _targets_for_bins(repo: SimulatedRepository, bins: list[str]) -> dict[str, s
     return found
 
 
+#: The fault of :meth:`SimProcess.fail` that takes an endpoint away.
+OUTAGE = "outage"
+
+
+def _relink(docroot: Path, name: str, target: str) -> None:
+    """Point endpoint ``name`` at directory ``target`` in one rename (no moment without it)."""
+    link = docroot / f".{name}.link"
+    link.unlink(missing_ok=True)
+    link.symlink_to(target)
+    os.replace(link, docroot / name)
+
+
 class _Child:
     """The command loop of the child process."""
 
@@ -105,6 +118,8 @@ class _Child:
         self.nginx: Nginx | None = None
         self.docroot: DocRoot | None = None
         self.counter = 0
+        #: nginx: the directory of a failing endpoint's faulted files, by endpoint
+        self.faulted: dict[str, DocRoot] = {}
 
     def build(self, spec: Spec, server_kind: str, directory: str) -> Built:
         repo = SimulatedRepository()
@@ -165,6 +180,41 @@ class _Child:
             self.docroot.sync(self.server.view("primary"))
         return serial
 
+    def fail(self, endpoints: list[str], fault: str) -> None:
+        """Make ``endpoints`` (mirrors) fail: ``fault`` is a simulator fault that changes files
+        (served by nginx from a directory of their own) or ``outage`` (nginx: the endpoint's
+        directory taken away, 404 for every file; the simulator: ``http-500``)."""
+        assert self.server is not None
+        for name in endpoints:
+            if self.nginx is None:
+                self.server.inject("http-500" if fault == OUTAGE else fault, name)
+                continue
+            assert self.docroot is not None
+            docroot = self.docroot.root.parent
+            if fault == OUTAGE:
+                (docroot / name).unlink()
+                continue
+            if name not in self.server.endpoints:
+                if not self.server.running:  # it names mirrors by its URLs; nginx serves
+                    self.server.start()
+                self.server.add_mirror(name)
+            self.server.clear(name)
+            self.server.inject(fault, name)
+            files = self.faulted.get(name) or DocRoot(docroot, f".faulted-{name}")
+            self.faulted[name] = files
+            files.sync(self.server.view(name))
+            _relink(docroot, name, files.root.name)
+
+    def recover(self, endpoints: list[str]) -> None:
+        """Serve ``endpoints`` the primary's files again."""
+        assert self.server is not None
+        for name in endpoints:
+            if self.nginx is None:
+                self.server.clear(name)
+                continue
+            assert self.docroot is not None
+            _relink(self.docroot.root.parent, name, self.docroot.root.name)
+
     def requests(self, endpoint: str) -> dict[str, int]:
         if self.nginx is not None:
             return dict(self.nginx.requests(endpoint))
@@ -192,6 +242,8 @@ def _main(conn: multiprocessing.connection.Connection) -> None:
         "change": child.change,
         "requests": child.requests,
         "reset_requests": child.reset_requests,
+        "fail": child.fail,
+        "recover": child.recover,
     }
     try:
         while True:
@@ -245,6 +297,15 @@ class SimProcess:
     def reset_requests(self) -> None:
         """Forget the request counts of every endpoint."""
         self._call("reset_requests")
+
+    def fail(self, endpoints: list[str], fault: str) -> None:
+        """Make mirrors ``endpoints`` fail with simulator fault ``fault`` (one that changes
+        files, over nginx) or :data:`OUTAGE`, until :meth:`recover`."""
+        self._call("fail", endpoints, fault)
+
+    def recover(self, endpoints: list[str]) -> None:
+        """Let ``endpoints`` serve the repository again."""
+        self._call("recover", endpoints)
 
     def close(self) -> None:
         """Stop the server and the child process."""

@@ -10,6 +10,7 @@ configuration keeps running.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import tempfile
 import threading
@@ -57,6 +58,33 @@ from exporter.serve.scheduler import Scheduler
 from exporter.serve.status_page import StatusPage
 
 log = logging.getLogger(__name__)
+
+#: glibc's ``M_MMAP_THRESHOLD`` parameter of ``mallopt``, and the threshold this process keeps.
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 128 * 1024
+
+
+def fix_mmap_threshold() -> bool:
+    """Keep glibc's malloc from holding freed large blocks: every allocation of
+    :data:`MMAP_THRESHOLD` bytes (128 KiB) or more is its own mapping, returned to the system
+    when freed. Returns False where the C library has no ``mallopt`` (not glibc) or refuses.
+
+    By default glibc raises that threshold to the size of any mapped block freed (up to 32 MiB,
+    "dynamic mmap threshold", malloc(3) ``M_MMAP_THRESHOLD``): after that, blocks of a few
+    hundred KiB (metadata bodies, SQLite's and our batches) come from the heaps of the arenas,
+    and what they leave free there stays resident. Over the one-hour soak of 1,000 endpoints
+    (``python -m bench --case soak``) that free memory (``mallinfo2().fordblks``) went from 8.7
+    to 20.7 MB in steps while memory in use stayed flat; with the threshold fixed, 4-7 MB. A
+    threshold set this way is no longer dynamic, and the trim threshold stays at its default
+    (128 KiB) instead of following it.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
 @dataclass(frozen=True)
@@ -243,6 +271,7 @@ class Service:
         shard: tuple[int, int] | None = None,
         alert_options: AlertOptions | None = None,
     ) -> None:
+        fix_mmap_threshold()  # before the threads and their arenas allocate
         self.config_path = config_path
         self._first_run_within = first_run_within
         self._shard = shard
