@@ -27,9 +27,7 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
-from support import Sim, poll
+from support import Sim, poll, scrape, value
 
 from exporter import cli
 from exporter.config.model import Client, ClientMode
@@ -358,9 +356,9 @@ def test_hanging_and_flooding_clients_never_delay_the_python_tuf_probes_or_a_scr
         until = time.monotonic() + 4.0
         while time.monotonic() < until:
             t0 = time.monotonic()
-            samples = _scrape(service)
+            samples = scrape(service)
             slowest_scrape = max(slowest_scrape, time.monotonic() - t0)
-            now = _value(samples, "tuf_exporter_last_probe_timestamp_seconds",
+            now = value(samples, "tuf_exporter_last_probe_timestamp_seconds",
                          endpoint="primary")
             if now is not None and now != last:
                 changes.append(time.monotonic())
@@ -371,7 +369,7 @@ def test_hanging_and_flooding_clients_never_delay_the_python_tuf_probes_or_a_scr
         assert slowest_scrape < 1.0, slowest_scrape
 
         def both_failed() -> dict[str, dict[str, str]] | None:
-            samples = _scrape(service)
+            samples = scrape(service)
             failed = {labels["client"]: labels for labels, value in
                       samples.get("tuf_client_update_failures_total", []) if value > 0}
             return failed if {"hang", "flood"} <= set(failed) else None
@@ -379,32 +377,15 @@ def test_hanging_and_flooding_clients_never_delay_the_python_tuf_probes_or_a_scr
         failed = poll(both_failed, timeout=30)
         assert failed["hang"]["reason"] == "client_timeout"
         assert (failed["flood"]["reason"], failed["flood"]["role"]) == ("client_rejected", "root")
-        samples = _scrape(service)
-        assert _value(samples, "tuf_client_update_success", client="hang") == 0
-        assert _value(samples, "tuf_client_update_success", client="returning") == 1
+        samples = scrape(service)
+        assert value(samples, "tuf_client_update_success", client="hang") == 0
+        assert value(samples, "tuf_client_update_success", client="returning") == 1
         # the python-tuf probe's own series stay the returning view's alone
         assert len(samples["tuf_probe_success"]) == 1
         log = service.store.endpoint_log("sim", "primary")
         assert log.latest is not None and log.latest.client == "returning"
     finally:
         service.stop()
-
-
-def _scrape(service: Service) -> dict[str, list[tuple[dict[str, str], float]]]:
-    text = generate_latest(service.registry).decode()
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for fam in text_string_to_metric_families(text):
-        for sample in fam.samples:
-            out.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return out
-
-
-def _value(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str
-           ) -> float | None:
-    for got, value in samples.get(name, []):
-        if all(got.get(k) == want for k, want in labels.items()):
-            return value
-    return None
 
 
 # --- tuf-exporter clients install ------------------------------------------------------------

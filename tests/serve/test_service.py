@@ -19,7 +19,7 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from support import Sim, poll
+from support import Sim, poll, scrape, value
 from tuf.api.metadata import Metadata
 
 from exporter.catalogue import METRICS, Subsystem, sample_names
@@ -62,23 +62,6 @@ def service(sim: Sim, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Itera
     crashes = [r.getMessage() for r in caplog.records
                if r.levelname == "ERROR" and "reload refused" not in r.getMessage()]
     assert not crashes, "nothing may crash in the service"
-
-
-def scrape(service: Service) -> dict[str, list[tuple[dict[str, str], float]]]:
-    text = generate_latest(service.registry).decode()
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for fam in text_string_to_metric_families(text):
-        for sample in fam.samples:
-            out.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return out
-
-
-def value(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str
-          ) -> float | None:
-    for got, v in samples.get(name, []):
-        if all(got.get(k) == want for k, want in labels.items()):
-            return v
-    return None
 
 
 # counters labelled by what happened: no sample until it does

@@ -151,3 +151,27 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+#: Samples of a scrape by name: (labels, value) pairs.
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def scrape(service: Any) -> Samples:
+    """What a scrape of ``service``'s registry returns, by sample name (no HTTP)."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: Samples = {}
+    for fam in text_string_to_metric_families(generate_latest(service.registry).decode()):
+        for sample in fam.samples:
+            out.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    """The value of the first sample ``name`` whose labels include ``labels``, or None."""
+    for got, v in samples.get(name, []):
+        if all(got.get(k) == want for k, want in labels.items()):
+            return v
+    return None
