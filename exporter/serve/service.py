@@ -437,11 +437,7 @@ class Service:
                     log.exception("recording the probe of %s/%s in the history failed",
                                   repo.name, endpoint.name)
                     self.store.exporter_error(ErrorCause.HISTORY)
-        for finding in findings:
-            level = logging.WARNING if str(finding.severity) != "info" else logging.INFO
-            log.log(level, "finding: %s", finding.message, extra={"finding": finding.to_json()})
-        if findings:
-            self.shipper.wake()
+        self._announce(findings)
         level = logging.INFO if result.success else logging.WARNING
         log.log(level, "probe %s", "succeeded" if result.success else "failed", extra={
             "repository": repo.name, "endpoint": endpoint.name,
@@ -452,6 +448,25 @@ class Service:
             "reused_verdict": result.reused_verdict,
         })
         return result
+
+    def _announce(self, findings: list[Finding]) -> None:
+        """Log each finding (its events are in the spool already) and wake the shipper."""
+        for finding in findings:
+            level = logging.WARNING if str(finding.severity) != "info" else logging.INFO
+            log.log(level, "finding: %s", finding.message, extra={"finding": finding.to_json()})
+        if findings:
+            self.shipper.wake()
+
+    def _emit_view_events(self, previous: ProbeResult | None, result: ProbeResult) -> None:
+        """Spool a view's verification event, and a ``client_view`` event when its verdict
+        changed since ``previous``; a spool that cannot take them is counted as ours."""
+        events = [verification_event(result)]
+        change = client_view_event(previous, result)
+        if change is not None:
+            events.append(change)
+        for event in events:
+            if not self.spool.emit(event):
+                self.store.exporter_error(ErrorCause.SPOOL)
 
     def _probe_views(self, repo: Repository, endpoint: Endpoint) -> list[ProbeResult]:
         """One view pass of an endpoint (issue 16), recorded as :meth:`_probe` records a probe:
@@ -480,13 +495,7 @@ class Service:
                                                           r.client).latest for r in results}
             self.store.record_view(results)
             for result in results:
-                events = [verification_event(result)]
-                change = client_view_event(previous[result.client], result)
-                if change is not None:
-                    events.append(change)
-                for event in events:
-                    if not self.spool.emit(event):
-                        self.store.exporter_error(ErrorCause.SPOOL)
+                self._emit_view_events(previous[result.client], result)
                 if result.reason is Reason.EXPORTER_ERROR:
                     continue
                 try:
@@ -495,11 +504,7 @@ class Service:
                     log.exception("recording the view %s of %s/%s in the history failed",
                                   result.client, repo.name, endpoint.name)
                     self.store.exporter_error(ErrorCause.HISTORY)
-        for finding in findings:
-            level = logging.WARNING if str(finding.severity) != "info" else logging.INFO
-            log.log(level, "finding: %s", finding.message, extra={"finding": finding.to_json()})
-        if findings:
-            self.shipper.wake()
+        self._announce(findings)
         for result in results:
             log.log(logging.INFO if result.success else logging.WARNING, "client view %s",
                     "succeeded" if result.success else "failed", extra={
@@ -531,13 +536,7 @@ class Service:
                 return result
             previous = self.store.endpoint_log(repo.name, endpoint.name, client.name).latest
             self.store.record_view([result])
-            events = [verification_event(result)]
-            change = client_view_event(previous, result)
-            if change is not None:
-                events.append(change)
-            for event in events:
-                if not self.spool.emit(event):
-                    self.store.exporter_error(ErrorCause.SPOOL)
+            self._emit_view_events(previous, result)
         level = logging.INFO if result.success else logging.WARNING
         log.log(level, "client %s", "succeeded" if result.success else "failed", extra={
             "repository": repo.name, "endpoint": endpoint.name, "client": client.name,
