@@ -28,6 +28,15 @@ MetricSource = Callable[[], Iterable[Metric]]
 
 #: Probes kept per endpoint for the status page (newest first), whatever their outcome.
 RECENT_PROBES = 10
+#: Probes kept of each client view other than ``returning`` (the fleet view, external clients):
+#: the last one only. Such a view runs every ``new_client_interval`` or client ``interval``
+#: (10 minutes by default) and each result carries every request of a cold, full refresh, so
+#: a ring of :data:`RECENT_PROBES` would keep filling for 100 minutes, growing resident memory
+#: by about 9 MB per 1,000 endpoints and view each pass (the one-hour soak, bench/RESULTS.md): an
+#: operator sizing an instance after its first minutes would be wrong an hour later. One entry
+#: is full at the first pass; a view's failed verdicts still have their own ring
+#: (:data:`RECENT_FAILURES`).
+RECENT_VIEW_PROBES = 1
 #: Failed verdicts kept per endpoint, apart from the recent probes, so that an endpoint's rare
 #: failure stays visible however often it (or any other endpoint) probes since.
 RECENT_FAILURES = 10
@@ -50,7 +59,8 @@ class EndpointLog:
 
     ``latest`` is the verdict in force (what ``/metrics`` shows; a probe stopped by a fault of
     this host leaves it as it was), None before the first verdict. ``recent`` holds the last
-    :data:`RECENT_PROBES` probes of the endpoint, ``failures`` its last
+    :data:`RECENT_PROBES` probes of the endpoint (:data:`RECENT_VIEW_PROBES` of a client view
+    other than ``returning``), ``failures`` its last
     :data:`RECENT_FAILURES` failed verdicts (``exporter_error`` excluded: those are faults of
     this host, not of the endpoint), both newest first and as each probe saw them, delegated
     role facts left out. Both are bounded per endpoint.
@@ -187,7 +197,8 @@ class ProbeStore:
         key = _Key(repo, endpoint, result.client)
         returning = result.client == CLIENT_RETURNING
         seen = replace(result, delegated={})  # as this probe saw it; bounded in size
-        self._recent.setdefault(key, deque(maxlen=RECENT_PROBES)).appendleft(seen)
+        ring = RECENT_PROBES if returning else RECENT_VIEW_PROBES
+        self._recent.setdefault(key, deque(maxlen=ring)).appendleft(seen)
         if not result.success:
             reason, role = str(result.reason or "other"), str(result.role or "root")
             self._client_failures[(repo, endpoint, result.client, reason, role)] += 1

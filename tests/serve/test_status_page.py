@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,7 +28,12 @@ from exporter.probe.results import (
     RoleFacts,
 )
 from exporter.probe.signers import SignerReason, SignerResult
-from exporter.serve.collector import RECENT_FAILURES, RECENT_PROBES, ProbeStore
+from exporter.serve.collector import (
+    RECENT_FAILURES,
+    RECENT_PROBES,
+    RECENT_VIEW_PROBES,
+    ProbeStore,
+)
 from exporter.serve.status_page import StatusPage, reason_alert, view_reason_alert
 from exporter.serve.web import ExporterServer
 
@@ -199,6 +205,24 @@ def test_failures_are_kept_per_endpoint_and_bounded() -> None:
     assert store.endpoint_log("repo", "rare").recent == ()
 
 
+def test_other_client_views_keep_only_their_last_probe_and_their_failures() -> None:
+    """A view that runs every 10 minutes holds its whole memory after its first pass (the soak:
+    a ring of 10 cold refreshes per view kept filling for 100 minutes); its failures keep
+    their own ring."""
+    store = ProbeStore()
+    store.record_view([replace(_failed("primary", NOW - timedelta(hours=2),
+                                       message="the view's rare failure"), client="new")])
+    for i in range(3 * RECENT_PROBES):
+        at = NOW - timedelta(hours=1) + timedelta(minutes=10 * i)
+        store.record_view([replace(_ok("primary", at), client="new")])
+        store.record(_ok("primary", at))
+    view = store.endpoint_log("repo", "primary", "new")
+    assert RECENT_VIEW_PROBES == 1 and len(view.recent) == RECENT_VIEW_PROBES
+    assert view.recent[0].started_at == NOW - timedelta(hours=1) + timedelta(minutes=290)
+    assert [p.message for p in view.failures] == ["the view's rare failure"]
+    assert len(store.endpoint_log("repo", "primary").recent) == RECENT_PROBES
+
+
 def test_a_fault_of_this_host_is_a_probe_but_not_a_failure_of_the_endpoint() -> None:
     store = ProbeStore()
     store.record(_ok("mirror", NOW - timedelta(minutes=2)))
@@ -302,7 +326,6 @@ def test_client_views_have_a_row_each_failing_first() -> None:
     """Issue 16: one row per client view besides returning, under its endpoint; an external
     client (issue 17) is a view like the others, named by its client name. A failing view
     links the runbook of the alert that pages for it, TufClientViewFailing."""
-    from dataclasses import replace
 
     store = ProbeStore()
     store.record(_ok("primary"))
