@@ -16,7 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,19 @@ from support.opensearch_fake import FakeOpenSearch, wait_until
 
 from exporter.events import parse_time
 from exporter.history import Finding, FindingKind
+
+#: The repository's probe ``interval`` and ``timeout`` (seconds) in the exporter's configuration.
+INTERVAL = 0.3
+TIMEOUT = 3.0
+#: Seconds within which a version published is a counted finding: the probe running at the
+#: publish ends within ``TIMEOUT`` (it may have fetched the old timestamp), the next one starts
+#: within ``INTERVAL`` and ends within ``TIMEOUT``; times 5 for a loaded machine (the suite runs
+#: on two shared cores, the exporter may be scheduled late).
+FINDING_WITHIN = 5 * (INTERVAL + 2 * TIMEOUT)
+#: Seconds for a (re)started exporter to run its first probes: the start of a Python process
+#: (4-7 s measured at a load of 20 on two cores) plus the first probes, which are due within
+#: ``first_run_within`` (0.1 s) and end within ``TIMEOUT``.
+STARTED_WITHIN = 30.0
 
 _CHILD = r'''
 import os, signal, sys, time
@@ -147,7 +160,7 @@ class Exporter:
                            "batch_size": 5, "batch_interval": "100ms"},
             "repositories": [{
                 "name": "sim", "metadata_url": primary[0], "targets_url": primary[1],
-                "trusted_root": str(sim.trusted_root), "interval": "300ms", "timeout": "3s",
+                "trusted_root": str(sim.trusted_root), "interval": INTERVAL, "timeout": TIMEOUT,
                 "mirrors": [{"name": "mirror1", "metadata_url": mirror[0],
                              "targets_url": mirror[1]}],
             }],
@@ -181,13 +194,13 @@ class Exporter:
 
     # -- what the state directory holds ------------------------------------------------------
 
-    def _query(self, name: str, sql: str) -> list[Any]:
+    def _query(self, name: str, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         path = self.state / name
         if not path.exists():
             return []
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
         try:
-            return conn.execute(sql).fetchall()
+            return conn.execute(sql, params).fetchall()
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
                 return []
@@ -195,19 +208,33 @@ class Exporter:
         finally:
             conn.close()
 
-    def counted_findings(self) -> list[str]:
-        """Event ids of every finding the history counted (its findings log)."""
-        ids = []
-        for (body,) in self._query("history.sqlite", "SELECT body FROM findings"):
+    def findings(self) -> list[Finding]:
+        """Every finding the history counted (its findings log), oldest first."""
+        findings = []
+        for (body,) in self._query("history.sqlite", "SELECT body FROM findings ORDER BY id"):
             data = json.loads(body)
-            finding = Finding(
+            findings.append(Finding(
                 kind=FindingKind(data["kind"]), repository=data["repository"],
                 endpoint=data["endpoint"], role=data["role"],
                 time=parse_time(data["time"]), message=data["message"],
                 versions=data["versions"], hashes=data["hashes"],
-                keyids=tuple(data["keyids"]), details=data["details"])
-            ids.append(finding.to_event().event_id)
-        return ids
+                keyids=tuple(data["keyids"]), details=data["details"]))
+        return findings
+
+    def counted_findings(self) -> list[str]:
+        """Event ids of every finding the history counted."""
+        return [finding.to_event().event_id for finding in self.findings()]
+
+    def new_version_counted(self, role: str, version: int) -> bool:
+        """Whether the history counted the ``new_version`` finding of ``role`` ``version``."""
+        return any(f.kind is FindingKind.NEW_VERSION and f.role == role
+                   and f.versions.get("current") == version for f in self.findings())
+
+    def serving(self, role: str) -> dict[str, int]:
+        """Endpoint -> the version of ``role`` the history records it serving now: the
+        baseline a version is judged new against (``current``)."""
+        return dict(self._query(
+            "history.sqlite", "SELECT endpoint, version FROM current WHERE role = ?", (role,)))
 
     def outbox(self) -> set[str]:
         return {r[0] for r in self._query("history.sqlite", "SELECT event_id FROM outbox")}
@@ -258,6 +285,19 @@ def _assert_exactly_once(exporter: Exporter, fake: FakeOpenSearch) -> None:
         assert all(n == 1 for n in fake.created.values()), "an event was stored twice"
 
 
+def _wait(exporter: Exporter, check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``check`` until it is true; after ``timeout`` seconds fail with ``what``, what the
+    history holds and the exporter's log."""
+    try:
+        wait_until(check, timeout=timeout)
+    except AssertionError:
+        raise AssertionError(
+            f"{what} within {timeout:.1f} s; the history records timestamp versions "
+            f"{exporter.serving('timestamp')} and counted "
+            f"{[(str(f.kind), f.endpoint, f.role, f.versions) for f in exporter.findings()]}; "
+            f"exporter log:\n{exporter.log.read_text()[-3000:]}") from None
+
+
 def _publish_until_crashed(exporter: Exporter, sim: Sim) -> str:
     """New versions every 0.5 s (findings) until the exporter reached its crash point."""
     deadline = time.monotonic() + 30
@@ -298,14 +338,25 @@ def test_sigkills_while_opensearch_is_down_or_flapping_lose_and_double_nothing(
         lambda: fake.fail_items(4, 503),
         fake.down,
     ]
+    endpoints = {"primary", "mirror1"}
     for round_, fault in enumerate(faults):
         exporter.start()
         spooled = len(exporter.ever_spooled())
-        wait_until(lambda n=spooled: len(exporter.ever_spooled()) > n, timeout=30)  # it probes
+        served = sim.repo.latest.versions["timestamp"]
+        # It runs (it spooled an event), and the history holds, for every endpoint, the version
+        # served now: the publish below is then a new version to it. An event spooled is not
+        # enough: the first one may be a client view's (new_client_interval), which records no
+        # version, or a probe's verification, spooled before the history records the result;
+        # were the first version the history records the one published below, it would be the
+        # baseline (the first version seen is no finding) and no finding would ever come.
+        baseline = dict.fromkeys(endpoints, served)
+        _wait(exporter, lambda n=spooled, b=baseline: len(exporter.ever_spooled()) > n
+              and exporter.serving("timestamp") == b,
+              STARTED_WITHIN, f"the history did not record {baseline} as the timestamp served")
         fault()
-        counted = len(exporter.counted_findings())
-        sim.repo.publish()
-        wait_until(lambda n=counted: len(exporter.counted_findings()) > n, timeout=30)
+        version = sim.repo.publish().versions["timestamp"]
+        _wait(exporter, lambda v=version: exporter.new_version_counted("timestamp", v),
+              FINDING_WITHIN, f"timestamp v{version} was not counted as a new version")
         time.sleep(0.1 * round_)  # SIGKILL wherever it is then, with the fault still on
         exporter.kill()
         if fault == faults[-1]:
