@@ -62,8 +62,8 @@ SIGNER = ("signer", "timestamp")
 RESIGN_LIFETIME = 150.0
 EXPIRIES = {"resign": {"timestamp": timedelta(seconds=RESIGN_LIFETIME)}}
 
-#: How often the client views of the fleet scenarios run (``new_client_interval`` and the
-#: external clients' ``interval``).
+#: How often the client views of the fleet scenarios run (``new_client_interval``, and the
+#: ``interval`` of the tuf-js client).
 NEW_CLIENT_INTERVAL = "2s"
 
 #: "divergence" (issue 17): an external client view, the shipped tuf-js adapter, beside the
@@ -786,6 +786,10 @@ def test_hanging_and_flooding_clients_are_contained_and_paged(
             assert record["stdout"] == f"[{before_tail} earlier bytes not kept] " + \
                 record["stdout"][-OUTPUT_BOUND:]
             assert record["stdout"].endswith(last)
+        # The pages say what these clients are (the description names new and bootstrap views).
+        for _, alert in e2e.recorder.matching(t0, alertname="TufClientViewFailing",
+                                              repository="contained"):
+            assert "the external client of that name" in alert["annotations"]["description"]
         # The hung runs: SIGTERM ignored, so killed by the SIGKILL the grace ends with.
         hung = _log_records(e2e, "client hang on contained/primary: ")
         assert hung and {(r["reason"], r["status"]) for r in hung} == {("client_timeout", -9)}
