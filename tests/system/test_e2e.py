@@ -775,8 +775,9 @@ def test_hanging_and_flooding_clients_are_contained_and_paged(
         # ... and neither is a fault of this host (that would be TufExporterErrors, cause client).
         assert not e2e.prometheus.query("increase(tuf_exporter_errors_total"
                                         f'{{cause="client"}}[{window}]) > 0')
-        # The flood's tail, its last line first in view: 64 KiB in the log, 4 KiB in the event
-        # and on the status page; every byte before it counted, none kept.
+        # The flood's tail, its last line included: 64 KiB in the log, 4 KiB in the event (and
+        # the view's page; the overview table shows the message's first words); every byte
+        # before the tail counted, none kept.
         last = FLOOD_LAST_LINE.decode()
         logged = poll(lambda: _log_records(e2e, "client flood on contained/primary: "),
                       NOTIFY_TIMEOUT, "the flooding client's failure in the exporter's log")
