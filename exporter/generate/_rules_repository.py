@@ -115,8 +115,10 @@ def _repository_alerts(o: AlertOptions) -> list[dict[str, Any]]:
                "The {{ $labels.client }} client view of {{ $labels.repository }} on "
                "{{ $labels.endpoint }} fails while returning clients (the probe's cached "
                "client) update: part of the fleet cannot update (new: first installs with "
-               "an empty cache; bootstrap-root-v<N>: clients shipped with root version N). "
-               "See tuf_client_update_failures_total for the reason and role."),
+               "an empty cache; bootstrap-root-v<N>: clients shipped with root version N; "
+               "any other: the external client of that name, another TUF implementation or "
+               "release). See tuf_client_update_failures_total for the reason and role "
+               "(client_rejected, client_timeout, client_error for an external client)."),
         _alert(o, "TufMirrorLagging",
                f"{m('tuf_mirror_lag_seconds')} > {_num(o.mirror_lag_seconds)}", TICKET,
                o.mirror_lag_for,
