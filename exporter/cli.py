@@ -31,8 +31,8 @@ from exporter.history.store import HistoryError
 from exporter.probe.external import run_client
 from exporter.probe.prober import Prober, temporary_directory
 from exporter.probe.results import ProbeResult, rfc3339
-from exporter.probe.roots import TrustedRootError, load_bootstrap_roots, load_trusted_root
-from exporter.serve.service import Loaded, Service
+from exporter.probe.roots import TrustedRootError
+from exporter.serve.service import Loaded, Service, load_files
 from exporter.simulator import FAULTS
 
 log = logging.getLogger("exporter")
@@ -55,12 +55,7 @@ def _load(path: Path, *, in_state_dir: bool = False) -> Loaded:
     client directory: below ``state_dir`` when ``in_state_dir``, else in ``$TMPDIR``, removed at
     once; check-config creates nothing below ``state_dir``)."""
     config = load_config(path)
-    tmp = temporary_directory(config.state_dir) if in_state_dir else None
-    roots, bootstrap = {}, {}
-    for repo in config.repositories:
-        roots[repo.name] = load_trusted_root(repo.trusted_root, tmp)
-        bootstrap[repo.name] = load_bootstrap_roots(repo.bootstrap_roots, tmp)
-    return Loaded(config, roots, bootstrap)
+    return load_files(config, temporary_directory(config.state_dir) if in_state_dir else None)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
