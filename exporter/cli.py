@@ -183,6 +183,7 @@ def _print_table(results: Sequence[ProbeResult]) -> None:
 
 
 DEFAULT_LISTEN = ":9929"
+LOG_LEVELS = ("debug", "info", "warn", "error")
 
 
 def _serve(service: Service, args: argparse.Namespace, banner: Callable[[str], None]) -> int:
@@ -216,7 +217,13 @@ def _serve(service: Service, args: argparse.Namespace, banner: Callable[[str], N
     signal.signal(signal.SIGHUP, on_hup)
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
-    server.start()
+    try:
+        server.start()
+    except OSError as exc:  # the address is taken, or the port is privileged
+        print(f"tuf-exporter: cannot listen on --web.listen-address {args.listen_address}: "
+              f"{exc.strerror or exc}; stop what holds it or choose another address",
+              file=sys.stderr)
+        return EXIT_USAGE
     try:
         service.start()
         banner(server.url)
@@ -305,6 +312,10 @@ def _alert_options(args: argparse.Namespace) -> AlertOptions | None:
 
 
 def _web_flags(parser: argparse.ArgumentParser, default_listen: str) -> None:
+    # Also after the command (`serve --log.level debug`), as Prometheus exporters take it; the
+    # top-level flag's default holds when it is given neither place.
+    parser.add_argument("--log.level", dest="log_level", default=argparse.SUPPRESS,
+                        choices=LOG_LEVELS, help="log level (default info)")
     parser.add_argument("--web.listen-address", dest="listen_address", default=default_listen,
                         help=f"address to serve /metrics on (default {default_listen})")
     parser.add_argument("--web.config.file", dest="web_config_file", type=Path,
@@ -318,8 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = _Parser(prog="tuf-exporter", description=__doc__)
     parser.add_argument("--version", action="version", version=f"tuf-exporter {__version__}")
-    parser.add_argument("--log.level", dest="log_level", default="info",
-                        choices=["debug", "info", "warn", "error"], help="log level")
+    parser.add_argument("--log.level", dest="log_level", default="info", choices=LOG_LEVELS,
+                        help="log level")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     check = sub.add_parser("check-config", help="validate a configuration file")
