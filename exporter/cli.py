@@ -79,7 +79,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if args.repository:
         repos = tuple(r for r in repos if r.name == args.repository)
         if not repos:
-            raise ConfigError(f"{args.config}: no repository is called {args.repository!r}")
+            names = ", ".join(r.name for r in config.repositories)
+            raise ConfigError(f"{args.config}: --repository: no repository is called "
+                              f"{args.repository!r} (configured: {names})")
     prober = Prober(config.state_dir)
     jobs = [(repo, endpoint) for repo in repos for endpoint in repo.endpoints]
 
