@@ -577,8 +577,8 @@ def check_client_programs(config: Config) -> None:
         if not path.is_file():
             hint = ("install the client there (`tuf-exporter clients install ... --dir DIR` "
                     "prints the command to configure) or correct the path")
-            raise field_error(config, f"clients[{i}].command",
-                              f"program {program} does not exist; {hint}")
+            what = "is not a file" if path.exists() else "does not exist"
+            raise field_error(config, f"clients[{i}].command", f"program {program} {what}; {hint}")
         if not os.access(path, os.X_OK):
             raise field_error(config, f"clients[{i}].command",
                               f"program {program} is not executable (chmod +x, or name its "

@@ -325,6 +325,7 @@ def test_files_the_configuration_names_are_errors_with_their_key_and_line(
 
     _roots(tmp_path)
     (tmp_path / "client.py").write_text("print('no x bit')\n")
+    (tmp_path / "roots").mkdir()
     good = MINIMAL.replace("root.json", "2.root.json")
 
     def client(command: str) -> str:
@@ -340,6 +341,8 @@ def test_files_the_configuration_names_are_errors_with_their_key_and_line(
          r"install the client there \(`tuf-exporter clients install"),
         (client("no-such-program-on-path"), ConfigError,
          r"c\.yml:3: clients\[0\]\.command: 'no-such-program-on-path' is not on PATH"),
+        (client("./roots"), ConfigError,
+         r"c\.yml:3: clients\[0\]\.command: program .*/roots is not a file; install"),
         (client("./client.py"), ConfigError,
          r"c\.yml:3: clients\[0\]\.command: program .*/client\.py is not executable"),
     ]
