@@ -219,7 +219,7 @@ _SPECS: tuple[MetricSpec, ...] = (
                "Times the endpoint served a lower version than already seen for the role, or froze "
                "the role past its expected re-signing cadence.", _RER, _H),
     MetricSpec("tuf_anomalies_total", C,
-               "Anomalies seen: equivocation, unknown_signer, expiry_beyond_policy, version_jump.",
+               f"Anomalies seen: {', '.join(ANOMALY_KINDS)}.",
                ("repository", "endpoint", "kind"), _H),
     MetricSpec("tuf_key_rotations_total", C,
                "Root versions that changed the keys or threshold of the role.",
@@ -259,15 +259,15 @@ _SPECS: tuple[MetricSpec, ...] = (
                "When the configuration was last loaded successfully, in Unix seconds.", (), _X),
     MetricSpec("tuf_exporter_probes_in_flight", G, "Probes running right now.", (), _X),
     MetricSpec("tuf_exporter_errors_total", C,
-               "Faults of the exporter itself, never of a repository, by cause: disk, "
-               "descriptors, memory, history, spool, internal.", ("cause",), _X),
+               "Faults of the exporter itself, never of a repository, by cause: "
+               f"{', '.join(EXPORTER_ERROR_CAUSES)}.", ("cause",), _X),
     MetricSpec("tuf_exporter_thread_up", G,
                "1 while the exporter's long-running thread runs, 0 once it has died (then "
                "/-/ready fails too).", ("thread",), _X),
     MetricSpec("tuf_exporter_thread_errors_total", C,
                "Exceptions a long-running thread (or a probe or signer job of the scheduler's "
-               "workers) survived, by thread and cause: disk, descriptors, memory, history, spool, "
-               "internal.", ("thread", "cause"), _X),
+               f"workers) survived, by thread and cause: {', '.join(EXPORTER_ERROR_CAUSES)}.",
+               ("thread", "cause"), _X),
     MetricSpec("tuf_exporter_probes_skipped_total", C,
                "Scheduled probes skipped because the previous probe of the endpoint still ran.",
                _RE, _X),
@@ -309,9 +309,23 @@ def family(name: str) -> GaugeMetricFamily | CounterMetricFamily:
     return GaugeMetricFamily(metric.name, metric.help, labels=metric.labels)
 
 
+def _values(values: tuple[str, ...]) -> str:
+    return ", ".join(f"`{value}`" for value in values)
+
+
 def markdown_reference() -> str:
-    """The metrics reference for the README, generated from the catalogue."""
-    lines = ["| metric | type | labels | help |", "|---|---|---|---|"]
+    """The metrics reference for the README, generated from the catalogue: the fixed label
+    values, then one table row per metric (markdown text, ending in a newline)."""
+    lines = [
+        f"Label values of `reason`: {_values(REASONS)}; of `result`: {_values(PROBE_RESULTS)}; "
+        f"of `cause` (`tuf_exporter_errors_total`, `tuf_exporter_thread_errors_total`): "
+        f"{_values(EXPORTER_ERROR_CAUSES)}; of `role` on failures: {_values(FAILURE_ROLES)}; "
+        f"of `phase`: {_values(PHASES)}; of `kind` (`tuf_anomalies_total`): "
+        f"{_values(ANOMALY_KINDS)}; of `client`: `{CLIENT_RETURNING}`, `{CLIENT_NEW}`, "
+        "`bootstrap-root-v<N>` and the names of the configured external clients.",
+        "",
+        "| metric | type | labels | help |", "|---|---|---|---|",
+    ]
     for metric in _SPECS:
         labels = ", ".join(f"`{label}`" for label in metric.labels) or "—"
         lines.append(f"| `{metric.name}` | {metric.type} | {labels} | {metric.help} |")

@@ -31,8 +31,8 @@ from exporter.history.store import HistoryError
 from exporter.probe.external import run_client
 from exporter.probe.prober import Prober, temporary_directory
 from exporter.probe.results import ProbeResult, rfc3339
-from exporter.probe.roots import TrustedRootError, load_bootstrap_roots, load_trusted_root
-from exporter.serve.service import Loaded, Service
+from exporter.probe.roots import TrustedRootError
+from exporter.serve.service import Loaded, Service, load_files
 from exporter.simulator import FAULTS
 
 log = logging.getLogger("exporter")
@@ -55,12 +55,7 @@ def _load(path: Path, *, in_state_dir: bool = False) -> Loaded:
     client directory: below ``state_dir`` when ``in_state_dir``, else in ``$TMPDIR``, removed at
     once; check-config creates nothing below ``state_dir``)."""
     config = load_config(path)
-    tmp = temporary_directory(config.state_dir) if in_state_dir else None
-    roots, bootstrap = {}, {}
-    for repo in config.repositories:
-        roots[repo.name] = load_trusted_root(repo.trusted_root, tmp)
-        bootstrap[repo.name] = load_bootstrap_roots(repo.bootstrap_roots, tmp)
-    return Loaded(config, roots, bootstrap)
+    return load_files(config, temporary_directory(config.state_dir) if in_state_dir else None)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -84,7 +79,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if args.repository:
         repos = tuple(r for r in repos if r.name == args.repository)
         if not repos:
-            raise ConfigError(f"{args.config}: no repository is called {args.repository!r}")
+            names = ", ".join(r.name for r in config.repositories)
+            raise ConfigError(f"{args.config}: --repository: no repository is called "
+                              f"{args.repository!r} (configured: {names})")
     prober = Prober(config.state_dir)
     jobs = [(repo, endpoint) for repo in repos for endpoint in repo.endpoints]
 
@@ -188,6 +185,7 @@ def _print_table(results: Sequence[ProbeResult]) -> None:
 
 
 DEFAULT_LISTEN = ":9929"
+LOG_LEVELS = ("debug", "info", "warn", "error")
 
 
 def _serve(service: Service, args: argparse.Namespace, banner: Callable[[str], None]) -> int:
@@ -221,7 +219,13 @@ def _serve(service: Service, args: argparse.Namespace, banner: Callable[[str], N
     signal.signal(signal.SIGHUP, on_hup)
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
-    server.start()
+    try:
+        server.start()
+    except OSError as exc:  # the address is taken, or the port is privileged
+        print(f"tuf-exporter: cannot listen on --web.listen-address {args.listen_address}: "
+              f"{exc.strerror or exc}; stop what holds it or choose another address",
+              file=sys.stderr)
+        return EXIT_USAGE
     try:
         service.start()
         banner(server.url)
@@ -310,6 +314,10 @@ def _alert_options(args: argparse.Namespace) -> AlertOptions | None:
 
 
 def _web_flags(parser: argparse.ArgumentParser, default_listen: str) -> None:
+    # Also after the command (`serve --log.level debug`), as Prometheus exporters take it; the
+    # top-level flag's default holds when it is given neither place.
+    parser.add_argument("--log.level", dest="log_level", default=argparse.SUPPRESS,
+                        choices=LOG_LEVELS, help="log level (default info)")
     parser.add_argument("--web.listen-address", dest="listen_address", default=default_listen,
                         help=f"address to serve /metrics on (default {default_listen})")
     parser.add_argument("--web.config.file", dest="web_config_file", type=Path,
@@ -323,8 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = _Parser(prog="tuf-exporter", description=__doc__)
     parser.add_argument("--version", action="version", version=f"tuf-exporter {__version__}")
-    parser.add_argument("--log.level", dest="log_level", default="info",
-                        choices=["debug", "info", "warn", "error"], help="log level")
+    parser.add_argument("--log.level", dest="log_level", default="info", choices=LOG_LEVELS,
+                        help="log level")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     check = sub.add_parser("check-config", help="validate a configuration file")

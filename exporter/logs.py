@@ -44,6 +44,9 @@ def setup(level: str = "info", stream: Any = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS[level])
-    # libraries that log a traceback for every refused connection: keep them to warnings
-    for noisy in ("opensearch", "urllib3", "apscheduler"):
+    # Libraries kept to warnings: those that log a traceback for every refused connection, and
+    # python-tuf and securesystemslib, which log at info every key that did not sign ("Key ...
+    # failed to verify root", "No signature for keyid ...": normal on a healthy repository with
+    # a threshold below its key count); the exporter logs python-tuf's verdicts itself.
+    for noisy in ("opensearch", "urllib3", "apscheduler", "tuf", "securesystemslib"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, _LEVELS[level]))

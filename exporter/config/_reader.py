@@ -9,6 +9,7 @@ from the file's directory, bounded integers, fractions, target paths). A convert
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -18,6 +19,7 @@ from exporter.config.redirects import redirect_origin
 from exporter.config.yamlfile import ConfigError, Node
 
 T = TypeVar("T")
+E = TypeVar("E", bound=StrEnum)
 
 
 class _Reader:
@@ -139,6 +141,17 @@ def _int(minimum: int) -> Callable[[Any], int]:
         if value < minimum:
             raise ValueError(f"must be at least {minimum}, got {value}")
         return value
+
+    return convert
+
+
+def _choice(kind: type[E]) -> Callable[[Any], E]:
+    """One of the values of ``kind``; the error lists them."""
+    def convert(value: Any) -> E:
+        try:
+            return kind(value)
+        except ValueError:
+            raise ValueError(f"expected one of {', '.join(kind)}, got {value!r}") from None
 
     return convert
 

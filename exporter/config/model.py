@@ -12,7 +12,9 @@ the value converters are in ``exporter.config._reader``.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -21,6 +23,7 @@ from typing import Any
 
 from exporter.config._reader import (
     _bool,
+    _choice,
     _duration,
     _fraction,
     _int,
@@ -362,7 +365,7 @@ def _client(reader: _Reader, base: Path) -> Client:
         command=reader.require("command", _command(base)),
         interval=reader.get("interval", _positive_duration, 600.0),
         timeout=reader.get("timeout", _positive_duration, 60.0),
-        mode=reader.get("mode", ClientMode, ClientMode.RETURNING),
+        mode=reader.get("mode", _choice(ClientMode), ClientMode.RETURNING),
         canary_targets=reader.optional("canary_targets", _target_paths),
         env=reader.get("env", _env, {}),
     )
@@ -416,7 +419,7 @@ def _repository(reader: _Reader, base: Path, clients: tuple[str, ...] = ()) -> R
         connect_timeout=reader.get("connect_timeout", _positive_duration, min(5.0, timeout)),
         read_timeout=reader.get("read_timeout", _positive_duration, min(10.0, timeout)),
         retries=reader.get("retries", _int(0), 0),
-        mode=reader.get("mode", Mode, Mode.WARM),
+        mode=reader.get("mode", _choice(Mode), Mode.WARM),
         canary_targets=reader.get("canary_targets", _target_paths, _NONE),
         full_refresh_every=reader.get("full_refresh_every", _int(1), 10),
         verify_delegations=reader.get("verify_delegations", _bool, True),
@@ -540,6 +543,46 @@ def parse_config(text: str, source: str = "<config>", base: Path | None = None) 
     )
     root.done()
     return config
+
+
+def field_error(config: Config, field_name: str, detail: str) -> ConfigError:
+    """A :class:`ConfigError` for a check made after parsing (a file the configuration names):
+    ``<file>:<line>: <field_name>: <detail>``, the line read again from ``config.source``
+    (none when the configuration did not come from a file or the file no longer parses)."""
+    if config.source is None:
+        return ConfigError.at("<config>", None, field_name, detail)
+    source = str(config.source)
+    try:
+        document = parse_yaml(config.source.read_text(encoding="utf-8"), source)
+    except (OSError, UnicodeDecodeError, ConfigError):
+        document = None
+    line = document.line_of(field_name) if document is not None else None
+    return ConfigError.at(source, line, field_name, detail)
+
+
+def check_client_programs(config: Config) -> None:
+    """Every external client's program can be started: a path names an executable file, a
+    bare name is found on ``PATH`` (the ``PATH`` its runs get). Raises :class:`ConfigError`
+    naming ``clients[i].command`` and its line. A program that goes missing later fails its
+    runs as ``exporter_error`` (cause ``client``), the host's fault, never the repository's."""
+    for i, client in enumerate(config.clients):
+        program = client.command[0]
+        if "/" not in program:
+            if shutil.which(program) is None:
+                raise field_error(config, f"clients[{i}].command",
+                                  f"{program!r} is not on PATH ({os.environ.get('PATH', '')}); "
+                                  "give the program's full path")
+            continue
+        path = Path(program)
+        if not path.is_file():
+            hint = ("install the client there (`tuf-exporter clients install ... --dir DIR` "
+                    "prints the command to configure) or correct the path")
+            what = "is not a file" if path.exists() else "does not exist"
+            raise field_error(config, f"clients[{i}].command", f"program {program} {what}; {hint}")
+        if not os.access(path, os.X_OK):
+            raise field_error(config, f"clients[{i}].command",
+                              f"program {program} is not executable (chmod +x, or name its "
+                              "interpreter first: [/usr/bin/node, script.mjs])")
 
 
 def load_config(path: Path) -> Config:

@@ -15,7 +15,7 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -32,6 +32,8 @@ from exporter.config.model import (
     Endpoint,
     Repository,
     Signer,
+    check_client_programs,
+    field_error,
     load_config,
 )
 from exporter.events.model import Event, EventKind, signer_probe_event
@@ -111,11 +113,39 @@ def load(
     config = load_config(path)
     if shard is not None:
         config = replace(config, shard_index=shard[0], shard_count=shard[1])
+    positions = {repo.name: i for i, repo in enumerate(config.repositories)}
     config = sharding.select(config)
-    tmp = tmp_dir or temporary_directory(config.state_dir)
-    roots = {repo.name: load_trusted_root(repo.trusted_root, tmp) for repo in config.repositories}
-    bootstrap = {repo.name: load_bootstrap_roots(repo.bootstrap_roots, tmp)
-                 for repo in config.repositories}
+    return load_files(config, tmp_dir or temporary_directory(config.state_dir), positions)
+
+
+def load_files(
+    config: Config, tmp_dir: Path | None, positions: Mapping[str, int] | None = None
+) -> Loaded:
+    """Check the files ``config`` names: every repository's trusted and bootstrap roots
+    (python-tuf must start from each, :func:`~exporter.probe.roots.load_trusted_root`, which
+    writes a scratch client directory in ``tmp_dir``, None: ``tempfile``'s default) and every
+    external client's program (:func:`~exporter.config.check_client_programs`).
+
+    Errors name the configuration file, the line and the key (``config.yml:5:
+    repositories[0].trusted_root: cannot read trusted root ...``): ConfigError, or
+    TrustedRootError for a root. ``positions``: repository name -> its index in the file,
+    when ``config`` is a shard's part of it.
+    """
+    check_client_programs(config)
+    roots: dict[str, bytes] = {}
+    bootstrap: dict[str, dict[int, bytes]] = {}
+    for index, repo in enumerate(config.repositories):
+        where = f"repositories[{positions[repo.name] if positions else index}]"
+        try:
+            roots[repo.name] = load_trusted_root(repo.trusted_root, tmp_dir)
+        except TrustedRootError as exc:
+            raise TrustedRootError(str(field_error(config, f"{where}.trusted_root", str(exc)))) \
+                from None
+        try:
+            bootstrap[repo.name] = load_bootstrap_roots(repo.bootstrap_roots, tmp_dir)
+        except TrustedRootError as exc:
+            raise TrustedRootError(
+                str(field_error(config, f"{where}.bootstrap_roots", str(exc)))) from None
     return Loaded(config, roots, bootstrap)
 
 

@@ -89,7 +89,10 @@ opensearch:
         (MINIMAL + "    interval: soon\n",
          "c.yml:6: repositories[0].interval: expected a duration"),
         (MINIMAL + "    intervall: 5m\n", "c.yml:6: repositories[0].intervall: unknown key"),
-        (MINIMAL + "    mode: lukewarm\n", "repositories[0].mode"),
+        (MINIMAL + "    mode: lukewarm\n",
+         "c.yml:6: repositories[0].mode: expected one of warm, cold, got 'lukewarm'"),
+        ("clients:\n  - name: c\n    command: [c]\n    mode: fresh\n" + MINIMAL,
+         "c.yml:4: clients[0].mode: expected one of returning, new, got 'fresh'"),
         (MINIMAL + "    canary_targets: [../etc/passwd]\n", "no '..' parts"),
         (MINIMAL + "    mirrors:\n      - name: primary\n        metadata_url: http://m/\n",
          "endpoint name 'primary' is used twice"),
@@ -309,3 +312,49 @@ def test_an_external_client_needs_a_command(tmp_path: Path) -> None:
     text = "clients:\n  - name: c\n    command: []\n" + MINIMAL
     with pytest.raises(ConfigError, match=r"c\.yml:3: clients\[0\]\.command: needs at least"):
         parse_config(text, "c.yml", tmp_path)
+
+
+def test_files_the_configuration_names_are_errors_with_their_key_and_line(
+    tmp_path: Path
+) -> None:
+    """A trusted or bootstrap root that cannot be read, a client program that does not exist
+    or cannot run: refused at load (check-config, serve, probe, reload), naming the file, the
+    line and the key, and saying what to do; not a probe that fails later."""
+    from exporter.probe.roots import TrustedRootError
+    from exporter.serve.service import load
+
+    _roots(tmp_path)
+    (tmp_path / "client.py").write_text("print('no x bit')\n")
+    (tmp_path / "roots").mkdir()
+    good = MINIMAL.replace("root.json", "2.root.json")
+
+    def client(command: str) -> str:
+        return f"clients:\n  - name: c\n    command: [{command}]\n" + good
+
+    cases: list[tuple[str, type[Exception], str]] = [
+        (MINIMAL.replace("root.json", "missing.json"), TrustedRootError,
+         r"c\.yml:5: repositories\[0\]\.trusted_root: cannot read trusted root .*missing\.json"),
+        (good + "    bootstrap_roots: [1.root.json, gone.json]\n", TrustedRootError,
+         r"c\.yml:6: repositories\[0\]\.bootstrap_roots: cannot read trusted root .*gone"),
+        (client("./no-such-client"), ConfigError,
+         r"c\.yml:3: clients\[0\]\.command: program .*/no-such-client does not exist; "
+         r"install the client there \(`tuf-exporter clients install"),
+        (client("no-such-program-on-path"), ConfigError,
+         r"c\.yml:3: clients\[0\]\.command: 'no-such-program-on-path' is not on PATH"),
+        (client("./roots"), ConfigError,
+         r"c\.yml:3: clients\[0\]\.command: program .*/roots is not a file; install"),
+        (client("./client.py"), ConfigError,
+         r"c\.yml:3: clients\[0\]\.command: program .*/client\.py is not executable"),
+    ]
+    config = tmp_path / "c.yml"
+    for text, kind, message in cases:
+        config.write_text(text)
+        with pytest.raises(kind, match=message):
+            load(config)
+    config.write_text(client(sys.executable))
+    assert load(config).config.clients[0].command == (sys.executable,)
+    config.write_text(client("./no-such-client"))
+    done = subprocess.run([sys.executable, "-m", "exporter.cli", "check-config", str(config)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "c.yml:3: clients[0].command: program" in done.stderr

@@ -6,10 +6,12 @@ import re
 from pathlib import Path
 
 from exporter.catalogue import (
+    ANOMALY_KINDS,
     EXPORTER_ERROR_CAUSES,
     FAILURE_ROLES,
     METRICS,
     PHASES,
+    PROBE_RESULTS,
     REASONS,
     MetricType,
     markdown_reference,
@@ -49,3 +51,16 @@ def test_readme_metrics_reference_is_generated_from_the_catalogue() -> None:
         "README metrics reference is stale: regenerate it with ./scripts/generate "
         "(from exporter.catalogue.markdown_reference())"
     )
+
+
+def test_the_reference_lists_every_fixed_label_value() -> None:
+    """What a user reads in the README to write a query: every reason (the external client
+    views' too), cause (`client` too), result, role, phase and anomaly kind; and the help of the
+    families labelled by host-fault cause names each cause."""
+    reference = markdown_reference()
+    for value in (*REASONS, *EXPORTER_ERROR_CAUSES, *PROBE_RESULTS, *FAILURE_ROLES, *PHASES,
+                  *ANOMALY_KINDS):
+        assert f"`{value}`" in reference, value
+    for name in ("tuf_exporter_errors_total", "tuf_exporter_thread_errors_total"):
+        for cause in EXPORTER_ERROR_CAUSES:
+            assert cause in METRICS[name].help, (name, cause)

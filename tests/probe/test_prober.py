@@ -321,6 +321,15 @@ def _cli_config(sim: Sim, tmp_path: Path, canaries: list[str], mirror: str | Non
     return config
 
 
+def test_probe_of_an_unknown_repository_lists_the_configured_ones(
+    sim: Sim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _cli_config(sim, tmp_path, [])
+    assert cli.main(["probe", "--config", str(config), "--repository", "sigstore"]) == 2
+    assert "--repository: no repository is called 'sigstore' (configured: sim)" in \
+        capsys.readouterr().err
+
+
 def test_probe_json_command(sim: Sim, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = _cli_config(sim, tmp_path, ["files/a.txt", "team/b.txt"], mirror="mirror1")
     assert cli.main(["probe", "--config", str(config), "--json"]) == 0

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -10,7 +14,7 @@ import bcrypt
 import pytest
 import requests
 import yaml
-from support import Sim, poll
+from support import ROOT, Sim, poll
 from support.pki import PKI
 from support.process import Exporter, get, serve_config
 
@@ -140,3 +144,61 @@ def test_sigkill_mid_probing_then_restart_keeps_history(
     sim.server.inject("rollback")
     poll(lambda: (get(second.metrics(), "tuf_rollbacks_detected_total", endpoint="primary",
                       role="timestamp") or 0) == 1, timeout=30)
+
+
+def test_log_level_is_taken_before_or_after_the_command() -> None:
+    """README writes `serve ... --log.level info`, as Prometheus exporters take it."""
+    from exporter.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["serve", "--config", "c.yml", "--log.level", "debug"]).log_level \
+        == "debug"
+    assert parser.parse_args(["--log.level", "warn", "demo"]).log_level == "warn"
+    assert parser.parse_args(["serve", "--config", "c.yml"]).log_level == "info"
+
+
+def test_a_listen_address_in_use_is_a_clear_usage_error(sim: Sim, tmp_path: Path) -> None:
+    """A second exporter on a taken port: which address, what to do, exit 2, no traceback."""
+    config = serve_config(sim, tmp_path)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        address = f"127.0.0.1:{holder.getsockname()[1]}"
+        done = subprocess.run(
+            [sys.executable, "-m", "exporter.cli", "serve", "--config", str(config),
+             "--web.listen-address", address],
+            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"cannot listen on --web.listen-address {address}: " in done.stderr
+    assert "choose another address" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_python_tuf_key_by_key_info_lines_stay_out_of_the_log() -> None:
+    """python-tuf logs each key that did not sign at info ("Key ... failed to verify root"):
+    on sigstore's healthy repository 50 such lines at start. The exporter's log keeps python-tuf
+    and securesystemslib to warnings; its own info lines stay."""
+    import io
+    import logging
+
+    from exporter import logs
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    libraries = [logging.getLogger(name) for name in
+                 ("opensearch", "urllib3", "apscheduler", "tuf", "securesystemslib")]
+    levels = [library.level for library in libraries]
+    try:
+        logs.setup("info", stream)
+        logging.getLogger("tuf.api._payload").info("Key abc failed to verify root")
+        logging.getLogger("securesystemslib.signer").info("no signature")
+        logging.getLogger("tuf.ngclient.updater").warning("kept")
+        logging.getLogger("exporter.serve.service").info("probe succeeded")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        for library, level in zip(libraries, levels, strict=True):
+            library.setLevel(level)
+    messages = [json.loads(line)["msg"] for line in stream.getvalue().splitlines()]
+    assert messages == ["kept", "probe succeeded"]
