@@ -50,7 +50,10 @@ __all__ = ["Page", "StatusPage", "reason_alert", "view_reason_alert"]
 
 #: Requests shown per probe on the endpoint page (a delegation sweep can make thousands).
 MAX_REQUESTS_SHOWN = 200
-#: Characters of a probe's message shown in the overview table (the endpoint page has all).
+#: Characters of a probe's message shown in the overview table (the endpoint page has all): a
+#: longer message keeps its start and its end around an ellipsis, because an external client's
+#: message ends with the tail of its output, where a program says why it failed (a client that
+#: printed 100 MB of trace before its error would otherwise show only trace).
 MESSAGE_PREVIEW = 160
 
 #: The alert whose runbook explains a failure reason; the others are the endpoint alert's.
@@ -487,7 +490,10 @@ def _plural(count: float, noun: str) -> str:
 
 def _preview(message: str | None) -> str:
     text = message or ""
-    return text if len(text) <= MESSAGE_PREVIEW else text[:MESSAGE_PREVIEW - 1] + "\u2026"
+    if len(text) <= MESSAGE_PREVIEW:
+        return text
+    half = (MESSAGE_PREVIEW - 1) // 2
+    return text[:half] + "\u2026" + text[-(MESSAGE_PREVIEW - 1 - half):]
 
 
 def _versions(result: ProbeResult) -> str:

@@ -371,3 +371,22 @@ def test_client_views_have_a_row_each_failing_first() -> None:
     assert "client_rejected" in detail.html and view_runbook in detail.html
     empty = _page(ProbeStore(), _config()).overview().html
     assert "No client view has been probed yet" in empty
+
+
+def test_a_long_message_keeps_its_end_where_a_client_says_why() -> None:
+    """A client that printed megabytes of trace says why it failed last: the overview shows the
+    start and the end of its message, the view's page the whole of it."""
+    trace = "".join(f"trace line {i}\n" for i in range(400))
+    message = (f"refresh exited with status 1 after 3.2 s; stdout: {trace}"
+               "Error: timestamp signature threshold not met")
+    store = ProbeStore()
+    store.record(_ok("primary"))
+    store.record_view([replace(_failed("primary", message=message, reason=Reason.CLIENT_REJECTED),
+                               client="tuf-js")])
+    page = _page(store, _config())
+    ((_, cells),) = _rows(page.overview().html, "views")
+    assert "refresh exited with status 1" in cells
+    assert "Error: timestamp signature threshold not met" in cells
+    assert "trace line 200" not in cells
+    detail = page.endpoint("repository=repo&endpoint=primary&client=tuf-js").html
+    assert "trace line 200" in detail
