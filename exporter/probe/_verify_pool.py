@@ -19,7 +19,7 @@ the facts the sweep needs of an accepted role (its expiry, whether it delegates 
 
 A worker that dies, or a pool that cannot start, is a fault of this host: the pool raises
 :class:`PoolError` (never a repository's verdict), which the prober reports as
-``exporter_error``, and the next sweep starts a new pool.
+``exporter_error`` with cause ``workers``, and the next sweep starts a new pool.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from tuf.ngclient._internal.trusted_metadata_set import TrustedMetadataSet
 from tuf.ngclient.config import EnvelopeType
 
 from exporter.config import default_delegation_processes
+from exporter.probe.results import ErrorCause, StoreError
 
 #: A sweep verifies in worker processes only a level of at least this many roles to load:
 #: below it, handing the bytes over costs more than it saves (measured on 2 cores, see
@@ -52,9 +53,11 @@ BATCH = 256
 
 
 
-class PoolError(RuntimeError):
+class PoolError(StoreError):
     """The worker processes failed (a worker died, the pool could not start): a fault of this
-    host, never of the repository."""
+    host, never of the repository (``exporter_error``, cause ``workers``)."""
+
+    cause = ErrorCause.WORKERS
 
 
 @dataclass(frozen=True)

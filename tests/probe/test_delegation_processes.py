@@ -137,7 +137,7 @@ def test_a_worker_that_dies_is_an_exporter_error_and_the_next_sweep_has_a_new_po
     result = _probe(bins, tmp_path / "second", processes=1)
     assert not result.success
     assert str(result.reason) == "exporter_error"  # never the repository's reason
-    assert result.cause is not None
+    assert str(result.cause) == "workers"
     assert "worker" in result.message
     again = _probe(bins, tmp_path / "third", processes=1)
     assert again.success, again.message
