@@ -88,6 +88,24 @@ def test_workers_accept_every_bin_as_python_tuf_does_here(
     assert there.roles.keys() == here.roles.keys()
 
 
+def test_verdicts_from_workers_are_reused_by_the_next_warm_sweep(
+    bins: Sim, handed: list[int], tmp_path: Path
+) -> None:
+    delegations.use_processes(1)
+    config = bins.config(canary_targets=(), full_refresh_every=100, timeout=60.0,
+                         connect_timeout=10.0, read_timeout=10.0)
+    prober = Prober(tmp_path / "state")
+    assert prober.probe(config, config.primary).success
+    assert sum(handed) == BINS
+    changed = bins.repo.role_for_target("bins/file-0.txt")
+    bins.repo.add_target("bins/file-0.txt", b"changed\n")
+    bins.repo.publish()
+    warm = prober.probe(config, config.primary)
+    assert warm.success, warm.message
+    assert {r.role for r in warm.requests if r.role.startswith("bin-")} == {changed}
+    assert sum(handed) == BINS + 1  # MIN_ROLES is 1 here: the changed bin went to a worker
+
+
 @pytest.mark.parametrize(
     ("fault", "params", "reason"),
     [
