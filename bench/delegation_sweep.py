@@ -23,8 +23,9 @@ from bench.common import (
     timed,
     timed_probe,
 )
+from bench.service_run import peak_rss_mb
 from bench.simproc import SimProcess, Spec
-from exporter.probe import Prober
+from exporter.probe import Prober, delegations
 
 _BIN_FILE = re.compile(r"^metadata/\d+\.bin-[0-9a-f]+\.json$")
 
@@ -67,6 +68,7 @@ def sweep(bins: int, succinct: bool, reps: int, warm_reps: int) -> list[Row]:
             return timed(walk)
 
         cold, walked = paired(reps, ours, bare)
+        workers = [peak_rss_mb(pid) for pid in delegations.process_ids()]
         prober = probers[-1]
         warm: list[float] = []
         fetched: list[int] = []
@@ -87,7 +89,9 @@ def sweep(bins: int, succinct: bool, reps: int, warm_reps: int) -> list[Row]:
     warm_ok = warm_row.goal.met(warm_row.ours, warm_row.ratio)
     return [
         Row(f"3 {bins} {flavour} bins: cold full sweep", cold_median, "s", median(walked),
-            "bare cold refresh + get_targetinfo per bin", Goal("ratio<=", 0.6), reps),
+            "bare cold refresh + get_targetinfo per bin", Goal("ratio<=", 0.6), reps,
+            note=f"{len(workers)} delegation worker processes, peak RSS "
+                 f"{', '.join(f'{mb:.0f}' for mb in workers) or '-'} MB"),
         Row(warm_row.case, warm_row.ours, warm_row.unit, warm_row.baseline,
             warm_row.baseline_name, warm_row.goal, warm_row.reps,
             verdict=bool(warm_ok) and one_bin, note=warm_row.note),

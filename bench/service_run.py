@@ -99,16 +99,20 @@ def write_config(
     return path
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (VmHWM), in MB.
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """Peak resident memory of this process (or of process ``pid``) (VmHWM), in MB; 0 for a
+    process that is gone.
 
     Not ``getrusage``'s ``ru_maxrss``: that survives ``execve``, so a spawned child would
     report its parent's peak.
     """
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / 1e6
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1e6
+    except OSError:
+        pass
     return 0.0
 
 

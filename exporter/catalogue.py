@@ -75,7 +75,7 @@ REASONS: tuple[str, ...] = (
 #: Faults of this host (``cause`` label of tuf_exporter_errors_total and
 #: tuf_exporter_thread_errors_total); see results.ErrorCause and classify.exporter_fault.
 EXPORTER_ERROR_CAUSES: tuple[str, ...] = (
-    "disk", "descriptors", "memory", "history", "spool", "client", "internal",
+    "disk", "descriptors", "memory", "history", "spool", "client", "workers", "internal",
 )
 
 #: The client view of the existing probe: a python-tuf client whose cache holds what it verified

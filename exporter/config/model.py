@@ -227,6 +227,12 @@ class Events:
     file_backups: int = 5
 
 
+def default_delegation_processes() -> int:
+    """The default of ``delegation_processes``: one worker process per CPU beside the one the
+    exporter's own threads use, at most 4 (0 on a single CPU)."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration."""
@@ -245,6 +251,9 @@ class Config:
     clients: tuple[Client, ...] = ()
     #: External client processes running at once, at most.
     client_concurrency: int = 2
+    #: Worker processes that verify the delegated roles of large delegation sweeps (0: none,
+    #: the probe's own thread verifies them).
+    delegation_processes: int = field(default_factory=default_delegation_processes)
     source: Path | None = None
 
     def client(self, name: str) -> Client:
@@ -539,6 +548,8 @@ def parse_config(text: str, source: str = "<config>", base: Path | None = None) 
         events=_events(root.child("events"), base),
         clients=tuple(clients),
         client_concurrency=root.get("client_concurrency", _int(1), defaults.client_concurrency),
+        delegation_processes=root.get("delegation_processes", _int(0),
+                                      defaults.delegation_processes),
         source=Path(source) if source != "<config>" else None,
     )
     root.done()

@@ -28,6 +28,7 @@ import logging
 import os
 import queue
 import re
+import uuid
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 from urllib.parse import quote
 
 from tuf.api import exceptions
@@ -43,6 +44,7 @@ from tuf.api.metadata import Delegations, MetaFile, Targets
 from tuf.ngclient import Updater
 from tuf.ngclient._internal.trusted_metadata_set import TrustedMetadataSet
 
+from exporter.probe import _verify_pool
 from exporter.probe.fetcher import Fetcher
 from exporter.probe.fingerprints import KeyFingerprints
 from exporter.probe.inspector import FileIdentity, file_identity, read_file
@@ -203,6 +205,23 @@ def sweep(
     return run.run(max_roles)
 
 
+def use_processes(processes: int) -> None:
+    """Verify large sweeps in at most ``processes`` worker processes (0: on the probe's own
+    thread); the ``delegation_processes`` setting. A running pool is stopped first."""
+    _verify_pool.configure(processes)
+
+
+def stop_processes() -> None:
+    """Stop the worker processes, if any (the service's stop; a later large sweep starts
+    them again)."""
+    _verify_pool.shutdown()
+
+
+def process_ids() -> list[int]:
+    """The process ids of the running worker processes (none until a large sweep)."""
+    return _verify_pool.worker_pids()
+
+
 class _Sweep:
     """One sweep (see :func:`sweep`)."""
 
@@ -219,6 +238,7 @@ class _Sweep:
         memo: Memo | None,
     ) -> None:
         self.trusted: TrustedMetadataSet = updater._trusted_set  # noqa: SLF001 - see module doc
+        self.envelope_type = updater.config.envelope_type
         self.fetcher = fetcher
         self.metadata_url = metadata_url
         self.cache_dir = cache_dir
@@ -235,6 +255,12 @@ class _Sweep:
         self.spooled = 0  # spool files made so far (their names)
         #: roles and further paths (``failures`` keys) in the order the sweep reached them
         self.reached: list[str] = []
+        #: (role, delegator, bytes) of every delegating role python-tuf accepted in this
+        #: sweep, in load order: what a worker process loads before a level's roles
+        self.chain: list[tuple[str, str, bytes]] = []
+        self.context: _verify_pool.Context | None = None
+        #: leaf roles a worker process accepted (this probe's python-tuf does not hold them)
+        self.leaves: set[str] = set()
 
     def run(self, max_roles: int) -> SweepResult:
         trusted, result, memo = self.trusted, self.result, self.memo
@@ -281,6 +307,7 @@ class _Sweep:
                             continue
                     cached = read_file(entry.path)
                     if cached is not None and _load(trusted, role, parent, cached[0]):
+                        self._loaded(role, parent, cached[0])
                         self._accept(role, parent, cached[1], cached[0])
                         verified.add(role)
                         continue
@@ -291,7 +318,7 @@ class _Sweep:
                 level = [
                     (child, role)
                     for role in dict.fromkeys(order)
-                    if role in verified
+                    if role in verified and role not in self.leaves
                     for child in _children(trusted[role], max_roles + 1)
                 ]
         if memo is not None:
@@ -308,24 +335,33 @@ class _Sweep:
         """Download ``todo`` (at most ``workers`` at a time and ``budget`` bytes spooled) and
         have python-tuf verify each; the roles it accepted.
 
-        Downloads and verification never overlap: overlapping CPU-bound verification with
-        busy download threads costs far more in GIL hand-offs than it saves (measured: 13x
-        slower signature checks). So downloads run until the budget is reached or the level
-        is done, then what was spooled is verified on this thread, then the next downloads.
-        Finished downloads come back on a queue (one ``get`` each, not a ``wait`` over every
-        running future). Small bodies (:data:`KEEP_BODY`) come back in memory as well as in
-        their spool file, at most :data:`KEEP_BYTES` of them awaiting verification, so they
-        are not read back from disk.
+        Without worker processes, downloads and verification never overlap: overlapping
+        CPU-bound verification with busy download threads costs far more in GIL hand-offs
+        than it saves (measured: 13x slower signature checks). So downloads run until the
+        budget is reached or the level is done, then what was spooled is verified on this
+        thread, then the next downloads. A level of at least :data:`_verify_pool.MIN_ROLES`
+        roles, when worker processes are configured, is verified by python-tuf in those
+        processes instead (:mod:`exporter.probe._verify_pool`), in batches of
+        :data:`_verify_pool.BATCH` handed over as they are downloaded: verification then
+        runs on another core while the downloads go on, the bytes handed over still count
+        against the budget until their verdicts are back. Finished downloads and verdicts
+        come back on a queue (one ``get`` each, not a ``wait`` over every running future).
+        Small bodies (:data:`KEEP_BODY`) come back in memory as well as in their spool file,
+        at most :data:`KEEP_BYTES` of them awaiting verification, so they are not read back
+        from disk.
         """
         verified: list[str] = []
         pending = deque(todo)
-        finished: queue.SimpleQueue[Future[_Download]] = queue.SimpleQueue()
+        finished: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
         running: dict[Future[_Download], tuple[str, str, int]] = {}
         done: list[tuple[str, str, _Download | BaseException]] = []
+        in_workers = len(todo) >= _verify_pool.MIN_ROLES and _verify_pool.processes() > 0
+        batch: list[tuple[str, str, _Download]] = []  # downloaded, for a worker
+        verifying: dict[Future[Any], list[tuple[str, str, _Download]]] = {}
         reserved = 0  # lengths reserved by running downloads
         spooled = 0  # bytes of finished downloads not yet verified
         held = 0  # bytes of those held in memory
-        while pending or running or done:
+        while pending or running or done or batch or verifying:
             while pending and len(running) < self.workers:
                 role, parent = pending[0]
                 try:
@@ -335,7 +371,7 @@ class _Sweep:
                     pending.popleft()
                     self._failed(role, exc)
                     continue
-                if (running or done) and spooled + reserved + length > self.budget:
+                if (running or done or verifying) and spooled + reserved + length > self.budget:
                     break
                 pending.popleft()
                 self.spooled += 1
@@ -344,26 +380,98 @@ class _Sweep:
                 running[future] = (role, parent, length)
                 future.add_done_callback(finished.put)
                 reserved += length
-            if running:
-                future = finished.get()
-                role, parent, length = running.pop(future)
+            if batch and (len(batch) >= _verify_pool.BATCH or not running):
+                handed = _verify_pool.submit(self._context(), [
+                    (role, parent, got.body if got.body is not None else str(got.path))
+                    for role, parent, got in batch
+                ])
+                verifying[handed] = batch
+                handed.add_done_callback(finished.put)
+                batch = []
+            if running or verifying:
+                ready = finished.get()
+                if ready in verifying:
+                    jobs = verifying.pop(ready)
+                    verified += self._verdicts(jobs, _verify_pool.outcomes(ready))
+                    for _, _, got in jobs:
+                        spooled -= got.size
+                        held -= got.size if got.body is not None else 0
+                    continue
+                role, parent, length = running.pop(ready)
                 reserved -= length
-                error = future.exception()
+                error = ready.exception()
                 if error is not None:
                     done.append((role, parent, error))
                     continue
-                got = future.result()
+                got = ready.result()
                 spooled += got.size
                 if got.body is not None and got.path is not None:
                     if held + got.size > KEEP_BYTES:
                         got = got._replace(body=None)  # read back from its file when verified
                     else:
                         held += got.size
-                done.append((role, parent, got))
+                if in_workers and got.path is not None:
+                    batch.append((role, parent, got))
+                else:
+                    done.append((role, parent, got))
                 continue
             verified += self._verify(done)
             done = []
             spooled = held = 0
+        return verified
+
+    def _context(self) -> _verify_pool.Context:
+        """What a worker process loads before verifying roles of this level: the bytes
+        ngclient cached for the top-level roles (the ones python-tuf accepted in this
+        probe's refresh) and the delegating roles accepted so far."""
+        chain = tuple(self.chain)
+        if self.context is None or self.context.chain != chain:
+            trusted = self.trusted
+            names = ("root", "timestamp", "snapshot", "targets")
+            files = [(self.cache_dir / f"{name}.json").read_bytes() for name in names]
+            self.context = _verify_pool.Context(
+                token=f"{os.getpid()}-{uuid.uuid4().hex}",
+                envelope_type=self.envelope_type,
+                reference_time=trusted.reference_time,
+                root=files[0], timestamp=files[1], snapshot=files[2], targets=files[3],
+                versions=(trusted.root.version, trusted.timestamp.version,
+                          trusted.snapshot.version, trusted.targets.version),
+                chain=chain,
+            )
+        return self.context
+
+    def _verdicts(
+        self, jobs: list[tuple[str, str, _Download]], outcomes: list[_verify_pool.Outcome]
+    ) -> list[str]:
+        """Record the verdicts a worker process returned for ``jobs``; the roles accepted.
+
+        A role that delegates further is loaded into this probe's python-tuf as well (its
+        children are verified against keys python-tuf holds here, and in the next level's
+        worker context)."""
+        verified = []
+        for (role, parent, got), outcome in zip(jobs, outcomes, strict=True):
+            if outcome.error is not None:
+                self._failed(role, outcome.error)
+                if got.path is not None:
+                    self._reject(role, got.path)
+                continue
+            data = got.body
+            if outcome.delegates:
+                data = _read_spooled(got)
+                try:
+                    self.trusted.update_delegated_targets(data, role, parent)
+                except (exceptions.RepositoryError, OSError) as exc:
+                    self._failed(role, exc)
+                    if got.path is not None:
+                        self._reject(role, got.path)
+                    continue
+                self._loaded(role, parent, data)
+                self._store(role, parent, data, got)
+            else:
+                assert outcome.expires is not None
+                self.leaves.add(role)
+                self._store(role, parent, data, got, leaf_expires=outcome.expires)
+            verified.append(role)
         return verified
 
     def _download(self, url: str, length: int, path: Path) -> _Download:
@@ -404,12 +512,31 @@ class _Sweep:
                     self._reject(role, got.path)
                 continue
             verified.append(role)
+            self._loaded(role, parent, data)
             self._store(role, parent, data, got)
             del data
         return verified
 
-    def _store(self, role: str, parent: str, data: bytes, got: _Download) -> None:
-        """Cache a role python-tuf accepted (only verified bytes are cached) and remember it."""
+    def _loaded(self, role: str, parent: str, data: bytes) -> None:
+        """python-tuf here accepted ``data`` as ``role``: a delegating role joins the chain a
+        worker process loads (:meth:`_context`)."""
+        if _children(self.trusted[role], 1):
+            self.chain.append((role, parent, data))
+
+    def _store(
+        self,
+        role: str,
+        parent: str,
+        data: bytes | None,
+        got: _Download,
+        *,
+        leaf_expires: datetime | None = None,
+    ) -> None:
+        """Cache a role python-tuf accepted (only verified bytes are cached) and remember it.
+
+        ``leaf_expires``: a leaf role a worker process accepted, which this probe's
+        python-tuf does not hold (its expiry, as python-tuf read it there); ``data`` may then
+        be None (not in memory: the inspector reads the cache file)."""
         memo = self.memo
         if got.path is None:  # the spool could not be written: nor can the cache
             if memo is not None:
@@ -424,16 +551,23 @@ class _Sweep:
                 memo.pop(role, None)  # the cache may hold an older file: no reuse
             return
         # the spool file was renamed into the cache: same inode, size and mtime
-        self._accept(role, parent, got.identity, data)
+        self._accept(role, parent, got.identity, data, leaf_expires)
 
     def _accept(
-        self, role: str, parent: str, identity: FileIdentity | None, data: bytes
+        self,
+        role: str,
+        parent: str,
+        identity: FileIdentity | None,
+        data: bytes | None,
+        leaf_expires: datetime | None = None,
     ) -> None:
-        """Record that python-tuf accepted ``data``, cached as the file with ``identity``."""
+        """Record that python-tuf accepted ``data``, cached as the file with ``identity``
+        (``leaf_expires``: see :meth:`_store`)."""
         keys = _fingerprint(self.keys, self.trusted, role, parent)
-        _remember(self.memo, self.trusted, role, parent, identity, keys)
+        _remember(self.memo, self.trusted, role, parent, identity, keys, leaf_expires)
         if identity is not None:
-            self.result.cached[role] = Swept(self._keep(data), identity, keys)
+            kept = None if data is None else self._keep(data)
+            self.result.cached[role] = Swept(kept, identity, keys)
 
     def _failed(self, role: str, exc: Exception) -> None:
         self.result.failures[role] = exc
@@ -485,6 +619,7 @@ class _Sweep:
             if got is not None and got.path is not None:
                 got.path.unlink(missing_ok=True)
             return False
+        self._loaded(role, parent, data)
         if accepted:
             return False
         if got is not None:
@@ -609,17 +744,27 @@ def _remember(
     parent: str,
     identity: FileIdentity | None,
     keys: str,
+    leaf_expires: datetime | None = None,
 ) -> None:
     """Record python-tuf's acceptance of ``role`` under the delegating keys with fingerprint
-    ``keys``, cached as the file with ``identity`` (None: not cached, nothing to reuse)."""
+    ``keys``, cached as the file with ``identity`` (None: not cached, nothing to reuse).
+    ``leaf_expires``: the role is a leaf a worker process accepted with this expiry (this
+    probe's python-tuf does not hold it); None: python-tuf here holds the role."""
     if memo is None:
         return
-    loaded = trusted[role]
     meta = trusted.snapshot.meta.get(f"{role}.json")
-    if identity is None or not isinstance(loaded, Targets) or meta is None or _children(loaded, 1):
-        memo.pop(role, None)  # only leaves are ever reused
+    if leaf_expires is not None:
+        expires = leaf_expires
+    else:
+        loaded = trusted[role]
+        if not isinstance(loaded, Targets) or _children(loaded, 1):
+            memo.pop(role, None)  # only leaves are ever reused
+            return
+        expires = loaded.expires
+    if identity is None or meta is None:
+        memo.pop(role, None)
         return
-    memo[role] = Verdict(meta, keys, loaded.expires, identity)
+    memo[role] = Verdict(meta, keys, expires, identity)
 
 
 def _location(

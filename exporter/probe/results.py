@@ -62,15 +62,18 @@ class ErrorCause(StrEnum):
     #: A configured external client program could not be started (missing, not executable):
     #: the exporter host's setup, never the repository (issue 17).
     CLIENT = "client"
+    #: A worker process verifying a delegation sweep died, or the workers could not start.
+    WORKERS = "workers"
     #: Anything else raised by the exporter's own code (a bug of ours).
     INTERNAL = "internal"
 
 
 class StoreError(RuntimeError):
-    """Base of the errors of the exporter's own stores (the history, the event spool): a
-    fault of this host, never of a repository. ``cause`` is the :class:`ErrorCause` that
-    :func:`exporter.probe.classify.exporter_fault` counts it as; each store's error sets its own, so
-    the classifier needs no import of the stores."""
+    """Base of the errors of the exporter's own stores (the history, the event spool) and
+    worker processes (the delegation sweep's): a fault of this host, never of a repository.
+    ``cause`` is the :class:`ErrorCause` that :func:`exporter.probe.classify.exporter_fault`
+    counts it as; each store's error sets its own, so the classifier needs no import of the
+    stores."""
 
     cause: ClassVar[ErrorCause] = ErrorCause.INTERNAL
 

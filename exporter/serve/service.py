@@ -42,6 +42,7 @@ from exporter.events.spool import Spool
 from exporter.generate.alerts import AlertOptions
 from exporter.history import Finding, HistoryStore, configured_endpoints
 from exporter.history.cadence import CadenceTracker, online_roles
+from exporter.probe import delegations
 from exporter.probe.classify import exporter_error_result
 from exporter.probe.external import run_client
 from exporter.probe.prober import Prober, temporary_directory
@@ -310,6 +311,7 @@ class Service:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = ProbeStore()
         self.prober = Prober(config.state_dir)
+        delegations.use_processes(config.delegation_processes)  # a change: on restart
         # every temporary file of this process below state_dir (ours carry dir= as well),
         # until stop()
         self._tempdir = (tempfile.tempdir, str(temporary_directory(config.state_dir)))
@@ -384,6 +386,7 @@ class Service:
     def stop(self) -> None:
         """Stop probing (running probes end by their deadlines), then flush events."""
         self.scheduler.stop(wait=True)
+        delegations.stop_processes()
         self.shipper.stop(timeout=5.0)
         self.spool.close()
         self.history.close()
