@@ -1,6 +1,7 @@
 """The child processes of an external client's run: one command in its own session and process
 group, ``stdin`` closed, its output kept to a bounded tail, killed as a group (SIGTERM, then
-SIGKILL after :data:`KILL_GRACE` seconds) at the run's deadline or when its leader exits.
+SIGKILL after :data:`KILL_GRACE` seconds) at the run's deadline, when its leader exits, or at
+once when the run is cancelled (the exporter stops, or a reload removes the client view).
 
 :func:`run_process` gives a :class:`Step` (exit status, timed out or not, output tails, seconds);
 a fault of this host starting it is raised, a program that cannot be started is a failed step.
@@ -13,6 +14,7 @@ import os
 import selectors
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,7 +73,7 @@ class Step:
 
     ``status`` is the exit status (negative: killed by that signal; None: not started or not
     reaped), ``timed_out`` whether the deadline killed it, ``start_error`` why it could not be
-    started.
+    started, ``cancelled`` whether the run's ``cancel`` event killed it (no verdict).
     """
 
     command: str
@@ -81,11 +83,12 @@ class Step:
     stderr: Output
     seconds: float
     start_error: str | None = None
+    cancelled: bool = False
 
     @property
     def ok(self) -> bool:
-        """Exited 0 in time."""
-        return self.status == 0 and not self.timed_out
+        """Exited 0 in time, not cancelled."""
+        return self.status == 0 and not self.timed_out and not self.cancelled
 
 
 def _signal_group(pgid: int, signum: int) -> bool:
@@ -121,10 +124,13 @@ def run_process(
     deadline: float,
     bound: int = OUTPUT_BOUND,
     grace: float = KILL_GRACE,
+    cancel: threading.Event | None = None,
 ) -> Step:
     """Run ``argv`` in its own session and process group until it exits or ``deadline``
     (monotonic seconds) passes; the group is killed either way (SIGTERM, ``grace`` seconds,
-    SIGKILL at the deadline; SIGKILL to what is left once the leader exited).
+    SIGKILL at the deadline; SIGKILL to what is left once the leader exited). Once ``cancel``
+    is set the group is killed the same way within :data:`_POLL` seconds and the step is
+    ``cancelled`` (a ``cancel`` set before the start starts nothing).
 
     stdout and stderr are read as they come; the last ``bound`` bytes of each are kept.
     Raises only for a fault of this host (no descriptor or memory for the child:
@@ -133,6 +139,8 @@ def run_process(
     """
     t0 = time.monotonic()
     out, err = _Tail(bound), _Tail(bound)
+    if cancel is not None and cancel.is_set():
+        return Step(command, None, False, out.output(), err.output(), 0.0, cancelled=True)
     try:
         proc = subprocess.Popen(  # noqa: S603 - the configured client, argv without a shell
             list(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -143,7 +151,7 @@ def run_process(
             raise
         return Step(command, None, False, out.output(), err.output(),
                     time.monotonic() - t0, describe(exc))
-    timed_out = False
+    timed_out = cancelled = False
     finished_at: float | None = None  # when the leader exited or was killed
     assert proc.stdout is not None and proc.stderr is not None
     with selectors.DefaultSelector() as selector:
@@ -152,7 +160,11 @@ def run_process(
         try:
             while selector.get_map():
                 now = time.monotonic()
-                if finished_at is None and now >= deadline:
+                if finished_at is None and cancel is not None and cancel.is_set():
+                    cancelled = True
+                    _terminate(proc, grace)
+                    finished_at = time.monotonic()
+                elif finished_at is None and now >= deadline:
                     timed_out = True
                     _terminate(proc, grace)
                     finished_at = time.monotonic()
@@ -170,16 +182,21 @@ def run_process(
                     else:
                         selector.unregister(stream)
         finally:
-            if proc.poll() is None:  # an exception of ours, or pipes closed before the exit
-                remaining = deadline - time.monotonic()
-                try:
-                    proc.wait(max(remaining, 0))
-                except subprocess.TimeoutExpired:
+            # an exception of ours, or pipes closed before the exit: wait for the deadline
+            # or the cancel, polling
+            while proc.poll() is None:
+                if cancel is not None and cancel.is_set():
+                    cancelled = True
+                elif time.monotonic() >= deadline:
                     timed_out = True
-                    _terminate(proc, grace)
+                else:
+                    time.sleep(_POLL)
+                    continue
+                _terminate(proc, grace)
+                break
             _signal_group(proc.pid, signal.SIGKILL)
             proc.wait()
             proc.stdout.close()
             proc.stderr.close()
     return Step(command, proc.returncode, timed_out, out.output(), err.output(),
-                time.monotonic() - t0)
+                time.monotonic() - t0, cancelled=cancelled)

@@ -20,6 +20,8 @@ client's name. A run:
 * ends at the client's ``timeout`` (one deadline for all its commands): the whole process group
   gets SIGTERM, then SIGKILL after :data:`KILL_GRACE` seconds; the group is killed too when its
   leader exits, so nothing a client started outlives its command;
+* ends at once, the same way, when its ``cancel`` event is set (the service's stop, or a reload
+  that removes the client view): no verdict, see :func:`run_client`;
 * keeps at most :data:`OUTPUT_BOUND` bytes of each of stdout and stderr, the tail, and counts
   the bytes before it (a client printing 100 MB costs a pipe's worth of memory);
 * points the client at a loopback forwarder (:class:`Forwarder`) that fetches every request from
@@ -379,18 +381,30 @@ def run_client(
     trusted_root: bytes,
     state_dir: Path,
     slots: threading.Semaphore | None = None,
+    cancel: threading.Event | None = None,
 ) -> ProbeResult:
     """Run ``client`` against ``endpoint`` once (see the module's docstring); never raises.
 
     ``slots`` bounds the client processes of every run that shares it; the run's ``timeout``
     starts once a slot is taken. The result's ``requests`` are the forwarder's records,
     ``targets`` one :class:`~exporter.probe.results.TargetResult` per canary downloaded.
+
+    Once ``cancel`` is set, the run ends within :data:`KILL_GRACE` seconds and a fraction: the
+    running command's process group is killed (SIGTERM, then SIGKILL), no further command nor a
+    wait for a slot starts, and the result is ``exporter_error`` with the message
+    :data:`CANCELLED` (a verdict of neither the repository nor the client; the service records
+    nothing of it, as of a probe that finished after its endpoint's removal).
     """
     started_at = datetime.now(UTC)
     t0 = time.monotonic()
-    with slots if slots is not None else contextlib.nullcontext():
+    with _slot(slots, cancel) as taken:
         try:
-            return _Run(client, repository, endpoint, trusted_root, state_dir).run()
+            if not taken:
+                raise _CancelledError
+            return _Run(client, repository, endpoint, trusted_root, state_dir, cancel).run()
+        except _CancelledError:
+            return _cancelled_result(client, repository, endpoint, started_at,
+                                     time.monotonic() - t0)
         except Exception as exc:
             log.warning("client %s on %s/%s stopped by a fault of the exporter: %s",
                         client.name, repository.name, endpoint.name, describe(exc),
@@ -400,11 +414,46 @@ def run_client(
             return replace(result, client=client.name)
 
 
+#: The message of a run its ``cancel`` event ended.
+CANCELLED = "ended by the exporter before a verdict (stop, or a reload removed the view)"
+
+
+class _CancelledError(Exception):
+    """The run's ``cancel`` event was set: it ends without a verdict."""
+
+
+def _cancelled_result(client: Client, repository: Repository, endpoint: Endpoint,
+                      started_at: datetime, seconds: float) -> ProbeResult:
+    log.info("client %s on %s/%s ended by the exporter (stop or reload) after %.1f s",
+             client.name, repository.name, endpoint.name, seconds)
+    return ProbeResult(repository.name, endpoint.name, False, started_at, seconds,
+                       reason=Reason.EXPORTER_ERROR, message=CANCELLED, client=client.name)
+
+
+@contextlib.contextmanager
+def _slot(slots: threading.Semaphore | None, cancel: threading.Event | None) -> Iterator[bool]:
+    """Hold one of ``slots`` (none: no bound) while the block runs; yields False, holding
+    nothing, when ``cancel`` was set before a slot was free."""
+    if slots is None:
+        yield cancel is None or not cancel.is_set()
+        return
+    while not slots.acquire(timeout=_POLL):
+        if cancel is not None and cancel.is_set():
+            yield False
+            return
+    try:
+        yield cancel is None or not cancel.is_set()
+    finally:
+        slots.release()
+
+
 class _Run:
     """One run of one client against one endpoint."""
 
     def __init__(self, client: Client, repository: Repository, endpoint: Endpoint,
-                 trusted_root: bytes, state_dir: Path) -> None:
+                 trusted_root: bytes, state_dir: Path,
+                 cancel: threading.Event | None = None) -> None:
+        self.cancel = cancel
         self.client = client
         self.repo = repository
         self.endpoint = endpoint
@@ -438,7 +487,11 @@ class _Run:
             for command_argv, command, target in steps:
                 before = len(forwarder.records)
                 step = run_process(command_argv, command=command, cwd=dirs.run, env=env,
-                                   deadline=self.deadline)
+                                   deadline=self.deadline, cancel=self.cancel)
+                if step.cancelled:
+                    if command == "init" and self.client.mode is ClientMode.RETURNING:
+                        shutil.rmtree(dirs.metadata, ignore_errors=True)  # init again next run
+                    raise _CancelledError
                 records = forwarder.records[before:]
                 if target is not None:
                     length = sum(r.bytes for r in records if r.role == "target")

@@ -343,6 +343,11 @@ class Service:
         )
         #: Bounds external client processes (``client_concurrency``, sized at start).
         self.client_slots = threading.Semaphore(config.client_concurrency)
+        #: The cancel event of every running external client run, by its view; set by
+        #: :meth:`stop` (all) and a reload (the views it removes), under ``_runs_lock``.
+        self._client_runs: dict[threading.Event, tuple[str, str, str]] = {}
+        self._runs_lock = threading.Lock()
+        self._stopping = False
         self.scheduler = Scheduler(
             self._probe, self.store.skipped, config.workers, run_signer=self._probe_signer,
             run_views=self._probe_views,
@@ -384,7 +389,14 @@ class Service:
         yield up
 
     def stop(self) -> None:
-        """Stop probing (running probes end by their deadlines), then flush events."""
+        """Stop probing, then flush events. Running python-tuf probes end by their deadlines;
+        running external client runs are ended at once (their process groups killed within
+        :data:`~exporter.probe.external.KILL_GRACE` seconds, nothing recorded), so stop does
+        not wait for a hung client's timeout."""
+        with self._runs_lock:
+            self._stopping = True
+            for cancel in self._client_runs:
+                cancel.set()
         self.scheduler.stop(wait=True)
         delegations.stop_processes()
         self.shipper.stop(timeout=5.0)
@@ -428,6 +440,11 @@ class Service:
             self.cadence.retain({r.name for r in config.repositories})
             self.history.configure(configured_endpoints(config))
         self.scheduler.apply(config, self._first_run_within)
+        views = _client_views(config, bootstrap_roots)
+        with self._runs_lock:  # end the runs of the views removed now
+            for cancel, view in self._client_runs.items():
+                if view not in views:
+                    cancel.set()
 
     def _config_status(self) -> tuple[bool, float]:
         return self._reload_ok, self._reload_time
@@ -553,14 +570,34 @@ class Service:
 
     def _probe_client(self, client: Client, repo: Repository, endpoint: Endpoint) -> ProbeResult:
         """Run an external client against one endpoint and record its verdict: the store
-        (``tuf_client_*``) and an event; the history and cadence are python-tuf's alone."""
+        (``tuf_client_*``) and an event; the history and cadence are python-tuf's alone.
+
+        The run is ended at once by :meth:`stop` or by a reload that removes its view; such a
+        run records nothing (as a probe finishing after its endpoint's removal), so the view
+        keeps its last verdict."""
         loaded = self._loaded
         root = loaded.trusted_roots[repo.name]
+        view = (repo.name, endpoint.name, client.name)
+        cancel = threading.Event()
+        with self._runs_lock:
+            current = self._loaded
+            self._client_runs[cancel] = view
+            if self._stopping or view not in _client_views(current.config,
+                                                           current.bootstrap_roots):
+                cancel.set()  # stopping, or removed by a reload since this job was due
         self.store.started()
-        result = run_client(client, repo, endpoint, root, self.config.state_dir,
-                            self.client_slots)
+        try:
+            result = run_client(client, repo, endpoint, root, self.config.state_dir,
+                                self.client_slots, cancel)
+        finally:
+            with self._runs_lock:
+                del self._client_runs[cancel]
         with self.members.recording(repo.name, endpoint.name) as configured:
-            view = (repo.name, endpoint.name, client.name)
+            if cancel.is_set() and result.reason is Reason.EXPORTER_ERROR:
+                log.info("client %s on %s/%s ended by the exporter's stop or a reload; "
+                         "not recorded", client.name, repo.name, endpoint.name)
+                self.store.discard()
+                return result
             if not configured or view not in _client_views(loaded.config,
                                                            loaded.bootstrap_roots):
                 log.info("client %s on %s/%s finished after its removal; not recorded",

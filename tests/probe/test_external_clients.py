@@ -32,7 +32,13 @@ from support import Sim, poll, scrape, value
 from exporter import cli
 from exporter.config.model import Client, ClientMode
 from exporter.probe import install
-from exporter.probe.external import OUTPUT_BOUND, Forwarder, client_dir, run_client
+from exporter.probe.external import (
+    CANCELLED,
+    OUTPUT_BOUND,
+    Forwarder,
+    client_dir,
+    run_client,
+)
 from exporter.probe.results import ProbeResult
 from exporter.serve.service import Service
 
@@ -386,6 +392,152 @@ def test_hanging_and_flooding_clients_never_delay_the_python_tuf_probes_or_a_scr
         assert log.latest is not None and log.latest.client == "returning"
     finally:
         service.stop()
+
+
+
+# --- a stop or a reload ends the runs at once ----------------------------------------------
+
+
+def _group(pid: int) -> int:
+    """The process group of a running process (``pgrp`` in ``/proc/<pid>/stat``)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2])
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Every process of group ``pgid`` still in /proc that is not a zombie."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _hung_child(notes: Path) -> int | None:
+    """The pid of the hung client's hung child, once the client noted it."""
+    if not notes.is_file():
+        return None
+    return next((int(n.split()[1]) for n in notes.read_text().splitlines()
+                 if n.startswith("child")), None)
+
+
+def _events_of(service: Service, client: str) -> list[str]:
+    """The shipped events (the default file sink) that name ``client``."""
+    path = service.config.state_dir / "events.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [line for line in lines if f'"{client}"' in line]
+
+
+def _hung_service(sim: Sim, tmp_path: Path, fake: Path, notes: Path) -> tuple[Service, int]:
+    """A started service whose only client hangs (ignoring SIGTERM, with a hung child) far
+    longer than any bound below: its timeout is 30 s. Returns the service and the client's
+    process group, once the child runs."""
+    config = _service_config(sim, tmp_path / "config.yml", fake, notes)
+    document = yaml.safe_load(config.read_text())
+    document["clients"] = [{**document["clients"][0], "timeout": "30s"}]
+    config.write_text(yaml.safe_dump(document))
+    service = Service(config, first_run_within=0.1)
+    service.start()
+    try:
+        child = poll(lambda: _hung_child(notes), timeout=20)
+        group = _group(child)
+        assert child in _group_members(group) and group in _group_members(group)
+    except BaseException:
+        service.stop()
+        raise
+    return service, group
+
+
+def test_stop_ends_a_hung_client_and_its_child_at_once(
+        sim: Sim, fake: Path, tmp_path: Path) -> None:
+    service, group = _hung_service(sim, tmp_path, fake, tmp_path / "notes")
+    t0 = time.monotonic()
+    service.stop()
+    took = time.monotonic() - t0
+    # SIGTERM, 2 s of grace (the client ignores SIGTERM), SIGKILL: far below the 30 s timeout
+    # and Kubernetes' 30 s before its SIGKILL
+    assert took < 8.0, took
+    poll(lambda: not _group_members(group), timeout=2.0)
+    # no verdict of anyone: the view records nothing
+    assert service.store.endpoint_log("sim", "primary", "hang").latest is None
+    assert not _events_of(service, "hang")
+
+
+def test_a_reload_removing_the_client_ends_its_run_at_once(
+        sim: Sim, fake: Path, tmp_path: Path) -> None:
+    service, group = _hung_service(sim, tmp_path, fake, tmp_path / "notes")
+    try:
+        config = tmp_path / "config.yml"
+        document = yaml.safe_load(config.read_text())
+        document["clients"] = []
+        config.write_text(yaml.safe_dump(document))
+        t0 = time.monotonic()
+        assert service.reload()[0]
+        poll(lambda: not _group_members(group), timeout=6.0)
+        assert time.monotonic() - t0 < 6.0
+        assert service.store.endpoint_log("sim", "primary", "hang").latest is None
+        t0 = time.monotonic()
+    finally:
+        service.stop()
+    assert time.monotonic() - t0 < 8.0
+    assert not _events_of(service, "hang")
+
+
+def test_a_cancelled_run_kills_its_group_and_is_no_verdict(
+        plain: Sim, fake: Path, tmp_path: Path) -> None:
+    out = tmp_path / "notes"
+    client = _client(fake, "hang", out=out, timeout=30.0)
+    repo = plain.config()
+    cancel = threading.Event()
+    results: list[ProbeResult] = []
+    runner = threading.Thread(target=lambda: results.append(run_client(
+        client, repo, repo.primary, plain.trusted_root.read_bytes(), plain.state_dir,
+        threading.Semaphore(1), cancel)))
+    runner.start()
+    group = _group(poll(lambda: _hung_child(out), timeout=20))
+    t0 = time.monotonic()
+    cancel.set()
+    runner.join(timeout=8.0)
+    assert not runner.is_alive() and time.monotonic() - t0 < 8.0
+    poll(lambda: not _group_members(group), timeout=2.0)
+    [result] = results
+    assert (result.success, str(result.reason), result.message) == (
+        False, "exporter_error", CANCELLED)
+    # a set cancel starts nothing, not even a wait for a slot
+    taken = threading.Semaphore(0)
+    t0 = time.monotonic()
+    result = run_client(client, repo, repo.primary, plain.trusted_root.read_bytes(),
+                        plain.state_dir, taken, cancel)
+    assert result.message == CANCELLED and time.monotonic() - t0 < 1.0
+
+
+def test_a_cancelled_init_leaves_no_half_written_metadata(
+        plain: Sim, fake: Path, tmp_path: Path) -> None:
+    stall = tmp_path / "stall_client.py"  # writes some metadata during init, then hangs
+    stall.write_text(
+        "import os, sys, time\n"
+        "d = sys.argv[sys.argv.index('--metadata-dir') + 1]\n"
+        "os.makedirs(d, exist_ok=True)\n"
+        "open(os.path.join(d, 'root.json'), 'w').write('{')\n"
+        "open(os.path.join(d, 'written'), 'w').close()\n"
+        "time.sleep(1000)\n", encoding="utf-8")
+    client = Client("stall", (sys.executable, str(stall)), timeout=30.0)
+    repo = plain.config()
+    metadata = client_dir(plain.state_dir, "stall", "sim", "primary") / "metadata"
+    cancel = threading.Event()
+    runner = threading.Thread(target=run_client, args=(
+        client, repo, repo.primary, plain.trusted_root.read_bytes(), plain.state_dir, None,
+        cancel))
+    runner.start()
+    poll(lambda: (metadata / "written").is_file(), timeout=20)
+    cancel.set()
+    runner.join(timeout=8.0)
+    assert not runner.is_alive()
+    # the next run inits again rather than refreshing from a half-written root
+    assert not metadata.is_dir() or not any(metadata.iterdir())
 
 
 # --- tuf-exporter clients install ------------------------------------------------------------
