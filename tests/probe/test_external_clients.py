@@ -466,13 +466,17 @@ def test_stop_ends_a_hung_client_and_its_child_at_once(
     assert not _events_of(service, "hang")
 
 
-def test_a_reload_removing_the_client_ends_its_run_at_once(
-        sim: Sim, fake: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("removed", ["client", "repository"])
+def test_a_reload_removing_the_client_or_its_repository_ends_its_run_at_once(
+        sim: Sim, fake: Path, tmp_path: Path, removed: str) -> None:
     service, group = _hung_service(sim, tmp_path, fake, tmp_path / "notes")
     try:
         config = tmp_path / "config.yml"
         document = yaml.safe_load(config.read_text())
-        document["clients"] = []
+        if removed == "client":
+            document["clients"] = []
+        else:  # "sim" goes, "renamed" comes (and runs the client anew)
+            document["repositories"][0]["name"] = "renamed"
         config.write_text(yaml.safe_dump(document))
         t0 = time.monotonic()
         assert service.reload()[0]
