@@ -224,9 +224,11 @@ def worker(
 
     def observed_client(client: Client, repository: Repository, endpoint: Endpoint,
                         trusted_root: bytes, state_dir: Path,
-                        slots: threading.Semaphore | None = None) -> ProbeResult:
+                        slots: threading.Semaphore | None = None,
+                        cancel: threading.Event | None = None) -> ProbeResult:
         """The service's own client run, with each result noted."""
-        result = run_client(client, repository, endpoint, trusted_root, state_dir, slots)
+        result = run_client(client, repository, endpoint, trusted_root, state_dir, slots,
+                            cancel)
         runs.append((result.started_at.timestamp(), result.duration_seconds, result.success,
                      str(result.reason or ""), (client.name, repository.name, endpoint.name)))
         return result
