@@ -377,10 +377,10 @@ class Shipper:
         if pending is not None:
             pending.result()
 
-    def _ack(self, event_ids: list[str]) -> int:
-        """Acknowledge ``event_ids`` in the spool and count them as shipped (on the acker
+    def _ack(self, delivered: list[SpooledEvent]) -> int:
+        """Acknowledge ``delivered`` in the spool and count them as shipped (on the acker
         thread); returns how many were still spooled."""
-        acked = self.spool.ack(event_ids)
+        acked = self.spool.ack(delivered)
         with self._lock:
             self._shipped += acked
         return acked
@@ -404,7 +404,7 @@ class Shipper:
             error = redact(str(exc))
             results = [ItemResult(i.event_id, Outcome.RETRY, None, error, cause) for i in batch]
         by_id = {result.event_id: result for result in results}
-        delivered: list[str] = []
+        delivered: list[SpooledEvent] = []
         causes: Counter[str] = Counter()
         first_error = ""
         for item in batch:
@@ -413,9 +413,9 @@ class Shipper:
                 causes["no_result"] += 1
                 continue
             if result.outcome is Outcome.OK:
-                delivered.append(item.event_id)
+                delivered.append(item)
             elif result.outcome is Outcome.REJECT:
-                self.spool.dead_letter(item.event_id, result.error, result.status)
+                self.spool.dead_letter(item, result.error, result.status)
             else:
                 causes[result.cause or "retry"] += 1
                 first_error = first_error or result.error

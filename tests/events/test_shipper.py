@@ -718,12 +718,12 @@ def test_a_failed_overlapped_acknowledgement_keeps_its_batch_and_ships_it_again(
     ack = spool.ack
     failed: list[str] = []
 
-    def failing_once(event_ids: Any) -> int:
-        ids = list(event_ids)
+    def failing_once(delivered: Any) -> int:
+        items = list(delivered)
         if not failed:
-            failed.extend(ids)
+            failed.extend(item.event_id for item in items)
             raise sqlite3.OperationalError("disk I/O error")
-        return ack(ids)
+        return ack(items)
 
     spool.ack = failing_once  # type: ignore[method-assign]
     events = [event(i) for i in range(12)]
