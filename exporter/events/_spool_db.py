@@ -69,6 +69,13 @@ _EVENTS = (
     " spooled_at REAL NOT NULL, size INTEGER NOT NULL, document TEXT NOT NULL)"
 )
 
+#: The smallest b-tree holding every event, which SQLite counts for ``COUNT(*)`` (``len``,
+#: the events_spooled metric at each scrape) instead of the table, whose leaves hold the
+#: documents (about 1 GB for 1,000,000 events: 0.6 s a count at 100,000 events, against
+#: 30 ms for this index). In seq order: an insert appends, an acknowledgement deletes
+#: consecutive entries.
+_EVENTS_SEQ = "CREATE INDEX events_seq ON events (seq)"
+
 #: Every insert into ``events`` (the group commit, a single event, a requeued dead letter)
 #: goes through this rule: a known id is skipped (not an error; ``RETURNING`` leaves it
 #: out), a new one becomes known, in the same statement.
@@ -88,7 +95,7 @@ _DEAD_LETTERS = (
 )
 
 #: A new spool file.
-_CREATE = (_EVENTS, *_KNOWN_IDS, _ONCE, *_DEAD_LETTERS)
+_CREATE = (_EVENTS, _EVENTS_SEQ, *_KNOWN_IDS, _ONCE, *_DEAD_LETTERS)
 
 #: A spool of version 1 (or its draft) to version 2, in one transaction: every id it knows
 #: (spooled, acknowledged, dead-lettered) goes to ``known_ids`` (an acknowledged id with its
@@ -110,6 +117,7 @@ _MIGRATE_FROM_1 = (
     " SELECT seq, event_id, kind, spooled_at, size, document FROM events_v1 ORDER BY seq",
     "DROP TABLE events_v1",
     "DROP TABLE acked",
+    _EVENTS_SEQ,
     _ONCE,
 )
 
