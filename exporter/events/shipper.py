@@ -9,6 +9,8 @@ Batches
     waited ``batch_interval``. At the end of a burst (a full batch just went out) the partial
     rest ships as soon as no new event arrived for ``burst_idle`` (50 ms), so a burst does not
     end with a ``batch_interval`` pause; a trickle of events still waits for the interval.
+    A shipper that empties the spool while the producers are still in their burst (an event
+    came within ``burst_idle``) stays in the burst and looks again after ``burst_idle``.
     Documents leave the spool as the canonical JSON text stored there: sinks that offer
     ``send_serialized`` (both built-in ones do) put that text into the request verbatim.
 
@@ -289,9 +291,14 @@ class Shipper:
             self._settle()  # raises if it failed: then the next look starts from the oldest
         if not batch:
             self._mark_success()
-            self._in_burst = False
             if stopping:
                 return False
+            if self._in_burst and time.monotonic() - self._last_spooled < self.burst_idle:
+                # caught up with producers still in their burst: the burst goes on, and its
+                # tail ships once they went quiet (not a batch_interval later)
+                self._sleep(self.burst_idle)
+                return True
+            self._in_burst = False
             self._sleep(self.batch_interval)
             self._next_ship = time.monotonic() + self.batch_interval
             return True
