@@ -186,8 +186,7 @@ class _SpoolProducer(_SpoolConnection):
         """Insert the rows of ``request`` (inside a transaction); outcomes go to ``request``."""
         for row in request.rows:
             if self._fits(row):
-                # one statement: nothing returned when the id is spooled, acked or
-                # dead-lettered already
+                # one statement: nothing returned when the id is known already
                 inserted = conn.execute(
                     _INSERT_ONE,
                     (row.event_id, row.kind, request.spooled_at, row.size, row.document),
@@ -219,11 +218,10 @@ class _SpoolProducer(_SpoolConnection):
 
     @staticmethod
     def _known(conn: sqlite3.Connection, event_id: str) -> bool:
+        """True when ``event_id`` was spooled already (the rule of the ``events_once``
+        trigger, asked before room is made for the event)."""
         row = conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM events WHERE event_id = ?)"
-            " OR EXISTS (SELECT 1 FROM acked WHERE event_id = ?)"
-            " OR EXISTS (SELECT 1 FROM dead_letters WHERE event_id = ?)",
-            (event_id, event_id, event_id),
+            "SELECT EXISTS (SELECT 1 FROM known_ids WHERE event_id = ?)", (event_id,)
         ).fetchone()
         return bool(row[0])
 

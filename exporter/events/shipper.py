@@ -9,6 +9,8 @@ Batches
     waited ``batch_interval``. At the end of a burst (a full batch just went out) the partial
     rest ships as soon as no new event arrived for ``burst_idle`` (50 ms), so a burst does not
     end with a ``batch_interval`` pause; a trickle of events still waits for the interval.
+    A shipper that empties the spool while the producers are still in their burst (an event
+    came within ``burst_idle``) stays in the burst and looks again after ``burst_idle``.
     Documents leave the spool as the canonical JSON text stored there: sinks that offer
     ``send_serialized`` (both built-in ones do) put that text into the request verbatim.
 
@@ -289,9 +291,14 @@ class Shipper:
             self._settle()  # raises if it failed: then the next look starts from the oldest
         if not batch:
             self._mark_success()
-            self._in_burst = False
             if stopping:
                 return False
+            if self._in_burst and time.monotonic() - self._last_spooled < self.burst_idle:
+                # caught up with producers still in their burst: the burst goes on, and its
+                # tail ships once they went quiet (not a batch_interval later)
+                self._sleep(self.burst_idle)
+                return True
+            self._in_burst = False
             self._sleep(self.batch_interval)
             self._next_ship = time.monotonic() + self.batch_interval
             return True
@@ -377,10 +384,10 @@ class Shipper:
         if pending is not None:
             pending.result()
 
-    def _ack(self, event_ids: list[str]) -> int:
-        """Acknowledge ``event_ids`` in the spool and count them as shipped (on the acker
+    def _ack(self, delivered: list[SpooledEvent]) -> int:
+        """Acknowledge ``delivered`` in the spool and count them as shipped (on the acker
         thread); returns how many were still spooled."""
-        acked = self.spool.ack(event_ids)
+        acked = self.spool.ack(delivered)
         with self._lock:
             self._shipped += acked
         return acked
@@ -404,7 +411,7 @@ class Shipper:
             error = redact(str(exc))
             results = [ItemResult(i.event_id, Outcome.RETRY, None, error, cause) for i in batch]
         by_id = {result.event_id: result for result in results}
-        delivered: list[str] = []
+        delivered: list[SpooledEvent] = []
         causes: Counter[str] = Counter()
         first_error = ""
         for item in batch:
@@ -413,9 +420,9 @@ class Shipper:
                 causes["no_result"] += 1
                 continue
             if result.outcome is Outcome.OK:
-                delivered.append(item.event_id)
+                delivered.append(item)
             elif result.outcome is Outcome.REJECT:
-                self.spool.dead_letter(item.event_id, result.error, result.status)
+                self.spool.dead_letter(item, result.error, result.status)
             else:
                 causes[result.cause or "retry"] += 1
                 first_error = first_error or result.error

@@ -9,9 +9,22 @@ Durability guarantee
     below, and every one of those is counted.
 
 Exactly once
-    Rows are keyed by the event's content-derived id, inserted with ``INSERT OR IGNORE``: the
-    same event emitted twice is stored once. Ids of acknowledged and dead-lettered events are
-    remembered for ``max_age`` so a late duplicate is not shipped again either.
+    Events carry a content-derived id. The spool remembers every id it took, with the time it
+    was first spooled (the ``known_ids`` table), and an insert of a known id is skipped (one
+    rule, a trigger on ``events``): the same event emitted twice is stored once. An id is
+    remembered for ``2 * max_age`` after it was spooled: while its event is spooled (at most
+    ``max_age``, the age policy) and at least ``max_age`` after it was delivered,
+    dead-lettered or dropped, so a late duplicate is not spooled or shipped again either.
+    Acknowledging does not touch the ids: it deletes the delivered rows by their ``seq``
+    (never reused, AUTOINCREMENT), consecutive rows of the spool order, so draining a backlog
+    writes a few pages per batch, not an index entry at a random place per event.
+
+Schema versions
+    The file records its layout (``PRAGMA user_version``, :data:`SCHEMA_VERSION`). A file
+    written by an older tuf-exporter is migrated when it is opened, in one transaction
+    (nothing is lost, and a failed migration leaves the file as it was and raises
+    :class:`SpoolError`); a file written by a newer one is refused with
+    :class:`SpoolError`, left as it is.
 
 Size and age policy
     The spool's size is the total byte length of the spooled documents. When an insert would
@@ -66,6 +79,7 @@ from exporter import catalogue
 from exporter.config import Events
 from exporter.events._spool_db import (
     MAX_ERROR_CHARS,
+    SCHEMA_VERSION,
     SPOOL_FILE,
     WAL_AUTOCHECKPOINT_PAGES,
     SpoolError,
@@ -75,6 +89,7 @@ from exporter.events._spool_producing import _SpoolProducer
 __all__ = [
     "DROP_CAUSES",
     "MAX_ERROR_CHARS",
+    "SCHEMA_VERSION",
     "SPOOL_FILE",
     "WAL_AUTOCHECKPOINT_PAGES",
     "DeadLetter",
@@ -159,44 +174,42 @@ class Spool(_SpoolProducer):
         rows = self._read(select)  # the read connection: producers are not held up
         return [SpooledEvent(*r) for r in rows]
 
-    def ack(self, event_ids: Iterable[str]) -> int:
-        """Remove delivered events; returns how many were still spooled."""
-        ids = list(dict.fromkeys(event_ids))
-        now = self.clock()
+    def ack(self, events: Iterable[SpooledEvent]) -> int:
+        """Remove delivered events (as :meth:`peek` returned them); returns how many were
+        still spooled. One transaction, deleting by ``seq``: the rows of a batch are
+        consecutive in the table, and their ids stay known (see "Exactly once")."""
+        seqs = sorted({item.seq for item in events})
 
         def delete(conn: sqlite3.Connection) -> int:
             removed = 0
             freed = 0
             with self._transaction(conn):
-                for start in range(0, len(ids), 500):
-                    chunk = ids[start : start + 500]
+                for start in range(0, len(seqs), 500):
+                    chunk = seqs[start : start + 500]
                     marks = ",".join("?" * len(chunk))
                     # one statement deletes and tells the sizes freed (no SELECT first)
                     sizes = conn.execute(
-                        f"DELETE FROM events WHERE event_id IN ({marks}) "  # noqa: S608
-                        "RETURNING size",
+                        f"DELETE FROM events WHERE seq IN ({marks}) RETURNING size",  # noqa: S608
                         chunk,
                     ).fetchall()
-                    conn.executemany(
-                        "INSERT OR IGNORE INTO acked (event_id, acked_at) VALUES (?, ?)",
-                        [(event_id, now) for event_id in chunk],
-                    )
                     freed += sum(int(size) for (size,) in sizes)
                     removed += len(sizes)
             self._bytes -= freed
             self._count -= removed
             return removed
 
-        return self._guarded(delete) if ids else 0
+        return self._guarded(delete) if seqs else 0
 
-    def dead_letter(self, event_id: str, error: str, status: int | None = None) -> bool:
-        """Set a rejected event aside with the sink's error; counted as dropped{rejected}."""
+    def dead_letter(self, event: SpooledEvent, error: str, status: int | None = None) -> bool:
+        """Set a rejected event (as :meth:`peek` returned it) aside with the sink's error;
+        counted as dropped{rejected}. False when it was no longer spooled."""
         now = self.clock()
+        event_id = event.event_id
 
         def move(conn: sqlite3.Connection) -> bool:
             with self._transaction(conn):
                 row = conn.execute(
-                    "SELECT kind, size, document FROM events WHERE event_id = ?", (event_id,)
+                    "SELECT kind, size, document FROM events WHERE seq = ?", (event.seq,)
                 ).fetchone()
                 if row is None:
                     return False
@@ -205,7 +218,7 @@ class Spool(_SpoolProducer):
                     "(event_id, kind, failed_at, status, error, document) VALUES (?,?,?,?,?,?)",
                     (event_id, row[0], now, status, error[:MAX_ERROR_CHARS], row[2]),
                 )
-                conn.execute("DELETE FROM events WHERE event_id = ?", (event_id,))
+                conn.execute("DELETE FROM events WHERE seq = ?", (event.seq,))
                 self._bytes -= int(row[1])
                 self._count -= 1
                 return True
@@ -252,11 +265,13 @@ class Spool(_SpoolProducer):
                         continue
                     size = len(document.encode("utf-8"))
                     conn.execute("DELETE FROM dead_letters WHERE event_id = ?", (event_id,))
+                    # spooled anew: its id is forgotten first, the insert makes it known again
+                    conn.execute("DELETE FROM known_ids WHERE event_id = ?", (event_id,))
                     inserted = conn.execute(
-                        "INSERT OR IGNORE INTO events (event_id, kind, spooled_at, size, "
-                        "document) VALUES (?, ?, ?, ?, ?)",
+                        "INSERT INTO events (event_id, kind, spooled_at, size, document) "
+                        "VALUES (?, ?, ?, ?, ?) RETURNING seq",
                         (event_id, kind, now, size, document),
-                    ).rowcount
+                    ).fetchall()
                     if inserted:
                         self._bytes += size
                         self._count += 1
@@ -269,9 +284,10 @@ class Spool(_SpoolProducer):
         return moved
 
     def enforce_limits(self) -> int:
-        """Apply the age policy (and trim old ack and dead-letter records); returns the number
-        of events dropped as too old."""
-        cutoff = self.clock() - self.max_age
+        """Apply the age policy (and forget ids spooled more than ``2 * max_age`` ago, trim
+        old dead letters); returns the number of events dropped as too old."""
+        now = self.clock()
+        cutoff = now - self.max_age
 
         def prune(conn: sqlite3.Connection) -> int:
             with self._transaction(conn):
@@ -290,7 +306,9 @@ class Spool(_SpoolProducer):
                     conn.execute(f"DELETE FROM events {where}", args)  # noqa: S608
                     self._bytes -= int(freed)
                     self._count -= int(count)
-                conn.execute("DELETE FROM acked WHERE acked_at < ?", (cutoff,))
+                conn.execute(
+                    "DELETE FROM known_ids WHERE spooled_at < ?", (now - 2 * self.max_age,)
+                )
                 conn.execute("DELETE FROM dead_letters WHERE failed_at < ?", (cutoff,))
                 conn.execute(
                     "DELETE FROM dead_letters WHERE event_id IN (SELECT event_id FROM "

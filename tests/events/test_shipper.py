@@ -18,7 +18,7 @@ from support.opensearch_fake import FakeOpenSearch, wait_until
 
 from exporter import catalogue
 from exporter.config import Config, OpenSearch
-from exporter.events import Backoff, Event, EventKind, FileSink, Shipper, Spool
+from exporter.events import Backoff, Event, EventKind, FileSink, Shipper, Spool, SpooledEvent
 from exporter.events.opensearch_sink import (
     OpenSearchSink,
     index_template,
@@ -495,6 +495,34 @@ def test_the_tail_of_a_burst_ships_without_waiting_for_the_interval(
     assert fake.ids() == {e.event_id for e in burst}  # after the burst: waits for the interval
 
 
+def test_a_burst_slower_than_the_shipper_still_ships_its_tail_at_once(
+    fake: FakeOpenSearch, spool: Spool, make_shipper: ShipperFactory
+) -> None:
+    """The shipper empties the spool between two parts of a burst (its producers are slower
+    than shipping): the burst goes on, its tail does not wait for the 30 s interval."""
+    peek = spool.peek
+    empty: list[int] = []  # documents OpenSearch held when the shipper found the spool empty
+
+    def watched_peek(n: int, *, after: int = 0) -> list[SpooledEvent]:
+        batch = peek(n, after=after)
+        if not batch:
+            empty.append(len(fake.ids()))
+        return batch
+
+    spool.peek = watched_peek  # type: ignore[method-assign]
+    make_shipper(batch_size=10, batch_interval=30.0, burst_idle=3.0)
+    wait_until(lambda: "tuf-events" in fake.templates)
+    first = [event(i) for i in range(10)]
+    spool.emit_many(first)
+    # the shipper shipped the first part and found the spool empty
+    wait_until(lambda: any(held == len(first) for held in empty))
+    tail = [event(i) for i in range(10, 15)]
+    started = time.monotonic()
+    spool.emit_many(tail)  # within burst_idle of the first part: the same burst
+    expect_exactly_once(fake, first + tail)
+    assert time.monotonic() - started < 15  # half the interval, however loaded the machine
+
+
 class RecordingSink:
     """A sink that records what it was given, serialised or as dicts."""
 
@@ -718,12 +746,12 @@ def test_a_failed_overlapped_acknowledgement_keeps_its_batch_and_ships_it_again(
     ack = spool.ack
     failed: list[str] = []
 
-    def failing_once(event_ids: Any) -> int:
-        ids = list(event_ids)
+    def failing_once(delivered: Any) -> int:
+        items = list(delivered)
         if not failed:
-            failed.extend(ids)
+            failed.extend(item.event_id for item in items)
             raise sqlite3.OperationalError("disk I/O error")
-        return ack(ids)
+        return ack(items)
 
     spool.ack = failing_once  # type: ignore[method-assign]
     events = [event(i) for i in range(12)]

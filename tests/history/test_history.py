@@ -1348,7 +1348,7 @@ def test_a_findings_event_commits_with_it_and_leaves_the_outbox_only_once_spoole
         assert store.drain_outbox(spool.put_many) == len(found)
         assert store.outbox_pending == 0 and store.drain_outbox(spool.put_many) == 0
         assert {e.event_id for e in spool.peek(100)} == wanted, "spooled once"
-        spool.ack(list(wanted))
+        spool.ack(spool.peek(100))
         store.observe(online("primary", 3), POLICY, at(120))
         assert store.outbox_pending > 0
 

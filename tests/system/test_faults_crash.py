@@ -122,12 +122,12 @@ elif point in ("spool_committed", "outbox_deleted"):
 elif point in ("sink_accepted", "acked"):  # a batch with finding events reached OpenSearch
     ack = Spool.ack
 
-    def ack_and_crash(self, ids):
-        ids = list(ids)
-        mine = finding_ids.intersection(ids)
+    def ack_and_crash(self, delivered):
+        delivered = list(delivered)
+        mine = finding_ids.intersection(item.event_id for item in delivered)
         if mine and point == "sink_accepted":
             crash(point)
-        acked = ack(self, ids)
+        acked = ack(self, delivered)
         if mine:
             crash(point)
         return acked
