@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.opensearch_fake import FakeOpenSearch, wait_until
+from support import poll
+from support.opensearch_fake import FakeOpenSearch
 
 from exporter import catalogue
 from exporter.config import Config, OpenSearch
@@ -70,7 +71,7 @@ def make_shipper(fake: FakeOpenSearch, spool: Spool) -> Iterator[ShipperFactory]
 
 def expect_exactly_once(fake: FakeOpenSearch, events: list[Event]) -> None:
     wanted = {e.event_id for e in events}
-    wait_until(lambda: fake.ids() >= wanted)
+    poll(lambda: fake.ids() >= wanted)
     assert fake.ids() == wanted
     assert len(fake.documents) == len(events)
     assert all(count == 1 for count in fake.created.values())
@@ -90,7 +91,7 @@ def test_ships_to_daily_indices_with_create_by_id(
     }
     stored = fake.documents[("tuf-events-2024.05.01", events[0].event_id)]
     assert stored == events[0].to_document()
-    wait_until(lambda: len(spool) == 0)
+    poll(lambda: len(spool) == 0)
     assert shipper.stats()["shipped"] == 25
 
 
@@ -125,11 +126,11 @@ def test_server_down_for_a_while_then_back(
     more = [event(i) for i in range(10, 40)]
     for e in more:
         spool.emit(e)
-    wait_until(lambda: shipper.stats()["errors"].get("connection", 0) >= 3)
+    poll(lambda: shipper.stats()["errors"].get("connection", 0) >= 3)
     assert len(spool) == 30
     fake.up()
     expect_exactly_once(fake, first + more)
-    wait_until(lambda: len(spool) == 0)
+    poll(lambda: len(spool) == 0)
 
 
 def test_setup_waits_for_the_server(
@@ -138,7 +139,7 @@ def test_setup_waits_for_the_server(
     fake.down()
     spool.emit(event(1))
     shipper = make_shipper()
-    wait_until(lambda: shipper.stats()["errors"].get("setup", 0) >= 2)
+    poll(lambda: shipper.stats()["errors"].get("setup", 0) >= 2)
     fake.up()
     expect_exactly_once(fake, [event(1)])
     assert "tuf-events" in fake.templates and "tuf-events-retention" in fake.policies
@@ -148,7 +149,7 @@ def test_429_and_500_are_retried_and_nothing_doubles(
     fake: FakeOpenSearch, spool: Spool, make_shipper: ShipperFactory
 ) -> None:
     shipper = make_shipper()
-    wait_until(lambda: "tuf-events" in fake.templates)
+    poll(lambda: "tuf-events" in fake.templates)
     fake.fail_next(2, 429)
     fake.fail_next(2, 500)
     fake.fail_items(3, 429)
@@ -159,7 +160,7 @@ def test_429_and_500_are_retried_and_nothing_doubles(
     expect_exactly_once(fake, events)
     errors = shipper.stats()["errors"]
     assert errors.get("throttled", 0) >= 2 and errors.get("server_error", 0) >= 2
-    wait_until(lambda: len(spool) == 0)
+    poll(lambda: len(spool) == 0)
     assert spool.dropped() == {}
 
 
@@ -176,9 +177,9 @@ def test_a_conflict_means_already_there(
         shipper = make_shipper(spool=other)
         for e in events:
             other.emit(e)
-        wait_until(lambda: len(other) == 0)
+        poll(lambda: len(other) == 0)
         # the count moves just after the acknowledgement that emptied the spool
-        wait_until(lambda: shipper.stats()["shipped"] == 5)
+        poll(lambda: shipper.stats()["shipped"] == 5)
     assert sum(fake.conflicts.values()) == 5
     expect_exactly_once(fake, events)
 
@@ -193,7 +194,7 @@ def test_a_rejected_document_is_set_aside_while_others_flow(
     for e in [*good[:6], bad, *good[6:]]:
         spool.emit(e)
     expect_exactly_once(fake, good)
-    wait_until(lambda: len(spool) == 0)
+    poll(lambda: len(spool) == 0)
     letters = spool.dead_letters()
     assert [d.event_id for d in letters] == [bad.event_id]
     assert letters[0].status == 400 and "mapper_parsing_exception" in letters[0].error
@@ -207,7 +208,7 @@ def test_template_and_retention_policy(
     fake: FakeOpenSearch, spool: Spool, make_shipper: ShipperFactory
 ) -> None:
     make_shipper()
-    wait_until(lambda: "tuf-events" in fake.templates)
+    poll(lambda: "tuf-events" in fake.templates)
     template = fake.templates["tuf-events"]
     assert template == index_template("tuf-events")
     properties = template["template"]["mappings"]["properties"]
@@ -256,7 +257,7 @@ def test_stop_flushes_what_it_can(
     fake: FakeOpenSearch, spool: Spool, make_shipper: ShipperFactory
 ) -> None:
     shipper = make_shipper(batch_size=100, batch_interval=30.0)
-    wait_until(lambda: "tuf-events" in fake.templates)
+    poll(lambda: "tuf-events" in fake.templates)
     events = [event(i) for i in range(7)]
     for e in events:
         spool.emit(e)
@@ -269,7 +270,7 @@ def test_stop_with_the_server_down_keeps_the_backlog(
     fake: FakeOpenSearch, spool: Spool, make_shipper: ShipperFactory
 ) -> None:
     shipper = make_shipper()
-    wait_until(lambda: "tuf-events" in fake.templates)
+    poll(lambda: "tuf-events" in fake.templates)
     fake.down()
     spool.emit(event(1))
     started = time.monotonic()
@@ -284,7 +285,7 @@ def test_metrics_are_the_six_catalogue_families(
     shipper = make_shipper()
     spool.emit(event(1))
     expect_exactly_once(fake, [event(1)])
-    wait_until(lambda: shipper.stats()["shipped"] == 1)
+    poll(lambda: shipper.stats()["shipped"] == 1)
     names = {f.name for f in shipper.collect()}
     expected = {
         catalogue.spec(n).family_name
@@ -342,7 +343,7 @@ def test_sigkill_with_a_backlog_then_restart(fake: FakeOpenSearch, tmp_path: Pat
     try:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "spooled"
-        wait_until(lambda: len(fake.ids()) >= 30, timeout=20)
+        poll(lambda: len(fake.ids()) >= 30, timeout=20)
         child.send_signal(signal.SIGKILL)
         child.wait(10)
     finally:
@@ -365,8 +366,8 @@ def test_sigkill_with_a_backlog_then_restart(fake: FakeOpenSearch, tmp_path: Pat
         shipper = Shipper(spool, sink, batch_size=20, batch_interval=0.01, backoff=FAST)
         shipper.start()
         try:
-            wait_until(lambda: fake.ids() == expected)
-            wait_until(lambda: len(spool) == 0)
+            poll(lambda: fake.ids() == expected)
+            poll(lambda: len(spool) == 0)
         finally:
             shipper.stop(timeout=1.0)
     assert len(fake.documents) == total
@@ -392,7 +393,7 @@ def test_file_sink_through_the_spool_and_shipper(tmp_path: Path) -> None:
             events = [event(i) for i in range(15)]
             for e in events:
                 spool.emit(e)
-            wait_until(lambda: len(spool) == 0)
+            poll(lambda: len(spool) == 0)
         finally:
             assert shipper.stop(timeout=2.0)
     lines = read_lines(tmp_path / "events.jsonl")
@@ -446,7 +447,7 @@ def test_a_partial_batch_waits_for_the_interval_and_a_full_one_ships_at_once(
     fake: FakeOpenSearch, spool: Spool, make_shipper: ShipperFactory
 ) -> None:
     make_shipper(batch_size=10, batch_interval=30.0)
-    wait_until(lambda: "tuf-events" in fake.templates)
+    poll(lambda: "tuf-events" in fake.templates)
     events = [event(i) for i in range(10)]
     for e in events[:9]:
         spool.emit(e)
@@ -460,11 +461,11 @@ def test_new_events_do_not_cut_a_backoff_short(
     fake: FakeOpenSearch, spool: Spool, make_shipper: ShipperFactory
 ) -> None:
     shipper = make_shipper(batch_size=2, backoff=Backoff(initial=30.0, maximum=30.0, jitter=0))
-    wait_until(lambda: "tuf-events" in fake.templates)
+    poll(lambda: "tuf-events" in fake.templates)
     fake.down()
     spool.emit(event(0))
     spool.emit(event(1))
-    wait_until(lambda: shipper.stats()["errors"].get("connection", 0) >= 1)
+    poll(lambda: shipper.stats()["errors"].get("connection", 0) >= 1)
     for i in range(2, 40):
         spool.emit(event(i))  # each finds a full batch waiting, but the shipper backs off
     time.sleep(0.3)
@@ -478,7 +479,7 @@ def test_the_tail_of_a_burst_ships_without_waiting_for_the_interval(
     fake: FakeOpenSearch, spool: Spool, make_shipper: ShipperFactory
 ) -> None:
     make_shipper(batch_size=10, batch_interval=30.0)
-    wait_until(lambda: "tuf-events" in fake.templates)
+    poll(lambda: "tuf-events" in fake.templates)
     burst = [event(i) for i in range(25)]
     started = time.monotonic()
     for e in burst:
@@ -486,7 +487,7 @@ def test_the_tail_of_a_burst_ships_without_waiting_for_the_interval(
     expect_exactly_once(fake, burst)  # 10 + 10 + the 5 left, long before the 30 s interval
     # half the interval: the tail did not wait for it, however loaded the machine is
     assert time.monotonic() - started < 15
-    wait_until(lambda: len(spool) == 0)
+    poll(lambda: len(spool) == 0)
     time.sleep(0.2)
     trickle = [event(i) for i in range(100, 103)]
     for e in trickle:
@@ -511,11 +512,11 @@ def test_a_burst_slower_than_the_shipper_still_ships_its_tail_at_once(
 
     spool.peek = watched_peek  # type: ignore[method-assign]
     make_shipper(batch_size=10, batch_interval=30.0, burst_idle=3.0)
-    wait_until(lambda: "tuf-events" in fake.templates)
+    poll(lambda: "tuf-events" in fake.templates)
     first = [event(i) for i in range(10)]
     spool.emit_many(first)
     # the shipper shipped the first part and found the spool empty
-    wait_until(lambda: any(held == len(first) for held in empty))
+    poll(lambda: any(held == len(first) for held in empty))
     tail = [event(i) for i in range(10, 15)]
     started = time.monotonic()
     spool.emit_many(tail)  # within burst_idle of the first part: the same burst
@@ -610,12 +611,12 @@ def test_a_failed_acknowledgement_is_counted_and_the_shipper_goes_on(tmp_path: P
             spool.emit(e)
         shipper.start()
         try:
-            wait_until(lambda: shipper.stats()["errors"].get("spool", 0) >= 1)
+            poll(lambda: shipper.stats()["errors"].get("spool", 0) >= 1)
             assert shipper.running
             lock.execute("ROLLBACK")
             for e in events[5:]:
                 spool.emit(e)
-            wait_until(lambda: spool.backlog == 0 and len(spool) == 0)
+            poll(lambda: spool.backlog == 0 and len(spool) == 0)
             assert shipper.running
         finally:
             shipper.stop(timeout=1.0)
@@ -646,7 +647,7 @@ def test_a_bug_in_a_step_is_counted_and_the_shipper_goes_on(
             spool.emit(e)
         shipper.start()
         try:
-            wait_until(lambda: len(spool) == 0)
+            poll(lambda: len(spool) == 0)
             assert shipper.running
         finally:
             shipper.stop(timeout=1.0)
@@ -690,7 +691,7 @@ def test_finding_events_move_from_the_history_outbox_and_a_failure_waits_in_it(
                           outbox=history)
         shipper.start()
         try:
-            wait_until(lambda: history.outbox_pending == 0 and len(spool) == 0)
+            poll(lambda: history.outbox_pending == 0 and len(spool) == 0)
             assert shipper.running
         finally:
             shipper.stop(timeout=1.0)
@@ -730,7 +731,7 @@ def test_the_next_batch_is_sent_while_the_previous_one_is_acknowledged(spool: Sp
     shipper = Shipper(spool, sink, batch_size=4, batch_interval=0.05, backoff=FAST)
     shipper.start()
     try:
-        wait_until(lambda: len(spool) == 0 and shipper.stats()["shipped"] == 10)
+        poll(lambda: len(spool) == 0 and shipper.stats()["shipped"] == 10)
     finally:
         shipper.stop(2.0)
     assert overlapped == [True]
@@ -759,7 +760,7 @@ def test_a_failed_overlapped_acknowledgement_keeps_its_batch_and_ships_it_again(
     shipper = Shipper(spool, sink, batch_size=4, batch_interval=0.05, backoff=FAST)
     shipper.start()
     try:
-        wait_until(lambda: len(spool) == 0)
+        poll(lambda: len(spool) == 0)
     finally:
         shipper.stop(2.0)
     sent = [event_id for event_id, _ in sink.texts]

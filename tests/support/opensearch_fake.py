@@ -400,14 +400,3 @@ class FakeOpenSearch:
             "_primary_term": 1,
             "status": 201 if created else 200,
         }
-
-
-def wait_until(
-    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02
-) -> None:
-    """Poll ``predicate`` until it is true; AssertionError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 import yaml
-from support import Sim
-from support.opensearch_fake import FakeOpenSearch, wait_until
+from support import Sim, poll
+from support.opensearch_fake import FakeOpenSearch
 
 from exporter.events import parse_time
 from exporter.history import Finding, FindingKind
@@ -275,7 +275,7 @@ def _assert_exactly_once(exporter: Exporter, fake: FakeOpenSearch) -> None:
         return (bool(counted) and counted <= fake.ids() and not exporter.outbox()
                 and not exporter.spooled())
 
-    wait_until(settled, timeout=30)
+    poll(settled, timeout=30)
     exporter.kill()
     counted = exporter.counted_findings()
     assert len(counted) == len(set(counted)), "a finding was counted twice"
@@ -289,7 +289,7 @@ def _wait(exporter: Exporter, check: Callable[[], bool], timeout: float, what: s
     """Poll ``check`` until it is true; after ``timeout`` seconds fail with ``what``, what the
     history holds and the exporter's log."""
     try:
-        wait_until(check, timeout=timeout)
+        poll(check, timeout=timeout)
     except AssertionError:
         raise AssertionError(
             f"{what} within {timeout:.1f} s; the history records timestamp versions "
