@@ -41,7 +41,7 @@ from exporter.generate.alerts import AlertOptions
 from exporter.history import Finding, HistoryStore, configured_endpoints
 from exporter.history.cadence import CadenceTracker, online_roles
 from exporter.probe.classify import exporter_error_result
-from exporter.probe.external import run_client
+from exporter.probe.external import Forwarder, run_client
 from exporter.probe.prober import Prober, temporary_directory
 from exporter.probe.results import (
     CLIENT_NEW,
@@ -311,6 +311,9 @@ class Service:
         )
         #: Bounds external client processes (``client_concurrency``, sized at start).
         self.client_slots = threading.Semaphore(config.client_concurrency)
+        #: The external clients' loopback forwarder: started at the first client run, kept
+        #: alive between runs, closed by :meth:`stop`.
+        self.forwarder = Forwarder()
         self.scheduler = Scheduler(
             self._probe, self.store.skipped, config.workers, run_signer=self._probe_signer,
             run_views=self._probe_views,
@@ -354,6 +357,7 @@ class Service:
     def stop(self) -> None:
         """Stop probing (running probes end by their deadlines), then flush events."""
         self.scheduler.stop(wait=True)
+        self.forwarder.close()
         self.shipper.stop(timeout=5.0)
         self.spool.close()
         self.history.close()
@@ -390,6 +394,7 @@ class Service:
         with self.members.changing(keys):
             self.store.expect(keys, _client_views(config, bootstrap_roots))
             self.prober.forget(keys)
+            self.forwarder.forget(keys)
             self.signers.configure(config.signers)
             self.keys.retain({s.repository for s in config.signers})
             self.cadence.retain({r.name for r in config.repositories})
@@ -525,7 +530,7 @@ class Service:
         root = loaded.trusted_roots[repo.name]
         self.store.started()
         result = run_client(client, repo, endpoint, root, self.config.state_dir,
-                            self.client_slots)
+                            self.client_slots, self.forwarder)
         with self.members.recording(repo.name, endpoint.name) as configured:
             view = (repo.name, endpoint.name, client.name)
             if not configured or view not in _client_views(loaded.config,
