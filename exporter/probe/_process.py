@@ -196,7 +196,7 @@ def run_process(
                         if pidfd is None:
                             wait = min(wait, poll)
                     for key, _ in selector.select(timeout=wait):
-                        if key.data is None:  # the pidfd: the leader exited, reaped above
+                        if key.data is None:  # the pidfd: the leader exited (reaped next turn)
                             continue
                         stream: IO[bytes] = key.fileobj  # type: ignore[assignment]
                         data = os.read(stream.fileno(), _READ)

@@ -118,8 +118,9 @@ def max_length(role: str, limits: Limits) -> int:
 
 class _ChunkedWriter:
     """Writes a response body with chunked transfer encoding; the status line and headers go
-    out with the first chunk (or at :meth:`finish` for an empty body). A body cut short is
-    never terminated, so the client sees an incomplete response, not a short file."""
+    out with the first chunk, in one write (or at :meth:`finish` for an empty body), and each
+    chunk is sent as it comes. A body cut short is never terminated, so the client sees an
+    incomplete response, not a short file."""
 
     def __init__(self, handler: _Handler) -> None:
         self._handler = handler
@@ -137,6 +138,7 @@ class _ChunkedWriter:
         self._start()
         if data:
             self._handler.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
+            self._handler.wfile.flush()  # a slow body reaches the client as it arrives
         return len(data)
 
     def finish(self) -> None:
@@ -164,9 +166,14 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = _IDLE
-    #: TCP_NODELAY: the headers, each chunk and the last chunk are separate small writes, and
-    #: Nagle's algorithm would hold one back until the client's delayed ACK (up to 40 ms).
+    #: TCP_NODELAY: a response is two writes (headers with the first chunk, then the last
+    #: chunk), and Nagle's algorithm held the second back until the client's delayed ACK:
+    #: 40 ms on every request but the first of a kept-alive connection.
     disable_nagle_algorithm = True
+    #: Buffered writes, flushed after each chunk and after each response (by
+    #: ``handle_one_request``): the status line and headers go out with the first chunk, and a
+    #: short response in one write.
+    wbufsize = 64 * 1024
     server: _Server
 
     def log_message(self, format: str, *args: object) -> None:
