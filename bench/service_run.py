@@ -220,15 +220,16 @@ def worker(
     steady = mode in ("endpoints", "clients")
     service = Service(Path(config_path), first_run_within=INTERVAL if steady else 5)
     runs: list[tuple[float, float, bool, str, tuple[str, str, str]]] = []
-    from exporter.probe.external import run_client  # what the service module calls
+    from exporter.probe.external import Forwarder, run_client  # what the service calls
 
     def observed_client(client: Client, repository: Repository, endpoint: Endpoint,
                         trusted_root: bytes, state_dir: Path,
                         slots: threading.Semaphore | None = None,
-                        cancel: threading.Event | None = None) -> ProbeResult:
+                        cancel: threading.Event | None = None,
+                        forwarder: Forwarder | None = None) -> ProbeResult:
         """The service's own client run, with each result noted."""
         result = run_client(client, repository, endpoint, trusted_root, state_dir, slots,
-                            cancel)
+                            cancel, forwarder)
         runs.append((result.started_at.timestamp(), result.duration_seconds, result.success,
                      str(result.reason or ""), (client.name, repository.name, endpoint.name)))
         return result

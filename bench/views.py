@@ -15,7 +15,9 @@
   gets timestamp, snapshot and targets from the pass's memo.
 * 11, external clients: one run of a client through tuf-exporter
   (:func:`exporter.probe.external.run_client`: its directories, process groups, bounded
-  output and the forwarder every request goes through) against the same adapter commands run
+  output and the forwarder every request goes through, one :class:`Forwarder` for all runs as
+  the service keeps it; the first run of each side is not measured) against the same adapter
+  commands run
   alone with ``subprocess.run`` straight at the web server, same environment, same kind of
   metadata directory (goal <= 1.1x wall time), in ``new`` mode (``init``, ``refresh``,
   ``download`` every run) and ``returning`` mode (``refresh``, ``download``). The python-tuf
@@ -55,7 +57,7 @@ from bench.service_run import INTERVAL, run_service, write_config
 from bench.simproc import SimProcess, Spec
 from exporter.adapters import PYTHON_TUF_CLIENT, TUF_JS_CLIENT, TUF_JS_DIR
 from exporter.config.model import Client, ClientMode, Repository
-from exporter.probe.external import client_environment, run_client
+from exporter.probe.external import Forwarder, client_environment, run_client
 from exporter.probe.prober import Prober
 from exporter.probe.results import ProbeResult
 
@@ -234,6 +236,12 @@ def _alone(client: Client, run_dir: Path, metadata: Path, urls: tuple[str, str],
 def _client_row(client: Client, tmp: Path, urls: tuple[str, str], root: bytes,
                 canaries: tuple[str, ...], reps: int) -> Row:
     """Case 11 for one client: runs through tuf-exporter against its commands run alone."""
+    with Forwarder() as forwarder:
+        return _client_runs(client, tmp, urls, root, canaries, reps, forwarder)
+
+
+def _client_runs(client: Client, tmp: Path, urls: tuple[str, str], root: bytes,
+                 canaries: tuple[str, ...], reps: int, forwarder: Forwarder) -> Row:
     repo = repository(urls, canaries=canaries)
     state = tmp / f"state-{client.name}-{client.mode}"
     alone_dir = tmp / f"alone-{client.name}-{client.mode}"
@@ -241,7 +249,7 @@ def _client_row(client: Client, tmp: Path, urls: tuple[str, str], root: bytes,
 
     def ours() -> float:
         start = time.perf_counter()
-        result = run_client(client, repo, repo.primary, root, state)
+        result = run_client(client, repo, repo.primary, root, state, forwarder=forwarder)
         seconds = time.perf_counter() - start
         assert result.success, result.message
         return seconds
@@ -257,9 +265,8 @@ def _client_row(client: Client, tmp: Path, urls: tuple[str, str], root: bytes,
         shutil.rmtree(run_dir)
         return seconds
 
-    if client.mode is ClientMode.RETURNING:  # the first run of each side initialises
-        ours()
-        alone()
+    ours()  # returning: the first run of each side initialises; both: warms up (the
+    alone()  # forwarder starts at the first run, once for the service's life)
     a, b = paired(reps, ours, alone)
     steps = "init, refresh, download" if client.mode is ClientMode.NEW else "refresh, download"
     return Row(f"11 external client {client.name}, mode {client.mode} ({steps}), 10 targets: "

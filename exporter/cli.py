@@ -28,7 +28,7 @@ from exporter.config.model import (
 )
 from exporter.generate.alerts import AlertOptions
 from exporter.history.store import HistoryError
-from exporter.probe.external import run_client
+from exporter.probe.external import Forwarder, run_client
 from exporter.probe.prober import Prober, temporary_directory
 from exporter.probe.results import ProbeResult, rfc3339
 from exporter.probe.roots import TrustedRootError
@@ -114,9 +114,12 @@ def _run_clients(config: Config, repos: Sequence[Repository],
     if not jobs:
         return []
     slots = threading.Semaphore(config.client_concurrency)
-    with ThreadPoolExecutor(max_workers=min(config.client_concurrency, len(jobs))) as pool:
+    with Forwarder() as forwarder, \
+            ThreadPoolExecutor(max_workers=min(config.client_concurrency, len(jobs))) as pool:
         return list(pool.map(lambda job: run_client(
-            job[0], job[1], job[2], roots[job[1].name], config.state_dir, slots), jobs))
+            job[0], job[1], job[2], roots[job[1].name], config.state_dir, slots,
+            forwarder=forwarder),
+            jobs))
 
 
 def cmd_clients_install(args: argparse.Namespace) -> int:

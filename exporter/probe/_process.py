@@ -27,8 +27,14 @@ from exporter.probe.classify import describe, host_fault
 OUTPUT_BOUND = 64 * 1024
 #: Seconds between SIGTERM and SIGKILL to a client's process group at its timeout.
 KILL_GRACE = 2.0
+#: Seconds between checks of a child (the default ``poll`` of :func:`run_process`) where Linux's
+#: pidfd (which wakes the wait the moment the leader exits) is not available, and while the
+#: process group gets its ``grace``.
+POLL = 0.05
+#: Seconds the pipes are still read after the leader exited and its group was killed (a
+#: process outside the group may hold them).
+DRAIN = 1.0
 _READ = 64 * 1024
-_POLL = 0.05
 
 
 class _Tail:
@@ -102,8 +108,9 @@ def _signal_group(pgid: int, signum: int) -> bool:
     return True
 
 
-def _terminate(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM to the process group, up to ``grace`` seconds for it to go, then SIGKILL."""
+def _terminate(proc: subprocess.Popen[bytes], grace: float, poll: float) -> None:
+    """SIGTERM to the process group, up to ``grace`` seconds for it to go (checked every
+    ``poll`` seconds), then SIGKILL."""
     pgid = proc.pid
     if _signal_group(pgid, signal.SIGTERM):
         until = time.monotonic() + grace
@@ -111,8 +118,17 @@ def _terminate(proc: subprocess.Popen[bytes], grace: float) -> None:
             proc.poll()  # reap the leader, so an exited group is seen as gone
             if not _signal_group(pgid, 0):
                 break
-            time.sleep(_POLL)
+            time.sleep(poll)
     _signal_group(pgid, signal.SIGKILL)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd of the child ``pid`` (Linux 5.3+), or None where there is none: the wait for
+    the child's exit then checks it every :data:`POLL` seconds."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux, an old kernel, or no descriptor left
+        return None
 
 
 def run_process(
@@ -124,15 +140,18 @@ def run_process(
     deadline: float,
     bound: int = OUTPUT_BOUND,
     grace: float = KILL_GRACE,
+    poll: float = POLL,
     cancel: threading.Event | None = None,
 ) -> Step:
     """Run ``argv`` in its own session and process group until it exits or ``deadline``
     (monotonic seconds) passes; the group is killed either way (SIGTERM, ``grace`` seconds,
     SIGKILL at the deadline; SIGKILL to what is left once the leader exited). Once ``cancel``
-    is set the group is killed the same way within :data:`_POLL` seconds and the step is
+    is set the group is killed the same way within ``poll`` seconds and the step is
     ``cancelled`` (a ``cancel`` set before the start starts nothing).
 
-    stdout and stderr are read as they come; the last ``bound`` bytes of each are kept.
+    The wait ends the moment the leader exits (on Linux, a pidfd wakes it; elsewhere the
+    leader is checked every ``poll`` seconds). stdout and stderr are read as they come; the
+    last ``bound`` bytes of each are kept.
     Raises only for a fault of this host (no descriptor or memory for the child:
     :func:`~exporter.probe.classify.host_fault`); a program that cannot be started (missing,
     not executable) is a :class:`Step` with ``start_error``.
@@ -154,49 +173,68 @@ def run_process(
     timed_out = cancelled = False
     finished_at: float | None = None  # when the leader exited or was killed
     assert proc.stdout is not None and proc.stderr is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ, out)
-        selector.register(proc.stderr, selectors.EVENT_READ, err)
-        try:
-            while selector.get_map():
-                now = time.monotonic()
-                if finished_at is None and cancel is not None and cancel.is_set():
-                    cancelled = True
-                    _terminate(proc, grace)
-                    finished_at = time.monotonic()
-                elif finished_at is None and now >= deadline:
-                    timed_out = True
-                    _terminate(proc, grace)
-                    finished_at = time.monotonic()
-                elif finished_at is None and proc.poll() is not None:
-                    _signal_group(proc.pid, signal.SIGKILL)  # what the leader left behind
-                    finished_at = now
-                if finished_at is not None and time.monotonic() - finished_at > 1.0:
-                    break  # a process outside the group holds the pipe: stop reading it
-                wait = _POLL if finished_at is not None else min(_POLL, max(deadline - now, 0))
-                for key, _ in selector.select(timeout=wait):
-                    stream: IO[bytes] = key.fileobj  # type: ignore[assignment]
-                    data = os.read(stream.fileno(), _READ)
-                    if data:
-                        key.data.add(data)
+    pidfd = _pidfd(proc.pid)
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(proc.stdout, selectors.EVENT_READ, out)
+            selector.register(proc.stderr, selectors.EVENT_READ, err)
+            if pidfd is not None:  # readable once the leader exited
+                selector.register(pidfd, selectors.EVENT_READ, None)
+            pipes = 2
+            try:
+                while pipes or finished_at is None:
+                    now = time.monotonic()
+                    if finished_at is None and cancel is not None and cancel.is_set():
+                        cancelled = True
+                        _terminate(proc, grace, poll)
+                        finished_at = time.monotonic()
+                    elif finished_at is None and now >= deadline:
+                        timed_out = True
+                        _terminate(proc, grace, poll)
+                        finished_at = time.monotonic()
+                    elif finished_at is None and proc.poll() is not None:
+                        _signal_group(proc.pid, signal.SIGKILL)  # what the leader left behind
+                        finished_at = now
+                    if finished_at is not None:
+                        if pidfd is not None and pidfd in selector.get_map():
+                            selector.unregister(pidfd)
+                        if not pipes:
+                            break
+                        wait = finished_at + DRAIN - time.monotonic()
+                        if wait <= 0:
+                            break  # a process outside the group holds a pipe: stop reading
                     else:
-                        selector.unregister(stream)
-        finally:
-            # an exception of ours, or pipes closed before the exit: wait for the deadline
-            # or the cancel, polling
-            while proc.poll() is None:
-                if cancel is not None and cancel.is_set():
-                    cancelled = True
-                elif time.monotonic() >= deadline:
-                    timed_out = True
-                else:
-                    time.sleep(_POLL)
-                    continue
-                _terminate(proc, grace)
-                break
-            _signal_group(proc.pid, signal.SIGKILL)
-            proc.wait()
-            proc.stdout.close()
-            proc.stderr.close()
+                        wait = max(deadline - now, 0)
+                        if pidfd is None or cancel is not None:
+                            wait = min(wait, poll)  # a cancel is an event, not a descriptor
+                    for key, _ in selector.select(timeout=wait):
+                        if key.data is None:  # the pidfd: the leader exited (reaped next turn)
+                            continue
+                        stream: IO[bytes] = key.fileobj  # type: ignore[assignment]
+                        data = os.read(stream.fileno(), _READ)
+                        if data:
+                            key.data.add(data)
+                        else:
+                            selector.unregister(stream)
+                            pipes -= 1
+            finally:
+                # an exception of ours: wait for the deadline or the cancel, polling
+                while proc.poll() is None:
+                    if cancel is not None and cancel.is_set():
+                        cancelled = True
+                    elif time.monotonic() >= deadline:
+                        timed_out = True
+                    else:
+                        time.sleep(poll)
+                        continue
+                    _terminate(proc, grace, poll)
+                    break
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+                proc.stdout.close()
+                proc.stderr.close()
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
     return Step(command, proc.returncode, timed_out, out.output(), err.output(),
                 time.monotonic() - t0, cancelled=cancelled)

@@ -24,11 +24,12 @@ client's name. A run:
   that removes the client view): no verdict, see :func:`run_client`;
 * keeps at most :data:`OUTPUT_BOUND` bytes of each of stdout and stderr, the tail, and counts
   the bytes before it (a client printing 100 MB costs a pipe's worth of memory);
-* points the client at a loopback forwarder (:class:`Forwarder`) that fetches every request from
-  the endpoint with the exporter's own :class:`~exporter.probe.fetcher.Fetcher` (the
-  repository's timeouts, retries, length limits and redirect policy) and records it: the run's
-  request log, and the role a failure is attributed to, come from the exporter's side, never
-  from the client's output.
+* points the client at a loopback forwarder (:class:`Forwarder`, one for every run of the
+  service, kept alive between runs) below a path prefix of the run's own (a :class:`Route`),
+  which fetches every request from the endpoint with the exporter's own
+  :class:`~exporter.probe.fetcher.Fetcher` (the repository's timeouts, retries, length limits
+  and redirect policy, the run's deadline) and records it: the run's request log, and the role
+  a failure is attributed to, come from the exporter's side, never from the client's output.
 
 Verdicts (``reason``): ``client_rejected`` (a command exited 1: the client refused the
 repository), ``client_timeout``, ``client_error`` (the program could not be started, exited with
@@ -38,8 +39,8 @@ fetched (:func:`exporter.probe.classify.role_of`); when that command made no req
 for the run's directories, no descriptor for a pipe) or a bug of ours is ``exporter_error``
 with its cause, as for python-tuf probes.
 
-The child processes of a run (``run_process``: session, process group, bounded output, kill at
-the deadline) are in ``exporter.probe._process``.
+The child processes of a run (:func:`run_process`: session, process group, bounded output, kill
+at the deadline, a wait that ends when the leader exits) are in ``exporter.probe._process``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
+import selectors
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -62,11 +66,12 @@ from urllib.parse import unquote
 from tuf.api import exceptions
 
 from exporter.config.model import Client, ClientMode, Endpoint, Limits, Repository, safe_name
-from exporter.probe._process import _POLL, Step, run_process
 from exporter.probe._process import KILL_GRACE as KILL_GRACE
 from exporter.probe._process import OUTPUT_BOUND as OUTPUT_BOUND
+from exporter.probe._process import POLL, Step
+from exporter.probe._process import run_process as run_process
 from exporter.probe.classify import describe, exporter_error_result, role_of
-from exporter.probe.fetcher import Fetcher, new_session, url_role
+from exporter.probe.fetcher import EndpointSession, Fetcher, new_session, url_role
 from exporter.probe.results import (
     ErrorCause,
     FailedRole,
@@ -115,8 +120,9 @@ def max_length(role: str, limits: Limits) -> int:
 
 class _ChunkedWriter:
     """Writes a response body with chunked transfer encoding; the status line and headers go
-    out with the first chunk (or at :meth:`finish` for an empty body). A body cut short is
-    never terminated, so the client sees an incomplete response, not a short file."""
+    out with the first chunk, in one write (or at :meth:`finish` for an empty body), and each
+    chunk is sent as it comes. A body cut short is never terminated, so the client sees an
+    incomplete response, not a short file."""
 
     def __init__(self, handler: _Handler) -> None:
         self._handler = handler
@@ -134,6 +140,7 @@ class _ChunkedWriter:
         self._start()
         if data:
             self._handler.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
+            self._handler.wfile.flush()  # a slow body reaches the client as it arrives
         return len(data)
 
     def finish(self) -> None:
@@ -144,6 +151,8 @@ class _ChunkedWriter:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     forwarder: Forwarder
+    #: :meth:`handle_request` is only called once the listening socket is readable: never wait.
+    timeout = 0.0
 
     def handle_error(self, request: object, client_address: object) -> None:
         """Log an exception of a request's thread instead of printing it on stderr (which
@@ -159,6 +168,14 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = _IDLE
+    #: TCP_NODELAY: a response is two writes (headers with the first chunk, then the last
+    #: chunk), and Nagle's algorithm held the second back until the client's delayed ACK:
+    #: 40 ms on every request but the first of a kept-alive connection.
+    disable_nagle_algorithm = True
+    #: Buffered writes, flushed after each chunk and after each response (by
+    #: ``handle_one_request``): the status line and headers go out with the first chunk, and a
+    #: short response in one write.
+    wbufsize = 64 * 1024
     server: _Server
 
     def log_message(self, format: str, *args: object) -> None:
@@ -173,14 +190,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
-        forwarder = self.server.forwarder
-        url = forwarder.upstream(self.path)
-        if url is None:
+        found = self.server.forwarder.resolve(self.path)
+        if found is None:
             self._plain(404, "not a path this forwarder serves")
             return
+        route, url = found
         writer = _ChunkedWriter(self)
         try:
-            forwarder.fetch(url, writer)
+            route.fetch(url, writer)
         except exceptions.DownloadHTTPError as exc:
             status = exc.status_code if 400 <= exc.status_code < 600 else 502
             self._fail(writer, status, str(exc))
@@ -203,47 +220,36 @@ class _Handler(BaseHTTPRequestHandler):
         self._plain(status, text)
 
 
-class Forwarder:
-    """A loopback HTTP server (127.0.0.1, an ephemeral port) for one run of one client:
-    ``GET /metadata/<path>`` and ``GET /targets/<path>`` are fetched from the endpoint's
-    metadata and targets URLs with the exporter's :class:`~exporter.probe.fetcher.Fetcher` (the
-    repository's connect and read timeouts, retries, ``allowed_redirect_hosts``, and the length
-    caps of ``limits`` by what the URL fetches) and streamed back with chunked encoding. The
-    status of a failed fetch is passed on (404 stays 404; a refused connection is 502, a
-    timeout 504). Every fetch is a :class:`~exporter.probe.results.RequestRecord` in
-    :attr:`records`. Paths with a ``..`` segment, a query or a fragment are refused (404)
-    before any request. Use as a context manager; closing stops the server.
+class Route:
+    """One run's way through the :class:`Forwarder` to one endpoint: the URLs to give the
+    client (below a path prefix of its own, a random token) and the run's request log.
+
+    ``GET <prefix>/metadata/<path>`` and ``GET <prefix>/targets/<path>`` are fetched from the
+    endpoint's metadata and targets URLs with a :class:`~exporter.probe.fetcher.Fetcher` of
+    this run alone (the repository's connect and read timeouts, retries,
+    ``allowed_redirect_hosts``, the length caps of ``limits`` by what the URL fetches, and the
+    run's ``deadline``), on the endpoint's session (kept alive across runs). Every fetch is a
+    :class:`~exporter.probe.results.RequestRecord` in :attr:`records`; requests of other runs,
+    and requests after :meth:`close`, never are.
     """
 
     METADATA = "/metadata/"
     TARGETS = "/targets/"
 
-    def __init__(self, repository: Repository, endpoint: Endpoint, deadline: float,
-                 tmp_dir: Path | None = None) -> None:
+    def __init__(self, forwarder: Forwarder, token: str, repository: Repository,
+                 endpoint: Endpoint, fetcher: Fetcher) -> None:
+        self._forwarder = forwarder
+        self.token = token
+        #: (repository, endpoint) names: whose session the route uses.
+        self.key = (repository.name, endpoint.name)
         self._endpoint = endpoint
         self._limits = repository.limits
-        self._session = new_session(4)
-        self._fetcher = Fetcher(
-            self._session,
-            lambda url: url_role(url, endpoint.targets_url),
-            connect_timeout=repository.connect_timeout,
-            read_timeout=repository.read_timeout,
-            deadline=deadline,
-            retries=repository.retries,
-            allowed_redirect_hosts=repository.allowed_redirect_hosts,
-            tmp_dir=tmp_dir,
-        )
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.forwarder = self
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(_POLL,),
-                                        name="client-forwarder", daemon=True)
-        self._thread.start()
+        self._fetcher = fetcher
 
     @property
     def base_url(self) -> str:
-        """``http://127.0.0.1:<port>``."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        """``http://127.0.0.1:<port>/<token>``."""
+        return f"{self._forwarder.base_url}/{self.token}"
 
     @property
     def metadata_url(self) -> str:
@@ -257,11 +263,13 @@ class Forwarder:
 
     @property
     def records(self) -> list[RequestRecord]:
-        """The requests forwarded so far, in the order they started."""
+        """The requests forwarded for this run so far, in the order they started."""
         return sorted(self._fetcher.records, key=lambda r: r.started)
 
     def upstream(self, path: str) -> str | None:
-        """The endpoint URL a request path forwards to; None for a path not served."""
+        """The endpoint URL a request path (below the route's prefix) forwards to; None for a
+        path not served: another prefix, a ``..``, ``.`` or empty segment, a query, a
+        fragment."""
         if "?" in path or "#" in path:
             return None
         for prefix, base in ((self.METADATA, self._endpoint.metadata_url),
@@ -280,12 +288,165 @@ class Forwarder:
         return self._fetcher.download_into(url, max_length(role, self._limits), out)
 
     def close(self) -> None:
-        """Stop the server and close the session; the server loop notices within
-        :data:`_POLL` seconds (``serve_forever``'s poll interval, 0.5 s by default, was a third
-        of a python-tuf adapter run's overhead)."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._session.close()
+        """Stop serving this route (its prefix is 404 from now on)."""
+        self._forwarder.release(self)
+
+    def __enter__(self) -> Route:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Forwarder:
+    """The external clients' only way to the endpoints: a loopback HTTP server (127.0.0.1, an
+    ephemeral port) shared by every run, started at the first :meth:`route` and stopped by
+    :meth:`close` (the service's stop), and one HTTP session per endpoint, kept alive across
+    runs.
+
+    Each run gets a :class:`Route` below a path prefix of its own (``/<token>``, 128 random
+    bits), so its request log is exactly its own requests while the server, its thread and
+    the connections to the endpoint outlive the run. A response streams the endpoint's body
+    back with chunked encoding as it arrives; the status of a failed fetch is passed on (404
+    stays 404; a refused connection is 502, a timeout 504). A path of no open route, or with a
+    ``..`` segment, a query or a fragment, is 404 before any request. Use as a context manager
+    or call :meth:`close`; thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._routes: dict[str, Route] = {}
+        self._sessions: dict[tuple[str, str], EndpointSession] = {}
+        self._users: dict[tuple[str, str], int] = {}
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._wake: tuple[socket.socket, socket.socket] | None = None
+        self._closed = False
+
+    @property
+    def running(self) -> bool:
+        """Whether the server is started (and not closed)."""
+        with self._lock:
+            return self._server is not None
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:<port>``; ValueError before the first :meth:`route`."""
+        server = self._server
+        if server is None:
+            raise ValueError("the forwarder is not started")
+        host, port = server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def route(self, repository: Repository, endpoint: Endpoint, deadline: float,
+              tmp_dir: Path | None = None) -> Route:
+        """A new :class:`Route` to ``endpoint`` whose fetches end by ``deadline`` (monotonic
+        seconds); close it when the run ends. Starts the server on first use; raises
+        ``OSError`` when it cannot (no descriptor or port: a fault of this host) and
+        ``ValueError`` once the forwarder is closed."""
+        key = (repository.name, endpoint.name)
+        with self._lock:
+            if self._closed:
+                raise ValueError("the forwarder is closed")
+            if self._server is None:
+                self._start()
+            session = self._sessions.get(key)
+            if session is None:
+                session = self._sessions[key] = new_session(4)
+            fetcher = Fetcher(
+                session,
+                lambda url: url_role(url, endpoint.targets_url),
+                connect_timeout=repository.connect_timeout,
+                read_timeout=repository.read_timeout,
+                deadline=deadline,
+                retries=repository.retries,
+                allowed_redirect_hosts=repository.allowed_redirect_hosts,
+                tmp_dir=tmp_dir,
+            )
+            token = secrets.token_urlsafe(16)
+            route = Route(self, token, repository, endpoint, fetcher)
+            self._routes[token] = route
+            self._users[key] = self._users.get(key, 0) + 1
+            return route
+
+    def resolve(self, path: str) -> tuple[Route, str] | None:
+        """The open route a request path (``/<token>/...``) belongs to and the endpoint URL it
+        forwards to; None for a path not served."""
+        if not path.startswith("/"):
+            return None
+        token, slash, rest = path[1:].partition("/")
+        with self._lock:
+            route = self._routes.get(token)
+        if route is None or not slash:
+            return None
+        url = route.upstream("/" + rest)
+        return None if url is None else (route, url)
+
+    def release(self, route: Route) -> None:
+        """Stop serving ``route`` (what :meth:`Route.close` does)."""
+        with self._lock:
+            if self._routes.pop(route.token, None) is not None:
+                self._users[route.key] -= 1
+
+    def forget(self, keep: set[tuple[str, str]]) -> None:
+        """Close the sessions of endpoints (repository, endpoint names) not in ``keep`` and
+        without an open route (after a reload removed them)."""
+        with self._lock:
+            for key in [k for k in self._sessions if k not in keep and not self._users.get(k)]:
+                self._sessions.pop(key).close()
+                self._users.pop(key, None)
+
+    def close(self) -> None:
+        """Stop the server (at once: its loop waits on a wake-up socket, not a poll interval)
+        and close every session; open routes are 404 from then on. Idempotent."""
+        with self._lock:
+            self._closed = True
+            server, thread, wake = self._server, self._thread, self._wake
+            self._server = self._thread = self._wake = None
+            self._routes.clear()
+            sessions = list(self._sessions.values())
+            self._sessions.clear()
+            self._users.clear()
+        if wake is not None and thread is not None:
+            wake[1].send(b"x")
+            thread.join()
+            for sock in wake:
+                sock.close()
+        if server is not None:
+            server.server_close()
+        for session in sessions:
+            session.close()
+
+    def _start(self) -> None:
+        """Bind the server and start its thread (under the lock)."""
+        server = _Server(("127.0.0.1", 0), _Handler)
+        try:
+            server.forwarder = self
+            wake = socket.socketpair()
+            try:
+                thread = threading.Thread(target=self._serve, args=(server, wake[0]),
+                                          name="client-forwarder", daemon=True)
+                thread.start()
+            except BaseException:
+                for sock in wake:
+                    sock.close()
+                raise
+        except BaseException:
+            server.server_close()
+            raise
+        self._server, self._thread, self._wake = server, thread, wake
+
+    @staticmethod
+    def _serve(server: _Server, wake: socket.socket) -> None:
+        """Accept connections (one thread each) until ``wake`` is readable."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(server, selectors.EVENT_READ, server)
+            selector.register(wake, selectors.EVENT_READ, None)
+            while True:
+                for key, _ in selector.select():
+                    if key.data is None:
+                        return
+                    server.handle_request()  # ready: accepts without waiting (timeout 0)
 
     def __enter__(self) -> Forwarder:
         return self
@@ -382,12 +543,15 @@ def run_client(
     state_dir: Path,
     slots: threading.Semaphore | None = None,
     cancel: threading.Event | None = None,
+    forwarder: Forwarder | None = None,
 ) -> ProbeResult:
     """Run ``client`` against ``endpoint`` once (see the module's docstring); never raises.
 
     ``slots`` bounds the client processes of every run that shares it; the run's ``timeout``
-    starts once a slot is taken. The result's ``requests`` are the forwarder's records,
-    ``targets`` one :class:`~exporter.probe.results.TargetResult` per canary downloaded.
+    starts once a slot is taken. ``forwarder`` is the :class:`Forwarder` the run gets its
+    :class:`Route` from (the service keeps one for all runs; None: one of the run's own,
+    closed after it). The result's ``requests`` are the route's records, ``targets`` one
+    :class:`~exporter.probe.results.TargetResult` per canary downloaded.
 
     Once ``cancel`` is set, the run ends within :data:`KILL_GRACE` seconds and a fraction: the
     running command's process group is killed (SIGTERM, then SIGKILL), no further command nor a
@@ -401,7 +565,8 @@ def run_client(
         try:
             if not taken:
                 raise _CancelledError
-            return _Run(client, repository, endpoint, trusted_root, state_dir, cancel).run()
+            return _Run(client, repository, endpoint, trusted_root, state_dir,
+                        cancel).run(forwarder)
         except _CancelledError:
             return _cancelled_result(client, repository, endpoint, started_at,
                                      time.monotonic() - t0)
@@ -437,7 +602,7 @@ def _slot(slots: threading.Semaphore | None, cancel: threading.Event | None) -> 
     if slots is None:
         yield cancel is None or not cancel.is_set()
         return
-    while not slots.acquire(timeout=_POLL):
+    while not slots.acquire(timeout=POLL):
         if cancel is not None and cancel.is_set():
             yield False
             return
@@ -464,45 +629,52 @@ class _Run:
         self.deadline = self.t0 + client.timeout
         self.tmp = state_dir / "tmp"
 
-    def run(self) -> ProbeResult:
+    def run(self, shared: Forwarder | None) -> ProbeResult:
         self.tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with _run_dirs(self.base, self.client, self.trusted_root) as dirs, \
-                Forwarder(self.repo, self.endpoint, self.deadline, self.tmp) as forwarder:
-            env = client_environment(self.client, dirs.home, dirs.tmp)
-            argv = list(self.client.command)
-            meta = ["--metadata-dir", str(dirs.metadata)]
-            steps: list[tuple[list[str], str, str | None]] = []
-            fresh = not dirs.metadata.is_dir() or not any(dirs.metadata.iterdir())
-            if fresh:
-                dirs.metadata.mkdir(parents=True, exist_ok=True, mode=0o700)
-                steps.append(([*argv, *meta, "init", str(dirs.root)], "init", None))
-            remote = ["--metadata-url", forwarder.metadata_url]
-            steps.append(([*argv, *meta, *remote, "refresh"], "refresh", None))
-            for canary in self.client.targets_for(self.repo):
-                steps.append(([*argv, *meta, *remote, "--target-name", canary,
-                               "--target-base-url", forwarder.targets_url,
-                               "--target-dir", str(dirs.targets), "download"],
-                              "download", canary))
-            targets: list[TargetResult] = []
-            for command_argv, command, target in steps:
-                before = len(forwarder.records)
-                step = run_process(command_argv, command=command, cwd=dirs.run, env=env,
-                                   deadline=self.deadline, cancel=self.cancel)
-                if step.cancelled:
-                    if command == "init" and self.client.mode is ClientMode.RETURNING:
-                        shutil.rmtree(dirs.metadata, ignore_errors=True)  # init again next run
-                    raise _CancelledError
-                records = forwarder.records[before:]
-                if target is not None:
-                    length = sum(r.bytes for r in records if r.role == "target")
-                    targets.append(TargetResult(target, step.ok, None if step.ok else
-                                                _verdict(step)[0], None, length or None,
-                                                step.seconds))
-                if not step.ok:
-                    if command == "init" and self.client.mode is ClientMode.RETURNING:
-                        shutil.rmtree(dirs.metadata, ignore_errors=True)  # init again next run
-                    return self._failure(step, records, forwarder.records, tuple(targets))
-            return self._result(True, forwarder.records, tuple(targets))
+        with contextlib.ExitStack() as stack:
+            dirs = stack.enter_context(_run_dirs(self.base, self.client, self.trusted_root))
+            forwarder = shared if shared is not None else stack.enter_context(Forwarder())
+            route = stack.enter_context(
+                forwarder.route(self.repo, self.endpoint, self.deadline, self.tmp))
+            return self._steps(dirs, route)
+
+    def _steps(self, dirs: _Dirs, route: Route) -> ProbeResult:
+        """The run's commands, one after the other, until one fails."""
+        env = client_environment(self.client, dirs.home, dirs.tmp)
+        argv = list(self.client.command)
+        meta = ["--metadata-dir", str(dirs.metadata)]
+        steps: list[tuple[list[str], str, str | None]] = []
+        fresh = not dirs.metadata.is_dir() or not any(dirs.metadata.iterdir())
+        if fresh:
+            dirs.metadata.mkdir(parents=True, exist_ok=True, mode=0o700)
+            steps.append(([*argv, *meta, "init", str(dirs.root)], "init", None))
+        remote = ["--metadata-url", route.metadata_url]
+        steps.append(([*argv, *meta, *remote, "refresh"], "refresh", None))
+        for canary in self.client.targets_for(self.repo):
+            steps.append(([*argv, *meta, *remote, "--target-name", canary,
+                           "--target-base-url", route.targets_url,
+                           "--target-dir", str(dirs.targets), "download"],
+                          "download", canary))
+        targets: list[TargetResult] = []
+        for command_argv, command, target in steps:
+            before = len(route.records)
+            step = run_process(command_argv, command=command, cwd=dirs.run, env=env,
+                               deadline=self.deadline, cancel=self.cancel)
+            if step.cancelled:
+                if command == "init" and self.client.mode is ClientMode.RETURNING:
+                    shutil.rmtree(dirs.metadata, ignore_errors=True)  # init again next run
+                raise _CancelledError
+            records = route.records[before:]
+            if target is not None:
+                length = sum(r.bytes for r in records if r.role == "target")
+                targets.append(TargetResult(target, step.ok, None if step.ok else
+                                            _verdict(step)[0], None, length or None,
+                                            step.seconds))
+            if not step.ok:
+                if command == "init" and self.client.mode is ClientMode.RETURNING:
+                    shutil.rmtree(dirs.metadata, ignore_errors=True)  # init again next run
+                return self._failure(step, records, route.records, tuple(targets))
+        return self._result(True, route.records, tuple(targets))
 
     def _failure(self, step: Step, step_records: Sequence[RequestRecord],
                  records: Sequence[RequestRecord], targets: tuple[TargetResult, ...]

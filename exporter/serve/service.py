@@ -44,7 +44,7 @@ from exporter.history import Finding, HistoryStore, configured_endpoints
 from exporter.history.cadence import CadenceTracker, online_roles
 from exporter.probe import delegations
 from exporter.probe.classify import exporter_error_result
-from exporter.probe.external import run_client
+from exporter.probe.external import Forwarder, run_client
 from exporter.probe.prober import Prober, temporary_directory
 from exporter.probe.results import (
     CLIENT_NEW,
@@ -348,6 +348,9 @@ class Service:
         self._client_runs: dict[threading.Event, tuple[str, str, str]] = {}
         self._runs_lock = threading.Lock()
         self._stopping = False
+        #: The external clients' loopback forwarder: started at the first client run, kept
+        #: alive between runs, closed by :meth:`stop`.
+        self.forwarder = Forwarder()
         self.scheduler = Scheduler(
             self._probe, self.store.skipped, config.workers, run_signer=self._probe_signer,
             run_views=self._probe_views,
@@ -399,6 +402,7 @@ class Service:
                 cancel.set()
         self.scheduler.stop(wait=True)
         delegations.stop_processes()
+        self.forwarder.close()
         self.shipper.stop(timeout=5.0)
         self.spool.close()
         self.history.close()
@@ -435,6 +439,7 @@ class Service:
         with self.members.changing(keys):
             self.store.expect(keys, _client_views(config, bootstrap_roots))
             self.prober.forget(keys)
+            self.forwarder.forget(keys)
             self.signers.configure(config.signers)
             self.keys.retain({s.repository for s in config.signers})
             self.cadence.retain({r.name for r in config.repositories})
@@ -588,7 +593,7 @@ class Service:
         self.store.started()
         try:
             result = run_client(client, repo, endpoint, root, self.config.state_dir,
-                                self.client_slots, cancel)
+                                self.client_slots, cancel, self.forwarder)
         finally:
             with self._runs_lock:
                 del self._client_runs[cancel]

@@ -67,6 +67,8 @@ def get(url):
 
 
 note(f"start {command} {time.monotonic()}")
+if os.environ.get("FAKE_NOTE_URL") and "--metadata-url" in opts:
+    note(f"url {opts['--metadata-url']}")
 if behaviour == "env":
     note(json.dumps(dict(os.environ)))
 if command == "init":
@@ -75,6 +77,13 @@ if command == "init":
     sys.exit(0)
 if behaviour == "sleep":
     time.sleep(0.5)
+if os.environ.get("FAKE_MEET") and command == "refresh":  # until that many refreshes started
+    until = time.monotonic() + 30
+    while sum(line.startswith("start refresh") for line in open(out).read().splitlines()) < int(
+            os.environ["FAKE_MEET"]):
+        if time.monotonic() > until:
+            sys.exit("the other refreshes never started")
+        time.sleep(0.01)
 if behaviour == "hang":
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)"])
     note(f"child {child.pid}")
@@ -289,14 +298,17 @@ def test_the_concurrency_bound_holds(plain: Sim, fake: Path, tmp_path: Path) -> 
 def test_the_forwarder_passes_statuses_on_and_refuses_paths_outside_the_endpoint(
         plain: Sim) -> None:
     repo = plain.config()
-    with Forwarder(repo, repo.primary, time.monotonic() + 10) as forwarder:
-        ok = requests.get(forwarder.metadata_url + "timestamp.json", timeout=5)
+    with Forwarder() as forwarder, \
+            forwarder.route(repo, repo.primary, time.monotonic() + 10) as route:
+        ok = requests.get(route.metadata_url + "timestamp.json", timeout=5)
         assert ok.status_code == 200 and json.loads(ok.content)["signed"]["_type"] == "timestamp"
-        assert requests.get(forwarder.metadata_url + "9.root.json", timeout=5).status_code == 404
+        assert requests.get(route.metadata_url + "9.root.json", timeout=5).status_code == 404
         for path in ("../secret", "%2e%2e/x", "a//b", "timestamp.json?x=1"):
-            assert requests.get(forwarder.metadata_url + path, timeout=5).status_code == 404
-        assert requests.get(forwarder.base_url + "/other/x", timeout=5).status_code == 404
-        assert [(r.role, r.status) for r in forwarder.records] == [
+            assert requests.get(route.metadata_url + path, timeout=5).status_code == 404
+        assert requests.get(route.base_url + "/other/x", timeout=5).status_code == 404
+        for path in ("/metadata/timestamp.json", "/no-such-run/metadata/timestamp.json", "/"):
+            assert requests.get(forwarder.base_url + path, timeout=5).status_code == 404
+        assert [(r.role, r.status) for r in route.records] == [
             ("timestamp", 200), ("root", 404)]
 
 
@@ -304,7 +316,7 @@ def test_a_client_resetting_its_connection_is_logged_not_printed(
         plain: Sim, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
     repo = plain.config()
     caplog.set_level(logging.DEBUG, logger="exporter.probe.external")
-    with Forwarder(repo, repo.primary, time.monotonic() + 10) as forwarder:
+    with Forwarder() as forwarder, forwarder.route(repo, repo.primary, time.monotonic() + 10):
         port = int(forwarder.base_url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -317,12 +329,74 @@ def test_closing_a_forwarder_does_not_wait_half_a_second(plain: Sim) -> None:
     repo = plain.config()
     took = []
     for _ in range(5):  # serve_forever's default poll (0.5 s) made each close wait 0-0.5 s
-        forwarder = Forwarder(repo, repo.primary, time.monotonic() + 10)
-        assert requests.get(forwarder.metadata_url + "timestamp.json", timeout=5).ok
+        forwarder = Forwarder()
+        with forwarder.route(repo, repo.primary, time.monotonic() + 10) as route:
+            assert requests.get(route.metadata_url + "timestamp.json", timeout=5).ok
         start = time.monotonic()
         forwarder.close()
         took.append(time.monotonic() - start)
+        assert not forwarder.running
     assert sum(took) < 0.6, took
+
+
+def test_kept_alive_requests_through_the_forwarder_wait_for_no_delayed_ack(plain: Sim) -> None:
+    # a response written as headers, then chunks, then the last chunk, without TCP_NODELAY,
+    # waited for the client's delayed ACK (40 ms on Linux) on every request of a kept-alive
+    # connection but the first: a client's whole session paid it (median 41-52 ms a request);
+    # loopback requests take a few ms, so half of them at 35 ms or more is a stall, not load
+    repo = plain.config()
+    took = []
+    with Forwarder() as forwarder, \
+            forwarder.route(repo, repo.primary, time.monotonic() + 60) as route, \
+            requests.Session() as session:
+        for name in ["timestamp.json", "snapshot.json", "targets.json", "9.root.json"] * 10:
+            start = time.monotonic()
+            session.get(route.metadata_url + name, timeout=5)
+            took.append(time.monotonic() - start)
+        assert len(route.records) == 40
+    took.sort()
+    assert took[len(took) // 2] < 0.035, took
+
+
+def test_runs_share_one_forwarder_and_each_logs_only_its_own_requests(
+        plain: Sim, fake: Path, tmp_path: Path) -> None:
+    out = tmp_path / "notes"
+    client = _client(fake, out=out, mode=ClientMode.NEW)
+    client = replace(client, env={**client.env, "FAKE_NOTE_URL": "1"})
+    meeting = replace(client, env={**client.env, "FAKE_MEET": "3"})
+    repo = plain.config()
+    root = plain.trusted_root.read_bytes()
+    with Forwarder() as forwarder:
+        assert not forwarder.running  # started by the first run, not before
+        first = run_client(client, repo, repo.primary, root, plain.state_dir,
+                           forwarder=forwarder)
+        assert first.success, first.message
+        base = forwarder.base_url
+        # two runs at once on the same endpoint (their refreshes wait for each other)
+        results: list[ProbeResult] = []
+        threads = [threading.Thread(target=lambda: results.append(run_client(
+            meeting, repo, repo.primary, root, plain.state_dir, forwarder=forwarder)))
+            for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert forwarder.base_url == base  # the same server served every run
+        # refresh: 99.root.json (404), timestamp, snapshot, targets; each of the two
+        # downloads: the same four and its target
+        for result in [first, *results]:
+            assert result.success, result.message
+            assert len(result.requests) == 14, [r.url for r in result.requests]
+            assert [r.role for r in result.requests].count("target") == 2
+        # each run had a prefix of its own, served no more once the run ended
+        given = {n.split()[1] for n in out.read_text().splitlines() if n.startswith("url ")}
+        assert len(given) == 3 and all(url.startswith(base + "/") for url in given)
+        for url in given:
+            assert requests.get(url + "timestamp.json", timeout=5).status_code == 404
+        assert len(first.requests) == 14  # no request of a later run was added to it
+    assert not forwarder.running
+    with pytest.raises(requests.ConnectionError):
+        requests.get(base + "/", timeout=5)
 
 
 def _service_config(sim: Sim, path: Path, fake: Path, notes: Path) -> Path:
@@ -390,8 +464,13 @@ def test_hanging_and_flooding_clients_never_delay_the_python_tuf_probes_or_a_scr
         assert len(samples["tuf_probe_success"]) == 1
         log = service.store.endpoint_log("sim", "primary")
         assert log.latest is not None and log.latest.client == "returning"
+        assert service.forwarder.running  # one forwarder for every run, kept between runs
+        base = service.forwarder.base_url
     finally:
         service.stop()
+    assert not service.forwarder.running  # closed with the service
+    with pytest.raises(requests.ConnectionError):
+        requests.get(base + "/", timeout=5)
 
 
 
