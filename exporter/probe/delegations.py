@@ -65,6 +65,14 @@ class Verdict:
 Memo = dict[str, Verdict]
 
 
+class _Stale:
+    """The type of :data:`_STALE`."""
+
+
+#: A cached file python-tuf accepted as a version other than the one the snapshot names now.
+_STALE = _Stale()
+
+
 #: Accepted bodies a sweep hands to the inspector in memory (``SweepResult.cached``): each at
 #: most ``KEEP_BODY`` bytes, ``KEEP_BYTES`` in all; the inspector reads any other from the
 #: cache file. Thousands of small hash bins are not read twice; large roles never pile up in
@@ -219,6 +227,8 @@ class _Sweep:
         memo: Memo | None,
     ) -> None:
         self.trusted: TrustedMetadataSet = updater._trusted_set  # noqa: SLF001 - see module doc
+        #: the trusted snapshot's meta (a sweep runs after a successful refresh: it has one)
+        self.meta = self.trusted.snapshot.meta
         self.fetcher = fetcher
         self.metadata_url = metadata_url
         self.cache_dir = cache_dir
@@ -273,11 +283,14 @@ class _Sweep:
                     if entry is None:
                         todo.append((role, parent))
                         continue
-                    if memo is not None:
-                        verdict = memo.get(role)
-                        reused = _reusable(verdict, trusted, role, parent, entry, self.keys)
-                        if reused is not None and verdict is not None:
-                            result.cached[role] = Swept(None, reused, verdict.keys)
+                    verdict = None if memo is None else memo.get(role)
+                    if verdict is not None:
+                        known = self._memoised(verdict, role, parent, entry)
+                        if isinstance(known, _Stale):
+                            todo.append((role, parent))
+                            continue
+                        if known is not None:
+                            result.cached[role] = Swept(None, known, verdict.keys)
                             continue
                     cached = read_file(entry.path)
                     if cached is not None and _load(trusted, role, parent, cached[0]):
@@ -299,6 +312,35 @@ class _Sweep:
                 del memo[gone]
         result.failures = _in_tree_order(result.failures, self.reached)
         return result
+
+    def _memoised(
+        self, verdict: Verdict, role: str, parent: str, entry: os.DirEntry[str]
+    ) -> FileIdentity | _Stale | None:
+        """What the memo says of the cached file of ``role`` (see :func:`sweep`): its identity
+        when python-tuf's verdict on it stands unchanged (reuse it); :data:`_STALE` when the
+        file is the one python-tuf accepted but the snapshot now names another version, which
+        python-tuf would reject it for (download the new one without reading the old); None
+        when python-tuf must load it."""
+        meta = self.meta.get(f"{role}.json")
+        if meta is None:
+            return None  # python-tuf says why
+        try:
+            identity = file_identity(entry.stat())
+        except OSError:
+            return None
+        if identity != verdict.file:
+            return None  # changed on disk since python-tuf accepted it
+        if meta.version != verdict.meta.version:
+            # update_delegated_targets refuses a version other than the snapshot's (or,
+            # before that, its length or hashes): the same outcome as loading it
+            return _STALE
+        if (
+            meta == verdict.meta
+            and verdict.expires > self.trusted.reference_time
+            and _fingerprint(self.keys, self.trusted, role, parent) == verdict.keys
+        ):
+            return identity
+        return None
 
     # -- downloads of a level, bounded by bytes -------------------------------------------------
 
@@ -570,36 +612,18 @@ def _load(trusted: TrustedMetadataSet, role: str, parent: str, data: bytes) -> b
     return True
 
 
+def _delegator(trusted: TrustedMetadataSet, parent: str) -> Targets:
+    delegator = trusted[parent]
+    assert isinstance(delegator, Targets)  # only targets roles delegate below targets
+    return delegator
+
+
 def _fingerprint(
     keys: KeyFingerprints, trusted: TrustedMetadataSet, role: str, parent: str
 ) -> str:
-    delegator = trusted[parent]
-    return keys.of(delegator if isinstance(delegator, Targets) else None, role)
-
-
-def _reusable(
-    verdict: Verdict | None,
-    trusted: TrustedMetadataSet,
-    role: str,
-    parent: str,
-    entry: os.DirEntry[str],
-    keys: KeyFingerprints,
-) -> FileIdentity | None:
-    """The identity of the cached file of ``role`` if python-tuf's verdict on it stands
-    unchanged (see :func:`sweep`), else None."""
-    if verdict is None or verdict.expires <= trusted.reference_time:
-        return None
-    try:
-        identity = file_identity(entry.stat())
-    except OSError:
-        return None
-    if (
-        identity == verdict.file
-        and trusted.snapshot.meta.get(f"{role}.json") == verdict.meta
-        and _fingerprint(keys, trusted, role, parent) == verdict.keys
-    ):
-        return identity
-    return None
+    """The fingerprint of the keys and threshold ``parent`` sets for ``role``, one of the
+    roles the sweep listed from ``parent``'s delegations."""
+    return keys.of_child(_delegator(trusted, parent), role)
 
 
 def _remember(
