@@ -36,7 +36,7 @@ from datetime import datetime
 from itertools import islice
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from tuf.api import exceptions
 from tuf.api.metadata import Delegations, MetaFile, Targets
@@ -229,6 +229,7 @@ class _Sweep:
         self.trusted: TrustedMetadataSet = updater._trusted_set  # noqa: SLF001 - see module doc
         #: the trusted snapshot's meta (a sweep runs after a successful refresh: it has one)
         self.meta = self.trusted.snapshot.meta
+        self.delegators: dict[str, Targets] = {}
         self.fetcher = fetcher
         self.metadata_url = metadata_url
         self.cache_dir = cache_dir
@@ -279,7 +280,7 @@ class _Sweep:
                     if trusted.contains(role, parent):
                         verified.add(role)
                         continue
-                    entry = cached_files.get(_file_name(role))
+                    entry = cached_files.get(role)
                     if entry is None:
                         todo.append((role, parent))
                         continue
@@ -313,6 +314,14 @@ class _Sweep:
         result.failures = _in_tree_order(result.failures, self.reached)
         return result
 
+    def _delegator(self, parent: str) -> Targets:
+        """The trusted delegator ``parent`` (looked up once a sweep: python-tuf adds a role
+        to its trusted set once, and a further delegation path loads the same bytes)."""
+        delegator = self.delegators.get(parent)
+        if delegator is None:
+            delegator = self.delegators[parent] = _delegator(self.trusted, parent)
+        return delegator
+
     def _memoised(
         self, verdict: Verdict, role: str, parent: str, entry: os.DirEntry[str]
     ) -> FileIdentity | _Stale | None:
@@ -337,7 +346,7 @@ class _Sweep:
         if (
             meta == verdict.meta
             and verdict.expires > self.trusted.reference_time
-            and _fingerprint(self.keys, self.trusted, role, parent) == verdict.keys
+            and self.keys.of_child(self._delegator(parent), role) == verdict.keys
         ):
             return identity
         return None
@@ -596,10 +605,15 @@ def _file_name(role: str) -> str:
 
 
 def _listing(cache_dir: Path) -> dict[str, os.DirEntry[str]]:
-    """The cached files by name, in one directory read (no per-role ``open`` of absent files)."""
+    """The cached files by role name (see :func:`_file_name`), in one directory read (no
+    per-role ``open`` of absent files)."""
     try:
         with os.scandir(cache_dir) as entries:
-            return {entry.name: entry for entry in entries}
+            return {
+                unquote(entry.name[:-5]) if "%" in entry.name else entry.name[:-5]: entry
+                for entry in entries
+                if entry.name.endswith(".json")  # no escape can end in ".json"
+            }
     except OSError:
         return {}
 
