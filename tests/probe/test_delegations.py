@@ -421,3 +421,24 @@ def test_a_warm_sweep_does_not_load_the_cached_old_version_of_a_changed_bin(
     assert warm.success, warm.message
     assert _bins_fetched(warm) == {changed}
     assert loaded == [bins.repo.latest.metadata(changed)]  # the new version, once
+
+
+def test_a_bin_deleted_from_the_cache_between_probes_is_fetched_as_a_full_refresh_would(
+    bins: Sim,
+) -> None:
+    """What the sweep knows of the cache from the last probe is checked against the disk: a
+    deleted bin is loaded by python-tuf again (downloaded), with the verdict and facts a new
+    client's full refresh gives, and cached again."""
+    prober = Prober(bins.state_dir)
+    assert _probe(bins, prober).success
+    victim = bins.repo.role_for_target("bins/file-7.txt")
+    cached = _cached(bins, prober, victim)
+    cached.unlink()
+    bins.repo.publish()
+    warm = _probe(bins, prober)
+    fresh = _probe(bins, Prober(bins.state_dir / "fresh"))
+    assert warm.success, warm.message
+    assert _bins_fetched(warm) == {victim}
+    assert (warm.success, warm.delegations.failures) == (fresh.success, fresh.delegations.failures)
+    assert warm.delegated == fresh.delegated
+    assert cached.read_bytes() == bins.repo.latest.metadata(victim)
