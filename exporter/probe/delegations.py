@@ -202,8 +202,11 @@ def sweep(
 
     python-tuf's verdict on such a role can only be the one it gave, so it is reused; a
     sweep of 4,096 hash bins where one changed reads, fetches and verifies that one. A role
-    failing any condition is loaded into python-tuf as on a cold sweep. Roles that delegate
-    further are always loaded, so their children are verified against keys python-tuf holds.
+    failing any condition is loaded into python-tuf as on a cold sweep, except that a cached
+    file that is still the one python-tuf accepted, as a version other than the snapshot names
+    now, is not read: python-tuf would refuse it for its version, so the new one is downloaded.
+    Roles that delegate further are always loaded, so their children are verified against
+    keys python-tuf holds.
     A role's further delegators are checked every sweep, from its cached file.
     """
     run = _Sweep(updater, fetcher, metadata_url, cache_dir, spool_dir, workers, default_length,
