@@ -38,10 +38,8 @@ def _persist(metadata_dir: Path, role: str, source: Path) -> None:
     source.replace(metadata_dir / f"{quote(role, '')}.json")
 
 
-def _cache_files(
-    metadata_dir: Path, swept: Mapping[str, Swept]
-) -> list[tuple[str, CachedFile]]:
-    """Role name and file of every ``*.json`` file of the client cache, in one directory read.
+def _cache_files(metadata_dir: Path, swept: Mapping[str, Swept]) -> dict[str, CachedFile]:
+    """Role name -> file of every ``*.json`` file of the client cache, in one directory read.
 
     ``swept`` is what the delegation sweep of this probe knows of the cache
     (``SweepResult.cached``): the identity of the file of each role it loaded, wrote or
@@ -51,17 +49,18 @@ def _cache_files(
     this probe, and nothing rewrites those files after it (a probe of an endpoint never runs
     twice at once), so they are not stat'ed again.
     """
-    found = []
+    found: dict[str, CachedFile] = {}
     try:
         with os.scandir(metadata_dir) as entries:
             for entry in entries:
-                if not entry.name.endswith(".json"):
+                file = entry.name
+                if not file.endswith(".json"):
                     continue
-                name = unquote(entry.name).removesuffix(".json")
+                # a file name is its role name quoted (no escape can end in ".json")
+                name = unquote(file[:-5]) if "%" in file else file[:-5]
                 known = swept.get(name)
                 if known is not None:
-                    cached = CachedFile(entry.path, known.identity, known.data, known.accepted)
-                    found.append((name, cached))
+                    found[name] = CachedFile(entry.path, known.identity, known.data, known.accepted)
                     continue
                 try:
                     identity = file_identity(entry.stat())
@@ -69,11 +68,11 @@ def _cache_files(
                     if host_fault(exc) is not None:
                         raise
                     continue
-                found.append((name, CachedFile(entry.path, identity)))
+                found[name] = CachedFile(entry.path, identity)
     except OSError as exc:
         if host_fault(exc) is not None:
             raise  # no descriptor for the directory: facts missing for our own fault
-        return []
+        return {}
     return found
 
 

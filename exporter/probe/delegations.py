@@ -37,7 +37,7 @@ from datetime import datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from tuf.api import exceptions
 from tuf.api.metadata import Delegations, MetaFile, Targets
@@ -65,6 +65,14 @@ class Verdict:
 
 #: Verdicts of the last sweep of one endpoint, by role name.
 Memo = dict[str, Verdict]
+
+
+class _Stale:
+    """The type of :data:`_STALE`."""
+
+
+#: A cached file python-tuf accepted as a version other than the one the snapshot names now.
+_STALE = _Stale()
 
 
 #: Accepted bodies a sweep hands to the inspector in memory (``SweepResult.cached``): each at
@@ -196,8 +204,11 @@ def sweep(
 
     python-tuf's verdict on such a role can only be the one it gave, so it is reused; a
     sweep of 4,096 hash bins where one changed reads, fetches and verifies that one. A role
-    failing any condition is loaded into python-tuf as on a cold sweep. Roles that delegate
-    further are always loaded, so their children are verified against keys python-tuf holds.
+    failing any condition is loaded into python-tuf as on a cold sweep, except that a cached
+    file that is still the one python-tuf accepted, as a version other than the snapshot names
+    now, is not read: python-tuf would refuse it for its version, so the new one is downloaded.
+    Roles that delegate further are always loaded, so their children are verified against
+    keys python-tuf holds.
     A role's further delegators are checked every sweep, from its cached file.
     """
     run = _Sweep(updater, fetcher, metadata_url, cache_dir, spool_dir, workers, default_length,
@@ -239,6 +250,9 @@ class _Sweep:
     ) -> None:
         self.trusted: TrustedMetadataSet = updater._trusted_set  # noqa: SLF001 - see module doc
         self.envelope_type = updater.config.envelope_type
+        #: the trusted snapshot's meta (a sweep runs after a successful refresh: it has one)
+        self.meta = self.trusted.snapshot.meta
+        self.delegators: dict[str, Targets] = {}
         self.fetcher = fetcher
         self.metadata_url = metadata_url
         self.cache_dir = cache_dir
@@ -295,15 +309,18 @@ class _Sweep:
                     if trusted.contains(role, parent):
                         verified.add(role)
                         continue
-                    entry = cached_files.get(_file_name(role))
+                    entry = cached_files.get(role)
                     if entry is None:
                         todo.append((role, parent))
                         continue
-                    if memo is not None:
-                        verdict = memo.get(role)
-                        reused = _reusable(verdict, trusted, role, parent, entry, self.keys)
-                        if reused is not None and verdict is not None:
-                            result.cached[role] = Swept(None, reused, verdict.keys)
+                    verdict = None if memo is None else memo.get(role)
+                    if verdict is not None:
+                        known = self._memoised(verdict, role, parent, entry)
+                        if isinstance(known, _Stale):
+                            todo.append((role, parent))
+                            continue
+                        if known is not None:
+                            result.cached[role] = Swept(None, known, verdict.keys)
                             continue
                     cached = read_file(entry.path)
                     if cached is not None and _load(trusted, role, parent, cached[0]):
@@ -326,6 +343,43 @@ class _Sweep:
                 del memo[gone]
         result.failures = _in_tree_order(result.failures, self.reached)
         return result
+
+    def _delegator(self, parent: str) -> Targets:
+        """The trusted delegator ``parent`` (looked up once a sweep: python-tuf adds a role
+        to its trusted set once, and a further delegation path loads the same bytes)."""
+        delegator = self.delegators.get(parent)
+        if delegator is None:
+            delegator = self.delegators[parent] = _delegator(self.trusted, parent)
+        return delegator
+
+    def _memoised(
+        self, verdict: Verdict, role: str, parent: str, entry: os.DirEntry[str]
+    ) -> FileIdentity | _Stale | None:
+        """What the memo says of the cached file of ``role`` (see :func:`sweep`): its identity
+        when python-tuf's verdict on it stands unchanged (reuse it); :data:`_STALE` when the
+        file is the one python-tuf accepted but the snapshot now names another version, which
+        python-tuf would reject it for (download the new one without reading the old); None
+        when python-tuf must load it."""
+        meta = self.meta.get(f"{role}.json")
+        if meta is None:
+            return None  # python-tuf says why
+        try:
+            identity = file_identity(entry.stat())
+        except OSError:
+            return None
+        if identity != verdict.file:
+            return None  # changed on disk since python-tuf accepted it
+        if meta.version != verdict.meta.version:
+            # update_delegated_targets refuses a version other than the snapshot's (or,
+            # before that, its length or hashes): the same outcome as loading it
+            return _STALE
+        if (
+            meta == verdict.meta
+            and verdict.expires > self.trusted.reference_time
+            and self.keys.of_child(self._delegator(parent), role) == verdict.keys
+        ):
+            return identity
+        return None
 
     # -- downloads of a level, bounded by bytes -------------------------------------------------
 
@@ -689,10 +743,15 @@ def _file_name(role: str) -> str:
 
 
 def _listing(cache_dir: Path) -> dict[str, os.DirEntry[str]]:
-    """The cached files by name, in one directory read (no per-role ``open`` of absent files)."""
+    """The cached files by role name (see :func:`_file_name`), in one directory read (no
+    per-role ``open`` of absent files)."""
     try:
         with os.scandir(cache_dir) as entries:
-            return {entry.name: entry for entry in entries}
+            return {
+                unquote(entry.name[:-5]) if "%" in entry.name else entry.name[:-5]: entry
+                for entry in entries
+                if entry.name.endswith(".json")  # no escape can end in ".json"
+            }
     except OSError:
         return {}
 
@@ -705,36 +764,18 @@ def _load(trusted: TrustedMetadataSet, role: str, parent: str, data: bytes) -> b
     return True
 
 
+def _delegator(trusted: TrustedMetadataSet, parent: str) -> Targets:
+    delegator = trusted[parent]
+    assert isinstance(delegator, Targets)  # only targets roles delegate below targets
+    return delegator
+
+
 def _fingerprint(
     keys: KeyFingerprints, trusted: TrustedMetadataSet, role: str, parent: str
 ) -> str:
-    delegator = trusted[parent]
-    return keys.of(delegator if isinstance(delegator, Targets) else None, role)
-
-
-def _reusable(
-    verdict: Verdict | None,
-    trusted: TrustedMetadataSet,
-    role: str,
-    parent: str,
-    entry: os.DirEntry[str],
-    keys: KeyFingerprints,
-) -> FileIdentity | None:
-    """The identity of the cached file of ``role`` if python-tuf's verdict on it stands
-    unchanged (see :func:`sweep`), else None."""
-    if verdict is None or verdict.expires <= trusted.reference_time:
-        return None
-    try:
-        identity = file_identity(entry.stat())
-    except OSError:
-        return None
-    if (
-        identity == verdict.file
-        and trusted.snapshot.meta.get(f"{role}.json") == verdict.meta
-        and _fingerprint(keys, trusted, role, parent) == verdict.keys
-    ):
-        return identity
-    return None
+    """The fingerprint of the keys and threshold ``parent`` sets for ``role``, one of the
+    roles the sweep listed from ``parent``'s delegations."""
+    return keys.of_child(_delegator(trusted, parent), role)
 
 
 def _remember(

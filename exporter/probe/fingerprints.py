@@ -41,6 +41,23 @@ class KeyFingerprints:
         self._cache[id(role)] = (role, text)
         return text
 
+    def of_child(self, delegator: Targets, name: str) -> str:
+        """:meth:`of` for a role the caller listed from ``delegator.delegations`` itself
+        (its ``roles``, or ``succinct_roles.get_roles()``): the same fingerprint, without
+        python-tuf's test that ``name`` is delegated (for a hash bin, a parse of its name)
+        once the delegator's role object is known. Raises what :meth:`of` raises."""
+        delegations = delegator.delegations
+        role: object = None
+        if delegations is not None:
+            if delegations.roles is not None:
+                role = delegations.roles.get(name)
+            else:
+                role = delegations.succinct_roles
+        hit = None if role is None else self._cache.get(id(role))
+        if hit is not None and hit[0] is role:
+            return hit[1]
+        return self.of(delegator, name)
+
 
 def _fingerprint(delegator: Root | Targets, threshold: int, keyids: tuple[str, ...]) -> str:
     keys = []

@@ -18,7 +18,9 @@ It is built to stay cheap on package-index-sized files:
 * a file of a client cache is handed over as a :class:`CachedFile` (path and file identity)
   rather than as bytes: the inspector remembers the content hash of every file it read, by
   identity, so an unchanged file whose facts are known is not even opened (a warm probe of
-  4,096 hash bins where one changed reads one file, not 4,096).
+  4,096 hash bins where one changed reads one file, not 4,096), and the facts it last gave
+  for that file, so they come back with one look-up (not a content-hash look-up and a key
+  fingerprint parse a bin).
 
 It is longer than most modules (about 640 lines) because its one job is reading those facts
 cheaply: the plain-JSON reads, the canonical-encoding shortcut and its check, and the caches by
@@ -176,6 +178,16 @@ class _Doc:
     canonical: bool
 
 
+class _Seen(NamedTuple):
+    """A file of a client cache the inspector has read: its identity and content hash, and
+    the facts it last gave for it, with what they were read under."""
+
+    identity: FileIdentity
+    digest: str
+    #: (role name, delegator key context, facts, the file as a delegator), once given
+    given: tuple[str, str, RoleFacts, Root | Targets | None] | None = None
+
+
 class Inspector:
     """Reads facts from metadata bytes; thread safe; caches by content hash (LRU)."""
 
@@ -184,9 +196,10 @@ class Inspector:
         self._lock = threading.Lock()
         self._delegators: OrderedDict[str, Root | Targets | None] = OrderedDict()
         self._facts: OrderedDict[tuple[str, str, str], RoleFacts] = OrderedDict()
-        #: Path -> identity and content hash of the file last read there (one entry a path,
-        #: LRU, room for the cache files of several endpoints of ``max_entries`` roles).
-        self._files: OrderedDict[str, tuple[FileIdentity, str]] = OrderedDict()
+        #: Path -> identity and content hash of the file last read there, and the facts last
+        #: given for it (one entry a path, LRU, room for the cache files of several endpoints
+        #: of ``max_entries`` roles).
+        self._files: OrderedDict[str, _Seen] = OrderedDict()
 
     def inspect(
         self,
@@ -222,7 +235,11 @@ class Inspector:
             roles["root"] = root_facts
         targets: Root | Targets | None = None
         for name in TOP_LEVEL_ROLES[1:]:  # what root delegates, in update order
-            facts, as_delegator = self._role(name, files.get(name), root, "root", contexts)
+            try:
+                context = contexts.of(root, name)
+            except _UNREADABLE:  # the delegator's keyids for the role cannot even be sorted
+                continue
+            facts, as_delegator = self._role(name, files.get(name), root, "root", context)
             if facts is not None:
                 roles[name] = facts
                 if name == "targets":
@@ -276,6 +293,9 @@ class Inspector:
             parsed = self._delegators.get(digest)
         if isinstance(parsed, Root):
             return parsed.version
+        given = None if not isinstance(source, CachedFile) else self._given(source, "root")
+        if given is not None:
+            return given[0].version
         if body is None:
             again = self._identify(source, read=True)
             body = None if again is None else again[1]
@@ -294,6 +314,9 @@ class Inspector:
         """
         context = "previous:" + (_NO_PREVIOUS if previous is None else previous[0])
         before = None if previous is None else previous[1]
+        given = None if not isinstance(source, CachedFile) else self._given(source, "root", context)
+        if given is not None:
+            return given
         return self._compute(
             "root", known, source, context,
             lambda body, digest: _read_facts("root", body, digest, None, "root", before),
@@ -314,9 +337,9 @@ class Inspector:
         if not read:
             with self._lock:
                 seen = self._files.get(data.path)
-                if seen is not None and seen[0] == data.identity:
+                if seen is not None and seen.identity == data.identity:
                     self._files.move_to_end(data.path)
-                    return seen[1], None
+                    return seen.digest, None
         if data.data is not None:
             body, identity = data.data, data.identity
         else:
@@ -326,7 +349,7 @@ class Inspector:
             body, identity = loaded
         digest = hashlib.sha256(body).hexdigest()
         with self._lock:
-            self._files[data.path] = (identity, digest)
+            self._files[data.path] = _Seen(identity, digest)
             self._files.move_to_end(data.path)
             _trim(self._files, 4 * self._max)
         return digest, body
@@ -351,8 +374,12 @@ class Inspector:
                     return
                 seen.add(child)
                 declared.append(child)
+                try:
+                    context = contexts.of_child(parent, child)
+                except _UNREADABLE:  # the delegator's keyids for the role cannot even be sorted
+                    continue
                 facts, as_delegator = self._role(
-                    child, files.get(child), parent, parent_name, contexts
+                    child, files.get(child), parent, parent_name, context
                 )
                 if facts is None:
                     continue
@@ -366,18 +393,21 @@ class Inspector:
         data: bytes | CachedFile | None,
         delegator: Root | Targets | None,
         delegator_name: str,
-        contexts: KeyFingerprints,
+        context: str,
     ) -> tuple[RoleFacts | None, Root | Targets | None]:
-        """The facts of one file and the file as a delegator (None when it delegates nothing).
+        """The facts of one file and the file as a delegator (None when it delegates nothing),
+        its signatures counted against ``delegator``'s keys (fingerprint ``context``).
 
-        Not for root (see :meth:`_roots`).
+        Not for root (see :meth:`_roots`). A cache file of an identity the inspector gave
+        facts for under the same context gets those facts back at once (a warm probe of 4,096
+        unchanged hash bins looks each up once, see :meth:`_given`).
         """
+        if isinstance(data, CachedFile):
+            given = self._given(data, name, context)
+            if given is not None:
+                return given
         known = self._identify(data, read=False)
         if known is None:
-            return None, None
-        try:
-            context = contexts.of(delegator, name)
-        except _UNREADABLE:  # the delegator's keyids for the role cannot even be sorted
             return None, None
         accepted = isinstance(data, CachedFile) and data.accepted == context
         return self._compute(
@@ -386,6 +416,22 @@ class Inspector:
                 name, body, digest, delegator, delegator_name, accepted=accepted
             ),
         )
+
+    def _given(
+        self, data: CachedFile, name: str, context: str | None = None
+    ) -> tuple[RoleFacts, Root | Targets | None] | None:
+        """The facts last given for the file ``data`` as role ``name`` under ``context`` (None:
+        whichever), if it is still the file they were read from (same identity, see
+        :class:`CachedFile`)."""
+        with self._lock:
+            seen = self._files.get(data.path)
+            if seen is None or seen.given is None or seen.identity != data.identity:
+                return None
+            given_name, given_context, facts, as_delegator = seen.given
+            if given_name != name or context not in (None, given_context):
+                return None
+            self._files.move_to_end(data.path)
+        return facts, as_delegator
 
     def _compute(
         self,
@@ -399,16 +445,16 @@ class Inspector:
         ``read(bytes, digest)``'s, remembered; the bytes are read from ``source`` only then."""
         digest, body = known
         hit = self._cached(name, digest, context)
-        if hit is not None:
-            return hit
-        if body is None:
+        if hit is None and body is None:
             again = self._identify(source, read=True)
             if again is None or again[1] is None:
                 return None, None
             digest, body = again[0], again[1]
             hit = self._cached(name, digest, context)
-            if hit is not None:
-                return hit
+        if hit is not None:
+            self._give(source, digest, name, context, hit)
+            return hit
+        assert body is not None
         if len(body) < _GC_PAUSE_BYTES:  # no context manager a hash bin: it cost 15 %
             facts, read_as = read(body, digest)
         else:
@@ -421,7 +467,24 @@ class Inspector:
             self._delegators[digest] = read_as
             _trim(self._facts, self._max)
             _trim(self._delegators, self._max)
+        self._give(source, digest, name, context, (facts, read_as))
         return facts, read_as
+
+    def _give(
+        self,
+        source: bytes | CachedFile | None,
+        digest: str,
+        name: str,
+        context: str,
+        given: tuple[RoleFacts, Root | Targets | None],
+    ) -> None:
+        """Remember the facts given for a cache file of content ``digest`` (see :meth:`_given`)."""
+        if not isinstance(source, CachedFile):
+            return
+        with self._lock:
+            seen = self._files.get(source.path)
+            if seen is not None and seen.identity == source.identity and seen.digest == digest:
+                self._files[source.path] = seen._replace(given=(name, context, *given))
 
     def _cached(
         self, name: str, digest: str, context: str

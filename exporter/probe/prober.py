@@ -46,6 +46,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 from urllib.parse import quote, unquote
 
 import requests
@@ -703,11 +704,15 @@ class _Run:
             with contextlib.suppress(OSError):  # the body python-tuf rejected, for its facts
                 files.setdefault(name, CachedFile(str(path), file_identity(path.stat())))
         if self.repo.mode is Mode.WARM:
-            for name, cached in _cache_files(metadata_dir, {} if sweep is None else sweep.cached):
-                if cached.data is not None:
-                    files[name] = cached  # the bytes python-tuf accepted, as cached
-                else:
-                    files.setdefault(name, cached)
+            # a new dict of ours: it may take bytes as well
+            found = cast(dict[str, bytes | CachedFile],
+                         _cache_files(metadata_dir, {} if sweep is None else sweep.cached))
+            for name, other in files.items():  # the few fetched in this probe or rejected
+                cached = found.get(name)
+                if not isinstance(cached, CachedFile) or cached.data is None:  # else: the bytes
+                    # python-tuf accepted, as cached
+                    found[name] = other
+            files = found
         else:
             for path in metadata_dir.glob("*.json"):
                 name = unquote(path.name).removesuffix(".json")

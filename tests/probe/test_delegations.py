@@ -15,6 +15,7 @@ import pytest
 from securesystemslib.signer import CryptoSigner
 from support import Sim, hash_bins, serve
 from tuf.api.metadata import SuccinctRoles, Targets
+from tuf.ngclient._internal.trusted_metadata_set import TrustedMetadataSet
 
 from exporter.config import Limits, Mode
 from exporter.probe import Prober, ProbeResult, delegations
@@ -395,3 +396,49 @@ def test_each_bins_signature_is_counted_once_per_probe_and_never_read_back(
     fresh = Prober(bins.state_dir / "fresh")
     again = _probe(bins, fresh)
     assert again.delegated == cold.delegated
+
+
+def test_a_warm_sweep_does_not_load_the_cached_old_version_of_a_changed_bin(
+    bins: Sim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bin whose cached file is the one python-tuf accepted, as a version other than the
+    new snapshot names, would be refused for its version: it is downloaded, not loaded."""
+    prober = Prober(bins.state_dir)
+    assert _probe(bins, prober).success
+    changed = bins.repo.role_for_target("bins/file-6.txt")
+    bins.repo.add_target("bins/file-6.txt", b"changed\n")
+    bins.repo.publish()
+    loaded: list[bytes] = []
+    real = TrustedMetadataSet.update_delegated_targets
+
+    def counted(self: TrustedMetadataSet, data: bytes, role: str, parent: str) -> Targets:
+        if role == changed:
+            loaded.append(data)
+        return real(self, data, role, parent)
+
+    monkeypatch.setattr(TrustedMetadataSet, "update_delegated_targets", counted)
+    warm = _probe(bins, prober)
+    assert warm.success, warm.message
+    assert _bins_fetched(warm) == {changed}
+    assert loaded == [bins.repo.latest.metadata(changed)]  # the new version, once
+
+
+def test_a_bin_deleted_from_the_cache_between_probes_is_fetched_as_a_full_refresh_would(
+    bins: Sim,
+) -> None:
+    """What the sweep knows of the cache from the last probe is checked against the disk: a
+    deleted bin is loaded by python-tuf again (downloaded), with the verdict and facts a new
+    client's full refresh gives, and cached again."""
+    prober = Prober(bins.state_dir)
+    assert _probe(bins, prober).success
+    victim = bins.repo.role_for_target("bins/file-7.txt")
+    cached = _cached(bins, prober, victim)
+    cached.unlink()
+    bins.repo.publish()
+    warm = _probe(bins, prober)
+    fresh = _probe(bins, Prober(bins.state_dir / "fresh"))
+    assert warm.success, warm.message
+    assert _bins_fetched(warm) == {victim}
+    assert (warm.success, warm.delegations.failures) == (fresh.success, fresh.delegations.failures)
+    assert warm.delegated == fresh.delegated
+    assert cached.read_bytes() == bins.repo.latest.metadata(victim)

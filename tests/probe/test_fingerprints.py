@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from securesystemslib.signer import CryptoSigner
-from tuf.api.metadata import DelegatedRole, Delegations, Targets
+from tuf.api.metadata import DelegatedRole, Delegations, SuccinctRoles, Targets
 
 from exporter.probe.fingerprints import KeyFingerprints
 
@@ -39,3 +39,18 @@ def test_fingerprints_of_another_delegator_are_not_taken_from_the_memo() -> None
     first, second = _targets(), _targets()  # same role names and keyids layout, new keys
     assert keys.of(first, "a") != keys.of(second, "a")
     assert keys.of(first, "a") == KeyFingerprints().of(first, "a")
+
+
+def test_the_fingerprint_of_a_listed_child_is_that_of_its_role() -> None:
+    classic = _targets(threshold_of_c=2)
+    succinct = Targets(delegations=Delegations(
+        classic.delegations.keys if classic.delegations else {},
+        succinct_roles=SuccinctRoles(sorted(classic.delegations.keys if classic.delegations
+                                            else {})[:1], 1, 4, "bin"),
+    ))
+    keys = KeyFingerprints()
+    for name in "abcdef":
+        assert keys.of_child(classic, name) == KeyFingerprints().of(classic, name)
+    bins = list(succinct.delegations.succinct_roles.get_roles())  # type: ignore[union-attr]
+    assert [keys.of_child(succinct, b) for b in bins] == [keys.of(succinct, b) for b in bins]
+    assert keys.of_child(classic, "zzz") == "undelegated"  # not listed: as of() says

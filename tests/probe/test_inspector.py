@@ -196,6 +196,24 @@ def test_unchanged_cache_files_are_not_read_again_and_changed_ones_are(
     assert facts.sha256 != first.delegated["team"].sha256
 
 
+def test_the_facts_given_for_an_unchanged_cache_file_come_back_past_the_content_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Facts by content hash are an LRU of ``max_entries``; the facts last given for a cache
+    file stay with the file (as long as its identity), so a warm probe of more roles than
+    that reads none of its unchanged files again."""
+    repo = SimulatedRepository()
+    repo.delegate_hash_bins(8, succinct=True)
+    repo.publish()
+    files = _on_disk(tmp_path, _files(repo))
+    inspector = Inspector(max_entries=4)  # fewer than the 8 bins and 4 top-level roles
+    first = inspector.inspect(files)
+    assert len(first.delegated) == 8
+    reads = _counting_reads(monkeypatch)
+    assert inspector.inspect(files) == first
+    assert reads == []
+
+
 def test_a_file_whose_delegators_keys_changed_is_read_and_checked_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
