@@ -250,7 +250,7 @@ def sample_loop(
     summary.failed = timeliness.failed_faulted + timeliness.failed_other
     summary.extra.update(failed_faulted=timeliness.failed_faulted,
                          failed_other=timeliness.failed_other, recovered=timeliness.recovered)
-    summary.skipped = sum(service.store.snapshot()[5].values())
+    summary.skipped = sum(service.store.snapshot().skipped.values())
     if trace and snapshots:
         snapshots.append(_dump(path, 2))
         tracemalloc.stop()
