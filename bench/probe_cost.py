@@ -8,7 +8,9 @@ Baselines, measured in the same run against the same simulator:
 
 No canary targets, so both sides do the same refresh. The prober runs in warm mode with the
 default ``full_refresh_every`` of 10: a steady state is nine reused verdicts and one full
-refresh, so besides the median (a reused verdict) the amortised mean of a whole cycle is shown.
+refresh, so besides the median (a reused verdict) the amortised mean of a whole cycle is shown,
+as information, not a goal (issue 18): it is what one full python-tuf refresh every
+``full_refresh_every`` probes costs, about a tenth of a bare refresh by construction.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ def warm(count: int, reps: int) -> list[Row]:
             base, "bare warm Updater.refresh()", Goal("ratio<=", limit), len(ours)),
         Row(f"1 warm unchanged, {_label(count)}: amortised over full_refresh_every={cycle}",
             statistics.fmean(ours), "s", base, "bare warm Updater.refresh()",
-            Goal("ratio<=", limit), len(ours), note="mean of one cycle: 9 reused + 1 full"),
+            INFO, len(ours), note="mean of one cycle: 9 reused + 1 full; information, not a "
+            "goal (issue 18): one full python-tuf refresh every full_refresh_every probes"),
     ]
     return rows
 
