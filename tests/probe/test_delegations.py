@@ -13,7 +13,7 @@ from typing import IO, Any
 
 import pytest
 from securesystemslib.signer import CryptoSigner
-from support import Sim, hash_bins, serve
+from support import Sim, counting_verifications, hash_bins, serve
 from tuf.api.metadata import SuccinctRoles, Targets
 from tuf.ngclient._internal.trusted_metadata_set import TrustedMetadataSet
 
@@ -357,24 +357,10 @@ def test_a_delegation_declaring_2_to_the_32_hash_bins_is_swept_within_the_limit(
         served.close()
 
 
-def _counting_verifications(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The role names ``Targets.get_verification_result`` is called for, python-tuf's
-    ``verify_delegate`` and the inspector's counts alike."""
-    calls: list[str] = []
-    real = Targets.get_verification_result
-
-    def counted(self: Targets, delegated_role: str, payload: bytes, signatures: Any) -> Any:
-        calls.append(delegated_role)
-        return real(self, delegated_role, payload, signatures)
-
-    monkeypatch.setattr(Targets, "get_verification_result", counted)
-    return calls
-
-
 def test_each_bins_signature_is_counted_once_per_probe_and_never_read_back(
     bins: Sim, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = _counting_verifications(monkeypatch)
+    calls = counting_verifications(monkeypatch)
     read_back: list[str] = []
     real_read = Path.read_bytes
 

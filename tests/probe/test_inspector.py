@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import CryptoSigner, Signature
+from support import counting_verifications
 from tuf.api import exceptions
 from tuf.api.metadata import Delegations, Metadata, Root, SuccinctRoles, Targets
 from tuf.api.serialization import SerializationError
@@ -535,18 +536,6 @@ def test_hostile_delegations_give_no_facts_for_the_role_concerned(
 # Files python-tuf accepted in this probe (CachedFile.accepted): no second signature count
 
 
-def _verifications(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    real = Targets.get_verification_result
-
-    def counted(self: Targets, delegated_role: str, payload: bytes, signatures: Any) -> Any:
-        calls.append(delegated_role)
-        return real(self, delegated_role, payload, signatures)
-
-    monkeypatch.setattr(Targets, "get_verification_result", counted)
-    return calls
-
-
 def _accepted(files: dict[str, bytes | CachedFile], role: str, data: bytes, keys: str
               ) -> dict[str, bytes | CachedFile]:
     cached = files[role]
@@ -563,7 +552,7 @@ def test_a_role_python_tuf_accepted_under_the_same_keys_is_not_counted_again(
     targets = Metadata[Targets].from_bytes(_files(repo)["targets"]).signed
     keys = KeyFingerprints().of(targets, "team")
     files = _on_disk(tmp_path, _files(repo))
-    calls = _verifications(monkeypatch)
+    calls = counting_verifications(monkeypatch)
     facts = Inspector().inspect(_accepted(files, "team", _files(repo)["team"], keys))
     assert facts.delegated["team"] == expected
     assert "team" not in calls
@@ -593,7 +582,7 @@ def test_an_accepted_role_with_more_authorized_signatures_than_its_threshold_is_
     team.signatures[bad.keyid] = bad
     files = files | {"targets": targets.to_bytes(), "team": team.to_bytes()}
     keys = KeyFingerprints().of(targets.signed, "team")
-    calls = _verifications(monkeypatch)
+    calls = counting_verifications(monkeypatch)
     facts = Inspector().inspect(
         _accepted(_on_disk(tmp_path, files), "team", files["team"], keys)
     ).delegated["team"]

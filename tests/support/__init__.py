@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tuf.api.metadata import Targets
 
 from exporter.adapters import TUF_JS_CLIENT, TUF_JS_DIR
 from exporter.config.model import Endpoint, Mode, Repository
@@ -175,3 +176,17 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
         if all(got.get(k) == want for k, want in labels.items()):
             return v
     return None
+
+
+def counting_verifications(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The role names ``Targets.get_verification_result`` is called for from now on, python-tuf's
+    ``verify_delegate`` and the inspector's counts alike (the list fills as they run)."""
+    calls: list[str] = []
+    real = Targets.get_verification_result
+
+    def counted(self: Targets, delegated_role: str, payload: bytes, signatures: Any) -> Any:
+        calls.append(delegated_role)
+        return real(self, delegated_role, payload, signatures)
+
+    monkeypatch.setattr(Targets, "get_verification_result", counted)
+    return calls
